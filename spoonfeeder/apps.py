@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from django.apps import AppConfig
+
+log = logging.getLogger(__name__)
+
+
+class SpoonfeederConfig(AppConfig):
+    name = "spoonfeeder"
+    verbose_name = "Spoon Feeder"
+
+    def ready(self) -> None:
+        from django_q.signals import post_execute, pre_enqueue, pre_execute
+
+        from spoonfeeder import checks  # noqa: F401 - registers the system checks
+
+        # django-q2 owns its task rows; its signals are the only place to see a task change
+        # state, so they write our event rows (in the enqueuer's transaction where it has one).
+        pre_enqueue.connect(task_queued, dispatch_uid="spoonfeeder.task_queued")
+        pre_execute.connect(task_started, dispatch_uid="spoonfeeder.task_started")
+        post_execute.connect(task_finished, dispatch_uid="spoonfeeder.task_finished")
+
+
+def task_queued(sender: Any, task: dict[str, Any], **kwargs: Any) -> None:
+    task_event("task.queued", task)
+
+
+def task_started(sender: Any, func: Any, task: dict[str, Any], **kwargs: Any) -> None:
+    task_event("task.started", task)
+
+
+def task_finished(sender: Any, task: dict[str, Any], **kwargs: Any) -> None:
+    # Sent by the cluster's monitor after it saved the result row.
+    task_event("task.done" if task.get("success") else "task.failed", task)
+
+
+def task_event(kind: str, task: dict[str, Any]) -> None:
+    from spoonfeeder.models import Event
+
+    try:
+        Event.emit("dashboard", kind, task["id"])
+    except Exception:
+        # An event is a notification; the relay's periodic re-render covers a lost one.
+        # Raising here would kill django-q2's monitor or fail the enqueue.
+        log.exception("could not record %s for task %s", kind, task.get("id"))

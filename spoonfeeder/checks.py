@@ -1,0 +1,56 @@
+"""System checks that stop Spoon Feeder from starting with a dangerous configuration."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from django.conf import settings
+from django.core.checks import Error, register
+
+
+@register("spoonfeeder")
+def check_task_retry(**kwargs: Any) -> list[Error]:
+    from django_q.conf import Conf
+
+    workers = max(int(Conf.WORKERS or 1), 1)
+    timeout = Conf.TIMEOUT
+    if timeout is None or Conf.QUEUE_LIMIT in (None, 0):
+        return [
+            Error(
+                "The worker cluster has no task timeout or an unbounded prefetch queue.",
+                hint="Set SPOONFEEDER_TASK_TIMEOUT and leave queue_limit at its default.",
+                id="spoonfeeder.E001",
+            )
+        ]
+    bound = (1 + math.ceil((Conf.QUEUE_LIMIT + 1) / workers)) * timeout
+    if Conf.RETRY is not None and Conf.RETRY <= bound:
+        return [
+            Error(
+                f"Task retry ({Conf.RETRY} s) is not larger than the longest a task can wait and run "
+                f"({bound} s with timeout {timeout} s, {workers} workers, queue limit {Conf.QUEUE_LIMIT}): "
+                "a slow task would be started a second time while it still runs.",
+                hint=f"Unset SPOONFEEDER_TASK_RETRY or set it above {bound}.",
+                id="spoonfeeder.E002",
+            )
+        ]
+    return []
+
+
+@register("spoonfeeder")
+def check_redis(**kwargs: Any) -> list[Error]:
+    if not settings.REDIS_URL:
+        return []
+    import redis
+
+    try:
+        redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=2, socket_timeout=2).ping()
+    except redis.RedisError as e:
+        return [
+            Error(
+                f"REDIS_URL does not answer: {e}",
+                hint="Start Redis or correct REDIS_URL; unset it to run without Redis.",
+                id="spoonfeeder.E003",
+            )
+        ]
+    return []

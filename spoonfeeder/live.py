@@ -1,0 +1,35 @@
+"""The live parts of pages, by topic.
+
+A topic is a Channels group. A page subscribes to the topics it shows; for each topic this module
+renders the fragments (template partials, each a top-level element with a stable id) that the
+browser swaps in. The same partials render the full page, so a page, an htmx swap and a WebSocket
+push can never disagree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from django.template.loader import render_to_string
+
+from spoonfeeder import dashboard
+
+
+def dashboard_fragments() -> str:
+    ctx = dashboard.context()
+    return "".join(
+        render_to_string(f"spoonfeeder/dashboard.html#{name}", ctx) for name in ("worker", "tasks", "errors")
+    )
+
+
+# Topic name -> renderer of every live fragment of that topic, from the database as it is now.
+TOPICS: dict[str, Callable[[], str]] = {
+    "dashboard": dashboard_fragments,
+}
+# Topics whose fragments change with time alone (a heartbeat going stale, "in the last hour"):
+# the relay re-renders them every RELAY_TICK seconds and pushes them when they differ.
+TICKING = frozenset({"dashboard"})
+
+
+def render(topic: str) -> str:
+    return TOPICS[topic]()

@@ -1,0 +1,167 @@
+"""Spoon Feeder's one settings module. Every knob is an environment variable (see README.md) whose
+default runs on a fresh checkout: SQLite in the data folder, django-q2's ORM broker, no Redis."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+from spoonfeeder import config
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+DATA_DIR = config.data_dir(os.environ.get("SPOONFEEDER_DATA_DIR", str(BASE_DIR / "data")))
+
+SECRET_KEY = config.secret_key(DATA_DIR)
+DEBUG = config.env_bool("DEBUG", False)
+ALLOWED_HOSTS = config.env_list("ALLOWED_HOSTS", "127.0.0.1,localhost,[::1]")
+CSRF_TRUSTED_ORIGINS = config.env_list("CSRF_TRUSTED_ORIGINS", "")
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "whitenoise.runserver_nostatic",
+    "django.contrib.staticfiles",
+    "channels",
+    "django_htmx",
+    "django_q",
+    "template_partials",
+    "spoonfeeder",
+    "nodes",
+    "renders",
+    "stories",
+    "scheduling",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.auth.middleware.LoginRequiredMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_htmx.middleware.HtmxMiddleware",
+]
+
+ROOT_URLCONF = "spoonfeeder.urls"
+ASGI_APPLICATION = "spoonfeeder.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+DATABASE_URL = os.environ.get("DATABASE_URL", "").strip()
+DATABASES = {"default": config.database(DATABASE_URL, DATA_DIR)}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+REDIS_URL = config.redis_url(os.environ.get("REDIS_URL", "").strip())
+
+if REDIS_URL:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
+    CHANNEL_LAYERS = {
+        "default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [REDIS_URL]}}
+    }
+else:
+    # The database cache crosses processes, so the web process sees the worker cluster's
+    # heartbeat (django-q2 keeps it in the cache); the in-memory layer only ever carries
+    # messages inside the web process, from the relay to its consumers.
+    CACHES = {
+        "default": {"BACKEND": "django.core.cache.backends.db.DatabaseCache", "LOCATION": "spoonfeeder_cache"}
+    }
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+# The worker cluster. `retry` must outlast the longest a task can wait in the cluster's prefetch
+# plus run (STACK-NOTES.md), or a second copy starts while the first still runs; the system check
+# spoonfeeder.E002 refuses a configuration that breaks this.
+Q_WORKERS = int(config.env_number("SPOONFEEDER_WORKERS", 2, minimum=1))
+Q_TIMEOUT = int(config.env_number("SPOONFEEDER_TASK_TIMEOUT", 1800, minimum=10))
+Q_QUEUE_LIMIT = Q_WORKERS
+Q_RETRY = int(
+    config.env_number(
+        "SPOONFEEDER_TASK_RETRY",
+        (1 + math.ceil((Q_QUEUE_LIMIT + 1) / Q_WORKERS)) * Q_TIMEOUT + 60,
+        minimum=1,
+    )
+)
+Q_CLUSTER = {
+    "name": os.environ.get("SPOONFEEDER_QUEUE", "spoonfeeder"),
+    "workers": Q_WORKERS,
+    "timeout": Q_TIMEOUT,
+    "retry": Q_RETRY,
+    "queue_limit": Q_QUEUE_LIMIT,
+    "bulk": 1,
+    # Our own rows and sweepers re-drive work; the broker never retries a failure by itself.
+    "max_attempts": 1,
+    "ack_failures": True,
+    # Keep every result; spoonfeeder.tasks.prune removes the old ones.
+    "save_limit": 0,
+    "catch_up": False,
+    "label": "Worker tasks",
+    "poll": 0.1,
+}
+if REDIS_URL:
+    Q_CLUSTER["redis"] = REDIS_URL
+else:
+    Q_CLUSTER["orm"] = "default"
+
+# Live updates: how often the web process looks for new event rows, how often it re-renders
+# what changes with time alone (a worker's heartbeat going stale), and how long events are kept.
+RELAY_POLL = config.env_number("SPOONFEEDER_RELAY_POLL", 0.05, minimum=0.01)
+RELAY_TICK = config.env_number("SPOONFEEDER_RELAY_TICK", 2, minimum=0.5)
+EVENT_RETENTION = config.env_number("SPOONFEEDER_EVENT_RETENTION", 86400, minimum=3600)
+TASK_RETENTION = config.env_number("SPOONFEEDER_TASK_RETENTION", 7 * 86400, minimum=3600)
+# A cluster whose heartbeat is older than this is shown as down.
+WORKER_STALE_AFTER = config.env_number("SPOONFEEDER_WORKER_STALE_AFTER", 6, minimum=2)
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+]
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "dashboard"
+LOGOUT_REDIRECT_URL = "login"
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SAMESITE = "Lax"
+X_FRAME_OPTIONS = "DENY"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = os.environ.get("TIME_ZONE", "UTC")
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STATIC_ROOT = DATA_DIR / "static"
+# Served straight from the source folders: a self-hosted app has no collectstatic step to forget.
+WHITENOISE_USE_FINDERS = True
+WHITENOISE_AUTOREFRESH = DEBUG
+MEDIA_ROOT = DATA_DIR / "media"
+for folder in (STATIC_ROOT, MEDIA_ROOT):
+    folder.mkdir(exist_ok=True)
+MEDIA_URL = "media/"
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
+}

@@ -1,0 +1,39 @@
+// The live-connection indicator: what the page's socket (htmx ws extension) is doing right now.
+(function () {
+  "use strict";
+  // htmx reconnects by itself only after these close codes; anything else is final.
+  var RETRIED = [1006, 1011, 1012, 1013];
+  var LABELS = {
+    connecting: "connecting…",
+    connected: "live",
+    reconnecting: "reconnecting…",
+    offline: "offline",
+  };
+
+  function show(state, title) {
+    var el = document.getElementById("live-status");
+    if (!el) return;
+    el.dataset.state = state;
+    el.textContent = LABELS[state];
+    el.title = title || "Live updates: " + LABELS[state];
+  }
+
+  document.addEventListener("htmx:wsConnecting", function () {
+    var el = document.getElementById("live-status");
+    show(el && el.dataset.state === "connected" ? "reconnecting" : (el && el.dataset.state) || "connecting");
+  });
+  document.addEventListener("htmx:wsOpen", function () { show("connected"); });
+  document.addEventListener("htmx:wsClose", function (evt) {
+    var code = evt.detail && evt.detail.event ? evt.detail.event.code : 0;
+    if (code === 4401) {
+      show("offline", "Your session has ended: reload the page to log in again.");
+    } else if (RETRIED.indexOf(code) >= 0 && navigator.onLine) {
+      show("reconnecting", "The server went away; trying again.");
+    } else if (!navigator.onLine) {
+      show("offline", "This computer is offline.");
+    } else {
+      show("offline", "Live updates stopped (code " + code + "): reload the page.");
+    }
+  });
+  window.addEventListener("offline", function () { show("offline", "This computer is offline."); });
+})();

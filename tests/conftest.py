@@ -1,0 +1,215 @@
+"""Plain fixtures and helpers: a logged-in user, free ports, waiting on a condition with a
+deadline, and real Spoon Feeder processes (web, worker, the whole `run`) on the test database."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+import requests
+import websocket
+from django.conf import settings
+from django.contrib.auth.models import User
+from django.db import connection
+from django.test import Client
+
+ROOT = Path(__file__).resolve().parent.parent
+PASSWORD = "a-long-test-password"
+T = TypeVar("T")
+
+
+def wait_until(check: Callable[[], T], timeout: float, what: str, interval: float = 0.05) -> T:
+    """Poll `check` until it returns something truthy; fail with `what` after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(interval)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def count(html: str, name: str) -> int | None:
+    m = re.search(rf'id="count-{name}">(\d+)<', html)
+    return int(m.group(1)) if m else None
+
+
+@pytest.fixture
+def user(db: None) -> User:
+    return User.objects.create_user("ada", password=PASSWORD)
+
+
+@pytest.fixture
+def logged_in(client: Client, user: User) -> Client:
+    client.force_login(user)
+    return client
+
+
+def database_url() -> str:
+    s = connection.settings_dict
+    if s["ENGINE"].endswith("sqlite3"):
+        return f"sqlite:///{s['NAME']}"
+    return f"postgres://{s['USER']}@{s['HOST'] or '127.0.0.1'}:{s['PORT'] or 5432}/{s['NAME']}"
+
+
+class Process:
+    """A Spoon Feeder process (web, worker or the whole `run`) against the test database."""
+
+    def __init__(self, argv: list[str], env: dict[str, str], log: Path) -> None:
+        self.argv, self.env, self.log = argv, env, log
+        self.popen: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Process:
+        self.out = self.log.open("ab")
+        self.popen = subprocess.Popen(
+            self.argv, cwd=ROOT, env=self.env, stdout=self.out, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        return self
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def signal(self, signum: int, group: bool = False) -> None:
+        assert self.popen
+        if group:
+            os.killpg(self.popen.pid, signum)
+        else:
+            self.popen.send_signal(signum)
+
+    def wait(self, timeout: float) -> int:
+        assert self.popen
+        return self.popen.wait(timeout=timeout)
+
+    def stop(self) -> None:
+        if self.popen and self.popen.poll() is None:
+            self.popen.terminate()
+            try:
+                self.popen.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                pass
+        if self.popen:
+            try:
+                os.killpg(self.popen.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.popen.wait()
+        self.out.close()
+
+
+class Stack:
+    """Starts real processes; everything it started is stopped at the end of the test."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        self.host = "127.0.0.1"
+        self.port = free_port()
+        self.env = {
+            **os.environ,
+            "DATABASE_URL": database_url(),
+            "SPOONFEEDER_DATA_DIR": str(settings.DATA_DIR),
+            "SPOONFEEDER_WORKER_STALE_AFTER": "3",
+            "SPOONFEEDER_RELAY_TICK": "0.5",
+            "SPOONFEEDER_TASK_TIMEOUT": "60",
+            "PYTHONUNBUFFERED": "1",
+        }
+        self.processes: list[Process] = []
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def spawn(self, name: str, *args: str, **env: str) -> Process:
+        argv = [sys.executable, *args]
+        proc = Process(argv, {**self.env, **env}, self.tmp_path / f"{name}.log")
+        self.processes.append(proc)
+        return proc.start()
+
+    def web(self) -> Process:
+        proc = self.spawn(
+            "web", "-m", "daphne", "-b", self.host, "-p", str(self.port), "--websocket_timeout", "-1",
+            "spoonfeeder.asgi:application",
+        )
+        self.wait_for_http(proc)
+        return proc
+
+    def worker(self) -> Process:
+        return self.spawn("worker", "manage.py", "qcluster")
+
+    def run(self, *args: str, **env: str) -> Process:
+        return self.spawn("run", "manage.py", "run", "--port", str(self.port), *args, **env)
+
+    def wait_for_http(self, proc: Process, timeout: float = 30) -> None:
+        def up() -> bool:
+            if proc.popen and proc.popen.poll() is not None:
+                raise AssertionError(f"process exited early:\n{proc.output()}")
+            try:
+                return requests.get(f"{self.url}/login/", timeout=1).status_code == 200
+            except requests.ConnectionError:
+                return False
+
+        wait_until(up, timeout, f"{self.url}/login/ to answer")
+
+    def socket(self, session: str, topics: str = "dashboard") -> Socket:
+        ws = websocket.create_connection(
+            f"ws://{self.host}:{self.port}/ws/live/?topics={topics}",
+            cookie=f"sessionid={session}", origin=self.url, timeout=10,
+        )
+        return Socket(ws)
+
+    def stop(self) -> None:
+        for proc in reversed(self.processes):
+            proc.stop()
+
+
+class Socket:
+    """A WebSocket client that remembers the newest HTML seen for each live element id."""
+
+    def __init__(self, ws: websocket.WebSocket) -> None:
+        self.ws = ws
+        self.seen: list[str] = []
+
+    def wait_for(self, check: Callable[[str], Any], timeout: float, what: str) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.ws.settimeout(max(deadline - time.monotonic(), 0.01))
+            try:
+                message = self.ws.recv()
+            except websocket.WebSocketTimeoutException:
+                break
+            self.seen.append(message)
+            if check(message):
+                return message
+        raise AssertionError(f"timed out after {timeout:g} s waiting for {what}; last: {self.seen[-1:]}")
+
+    def close(self) -> None:
+        self.ws.close()
+
+
+@pytest.fixture
+def stack(transactional_db: None, tmp_path: Path) -> Iterator[Stack]:
+    s = Stack(tmp_path)
+    yield s
+    s.stop()
+
+
+def session_for(user: User) -> str:
+    client = Client()
+    client.force_login(user)
+    return client.cookies[settings.SESSION_COOKIE_NAME].value
