@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import tempfile
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -48,9 +49,12 @@ def env_list(name: str, default: str) -> list[str]:
     return [part.strip() for part in os.environ.get(name, default).split(",") if part.strip()]
 
 
-def data_dir(raw: str) -> Path:
+def data_path(raw: str) -> Path:
+    return Path(raw).expanduser().resolve()
+
+
+def data_dir(path: Path) -> Path:
     """The data folder, created if only its last part is missing, and proven writable."""
-    path = Path(raw).expanduser().resolve()
     hint = "create it or set SPOONFEEDER_DATA_DIR to a writable folder"
     if not path.exists():
         if not path.parent.is_dir():
@@ -61,8 +65,12 @@ def data_dir(raw: str) -> Path:
             raise ConfigError(f"data folder {path} cannot be made ({e.strerror}); {hint}") from None
     if not path.is_dir():
         raise ConfigError(f"data folder {path} is not a folder; {hint}")
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise ConfigError(f"data folder {path} is not writable; {hint}")
+    try:
+        # Try it rather than ask os.access(), which says yes to root on any folder.
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError:
+        raise ConfigError(f"data folder {path} is not writable; {hint}") from None
     return path
 
 

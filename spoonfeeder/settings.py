@@ -10,9 +10,8 @@ from pathlib import Path
 from spoonfeeder import config
 
 BASE_DIR = Path(__file__).resolve().parent.parent
-DATA_DIR = config.data_dir(os.environ.get("SPOONFEEDER_DATA_DIR", str(BASE_DIR / "data")))
+DATA_PATH = config.data_path(os.environ.get("SPOONFEEDER_DATA_DIR", str(BASE_DIR / "data")))
 
-SECRET_KEY = config.secret_key(DATA_DIR)
 DEBUG = config.env_bool("DEBUG", False)
 ALLOWED_HOSTS = config.env_list("ALLOWED_HOSTS", "127.0.0.1,localhost,[::1]")
 CSRF_TRUSTED_ORIGINS = config.env_list("CSRF_TRUSTED_ORIGINS", "")
@@ -69,7 +68,7 @@ TEMPLATES = [
 ]
 
 DATABASE_URL = os.environ.get("DATABASE_URL", "").strip()
-DATABASES = {"default": config.database(DATABASE_URL, DATA_DIR)}
+DATABASES = {"default": config.database(DATABASE_URL, DATA_PATH)}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = config.redis_url(os.environ.get("REDIS_URL", "").strip())
@@ -149,13 +148,11 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
-STATIC_ROOT = DATA_DIR / "static"
+STATIC_ROOT = DATA_PATH / "static"
 # Served straight from the source folders: a self-hosted app has no collectstatic step to forget.
 WHITENOISE_USE_FINDERS = True
 WHITENOISE_AUTOREFRESH = DEBUG
-MEDIA_ROOT = DATA_DIR / "media"
-for folder in (STATIC_ROOT, MEDIA_ROOT):
-    folder.mkdir(exist_ok=True)
+MEDIA_ROOT = DATA_PATH / "media"
 MEDIA_URL = "media/"
 
 LOGGING = {
@@ -165,3 +162,10 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
 }
+
+# The disk is touched last, once every other setting has been read without error: a mistake
+# anywhere above leaves nothing half-made behind.
+DATA_DIR = config.data_dir(DATA_PATH)
+SECRET_KEY = config.secret_key(DATA_DIR)
+for folder in (STATIC_ROOT, MEDIA_ROOT):
+    folder.mkdir(exist_ok=True)

@@ -137,7 +137,7 @@ class Stack:
 
     def spawn(self, name: str, *args: str, **env: str) -> Process:
         argv = [sys.executable, *args]
-        proc = Process(argv, {**self.env, **env}, self.tmp_path / f"{name}.log")
+        proc = Process(argv, {**self.env, **env}, self.tmp_path / f"{name}-{len(self.processes)}.log")
         self.processes.append(proc)
         return proc.start()
 

@@ -21,6 +21,7 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import DatabaseError, connection
 
 PR_SET_PDEATHSIG = 1
 
@@ -72,6 +73,13 @@ class Command(BaseCommand):
                 f"port {port} on {host} is already in use: stop the program using it, "
                 "or choose another with SPOONFEEDER_PORT=8001 (or --port 8001)"
             )
+        try:
+            connection.ensure_connection()
+        except DatabaseError as e:
+            first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise CommandError(
+                f"cannot reach the database ({first_line}): start it, or correct DATABASE_URL"
+            ) from None
         call_command("migrate", interactive=False, verbosity=0)
         if settings.CACHES["default"]["BACKEND"].endswith("DatabaseCache"):
             call_command("createcachetable", verbosity=0)

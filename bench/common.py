@@ -1,0 +1,256 @@
+"""Helpers shared by the benchmarks: free ports, waiting with a deadline, child processes that are
+always stopped (with everything they started), process-tree memory, and a whole `manage.py run`.
+
+Benchmarks print figures; they exit 0 whether or not a target is met, and non-zero only when
+they could not measure (a crash, a process that never came up, the time limit).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TypeVar
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+HOST = "127.0.0.1"
+T = TypeVar("T")
+
+
+class BenchError(RuntimeError):
+    """The benchmark could not measure; the message says why."""
+
+
+def free_port(host: str = HOST) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(check: Callable[[], T], timeout: float, what: str, interval: float = 0.05) -> T:
+    """Poll `check` until it returns something truthy; raise BenchError after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise BenchError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(interval)
+
+
+def percentile(sorted_values: list[float], p: float) -> float:
+    """Nearest-rank percentile of an already sorted, non-empty list."""
+    rank = max(math.ceil(p / 100 * len(sorted_values)), 1)
+    return sorted_values[rank - 1]
+
+
+def verdict(ok: bool) -> str:
+    return "PASS" if ok else "FAIL"
+
+
+@contextmanager
+def time_limit(seconds: int) -> Iterator[None]:
+    """Raise BenchError in the main thread after `seconds`, so `finally` blocks still clean up."""
+
+    def expired(signum: int, frame: object) -> None:
+        raise BenchError(f"benchmark exceeded its time limit of {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@contextmanager
+def temp_dir(prefix: str) -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(prefix=prefix) as name:
+        yield Path(name)
+
+
+def base_env(data_dir: Path, embedded: bool, **extra: str) -> dict[str, str]:
+    """The environment for Spoon Feeder processes. `embedded` drops DATABASE_URL and REDIS_URL,
+    so the default SQLite + ORM broker stack runs whatever the caller's shell has set."""
+    env = {k: v for k, v in os.environ.items() if not (embedded and k in ("DATABASE_URL", "REDIS_URL"))}
+    env.setdefault("LOG_LEVEL", "WARNING")
+    env.update(
+        SPOONFEEDER_DATA_DIR=str(data_dir),
+        DJANGO_SETTINGS_MODULE="spoonfeeder.settings",
+        PYTHONUNBUFFERED="1",
+        **extra,
+    )
+    return env
+
+
+def manage(env: dict[str, str], *args: str, timeout: float = 120) -> str:
+    """Run a management command to completion; its output, or BenchError with the output."""
+    done = subprocess.run(
+        [PYTHON, "manage.py", *args], cwd=ROOT, env=env, capture_output=True, text=True,
+        timeout=timeout,
+    )
+    if done.returncode:
+        raise BenchError(f"manage.py {' '.join(args)} failed ({done.returncode}):\n{done.stdout}{done.stderr}")
+    return done.stdout
+
+
+# --- processes --------------------------------------------------------------------------------
+
+
+def proc_stat(pid: int) -> tuple[int, int] | None:
+    """(parent pid, start time in clock ticks) of a live process, or None if it is gone."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    # The command name is in parentheses and may hold spaces: the fields follow the last ')'.
+    fields = raw[raw.rindex(")") + 2 :].split()
+    return int(fields[1]), int(fields[19])
+
+
+def process_tree(root: int) -> list[tuple[int, int]]:
+    """`root` and its live descendants as (pid, depth), each parent right before its children."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (stat := proc_stat(int(entry.name))):
+            children.setdefault(stat[0], []).append(int(entry.name))
+    found: list[tuple[int, int]] = []
+    stack = [(root, 0)]
+    while stack:
+        pid, depth = stack.pop()
+        found.append((pid, depth))
+        stack.extend((child, depth + 1) for child in sorted(children.get(pid, []), reverse=True))
+    return found
+
+
+def descendants(root: int) -> list[int]:
+    return [pid for pid, _ in process_tree(root)[1:]]
+
+
+def pss_kb(pid: int) -> int | None:
+    """Proportional set size of one process in kB, from /proc/<pid>/smaps_rollup."""
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return None
+
+
+def short_command(pid: int) -> str:
+    """A readable name: the command line without the interpreter's path or the repository's."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").split(b"\0")
+    except FileNotFoundError:
+        return "?"
+    words = [os.path.basename(a.decode(errors="replace")) for a in argv[:1]]
+    words += [a.decode(errors="replace").replace(f"{ROOT}/", "") for a in argv[1:]]
+    text = " ".join(words)
+    return text if len(text) <= 64 else text[:61] + "..."
+
+
+class Child:
+    """A process in its own session, with its output in a log file. `stop()` ends it and
+    everything it started: SIGTERM first, then SIGKILL for anything left, each by its pid."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], log: Path) -> None:
+        self.name, self.log = name, log
+        self.out = log.open("ab")
+        self.started = time.monotonic()
+        self.popen = subprocess.Popen(
+            argv, cwd=ROOT, env=env, stdout=self.out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def output(self, tail: int = 40) -> str:
+        lines = self.log.read_text(errors="replace").splitlines()
+        return "\n".join(lines[-tail:])
+
+    def check_alive(self) -> None:
+        if not self.alive():
+            raise BenchError(f"{self.name} exited with {self.popen.returncode}:\n{self.output()}")
+
+    def stop(self, grace: float = 30) -> int:
+        """SIGTERM, wait up to `grace` s, then SIGKILL the leftovers. Returns the exit code."""
+        tree = [(pid, proc_stat(pid)) for pid in descendants(self.pid)] if self.alive() else []
+        if self.alive():
+            self.popen.terminate()
+        try:
+            code = self.popen.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            code = None
+        for pid, stat in [(self.pid, None), *tree]:
+            now = proc_stat(pid)
+            # Only a process that is still the one we saw (same start time), never a reused pid.
+            if now and (stat is None or now[1] == stat[1]):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        try:
+            os.killpg(self.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        final = self.popen.wait()
+        self.out.close()
+        return final if code is None else code
+
+
+def login_answers(url: str) -> bool:
+    try:
+        return requests.get(f"{url}/login/", timeout=1).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def start_run(env: dict[str, str], port: int, log: Path) -> Child:
+    """The whole embedded stack (`manage.py run`): migrate, login, daphne and qcluster."""
+    return Child("manage.py run", [PYTHON, "manage.py", "run", "--port", str(port)], env, log)
+
+
+def start_daphne(env: dict[str, str], port: int, log: Path) -> Child:
+    argv = [
+        PYTHON, "-m", "daphne", "-b", HOST, "-p", str(port), "--websocket_timeout", "-1",
+        "spoonfeeder.asgi:application",
+    ]
+    return Child("daphne", argv, env, log)
+
+
+def wait_for_login(child: Child, url: str, timeout: float, interval: float = 0.05) -> float:
+    """Poll GET /login/ until it answers 200; the seconds since the child was started."""
+
+    def up() -> bool:
+        child.check_alive()
+        return login_answers(url)
+
+    wait_until(up, timeout, f"{url}/login/ to answer 200", interval)
+    return time.monotonic() - child.started
+
+
+def main(run: Callable[[], None]) -> None:
+    """Run a benchmark: exit 1 with a one-line reason when it could not measure."""
+    try:
+        run()
+    except BenchError as e:
+        print(f"benchmark error: {e}", file=sys.stderr)
+        sys.exit(1)
