@@ -24,7 +24,7 @@ def check_task_retry(**kwargs: Any) -> list[Error]:
             )
         ]
     bound = (1 + math.ceil((Conf.QUEUE_LIMIT + 1) / workers)) * timeout
-    if Conf.RETRY is not None and Conf.RETRY <= bound:
+    if Conf.RETRY is not None and bound >= Conf.RETRY:
         return [
             Error(
                 f"Task retry ({Conf.RETRY} s) is not larger than the longest a task can wait and run "

@@ -96,7 +96,10 @@ def secret_key(folder: Path) -> str:
 
 def database(url: str, folder: Path) -> dict[str, Any]:
     if not url:
-        config: dict[str, Any] = {"ENGINE": "django.db.backends.sqlite3", "NAME": folder / "spoonfeeder.sqlite3"}
+        config: dict[str, Any] = {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": folder / "spoonfeeder.sqlite3",
+        }
     else:
         try:
             config = dict(dj_database_url.parse(url))

@@ -78,7 +78,11 @@ class Process:
     def start(self) -> Process:
         self.out = self.log.open("ab")
         self.popen = subprocess.Popen(
-            self.argv, cwd=ROOT, env=self.env, stdout=self.out, stderr=subprocess.STDOUT,
+            self.argv,
+            cwd=ROOT,
+            env=self.env,
+            stdout=self.out,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         return self
@@ -143,7 +147,15 @@ class Stack:
 
     def web(self) -> Process:
         proc = self.spawn(
-            "web", "-m", "daphne", "-b", self.host, "-p", str(self.port), "--websocket_timeout", "-1",
+            "web",
+            "-m",
+            "daphne",
+            "-b",
+            self.host,
+            "-p",
+            str(self.port),
+            "--websocket_timeout",
+            "-1",
             "spoonfeeder.asgi:application",
         )
         self.wait_for_http(proc)
@@ -169,7 +181,9 @@ class Stack:
     def socket(self, session: str, topics: str = "dashboard") -> Socket:
         ws = websocket.create_connection(
             f"ws://{self.host}:{self.port}/ws/live/?topics={topics}",
-            cookie=f"sessionid={session}", origin=self.url, timeout=10,
+            cookie=f"sessionid={session}",
+            origin=self.url,
+            timeout=10,
         )
         return Socket(ws)
 

@@ -81,7 +81,9 @@ def test_logging_in_and_out(client: Client, user: User) -> None:
     assert client.get(reverse("dashboard")).status_code == 302
 
 
-def socket(origin: bytes = b"http://127.0.0.1", session: str = "", topics: str = "dashboard") -> WebsocketCommunicator:
+def socket(
+    origin: bytes = b"http://127.0.0.1", session: str = "", topics: str = "dashboard"
+) -> WebsocketCommunicator:
     headers = [(b"origin", origin), (b"host", b"127.0.0.1")]
     if session:
         headers.append((b"cookie", f"{settings.SESSION_COOKIE_NAME}={session}".encode()))

@@ -20,8 +20,13 @@ from tests.conftest import count
 def result(success: bool, age: timedelta = timedelta(0), error: str = "") -> Task:
     stopped = timezone.now() - age
     return Task.objects.create(
-        id=uuid.uuid4().hex, name="t", func="spoonfeeder.tasks.selftest", started=stopped, stopped=stopped,
-        success=success, result=None if success else f"{error} : Traceback (most recent call last): ...",
+        id=uuid.uuid4().hex,
+        name="t",
+        func="spoonfeeder.tasks.selftest",
+        started=stopped,
+        stopped=stopped,
+        success=success,
+        result=None if success else f"{error} : Traceback (most recent call last): ...",
     )
 
 
@@ -37,7 +42,12 @@ def test_it_counts_the_last_hour_of_tasks(logged_in: Client) -> None:
     Event.emit("dashboard", "task.started", result(True).id)  # started, and finished since
 
     html = logged_in.get(reverse("dashboard")).content.decode()
-    assert (count(html, "queued"), count(html, "running"), count(html, "done"), count(html, "failed")) == (2, 1, 3, 1)
+    assert (count(html, "queued"), count(html, "running"), count(html, "done"), count(html, "failed")) == (
+        2,
+        1,
+        3,
+        1,
+    )
     broker().purge_queue()
 
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
 import uuid
+from collections.abc import Callable
 from datetime import timedelta
 
 import pytest
@@ -28,8 +28,13 @@ def finish_task(success: bool = True) -> None:
     now = timezone.now()
     with transaction.atomic():
         task = Task.objects.create(
-            id=uuid.uuid4().hex, name="t", func="spoonfeeder.tasks.selftest", started=now, stopped=now,
-            success=success, result=None if success else "boom : Traceback ...",
+            id=uuid.uuid4().hex,
+            name="t",
+            func="spoonfeeder.tasks.selftest",
+            started=now,
+            stopped=now,
+            success=success,
+            result=None if success else "boom : Traceback ...",
         )
         Event.emit("dashboard", "task.done" if success else "task.failed", task.id)
 
@@ -37,8 +42,12 @@ def finish_task(success: bool = True) -> None:
 async def connect(user: User) -> WebsocketCommunicator:
     session = await sync_to_async(session_for)(user)
     ws = WebsocketCommunicator(
-        application, "/ws/live/?topics=dashboard",
-        headers=[(b"origin", b"http://127.0.0.1"), (b"cookie", f"{settings.SESSION_COOKIE_NAME}={session}".encode())],
+        application,
+        "/ws/live/?topics=dashboard",
+        headers=[
+            (b"origin", b"http://127.0.0.1"),
+            (b"cookie", f"{settings.SESSION_COOKIE_NAME}={session}".encode()),
+        ],
     )
     connected, _ = await ws.connect()
     assert connected
@@ -94,7 +103,12 @@ async def test_model_text_is_escaped_in_pushed_fragments(user: User) -> None:
         now = timezone.now()
         with transaction.atomic():
             Task.objects.create(
-                id=uuid.uuid4().hex, name="<b>bold</b>", func="x", started=now, stopped=now, success=False,
+                id=uuid.uuid4().hex,
+                name="<b>bold</b>",
+                func="x",
+                started=now,
+                stopped=now,
+                success=False,
                 result="<script>alert(1)</script> : Traceback",
             )
             Event.emit("dashboard", "task.failed")

@@ -37,7 +37,8 @@ def log_in(base: str, username: str, password: str) -> requests.Session:
     answer = s.post(
         f"{base}/login/",
         data={"username": username, "password": password, "csrfmiddlewaretoken": token.group(1)},
-        headers={"Referer": f"{base}/login/"}, timeout=5,
+        headers={"Referer": f"{base}/login/"},
+        timeout=5,
     )
     assert answer.url == f"{base}/", "login did not reach the dashboard"
     return s
@@ -71,7 +72,9 @@ def test_it_generates_a_password_once_and_runs_twice_in_a_row(stack: Stack) -> N
     stack.env.pop("SPOONFEEDER_ADMIN_PASSWORD", None)
     first = stack.run()
     stack.wait_for_http(first)
-    found = wait_until(lambda: re.search(r"Log in as admin with password (\S+)", first.output()), 10, "a password")
+    found = wait_until(
+        lambda: re.search(r"Log in as admin with password (\S+)", first.output()), 10, "a password"
+    )
     log_in(stack.url, "admin", found.group(1))
     first.signal(signal.SIGINT)
     assert first.wait(40) == 0

@@ -19,8 +19,12 @@ ROOT = Path(__file__).resolve().parent.parent
 def manage(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
     return subprocess.run(
-        [sys.executable, "manage.py", *args], cwd=ROOT, env={**base, **env},
-        capture_output=True, text=True, timeout=60,
+        [sys.executable, "manage.py", *args],
+        cwd=ROOT,
+        env={**base, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
 
@@ -70,9 +74,10 @@ def test_an_unreachable_redis_stops_start_up_with_a_hint(tmp_path: Path) -> None
 def test_an_unreachable_database_stops_run_with_one_line(tmp_path: Path) -> None:
     result = manage("run", SPOONFEEDER_DATA_DIR=str(tmp_path), DATABASE_URL="postgres://u@127.0.0.1:1/x")
     assert result.returncode == 1
-    assert result.stderr.strip().splitlines() == [
-        result.stderr.strip().splitlines()[0]
-    ] and "cannot reach the database" in result.stderr
+    assert (
+        result.stderr.strip().splitlines() == [result.stderr.strip().splitlines()[0]]
+        and "cannot reach the database" in result.stderr
+    )
 
 
 def test_retry_not_longer_than_a_task_can_wait_and_run_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -108,5 +113,8 @@ def test_sqlite_runs_in_wal_mode_with_immediate_transactions(tmp_path: Path) -> 
 def test_database_url_selects_postgresql() -> None:
     db = config.database("postgres://me@db.example:5433/films", Path("/unused"))
     assert (db["ENGINE"], db["HOST"], db["PORT"], db["NAME"]) == (
-        "django.db.backends.postgresql", "db.example", 5433, "films"
+        "django.db.backends.postgresql",
+        "db.example",
+        5433,
+        "films",
     )

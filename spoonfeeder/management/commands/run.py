@@ -93,8 +93,18 @@ class Command(BaseCommand):
         manage = str(settings.BASE_DIR / "manage.py")
         children = {
             "web server (daphne)": self.spawn(
-                [python, "-m", "daphne", "-b", host, "-p", str(port), "--websocket_timeout", "-1",
-                 "spoonfeeder.asgi:application"]
+                [
+                    python,
+                    "-m",
+                    "daphne",
+                    "-b",
+                    host,
+                    "-p",
+                    str(port),
+                    "--websocket_timeout",
+                    "-1",
+                    "spoonfeeder.asgi:application",
+                ]
             ),
             "worker (qcluster)": self.spawn([python, manage, "qcluster"]),
         }
