@@ -45,6 +45,7 @@ test-postgres: $(VENV)/.test-installed chromium
 lint: $(VENV)/.test-installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy spoonfeeder nodes renders stories scheduling
 
 bench: $(VENV)/.test-installed
 	$(BIN)/python bench/startup.py

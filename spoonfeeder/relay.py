@@ -59,7 +59,7 @@ async def run() -> None:
     while True:
         try:
             now = time.monotonic()
-            ticking = frozenset()
+            ticking: frozenset[str] = frozenset()
             if now >= next_tick:
                 ticking, next_tick = live.TICKING, now + settings.RELAY_TICK
             sends = await claim(ticking, last)

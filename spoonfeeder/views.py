@@ -4,9 +4,14 @@ from django.contrib import messages
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
+from django_htmx.middleware import HtmxDetails
 
 from spoonfeeder import dashboard as board
 from spoonfeeder.tasks import enqueue
+
+
+class HtmxHttpRequest(HttpRequest):
+    htmx: HtmxDetails
 
 
 def dashboard(request: HttpRequest) -> HttpResponse:
@@ -14,7 +19,7 @@ def dashboard(request: HttpRequest) -> HttpResponse:
 
 
 @require_POST
-def test_task(request: HttpRequest) -> HttpResponse:
+def test_task(request: HtmxHttpRequest) -> HttpResponse:
     seconds = 2.0 if request.POST.get("length") == "long" else 0.5
     enqueue("spoonfeeder.tasks.selftest", seconds, task_name=f"test task by {request.user}")
     if request.htmx:
