@@ -10,6 +10,7 @@ from typing import Any
 from django.conf import settings
 from django.utils import timezone
 from django_q.brokers import Broker, get_broker
+from django_q.humanhash import humanize
 from django_q.models import Task
 from django_q.status import Stat
 
@@ -42,7 +43,7 @@ def clusters() -> list[Cluster]:
             continue
         found.append(
             Cluster(
-                name=stat.cluster_id.hex[:8] if hasattr(stat.cluster_id, "hex") else str(stat.cluster_id),
+                name=humanize(stat.cluster_id.hex),
                 host=stat.host,
                 pid=stat.pid,
                 status=str(stat.status),

@@ -12,10 +12,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 
-from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
+from django.db import connections
 
 from spoonfeeder import live
 from spoonfeeder.models import Event
@@ -23,6 +24,10 @@ from spoonfeeder.models import Event
 log = logging.getLogger(__name__)
 
 _tasks: dict[asyncio.AbstractEventLoop, asyncio.Task[None]] = {}
+# The relay's database work runs in a thread of its own that keeps its connection, rather than
+# through database_sync_to_async, which would open a new connection for every poll (a new
+# server process each time, on PostgreSQL).
+_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="relay")
 
 
 def ensure_running() -> None:
@@ -34,35 +39,41 @@ def ensure_running() -> None:
 
 
 async def stop() -> None:
-    task = _tasks.pop(asyncio.get_running_loop(), None)
+    loop = asyncio.get_running_loop()
+    task = _tasks.pop(loop, None)
     if task:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+    await loop.run_in_executor(_thread, connections.close_all)
 
 
 def claim_and_render(ticking: frozenset[str], last: dict[str, str]) -> dict[str, str]:
-    """One pass: the HTML to send, by topic. Runs in a worker thread (database access)."""
-    topics = {e.topic for e in Event.objects.claim() if e.topic in live.TOPICS}
-    out = {}
-    for topic in topics | ticking:
-        html = live.render(topic)
-        if topic in topics or last.get(topic) != html:
-            out[topic] = last[topic] = html
-    return out
+    """One pass: the HTML to send, by topic. Runs in the relay's thread."""
+    try:
+        topics = {e.topic for e in Event.objects.claim() if e.topic in live.TOPICS}
+        out = {}
+        for topic in topics | ticking:
+            html = live.render(topic)
+            if topic in topics or last.get(topic) != html:
+                out[topic] = last[topic] = html
+        return out
+    except Exception:
+        connections.close_all()  # the next pass starts on a fresh connection
+        raise
 
 
 async def run() -> None:
     layer = get_channel_layer()
     last: dict[str, str] = {}
     next_tick = 0.0
-    claim = database_sync_to_async(claim_and_render)
+    loop = asyncio.get_running_loop()
     while True:
         try:
             now = time.monotonic()
             ticking: frozenset[str] = frozenset()
             if now >= next_tick:
                 ticking, next_tick = live.TICKING, now + settings.RELAY_TICK
-            sends = await claim(ticking, last)
+            sends = await loop.run_in_executor(_thread, claim_and_render, ticking, last)
             for topic, html in sends.items():
                 await layer.group_send(topic, {"type": "live.fragment", "html": html})
         except asyncio.CancelledError:
