@@ -10,7 +10,9 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -19,8 +21,12 @@ import requests
 import websocket
 from django.conf import settings
 from django.contrib.auth.models import User
-from django.db import connection
+from django.db import connection, transaction
 from django.test import Client
+from django.utils import timezone
+from django_q.models import Task
+
+from spoonfeeder.models import Event
 
 ROOT = Path(__file__).resolve().parent.parent
 PASSWORD = "a-long-test-password"
@@ -221,6 +227,37 @@ def stack(transactional_db: None, tmp_path: Path) -> Iterator[Stack]:
     s = Stack(tmp_path)
     yield s
     s.stop()
+
+
+def finished_task(
+    success: bool = True, age: timedelta = timedelta(0), error: str = "boom", name: str = "t"
+) -> Task:
+    """What the worker's monitor does when a task ends: the result row and its event, together."""
+    stopped = timezone.now() - age
+    with transaction.atomic():
+        task = Task.objects.create(
+            id=uuid.uuid4().hex,
+            name=name,
+            func="spoonfeeder.tasks.selftest",
+            started=stopped,
+            stopped=stopped,
+            success=success,
+            result=None if success else f"{error} : Traceback (most recent call last): ...",
+        )
+        Event.emit("dashboard", "task.done" if success else "task.failed", task.id)
+    return task
+
+
+def communicator(session: str = "", origin: str = "http://127.0.0.1", topics: str = "dashboard") -> Any:
+    """An in-process WebSocket client of the live consumer."""
+    from channels.testing import WebsocketCommunicator
+
+    from spoonfeeder.asgi import application
+
+    headers = [(b"origin", origin.encode()), (b"host", b"127.0.0.1")]
+    if session:
+        headers.append((b"cookie", f"{settings.SESSION_COOKIE_NAME}={session}".encode()))
+    return WebsocketCommunicator(application, f"/ws/live/?topics={topics}", headers=headers)
 
 
 def session_for(user: User) -> str:

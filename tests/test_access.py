@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import pytest
-from channels.testing import WebsocketCommunicator
-from django.conf import settings
 from django.contrib.auth.models import User
 from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
 
 from spoonfeeder import relay
-from spoonfeeder.asgi import application
 from spoonfeeder.dashboard import broker
-from tests.conftest import session_for
+from tests.conftest import communicator, session_for
 
 PUBLIC = {"/login/", "/admin/login/"}
 
@@ -81,18 +78,9 @@ def test_logging_in_and_out(client: Client, user: User) -> None:
     assert client.get(reverse("dashboard")).status_code == 302
 
 
-def socket(
-    origin: bytes = b"http://127.0.0.1", session: str = "", topics: str = "dashboard"
-) -> WebsocketCommunicator:
-    headers = [(b"origin", origin), (b"host", b"127.0.0.1")]
-    if session:
-        headers.append((b"cookie", f"{settings.SESSION_COOKIE_NAME}={session}".encode()))
-    return WebsocketCommunicator(application, f"/ws/live/?topics={topics}", headers=headers)
-
-
 @pytest.mark.django_db(transaction=True)
 async def test_an_anonymous_socket_is_closed_for_good() -> None:
-    ws = socket()
+    ws = communicator()
     connected, _ = await ws.connect()
     assert connected
     # 4401: htmx does not retry, so a logged-out page does not hammer the server.
@@ -104,7 +92,7 @@ async def test_an_anonymous_socket_is_closed_for_good() -> None:
 async def test_a_socket_from_another_origin_is_refused(user: User) -> None:
     from asgiref.sync import sync_to_async
 
-    ws = socket(origin=b"http://evil.example", session=await sync_to_async(session_for)(user))
+    ws = communicator(origin="http://evil.example", session=await sync_to_async(session_for)(user))
     connected, _ = await ws.connect()
     assert not connected
     await ws.disconnect()
@@ -114,7 +102,7 @@ async def test_a_socket_from_another_origin_is_refused(user: User) -> None:
 async def test_a_socket_asking_for_an_unknown_topic_is_closed(user: User) -> None:
     from asgiref.sync import sync_to_async
 
-    ws = socket(session=await sync_to_async(session_for)(user), topics="dashboard,secrets")
+    ws = communicator(session=await sync_to_async(session_for)(user), topics="dashboard,secrets")
     await ws.connect()
     assert await ws.receive_output() == {"type": "websocket.close", "code": 4404}
     await ws.disconnect()

@@ -2,44 +2,28 @@
 
 from __future__ import annotations
 
-import uuid
 from datetime import timedelta
 
 from django.core.cache import cache
 from django.test import Client
 from django.urls import reverse
-from django.utils import timezone
-from django_q.models import Task
 
 from spoonfeeder.dashboard import broker
 from spoonfeeder.models import Event
 from spoonfeeder.tasks import enqueue
-from tests.conftest import count
-
-
-def result(success: bool, age: timedelta = timedelta(0), error: str = "") -> Task:
-    stopped = timezone.now() - age
-    return Task.objects.create(
-        id=uuid.uuid4().hex,
-        name="t",
-        func="spoonfeeder.tasks.selftest",
-        started=stopped,
-        stopped=stopped,
-        success=success,
-        result=None if success else f"{error} : Traceback (most recent call last): ...",
-    )
+from tests.conftest import count, finished_task
 
 
 def test_it_counts_the_last_hour_of_tasks(logged_in: Client) -> None:
     broker().purge_queue()
     enqueue("spoonfeeder.tasks.selftest", 0)
     enqueue("spoonfeeder.tasks.selftest", 0)
-    result(True)
-    result(True)
-    result(True, age=timedelta(hours=2))  # too old to count
-    result(False, error="ValueError: no")
+    finished_task(True)
+    finished_task(True)
+    finished_task(True, age=timedelta(hours=2))  # too old to count
+    finished_task(False, error="ValueError: no")
     Event.emit("dashboard", "task.started", "still-going")
-    Event.emit("dashboard", "task.started", result(True).id)  # started, and finished since
+    Event.emit("dashboard", "task.started", finished_task(True).id)  # started, and finished since
 
     html = logged_in.get(reverse("dashboard")).content.decode()
     assert (count(html, "queued"), count(html, "running"), count(html, "done"), count(html, "failed")) == (
@@ -52,7 +36,7 @@ def test_it_counts_the_last_hour_of_tasks(logged_in: Client) -> None:
 
 
 def test_it_lists_recent_errors_with_their_message_not_the_traceback(logged_in: Client) -> None:
-    result(False, error="ZeroDivisionError: division by zero")
+    finished_task(False, error="ZeroDivisionError: division by zero")
     html = logged_in.get(reverse("dashboard")).content.decode()
     assert "ZeroDivisionError: division by zero" in html
     assert "most recent call last" not in html

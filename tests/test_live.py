@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import uuid
 from collections.abc import Callable
 from datetime import timedelta
 
@@ -11,44 +10,17 @@ import pytest
 import time_machine
 from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
-from django.conf import settings
 from django.contrib.auth.models import User
-from django.db import close_old_connections, transaction
+from django.db import close_old_connections
 from django.utils import timezone
-from django_q.models import Task
 
 from spoonfeeder import relay
-from spoonfeeder.asgi import application
 from spoonfeeder.models import Event
-from tests.conftest import count, session_for
-
-
-def finish_task(success: bool = True) -> None:
-    """What the worker's monitor does when a task ends: the result row and its event, together."""
-    now = timezone.now()
-    with transaction.atomic():
-        task = Task.objects.create(
-            id=uuid.uuid4().hex,
-            name="t",
-            func="spoonfeeder.tasks.selftest",
-            started=now,
-            stopped=now,
-            success=success,
-            result=None if success else "boom : Traceback ...",
-        )
-        Event.emit("dashboard", "task.done" if success else "task.failed", task.id)
+from tests.conftest import communicator, count, finished_task, session_for
 
 
 async def connect(user: User) -> WebsocketCommunicator:
-    session = await sync_to_async(session_for)(user)
-    ws = WebsocketCommunicator(
-        application,
-        "/ws/live/?topics=dashboard",
-        headers=[
-            (b"origin", b"http://127.0.0.1"),
-            (b"cookie", f"{settings.SESSION_COOKIE_NAME}={session}".encode()),
-        ],
-    )
+    ws = communicator(await sync_to_async(session_for)(user))
     connected, _ = await ws.connect()
     assert connected
     return ws
@@ -69,9 +41,9 @@ async def test_a_socket_gets_a_snapshot_then_every_change(user: User) -> None:
         assert element in snapshot
     assert count(snapshot, "done") == 0
 
-    await sync_to_async(finish_task)()
+    await sync_to_async(finished_task)()
     await receive_until(ws, lambda html: count(html, "done") == 1)
-    await sync_to_async(finish_task)(success=False)
+    await sync_to_async(finished_task)(success=False)
     await receive_until(ws, lambda html: count(html, "failed") == 1)
     await ws.disconnect()
     await relay.stop()
@@ -82,9 +54,11 @@ async def test_a_burst_of_events_is_sent_as_the_latest_state(user: User) -> None
     ws = await connect(user)
     await ws.receive_from(timeout=10)
     await relay.stop()  # hold the relay while the burst is written
+    while not await ws.receive_nothing(timeout=0.2):
+        await ws.receive_from()  # what the relay sent before it stopped
 
     for _ in range(30):
-        await sync_to_async(finish_task)()
+        await sync_to_async(finished_task)()
     relay.ensure_running()
     html = await ws.receive_from(timeout=10)
     assert count(html, "done") == 30  # one push for the burst, already up to date
@@ -99,21 +73,7 @@ async def test_model_text_is_escaped_in_pushed_fragments(user: User) -> None:
     ws = await connect(user)
     await ws.receive_from(timeout=10)
 
-    def fail_with_markup() -> None:
-        now = timezone.now()
-        with transaction.atomic():
-            Task.objects.create(
-                id=uuid.uuid4().hex,
-                name="<b>bold</b>",
-                func="x",
-                started=now,
-                stopped=now,
-                success=False,
-                result="<script>alert(1)</script> : Traceback",
-            )
-            Event.emit("dashboard", "task.failed")
-
-    await sync_to_async(fail_with_markup)()
+    await sync_to_async(finished_task)(False, error="<script>alert(1)</script>", name="<b>bold</b>")
     html = await receive_until(ws, lambda html: count(html, "failed") == 1)
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
     assert "<script>" not in html and "<b>bold" not in html
