@@ -60,6 +60,12 @@ def verdict(ok: bool) -> str:
     return "PASS" if ok else "FAIL"
 
 
+def machine() -> str:
+    """The context every figure needs: other work on the machine skews all of them."""
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    return f"{os.cpu_count()} CPUs, load average {load}"
+
+
 @contextmanager
 def time_limit(seconds: int) -> Iterator[None]:
     """Raise BenchError in the main thread after `seconds`, so `finally` blocks still clean up."""
@@ -99,11 +105,17 @@ def base_env(data_dir: Path, embedded: bool, **extra: str) -> dict[str, str]:
 def manage(env: dict[str, str], *args: str, timeout: float = 120) -> str:
     """Run a management command to completion; its output, or BenchError with the output."""
     done = subprocess.run(
-        [PYTHON, "manage.py", *args], cwd=ROOT, env=env, capture_output=True, text=True,
+        [PYTHON, "manage.py", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
         timeout=timeout,
     )
     if done.returncode:
-        raise BenchError(f"manage.py {' '.join(args)} failed ({done.returncode}):\n{done.stdout}{done.stderr}")
+        raise BenchError(
+            f"manage.py {' '.join(args)} failed ({done.returncode}):\n{done.stdout}{done.stderr}"
+        )
     return done.stdout
 
 
@@ -230,7 +242,15 @@ def start_run(env: dict[str, str], port: int, log: Path) -> Child:
 
 def start_daphne(env: dict[str, str], port: int, log: Path) -> Child:
     argv = [
-        PYTHON, "-m", "daphne", "-b", HOST, "-p", str(port), "--websocket_timeout", "-1",
+        PYTHON,
+        "-m",
+        "daphne",
+        "-b",
+        HOST,
+        "-p",
+        str(port),
+        "--websocket_timeout",
+        "-1",
         "spoonfeeder.asgi:application",
     ]
     return Child("daphne", argv, env, log)

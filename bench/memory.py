@@ -15,6 +15,7 @@ from common import (
     BenchError,
     base_env,
     free_port,
+    machine,
     main,
     process_tree,
     pss_kb,
@@ -39,8 +40,8 @@ def run() -> None:
         stack = start_run(env, port, tmp / "run.log")
         try:
             up = wait_for_login(stack, f"http://127.0.0.1:{port}", timeout=60)
-            print(f"Memory of `manage.py run` (SQLite + ORM broker), idle {IDLE_SECONDS} s after")
-            print(f"/login/ first answered 200 ({up:.2f} s after start)")
+            print(f"Memory of `manage.py run` (SQLite + ORM broker; {machine()})")
+            print(f"idle {IDLE_SECONDS} s after /login/ first answered 200 ({up:.2f} s after start)")
             time.sleep(IDLE_SECONDS)
             stack.check_alive()
 

@@ -17,6 +17,7 @@ from common import (
     BenchError,
     base_env,
     free_port,
+    machine,
     main,
     start_run,
     temp_dir,
@@ -52,7 +53,7 @@ def run() -> None:
         # warm-up run is only looked up afterwards, never re-hashed.
         env = base_env(data, embedded=True)
         env.pop("SPOONFEEDER_ADMIN_PASSWORD", None)
-        print("Startup of `manage.py run` (SQLite + ORM broker) until GET /login/ answers 200")
+        print(f"Startup of `manage.py run` until GET /login/ answers 200 (SQLite; {machine()})")
         up, _, _ = start_once(env, tmp / "warmup.log")
         print(f"warm-up (first run: migrations, cache table, admin): {up:.2f} s")
         times = []

@@ -73,10 +73,21 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = config.redis_url(os.environ.get("REDIS_URL", "").strip())
 
+# Installs (and test runs) sharing one Redis keep apart by their queue's name.
+QUEUE_NAME = os.environ.get("SPOONFEEDER_QUEUE", "spoonfeeder")
 if REDIS_URL:
-    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": REDIS_URL,
+            "KEY_PREFIX": QUEUE_NAME,
+        }
+    }
     CHANNEL_LAYERS = {
-        "default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [REDIS_URL]}}
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [REDIS_URL], "prefix": f"{QUEUE_NAME}:asgi"},
+        }
     }
 else:
     # The database cache crosses processes, so the web process sees the worker cluster's
@@ -101,7 +112,7 @@ Q_RETRY = int(
     )
 )
 Q_CLUSTER = {
-    "name": os.environ.get("SPOONFEEDER_QUEUE", "spoonfeeder"),
+    "name": QUEUE_NAME,
     "workers": Q_WORKERS,
     "timeout": Q_TIMEOUT,
     "retry": Q_RETRY,

@@ -9,16 +9,24 @@ from typing import Any
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
+from django_q.conf import Conf
 from django_q.models import Task
 from django_q.tasks import async_task
 
 from spoonfeeder.models import Event
 
 
-def enqueue(func: str, *args: Any, **kwargs: Any) -> str:
-    """Queue a task. With the ORM broker the queue row and its event commit together."""
-    with transaction.atomic():
-        return str(async_task(func, *args, **kwargs))
+def enqueue(func: str, *args: Any, **kwargs: Any) -> None:
+    """Queue a task so that the worker sees the caller's rows when it starts.
+
+    With the ORM broker the queue row (and its event) joins the caller's transaction; another
+    broker is not transactional, so the message is sent once the transaction commits.
+    """
+    if Conf.ORM:
+        with transaction.atomic():
+            async_task(func, *args, **kwargs)
+    else:
+        transaction.on_commit(lambda: async_task(func, *args, **kwargs))
 
 
 def selftest(seconds: float = 1.0) -> str:

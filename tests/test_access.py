@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from django.contrib.auth.models import User
 from django.test import Client
@@ -52,7 +54,7 @@ def test_pages_show_for_a_logged_in_user(logged_in: Client) -> None:
         assert b'id="live-status"' in answer.content
 
 
-def test_htmx_posts_need_the_csrf_token(user: User) -> None:
+def test_htmx_posts_need_the_csrf_token(user: User, django_capture_on_commit_callbacks: Any) -> None:
     client = Client(enforce_csrf_checks=True)
     client.force_login(user)
     broker().purge_queue()
@@ -63,7 +65,10 @@ def test_htmx_posts_need_the_csrf_token(user: User) -> None:
     page = client.get(reverse("dashboard"))
     token = page.context["csrf_token"]
     assert f'"X-CSRFToken": "{token}"' in page.content.decode()  # htmx sends it from <body>
-    accepted = client.post(reverse("test-task"), headers={"HX-Request": "true", "X-CSRFToken": str(token)})
+    with django_capture_on_commit_callbacks(execute=True):  # a request commits as it ends
+        accepted = client.post(
+            reverse("test-task"), headers={"HX-Request": "true", "X-CSRFToken": str(token)}
+        )
     assert accepted.status_code == 204
     assert broker().queue_size() == 1
     broker().purge_queue()

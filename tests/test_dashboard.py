@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 from django.core.cache import cache
 from django.test import Client
@@ -14,10 +15,11 @@ from spoonfeeder.tasks import enqueue
 from tests.conftest import count, finished_task
 
 
-def test_it_counts_the_last_hour_of_tasks(logged_in: Client) -> None:
+def test_it_counts_the_last_hour_of_tasks(logged_in: Client, django_capture_on_commit_callbacks: Any) -> None:
     broker().purge_queue()
-    enqueue("spoonfeeder.tasks.selftest", 0)
-    enqueue("spoonfeeder.tasks.selftest", 0)
+    with django_capture_on_commit_callbacks(execute=True):
+        enqueue("spoonfeeder.tasks.selftest", 0)
+        enqueue("spoonfeeder.tasks.selftest", 0)
     finished_task(True)
     finished_task(True)
     finished_task(True, age=timedelta(hours=2))  # too old to count
@@ -49,9 +51,12 @@ def test_with_no_worker_alive_it_says_so_and_how_to_start_one(logged_in: Client)
     assert "manage.py qcluster" in html and "make run" in html
 
 
-def test_the_test_task_button_queues_a_task_and_says_so(logged_in: Client) -> None:
+def test_the_test_task_button_queues_a_task_and_says_so(
+    logged_in: Client, django_capture_on_commit_callbacks: Any
+) -> None:
     broker().purge_queue()
-    answer = logged_in.post(reverse("test-task"), follow=True)
+    with django_capture_on_commit_callbacks(execute=True):
+        answer = logged_in.post(reverse("test-task"), follow=True)
     assert "A test task was queued" in answer.content.decode()
     assert broker().queue_size() == 1
     assert Event.objects.filter(kind="task.queued").count() == 1
