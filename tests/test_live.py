@@ -5,17 +5,21 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from datetime import timedelta
+from importlib import import_module
 
 import pytest
 import time_machine
 from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
+from django.apps import apps
 from django.contrib.auth.models import User
 from django.db import close_old_connections
 from django.utils import timezone
+from django_q.models import Schedule, Task
 
 from spoonfeeder import relay
 from spoonfeeder.models import Event
+from spoonfeeder.tasks import prune
 from tests.conftest import communicator, count, finished_task, session_for
 
 
@@ -109,3 +113,24 @@ def test_old_events_are_pruned_after_the_retention(settings: object) -> None:
     Event.emit("dashboard", "new")
     Event.objects.prune()
     assert list(Event.objects.values_list("kind", flat=True)) == ["new"]
+
+
+@pytest.mark.django_db
+def test_pruning_is_scheduled_hourly_exactly_once() -> None:
+    migration = import_module("spoonfeeder.migrations.0002_prune_schedule")
+    migration.add_schedule(apps, None)
+    migration.add_schedule(apps, None)  # migrating again never adds a second one
+    schedule = Schedule.objects.get(func="spoonfeeder.tasks.prune")
+    assert schedule.schedule_type == Schedule.HOURLY and schedule.repeats < 0
+
+
+@pytest.mark.django_db
+def test_the_prune_task_removes_old_events_and_task_results() -> None:
+    old = finished_task(age=timedelta(days=30))
+    with time_machine.travel(timezone.now() - timedelta(days=30)):
+        Event.emit("dashboard", "old")
+    kept = finished_task()
+    assert prune().startswith("pruned")
+    assert list(Task.objects.values_list("id", flat=True)) == [kept.id]
+    assert not Task.objects.filter(id=old.id).exists()
+    assert not Event.objects.filter(kind="old").exists()
