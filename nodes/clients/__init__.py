@@ -1,0 +1,19 @@
+"""The only code that talks to the lab's servers: one module per service (ollama, comfyui).
+
+Every failure is a ServiceError whose message says what happened in words a user can act on,
+and whose `permanent` flag says whether trying again can help.
+"""
+
+from __future__ import annotations
+
+
+class ServiceError(Exception):
+    def __init__(self, message: str, *, permanent: bool = False, status: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.permanent = permanent
+        # The HTTP status the server answered with, when it answered at all.
+        self.status = status
+
+    def __str__(self) -> str:
+        return self.message

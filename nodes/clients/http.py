@@ -1,0 +1,137 @@
+"""HTTP plumbing shared by the service clients: timeouts, size limits and errors that say what
+went wrong. Nothing here knows about Ollama or ComfyUI."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import requests
+
+from nodes.clients import ServiceError
+
+# Connecting is quick on a LAN or it is not happening; reading may wait on a GPU.
+CONNECT_TIMEOUT = 3.0
+READ_TIMEOUT = 30.0
+# Larger answers are refused rather than read into memory (a real /object_info is about 1 MB).
+MAX_ANSWER_BYTES = 64 * 1024 * 1024
+USER_AGENT = "SpoonFeeder/0.1"
+
+
+def session() -> requests.Session:
+    s = requests.Session()
+    s.headers["User-Agent"] = USER_AGENT
+    # Never route the lab's traffic through a proxy taken from the environment.
+    s.trust_env = False
+    return s
+
+
+def describe(e: requests.RequestException, url: str) -> ServiceError:
+    """Turn a requests failure into a ServiceError a user can act on."""
+    if isinstance(e, requests.exceptions.SSLError):
+        return ServiceError(f"{url}: TLS error ({e.__class__.__name__})", permanent=True)
+    if isinstance(e, requests.exceptions.ConnectTimeout):
+        return ServiceError(f"{url}: no answer within {CONNECT_TIMEOUT:g} s (is the machine on?)")
+    if isinstance(e, requests.exceptions.ReadTimeout):
+        return ServiceError(f"{url}: connected, but no answer in time (busy or loading a model?)")
+    if isinstance(e, requests.exceptions.ConnectionError):
+        text = str(e)
+        if "Connection refused" in text:
+            return ServiceError(f"{url}: connection refused (is the server running on that port?)")
+        if "BadStatusLine" in text or "RemoteDisconnected" in text or "wrong version number" in text:
+            return ServiceError(f"{url}: the server does not speak plain HTTP (is it TLS?)", permanent=True)
+        return ServiceError(f"{url}: cannot connect ({text.splitlines()[0][:200]})")
+    return ServiceError(f"{url}: {e.__class__.__name__}: {str(e)[:200]}")
+
+
+def read_limited(response: requests.Response, url: str, limit: int = MAX_ANSWER_BYTES) -> bytes:
+    declared = response.headers.get("Content-Length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        response.close()
+        raise ServiceError(f"{url}: answer too large ({int(declared) // 1048576} MB)", permanent=True)
+    chunks, size = [], 0
+    try:
+        for chunk in response.iter_content(65536):
+            size += len(chunk)
+            if size > limit:
+                raise ServiceError(f"{url}: answer too large (over {limit // 1048576} MB)", permanent=True)
+            chunks.append(chunk)
+    except requests.RequestException as e:
+        raise describe(e, url) from e
+    finally:
+        response.close()
+    return b"".join(chunks)
+
+
+def request(
+    s: requests.Session,
+    method: str,
+    url: str,
+    *,
+    timeout: float = READ_TIMEOUT,
+    stream: bool = False,
+    **kwargs: Any,
+) -> requests.Response:
+    """Send a request; connection failures become ServiceError. The caller checks the status."""
+    try:
+        return s.request(method, url, timeout=(CONNECT_TIMEOUT, timeout), stream=True, **kwargs)
+    except requests.RequestException as e:
+        raise describe(e, url) from e
+
+
+def decode_json(body: bytes, url: str, status: int) -> Any:
+    try:
+        return json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        start = body[:60].decode("utf-8", "replace").strip().replace("\n", " ")
+        kind = "HTML" if start.lower().startswith(("<!doctype", "<html")) else "something that is not JSON"
+        raise ServiceError(
+            f"{url}: answered {kind} (HTTP {status}, starts {start!r}); is this the right port?",
+            permanent=True,
+            status=status,
+        ) from None
+
+
+def json_request(
+    s: requests.Session,
+    method: str,
+    url: str,
+    *,
+    timeout: float = READ_TIMEOUT,
+    limit: int = MAX_ANSWER_BYTES,
+    ok: tuple[int, ...] = (200,),
+    **kwargs: Any,
+) -> Any:
+    """A request whose answer must be JSON with one of the `ok` statuses."""
+    response = request(s, method, url, timeout=timeout, **kwargs)
+    body = read_limited(response, url, limit)
+    if response.status_code not in ok:
+        raise http_error(url, response.status_code, body)
+    return decode_json(body, url, response.status_code)
+
+
+def http_error(url: str, status: int, body: bytes) -> ServiceError:
+    detail = body[:300].decode("utf-8", "replace").strip()
+    try:
+        parsed = json.loads(body)
+        if isinstance(parsed, dict) and parsed.get("error"):
+            err = parsed["error"]
+            detail = err.get("message", str(err)) if isinstance(err, dict) else str(err)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        pass
+    # 4xx: our request is wrong and will stay wrong; 5xx and 429: the server may recover.
+    permanent = 400 <= status < 500 and status != 429
+    return ServiceError(f"{url}: HTTP {status}: {detail}", permanent=permanent, status=status)
+
+
+def ndjson_lines(response: requests.Response, url: str) -> Iterator[Any]:
+    """Each line of a streamed newline-delimited JSON answer, decoded."""
+    try:
+        for line in response.iter_lines():
+            if line:
+                yield decode_json(line, url, response.status_code)
+    except requests.RequestException as e:
+        raise describe(e, url) from e
+    finally:
+        response.close()
