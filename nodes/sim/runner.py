@@ -13,7 +13,9 @@ from aiohttp import web
 class Server:
     """An aiohttp application served on host:port from a background thread."""
 
-    def __init__(self, make_app: Callable[[], web.Application], host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self, make_app: Callable[[], web.Application], host: str = "127.0.0.1", port: int = 0
+    ) -> None:
         self.make_app = make_app
         self.host = host
         self.port = port
@@ -38,9 +40,7 @@ class Server:
         site = web.TCPSite(self.runner, self.host, self.port, reuse_address=True)
         await site.start()
         if self.port == 0:
-            server = site._server
-            assert server is not None and server.sockets
-            self.port = server.sockets[0].getsockname()[1]
+            self.port = self.runner.addresses[0][1]
 
     def call(self, fn: Callable[[], object]) -> object:
         """Run `fn` on the server's loop (to change its state safely) and return its result."""
