@@ -4,12 +4,13 @@ went wrong. Nothing here knows about Ollama or ComfyUI."""
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import Iterator
 from typing import Any
 
 import requests
 
-from nodes.clients import ServiceError
+from nodes.clients import ServiceError, ServiceTimeout
 
 # Connecting is quick on a LAN or it is not happening; reading may wait on a GPU.
 CONNECT_TIMEOUT = 3.0
@@ -27,6 +28,15 @@ def session() -> requests.Session:
     return s
 
 
+def port_open(host: str, port: int, timeout: float) -> bool:
+    """Whether something accepts TCP connections there: discovery's first, cheap question."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
 def describe(e: requests.RequestException, url: str) -> ServiceError:
     """Turn a requests failure into a ServiceError a user can act on."""
     if isinstance(e, requests.exceptions.SSLError):
@@ -34,12 +44,14 @@ def describe(e: requests.RequestException, url: str) -> ServiceError:
     if isinstance(e, requests.exceptions.ConnectTimeout):
         return ServiceError(f"{url}: no answer within {CONNECT_TIMEOUT:g} s (is the machine on?)")
     if isinstance(e, requests.exceptions.ReadTimeout):
-        return ServiceError(f"{url}: connected, but no answer in time (busy or loading a model?)")
+        return ServiceTimeout(f"{url}: connected, but no answer in time (busy or loading a model?)")
     if isinstance(e, requests.exceptions.ConnectionError):
         text = str(e)
         if "Connection refused" in text:
             return ServiceError(f"{url}: connection refused (is the server running on that port?)")
-        if "BadStatusLine" in text or "RemoteDisconnected" in text or "wrong version number" in text:
+        if "RemoteDisconnected" in text:
+            return ServiceError(f"{url}: the server closed the connection without answering (did it crash?)")
+        if "BadStatusLine" in text or "wrong version number" in text:
             return ServiceError(f"{url}: the server does not speak plain HTTP (is it TLS?)", permanent=True)
         return ServiceError(f"{url}: cannot connect ({text.splitlines()[0][:200]})")
     return ServiceError(f"{url}: {e.__class__.__name__}: {str(e)[:200]}")

@@ -56,6 +56,8 @@ class Server:
             self.runner = None
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(timeout=10)
+        if not self.thread.is_alive():
+            self.loop.close()
 
     def __enter__(self) -> Server:
         return self.start()
