@@ -25,7 +25,7 @@ from django.test import Client
 from django.utils import timezone
 from django_q.models import Task
 
-from bench.common import free_port, wait_until
+from bench.common import BenchError, free_port, wait_until
 from spoonfeeder.models import Event
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -160,10 +160,13 @@ class Stack:
                 raise AssertionError(f"process exited early:\n{proc.output()}")
             try:
                 return requests.get(f"{self.url}/login/", timeout=1).status_code == 200
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):
                 return False
 
-        wait_until(up, timeout, f"{self.url}/login/ to answer")
+        try:
+            wait_until(up, timeout, f"{self.url}/login/ to answer")
+        except BenchError as e:
+            raise AssertionError(f"{e}\n--- {proc.log.name} (tail) ---\n{proc.output()[-3000:]}") from None
 
     def socket(self, session: str, topics: str = "dashboard") -> Socket:
         ws = websocket.create_connection(
@@ -194,6 +197,8 @@ class Socket:
                 message = self.ws.recv()
             except websocket.WebSocketTimeoutException:
                 break
+            if isinstance(message, bytes):
+                message = message.decode()
             self.seen.append(message)
             if check(message):
                 return message

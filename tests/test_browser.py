@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 import pytest
 from django.contrib.auth.models import User
 from django_q.models import Task
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, Request, Route, expect, sync_playwright
 
 from spoonfeeder.tasks import enqueue
 from tests.conftest import PASSWORD, ROOT, Stack, wait_until
@@ -68,7 +68,7 @@ def page(browser: Browser, stack: Stack) -> Iterator[Page]:
     context.set_default_timeout(15_000)
     blocked: list[str] = []
 
-    def loopback_only(route, request) -> None:  # type: ignore[no-untyped-def]
+    def loopback_only(route: Route, request: Request) -> None:
         if urlsplit(request.url).hostname in LOOPBACK:
             route.continue_()
         else:
