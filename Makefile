@@ -7,7 +7,7 @@ TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/test
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/9
 PYTEST_ARGS ?=
 
-.PHONY: run test test-sqlite test-postgres check bench lint chromium clean
+.PHONY: run demo test test-sqlite test-postgres check bench lint chromium clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,11 @@ $(VENV)/.test-installed: pyproject.toml | $(BIN)/python
 
 run: $(VENV)/.run-installed
 	$(BIN)/python manage.py run
+
+# Spoon Feeder with two simulated nodes (no GPU needed), on data of its own.
+demo: $(VENV)/.run-installed
+	mkdir -p data
+	SPOONFEEDER_DATA_DIR=data/demo $(BIN)/python manage.py run --demo
 
 # Browser tests drive Debian's chromium; never a downloaded browser.
 chromium:

@@ -113,9 +113,7 @@ def manage(env: dict[str, str], *args: str, timeout: float = 120) -> str:
         timeout=timeout,
     )
     if done.returncode:
-        raise BenchError(
-            f"manage.py {' '.join(args)} failed ({done.returncode}):\n{done.stdout}{done.stderr}"
-        )
+        raise BenchError(f"manage.py {' '.join(args)} failed ({done.returncode}):\n{done.stdout}{done.stderr}")
     return done.stdout
 
 

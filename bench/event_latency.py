@@ -171,9 +171,7 @@ def postgres_database(url: str) -> Iterator[str]:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def latencies(
-    clients: list[LiveClient], commits: dict[int, float]
-) -> tuple[list[float], int, dict[int, list[float]]]:
+def latencies(clients: list[LiveClient], commits: dict[int, float]) -> tuple[list[float], int, dict[int, list[float]]]:
     """(latency in ms of every (client, change) pair seen, number of pairs never seen, and the
     latencies by change)."""
     samples: list[float] = []
@@ -246,9 +244,7 @@ def measure(env: dict[str, str], tmp: Path, mode: str) -> None:
             out, _ = worker.communicate(timeout=CHANGES * INTERVAL_S + 60)
         if worker.returncode:
             raise BenchError(f"the worker failed:\n{(tmp / 'worker.log').read_text()}")
-        commits = {
-            (row := json.loads(line))["k"]: row["t"] for line in out.splitlines() if line.startswith("{")
-        }
+        commits = {(row := json.loads(line))["k"]: row["t"] for line in out.splitlines() if line.startswith("{")}
         try:
             wait_until(
                 lambda: all(c.newest_count() >= CHANGES for c in clients),

@@ -1,0 +1,334 @@
+from __future__ import annotations
+
+import uuid
+from collections.abc import Collection
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.db import models, transaction
+from django.db.models import Count, F
+from django.utils import timezone
+
+from spoonfeeder.models import Event
+
+OLLAMA_PORT = 11434
+COMFYUI_PORT = 8188
+# A capability is marked offline after this many failed checks in a row, not at the first blip.
+OFFLINE_AFTER = 3
+
+
+class Node(models.Model):
+    """One machine of the lab. What it can do are its capabilities (Ollama, ComfyUI)."""
+
+    code = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    name = models.CharField(max_length=100, unique=True)
+    host = models.CharField(max_length=255, unique=True, help_text="Host name or IP address.")
+    enabled = models.BooleanField(default=True)
+    # Simulated nodes (make demo) are labelled as such on every screen.
+    simulated = models.BooleanField(default=False)
+    created = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def capability(self, kind: str) -> Capability | None:
+        return next((c for c in self.capabilities.all() if c.kind == kind), None)
+
+    @property
+    def ollama(self) -> Capability | None:
+        return self.capability(Capability.OLLAMA)
+
+    @property
+    def comfyui(self) -> Capability | None:
+        return self.capability(Capability.COMFYUI)
+
+    def busy_reason(self) -> str:
+        """Why the node cannot be removed now, or "" if it can."""
+        held = Lease.objects.filter(capability__node=self).count()
+        if held:
+            return f"{held} job{'s' if held != 1 else ''} running on it; wait for them or cancel them first"
+        return ""
+
+    def changed(self, kind: str = "node.changed") -> None:
+        """Tell the pages that show nodes (call inside the change's transaction)."""
+        Event.emit("nodes", kind, str(self.code))
+        Event.emit("dashboard", kind, str(self.code))
+
+
+class CapabilityQuerySet(models.QuerySet["Capability"]):
+    def with_load(self) -> CapabilityQuerySet:
+        return self.annotate(load=Count("leases"))
+
+    def usable(self, kind: str) -> CapabilityQuerySet:
+        return self.filter(kind=kind, node__enabled=True, status__in=Capability.ANSWERING)
+
+
+class Capability(models.Model):
+    """One service on a node, with its health, limits and inventory."""
+
+    OLLAMA, COMFYUI = "ollama", "comfyui"
+    KINDS = [(OLLAMA, "Ollama"), (COMFYUI, "ComfyUI")]
+    DEFAULT_PORTS = {OLLAMA: OLLAMA_PORT, COMFYUI: COMFYUI_PORT}
+
+    UNKNOWN, ONLINE, LOADING, OFFLINE = "unknown", "online", "loading", "offline"
+    STATUSES = [(UNKNOWN, "Not checked yet"), (ONLINE, "Online"), (LOADING, "Loading"), (OFFLINE, "Offline")]
+    # A loading server is alive and will take work, just slowly at first.
+    ANSWERING = (ONLINE, LOADING)
+
+    node = models.ForeignKey(Node, on_delete=models.CASCADE, related_name="capabilities")
+    kind = models.CharField(max_length=10, choices=KINDS)
+    port = models.PositiveIntegerField()
+    status = models.CharField(max_length=10, choices=STATUSES, default=UNKNOWN)
+    limit = models.PositiveSmallIntegerField(default=1, help_text="How many jobs may run on it at once.")
+    version = models.CharField(max_length=64, blank=True)
+    # Ollama: {"models": [{name, size, family, parameters, quantization}], "loaded": [names]}
+    # ComfyUI: {"devices": [...], "vram_total", "vram_free", "classes": [names], "files": {folder: [names]}}
+    inventory = models.JSONField(default=dict, blank=True)
+    inventory_checked = models.DateTimeField(null=True, blank=True)
+    last_checked = models.DateTimeField(null=True, blank=True)
+    last_seen = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+    failures = models.PositiveSmallIntegerField(default=0)
+    # Smoothed answer time of health checks, in milliseconds: "the faster node" is measured.
+    latency = models.FloatField(null=True, blank=True)
+    # Bumped by every claim: the guarded update that serialises claimers of this capability.
+    claims = models.PositiveIntegerField(default=0)
+
+    objects = CapabilityQuerySet.as_manager()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["node", "kind"], name="one_capability_per_kind")]
+        ordering = ["node__name", "kind"]
+
+    def __str__(self) -> str:
+        return f"{self.node.name} {self.get_kind_display()}"
+
+    @property
+    def url(self) -> str:
+        host = self.node.host
+        if ":" in host and not host.startswith("["):
+            host = f"[{host}]"
+        return f"http://{host}:{self.port}"
+
+    def busy(self) -> int:
+        load = getattr(self, "load", None)
+        return load if load is not None else self.leases.count()
+
+    @property
+    def display_status(self) -> str:
+        if self.status in self.ANSWERING and self.busy() >= self.limit:
+            return "busy"
+        return self.status
+
+    def model_names(self) -> list[str]:
+        return [m["name"] for m in self.inventory.get("models", [])]
+
+    def has(self, requires: Requirements) -> bool:
+        inv = self.inventory
+        if requires.model and requires.model not in self.model_names():
+            return False
+        if not set(requires.classes) <= set(inv.get("classes", [])):
+            return False
+        files = inv.get("files", {})
+        return all(name in files.get(folder, []) for folder, name in requires.files)
+
+    def claim(self, holder: str) -> Lease | None:
+        """Take one unit of capacity for `holder`, or None if the capability is full.
+
+        The conditional UPDATE of `claims` serialises concurrent claimers on SQLite and
+        PostgreSQL alike: of two that counted the same free slot, one updates the row and the
+        other finds it changed, recounts and sees the slot gone.
+        """
+        for _ in range(10):
+            with transaction.atomic():
+                row = Capability.objects.filter(pk=self.pk).values("claims", "limit").first()
+                if row is None or Lease.objects.filter(capability_id=self.pk).count() >= row["limit"]:
+                    return None
+                if Capability.objects.filter(pk=self.pk, claims=row["claims"]).update(claims=F("claims") + 1):
+                    return Lease.objects.create(capability_id=self.pk, holder=holder)
+        return None
+
+    def record_check(
+        self,
+        ok: bool,
+        *,
+        error: str = "",
+        slow: bool = False,
+        ms: float | None = None,
+        version: str = "",
+        inventory: dict[str, Any] | None = None,
+    ) -> bool:
+        """Store a health check's outcome. Returns True if the status changed."""
+        now = timezone.now()
+        before = self.status
+        self.last_checked = now
+        if ok:
+            self.status = self.LOADING if slow else self.ONLINE
+            self.failures = 0
+            self.last_seen = now
+            self.last_error = ""
+            if version:
+                self.version = version
+            if ms is not None:
+                self.latency = ms if self.latency is None else 0.7 * self.latency + 0.3 * ms
+        elif slow:
+            # Connected but no answer in time: alive and busy (a model loading), not down.
+            self.status = self.LOADING
+            self.last_seen = now
+            self.last_error = error
+        else:
+            self.failures += 1
+            self.last_error = error
+            if self.failures >= OFFLINE_AFTER or self.status == self.UNKNOWN:
+                self.status = self.OFFLINE
+        fields = ["status", "failures", "last_checked", "last_seen", "last_error", "version", "latency"]
+        if inventory is not None:
+            self.inventory = inventory
+            self.inventory_checked = now
+            fields += ["inventory", "inventory_checked"]
+        self.save(update_fields=fields)
+        return self.status != before
+
+
+class Requirements:
+    """What a job needs of a capability: an Ollama model, ComfyUI node classes and model files."""
+
+    def __init__(self, model: str = "", classes: tuple[str, ...] = (), files: tuple[tuple[str, str], ...] = ()):
+        self.model = model
+        self.classes = classes
+        self.files = files
+
+
+class Lease(models.Model):
+    """A unit of a capability's capacity, held by a job while it runs there. Busy-ness is derived
+    from these rows; a lease whose holder stopped beating is released by the health check."""
+
+    capability = models.ForeignKey(Capability, on_delete=models.CASCADE, related_name="leases")
+    holder = models.CharField(max_length=100)
+    created = models.DateTimeField(default=timezone.now)
+    heartbeat = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        indexes = [models.Index(fields=["heartbeat"], name="lease_heartbeat")]
+
+    def __str__(self) -> str:
+        return f"{self.holder} on {self.capability}"
+
+    def release(self) -> None:
+        Lease.objects.filter(pk=self.pk).delete()
+
+    @classmethod
+    def release_stale(cls, older_than: timedelta) -> int:
+        deleted, _ = cls.objects.filter(heartbeat__lt=timezone.now() - older_than).delete()
+        return deleted
+
+
+class Discovery(models.Model):
+    """One run of discovery: what was asked, and what was found."""
+
+    code = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    targets = models.TextField()
+    ollama_port = models.PositiveIntegerField(default=OLLAMA_PORT)
+    comfyui_port = models.PositiveIntegerField(default=COMFYUI_PORT)
+    created = models.DateTimeField(default=timezone.now)
+    finished = models.DateTimeField(null=True, blank=True)
+    probed = models.PositiveIntegerField(default=0)
+    # [{"host", "ollama": version | "", "comfyui": version | "", "node": name, "new": bool}]
+    found = models.JSONField(default=list, blank=True)
+    error = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-created"]
+
+    def __str__(self) -> str:
+        return f"discovery of {self.targets}"
+
+
+class TestRender(models.Model):
+    """A model-free workflow rendered on a node's ComfyUI to prove it works end to end."""
+
+    QUEUED, RUNNING, DONE, FAILED = "queued", "running", "done", "failed"
+    STATUSES = [(QUEUED, "Queued"), (RUNNING, "Rendering"), (DONE, "Done"), (FAILED, "Failed")]
+
+    code = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    node = models.ForeignKey(Node, on_delete=models.CASCADE, related_name="test_renders")
+    # Chosen by us and stored before the workflow is sent, so a crash can be re-attached.
+    prompt_id = models.CharField(max_length=64, unique=True, default=uuid.uuid4)
+    status = models.CharField(max_length=10, choices=STATUSES, default=QUEUED)
+    created = models.DateTimeField(default=timezone.now)
+    finished = models.DateTimeField(null=True, blank=True)
+    # Relative to MEDIA_ROOT; the name is ours, never the node's.
+    image = models.CharField(max_length=200, blank=True)
+    error = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-created"]
+
+    def __str__(self) -> str:
+        return f"test render on {self.node}"
+
+    @classmethod
+    def start(cls, node: Node) -> TestRender:
+        """A new test render; the node's earlier ones (and their images) are dropped."""
+        for old in node.test_renders.all():
+            if old.image:
+                (Path(settings.MEDIA_ROOT) / old.image).unlink(missing_ok=True)
+        node.test_renders.all().delete()
+        run = cls.objects.create(node=node)
+        node.changed("node.test_render")
+        return run
+
+    def finish(self, *, image: str = "", error: str = "") -> None:
+        with transaction.atomic():
+            TestRender.objects.filter(pk=self.pk, status=self.RUNNING).update(
+                status=self.FAILED if error else self.DONE, image=image, error=error, finished=timezone.now()
+            )
+            self.node.changed("node.test_render")
+
+
+def placement_order(cap: Capability, *, story_node: int | None = None, model: str = "") -> tuple[Any, ...]:
+    loaded = bool(model) and model in cap.inventory.get("loaded", [])
+    return (
+        cap.node_id != story_node,  # the node that served the same story last comes first
+        not loaded,  # then one with the model already loaded
+        cap.busy() / max(cap.limit, 1),  # then the least loaded
+        cap.latency if cap.latency is not None else float("inf"),  # then the fastest
+        cap.node.name,
+    )
+
+
+def candidates(
+    kind: str, requires: Requirements, *, story_node: int | None = None, exclude: Collection[int] = ()
+) -> list[Capability]:
+    """Capabilities of `kind` that have what is required and free capacity, best first."""
+    found = [
+        c
+        for c in Capability.objects.usable(kind).with_load().select_related("node").exclude(pk__in=exclude)
+        if c.busy() < c.limit and c.has(requires)
+    ]
+    found.sort(key=lambda c: placement_order(c, story_node=story_node, model=requires.model))
+    return found
+
+
+def place(kind: str, requires: Requirements | None = None, *, story_node: int | None = None) -> Capability | None:
+    """The best capability of `kind` for a job, without claiming it."""
+    best = candidates(kind, requires or Requirements(), story_node=story_node)
+    return best[0] if best else None
+
+
+def place_and_claim(
+    kind: str, holder: str, requires: Requirements | None = None, *, story_node: int | None = None
+) -> Lease | None:
+    """Place and claim in one go; if another worker took the best slot first, try the next best."""
+    tried: set[int] = set()
+    while best := candidates(kind, requires or Requirements(), story_node=story_node, exclude=tried):
+        lease = best[0].claim(holder)
+        if lease:
+            return lease
+        tried.add(best[0].pk)
+    return None

@@ -1,6 +1,96 @@
+from __future__ import annotations
+
+from django.contrib import messages
+from django.db import transaction
 from django.http import HttpRequest, HttpResponse
-from django.shortcuts import render
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_POST
+
+from nodes import pool
+from nodes.forms import DiscoverForm, NodeForm
+from nodes.models import Discovery, Node, TestRender
+from spoonfeeder.tasks import enqueue
+from spoonfeeder.views import HtmxHttpRequest, done
 
 
 def index(request: HttpRequest) -> HttpResponse:
-    return render(request, "nodes/index.html")
+    return render(request, "nodes/index.html", {**pool.context(), "discover_form": DiscoverForm()})
+
+
+def add(request: HttpRequest) -> HttpResponse:
+    form = NodeForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        node = form.save()
+        enqueue("nodes.tasks.check_node", str(node.code))
+        messages.success(request, f"Added {node.name}; checking it now.")
+        return redirect("nodes:index")
+    return render(request, "nodes/form.html", {"form": form, "node": None})
+
+
+def edit(request: HttpRequest, code: str) -> HttpResponse:
+    node = get_object_or_404(Node, code=code)
+    form = NodeForm(request.POST or None, instance=node)
+    if request.method == "POST" and form.is_valid():
+        form.save()
+        enqueue("nodes.tasks.check_node", str(node.code))
+        messages.success(request, f"Saved {node.name}.")
+        return redirect("nodes:index")
+    return render(request, "nodes/form.html", {"form": form, "node": node})
+
+
+@require_POST
+def toggle(request: HtmxHttpRequest, code: str) -> HttpResponse:
+    node = get_object_or_404(Node, code=code)
+    with transaction.atomic():
+        Node.objects.filter(pk=node.pk).update(enabled=not node.enabled)
+        node.changed("node.toggled")
+    return done(request, f"{node.name} is {'disabled' if node.enabled else 'enabled'}.", "nodes:index")
+
+
+def remove(request: HttpRequest, code: str) -> HttpResponse:
+    node = get_object_or_404(Node, code=code)
+    reason = node.busy_reason()
+    if request.method == "POST":
+        if reason:
+            messages.error(request, f"{node.name} was not removed: {reason}.")
+        else:
+            with transaction.atomic():
+                node.changed("node.removed")
+                node.delete()
+            messages.success(request, f"Removed {node.name}.")
+        return redirect("nodes:index")
+    return render(request, "nodes/remove.html", {"node": node, "reason": reason})
+
+
+@require_POST
+def check(request: HtmxHttpRequest, code: str) -> HttpResponse:
+    node = get_object_or_404(Node, code=code)
+    enqueue("nodes.tasks.check_node", str(node.code))
+    return done(request, f"Checking {node.name}; the result appears here.", "nodes:index")
+
+
+@require_POST
+def discover(request: HttpRequest) -> HttpResponse:
+    form = DiscoverForm(request.POST)
+    if not form.is_valid():
+        return render(request, "nodes/index.html", {**pool.context(), "discover_form": form}, status=400)
+    with transaction.atomic():
+        run = Discovery.objects.create(
+            targets=form.cleaned_data["targets"],
+            ollama_port=form.cleaned_data["ollama_port"],
+            comfyui_port=form.cleaned_data["comfyui_port"],
+        )
+        enqueue("nodes.tasks.run_discovery", str(run.code))
+    messages.success(request, f"Discovering {len(form.hosts)} address(es); results appear below.")
+    return redirect("nodes:index")
+
+
+@require_POST
+def test_render(request: HtmxHttpRequest, code: str) -> HttpResponse:
+    node = get_object_or_404(Node, code=code)
+    if node.comfyui is None:
+        return done(request, f"{node.name} has no ComfyUI to render on.", "nodes:index", error=True)
+    with transaction.atomic():
+        run = TestRender.start(node)
+        enqueue("nodes.tasks.test_render", str(run.code))
+    return done(request, f"Test render queued on {node.name}; the image appears on its card.", "nodes:index")

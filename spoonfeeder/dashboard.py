@@ -14,6 +14,7 @@ from django_q.humanhash import humanize
 from django_q.models import Task
 from django_q.status import Stat
 
+from nodes import pool
 from spoonfeeder.models import Event
 
 
@@ -77,10 +78,7 @@ class Failure:
 def recent_errors(limit: int = 5) -> list[Failure]:
     failures = Task.objects.filter(success=False).order_by("-stopped")[:limit]
     # django-q2 stores a failure as "<error> : <traceback>"; the error is what people read first.
-    return [
-        Failure(t.name, t.func, t.stopped, str(t.result).split(" : Traceback")[0].strip()[:300])
-        for t in failures
-    ]
+    return [Failure(t.name, t.func, t.stopped, str(t.result).split(" : Traceback")[0].strip()[:300]) for t in failures]
 
 
 def context() -> dict[str, Any]:
@@ -89,5 +87,6 @@ def context() -> dict[str, Any]:
         "clusters": clusters(),
         "counts": task_counts(now - timedelta(hours=1)),
         "errors": recent_errors(),
+        "pool": pool.summary(pool.nodes()),
         "now": now,
     }

@@ -12,19 +12,26 @@ from collections.abc import Callable
 
 from django.template.loader import render_to_string
 
+from nodes import pool
 from spoonfeeder import dashboard
 
 
 def dashboard_fragments() -> str:
     ctx = dashboard.context()
     return "".join(
-        render_to_string(f"spoonfeeder/dashboard.html#{name}", ctx) for name in ("worker", "tasks", "errors")
+        render_to_string(f"spoonfeeder/dashboard.html#{name}", ctx) for name in ("worker", "tasks", "pool", "errors")
     )
+
+
+def nodes_fragments() -> str:
+    ctx = pool.context()
+    return "".join(render_to_string(f"nodes/index.html#{name}", ctx) for name in ("node-list", "discoveries"))
 
 
 # Topic name -> renderer of every live fragment of that topic, from the database as it is now.
 TOPICS: dict[str, Callable[[], str]] = {
     "dashboard": dashboard_fragments,
+    "nodes": nodes_fragments,
 }
 # Topics whose fragments change with time alone (a heartbeat going stale, "in the last hour"):
 # the relay re-renders them every RELAY_TICK seconds and pushes them when they differ.

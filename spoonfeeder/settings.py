@@ -93,9 +93,7 @@ else:
     # The database cache crosses processes, so the web process sees the worker cluster's
     # heartbeat (django-q2 keeps it in the cache); the in-memory layer only ever carries
     # messages inside the web process, from the relay to its consumers.
-    CACHES = {
-        "default": {"BACKEND": "django.core.cache.backends.db.DatabaseCache", "LOCATION": "spoonfeeder_cache"}
-    }
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.db.DatabaseCache", "LOCATION": "spoonfeeder_cache"}}
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 
 # The worker cluster. `retry` must outlast the longest a task can wait in the cluster's prefetch

@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+from django.conf import settings
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
+from django.views.static import serve
 
 from spoonfeeder import views
 
@@ -16,4 +18,6 @@ urlpatterns = [
     path("renders/", include("renders.urls")),
     path("stories/", include("stories.urls")),
     path("schedules/", include("scheduling.urls")),
+    # Media (renders, test images) behind the login like every page; never public.
+    path("media/<path:path>", serve, {"document_root": settings.MEDIA_ROOT}, name="media"),
 ]

@@ -14,6 +14,15 @@ class HtmxHttpRequest(HttpRequest):
     htmx: HtmxDetails
 
 
+def done(request: HtmxHttpRequest, message: str, to: str, *, error: bool = False) -> HttpResponse:
+    """Answer an action: an htmx request gets the message swapped in place (the change itself
+    arrives over the live socket); a plain form post is redirected with the message."""
+    (messages.error if error else messages.success)(request, message)
+    if request.htmx:
+        return render(request, "base.html#messages", {"oob": True}, status=200)
+    return redirect(to)
+
+
 def dashboard(request: HttpRequest) -> HttpResponse:
     return render(request, "spoonfeeder/dashboard.html", board.context())
 
@@ -22,8 +31,4 @@ def dashboard(request: HttpRequest) -> HttpResponse:
 def test_task(request: HtmxHttpRequest) -> HttpResponse:
     seconds = 2.0 if request.POST.get("length") == "long" else 0.5
     enqueue("spoonfeeder.tasks.selftest", seconds, task_name=f"test task by {request.user}")
-    if request.htmx:
-        # The counts arrive over the live socket; nothing to swap here.
-        return HttpResponse(status=204)
-    messages.success(request, "A test task was queued; watch the counts change.")
-    return redirect("dashboard")
+    return done(request, "A test task was queued; watch the counts change.", "dashboard")

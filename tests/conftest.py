@@ -215,9 +215,7 @@ def stack(transactional_db: None, tmp_path: Path) -> Iterator[Stack]:
     s.stop()
 
 
-def finished_task(
-    success: bool = True, age: timedelta = timedelta(0), error: str = "boom", name: str = "t"
-) -> Task:
+def finished_task(success: bool = True, age: timedelta = timedelta(0), error: str = "boom", name: str = "t") -> Task:
     """What the worker's monitor does when a task ends: the result row and its event, together."""
     stopped = timezone.now() - age
     with transaction.atomic():

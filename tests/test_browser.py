@@ -120,9 +120,7 @@ def done_tasks() -> int:
 
 
 @pytest.mark.browser
-def test_dashboard_counts_change_live_without_a_reload(
-    page: Page, stack: Stack, user: User, tmp_path: Path
-) -> None:
+def test_dashboard_counts_change_live_without_a_reload(page: Page, stack: Stack, user: User, tmp_path: Path) -> None:
     stack.web()
     stack.worker()
     log_in(page)
@@ -151,9 +149,7 @@ def test_dashboard_counts_change_live_without_a_reload(
 
 
 @pytest.mark.browser
-def test_a_page_reconnects_after_the_server_restarts_and_catches_up(
-    page: Page, stack: Stack, user: User
-) -> None:
+def test_a_page_reconnects_after_the_server_restarts_and_catches_up(page: Page, stack: Stack, user: User) -> None:
     web = stack.web()
     stack.worker()
     log_in(page)

@@ -74,9 +74,7 @@ def conforms(value: Any, schema: dict[str, Any], root: dict[str, Any] | None = N
         return (
             isinstance(value, dict)
             and all(key in value for key in schema.get("required", []))
-            and all(
-                conforms(value[k], s, root) for k, s in schema.get("properties", {}).items() if k in value
-            )
+            and all(conforms(value[k], s, root) for k, s in schema.get("properties", {}).items() if k in value)
         )
     if kind == "array":
         return (
@@ -130,9 +128,7 @@ def test_it_reads_version_installed_models_and_an_empty_ps(client: Ollama) -> No
     assert client.show(MODEL)["details"]["quantization_level"] == "Q4_K_M"
 
 
-def test_a_model_is_loaded_after_its_first_answer_until_keep_alive_ends(
-    sim: SimOllama, client: Ollama
-) -> None:
+def test_a_model_is_loaded_after_its_first_answer_until_keep_alive_ends(sim: SimOllama, client: Ollama) -> None:
     sim.set(load_delay=0.3)
     started = time.monotonic()
     first = client.generate(MODEL, "A lighthouse at dusk", keep_alive="10m")
@@ -317,9 +313,7 @@ def test_a_server_that_dies_before_answering_is_retryable(sim: SimOllama, client
     assert not e.value.permanent
 
 
-def test_a_stopped_server_refuses_connections_retryably_until_it_starts_again(
-    sim: SimOllama, client: Ollama
-) -> None:
+def test_a_stopped_server_refuses_connections_retryably_until_it_starts_again(sim: SimOllama, client: Ollama) -> None:
     sim.stop()
     with pytest.raises(ServiceError) as e:
         client.version()

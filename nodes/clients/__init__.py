@@ -17,3 +17,8 @@ class ServiceError(Exception):
 
     def __str__(self) -> str:
         return self.message
+
+
+class ServiceTimeout(ServiceError):
+    """Connected, but the answer did not come in time: the server is alive but busy (loading a
+    model, rendering), which is not the same as being down."""

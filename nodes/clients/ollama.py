@@ -169,8 +169,7 @@ class Ollama:
         if e.status != 404:
             return e
         return ServiceError(
-            f"{self.base_url}: model {model!r} is not installed on this node; "
-            f"pull it first (ollama pull {model})",
+            f"{self.base_url}: model {model!r} is not installed on this node; pull it first (ollama pull {model})",
             permanent=True,
             status=404,
         )
@@ -248,9 +247,7 @@ class Ollama:
 
     def complete(self, path: str, body: dict[str, Any], timeout: float) -> Answer:
         try:
-            answer = json_request(
-                self.session, "POST", self.url(path), json={**body, "stream": False}, timeout=timeout
-            )
+            answer = json_request(self.session, "POST", self.url(path), json={**body, "stream": False}, timeout=timeout)
         except ServiceError as e:
             raise self.missing(body["model"], e) from e
         if not isinstance(answer, dict) or not answer.get("done"):
@@ -261,9 +258,7 @@ class Ollama:
         url = self.url(path)
         response = request(self.session, "POST", url, json={**body, "stream": True}, timeout=timeout)
         if response.status_code != 200:
-            raise self.missing(
-                body["model"], http_error(url, response.status_code, read_limited(response, url))
-            )
+            raise self.missing(body["model"], http_error(url, response.status_code, read_limited(response, url)))
         return self.chunks(path, response)
 
     def chunks(self, path: str, response: requests.Response) -> Iterator[Chunk]:

@@ -139,9 +139,7 @@ def plain_text(rng: random.Random, words: list[str]) -> str:
     return " ".join(sentence(rng, words, rng.randint(6, 12)) for _ in range(3))
 
 
-def from_schema(
-    schema: Any, root: dict[str, Any], rng: random.Random, words: list[str], name: str = ""
-) -> Any:
+def from_schema(schema: Any, root: dict[str, Any], rng: random.Random, words: list[str], name: str = "") -> Any:
     """A value that conforms to `schema`: the subset of JSON Schema language models are asked for."""
     if not isinstance(schema, dict):
         return plain_text(rng, words)
@@ -174,10 +172,7 @@ def from_schema(
     if kind == "array":
         low = schema.get("minItems", 1)
         high = max(low, min(schema.get("maxItems", low + 2), low + 2))
-        return [
-            from_schema(schema.get("items", {}), root, rng, words, name)
-            for _ in range(rng.randint(low, high))
-        ]
+        return [from_schema(schema.get("items", {}), root, rng, words, name) for _ in range(rng.randint(low, high))]
     if kind == "string":
         return text_for(schema, rng, words, name)
     if kind in ("integer", "number"):
@@ -387,11 +382,7 @@ def make_app(state: State) -> web.Application:
         prompt_count = len(tokens(prompt))
 
         def part(piece: str) -> dict[str, Any]:
-            return (
-                {**base, "message": {"role": "assistant", "content": piece}}
-                if chat
-                else {**base, "response": piece}
-            )
+            return {**base, "message": {"role": "assistant", "content": piece}} if chat else {**base, "response": piece}
 
         def last(started: float) -> dict[str, Any]:
             eval_ns = int(len(pieces) * per_token * 1e9)
@@ -496,9 +487,7 @@ class SimOllama:
     def set(self, **knobs: Any) -> None:
         unknown = set(knobs) - KNOBS
         if unknown:
-            raise TypeError(
-                f"unknown knob(s): {', '.join(sorted(unknown))}; known: {', '.join(sorted(KNOBS))}"
-            )
+            raise TypeError(f"unknown knob(s): {', '.join(sorted(unknown))}; known: {', '.join(sorted(KNOBS))}")
         for key, value in knobs.items():
             # Plain attribute writes: handlers read the knobs afresh at every request.
             setattr(self.state, key, value)

@@ -13,9 +13,7 @@ from aiohttp import web
 class Server:
     """An aiohttp application served on host:port from a background thread."""
 
-    def __init__(
-        self, make_app: Callable[[], web.Application], host: str = "127.0.0.1", port: int = 0
-    ) -> None:
+    def __init__(self, make_app: Callable[[], web.Application], host: str = "127.0.0.1", port: int = 0) -> None:
         self.make_app = make_app
         self.host = host
         self.port = port

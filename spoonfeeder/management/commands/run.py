@@ -21,9 +21,13 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from django.db import DatabaseError, connection
+from django.db import DatabaseError, connection, transaction
+
+from spoonfeeder.tasks import enqueue
 
 PR_SET_PDEATHSIG = 1
+# `make demo`: simulated nodes on their own loopback addresses, at the real services' ports.
+DEMO_NODES = ("127.0.0.2", "127.0.0.3")
 
 
 def die_with_parent() -> None:
@@ -66,8 +70,11 @@ class Command(BaseCommand):
             default=float(os.environ.get("SPOONFEEDER_STOP_GRACE", "30")),
             help="Seconds to let the worker finish its running task when stopping, before killing it.",
         )
+        parser.add_argument(
+            "--demo", action="store_true", help="Also start two simulated nodes (no GPU needed) and add them."
+        )
 
-    def handle(self, *args: Any, host: str, port: int, stop_grace: float, **options: Any) -> None:
+    def handle(self, *args: Any, host: str, port: int, stop_grace: float, demo: bool, **options: Any) -> None:
         if not port_is_free(host, port):
             raise CommandError(
                 f"port {port} on {host} is already in use: stop the program using it, "
@@ -77,9 +84,7 @@ class Command(BaseCommand):
             connection.ensure_connection()
         except DatabaseError as e:
             first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise CommandError(
-                f"cannot reach the database ({first_line}): start it, or correct DATABASE_URL"
-            ) from None
+            raise CommandError(f"cannot reach the database ({first_line}): start it, or correct DATABASE_URL") from None
         call_command("migrate", interactive=False, verbosity=0)
         if settings.CACHES["default"]["BACKEND"].endswith("DatabaseCache"):
             call_command("createcachetable", verbosity=0)
@@ -108,6 +113,14 @@ class Command(BaseCommand):
             ),
             "worker (qcluster)": self.spawn([python, manage, "qcluster"]),
         }
+        if demo:
+            for address in DEMO_NODES:
+                children[f"simulated node {address}"] = self.spawn(
+                    [python, manage, "simulate_node", "--ollama", "--comfyui", "--host", address]
+                )
+            self.add_demo_nodes(children)
+        else:
+            self.discover_this_machine()
         web = children["web server (daphne)"]
         address = f"http://{'[' + host + ']' if ':' in host else host}:{port}/"
         if wait_for_port(host, port, web, time.monotonic() + 30):
@@ -119,6 +132,34 @@ class Command(BaseCommand):
         if code:
             sys.exit(code)
         self.stdout.write("Spoon Feeder stopped.")
+
+    def add_demo_nodes(self, children: dict[str, subprocess.Popen[bytes]]) -> None:
+        from nodes.models import COMFYUI_PORT, OLLAMA_PORT, Capability, Node
+
+        for i, address in enumerate(DEMO_NODES):
+            child = children[f"simulated node {address}"]
+            for p in (OLLAMA_PORT, COMFYUI_PORT):
+                if not wait_for_port(address, p, child, time.monotonic() + 20):
+                    return  # watch() reports the child that died
+            with transaction.atomic():
+                node, _ = Node.objects.get_or_create(
+                    host=address, defaults={"name": f"Simulated GPU {'AB'[i]}", "simulated": True}
+                )
+                for kind, p in ((Capability.OLLAMA, OLLAMA_PORT), (Capability.COMFYUI, COMFYUI_PORT)):
+                    Capability.objects.get_or_create(node=node, kind=kind, defaults={"port": p})
+                node.changed("node.saved")
+            enqueue("nodes.tasks.check_node", str(node.code))
+        self.stdout.write(f"Demo: simulated nodes at {' and '.join(DEMO_NODES)}, labelled as simulated.")
+
+    def discover_this_machine(self) -> None:
+        """A first run finds this machine's own Ollama and ComfyUI, if they run."""
+        from nodes.models import Discovery, Node
+
+        if Node.objects.exists() or Discovery.objects.exists():
+            return
+        with transaction.atomic():
+            run = Discovery.objects.create(targets="127.0.0.1")
+            enqueue("nodes.tasks.run_discovery", str(run.code))
 
     def on_signal(self, signum: int, frame: Any) -> None:
         self.stopping = signum

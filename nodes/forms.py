@@ -1,0 +1,96 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django import forms
+from django.db import transaction
+
+from nodes.discovery import HOSTNAME, TargetError, expand
+from nodes.models import COMFYUI_PORT, OLLAMA_PORT, Capability, Node
+
+
+def port_field(default: int) -> forms.IntegerField:
+    return forms.IntegerField(
+        required=False,
+        min_value=1,
+        max_value=65535,
+        initial=default,
+        help_text="Leave empty if the machine does not run it.",
+    )
+
+
+def limit_field() -> forms.IntegerField:
+    return forms.IntegerField(min_value=1, max_value=64, initial=1, help_text="Jobs at once.")
+
+
+class NodeForm(forms.ModelForm):
+    ollama_port = port_field(OLLAMA_PORT)
+    ollama_limit = limit_field()
+    comfyui_port = port_field(COMFYUI_PORT)
+    comfyui_limit = limit_field()
+
+    class Meta:
+        model = Node
+        fields = ["name", "host", "enabled"]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.instance.pk:
+            for kind in (Capability.OLLAMA, Capability.COMFYUI):
+                cap = self.instance.capability(kind)
+                self.fields[f"{kind}_port"].initial = cap.port if cap else None
+                self.fields[f"{kind}_limit"].initial = cap.limit if cap else 1
+
+    def clean_host(self) -> str:
+        host = self.cleaned_data["host"].strip().lower()
+        try:
+            hosts = expand(host)
+        except TargetError as e:
+            raise forms.ValidationError(str(e)) from None
+        if len(hosts) != 1 or not (HOSTNAME.match(host) or hosts[0] == host.strip("[]")):
+            raise forms.ValidationError("Name one machine: a host name or an address, not a range.")
+        return hosts[0]
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        if not data.get("ollama_port") and not data.get("comfyui_port"):
+            raise forms.ValidationError("Give the Ollama port, the ComfyUI port or both.")
+        return data
+
+    def save(self, commit: bool = True) -> Node:
+        with transaction.atomic():
+            node = super().save()
+            for kind in (Capability.OLLAMA, Capability.COMFYUI):
+                port, limit = (
+                    self.cleaned_data.get(f"{kind}_port"),
+                    self.cleaned_data.get(f"{kind}_limit") or 1,
+                )
+                cap = node.capabilities.filter(kind=kind).first()
+                if port and cap:
+                    if (cap.port, cap.limit) != (port, limit):
+                        cap.port, cap.limit = port, limit
+                        cap.save(update_fields=["port", "limit"])
+                elif port:
+                    Capability.objects.create(node=node, kind=kind, port=port, limit=limit)
+                elif cap:
+                    cap.delete()
+            node.changed("node.saved")
+        return node
+
+
+class DiscoverForm(forms.Form):
+    targets = forms.CharField(
+        max_length=2000,
+        initial="127.0.0.1",
+        help_text="Addresses, host names or ranges such as 192.168.1.0/24 (at most a /16), separated by spaces.",
+    )
+    ollama_port = forms.IntegerField(min_value=1, max_value=65535, initial=OLLAMA_PORT)
+    comfyui_port = forms.IntegerField(min_value=1, max_value=65535, initial=COMFYUI_PORT)
+
+    def clean_targets(self) -> str:
+        targets = self.cleaned_data["targets"]
+        try:
+            self.hosts = expand(targets)
+        except TargetError as e:
+            raise forms.ValidationError(str(e)) from None
+        return targets

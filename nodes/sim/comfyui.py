@@ -1,0 +1,1158 @@
+"""A simulated ComfyUI: real HTTP and WebSocket endpoints that answer as ComfyUI 0.3.64 does
+(../shared/comfyui/PROTOCOL.md), validate workflows against the /object_info it serves, run one
+prompt at a time for a configurable time with progress events, and write real PNG, WEBP, APNG,
+MP4 and WEBM files that /view serves.
+
+    with SimComfyUI(seconds_per_node=0.05) as sim:
+        ComfyUI(sim.url).submit(workflow, prompt_id=..., client_id=...)
+
+Images are made with pillow at most `max_side` pixels wide or high, so a 3072² workflow stays cheap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import io
+import json
+import logging
+import os
+import random
+import re
+import shutil
+import struct
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import av
+from aiohttp import WSMsgType, web
+from av.video.stream import VideoStream
+from PIL import Image, ImageChops, ImageFilter, ImageOps
+
+from nodes.sim.comfyui_nodes import MODEL_FOLDERS, classes
+from nodes.sim.runner import Server
+
+log = logging.getLogger(__name__)
+
+VERSION = "0.3.64"
+MAX_UPLOAD = 104857600
+# Binary WebSocket event types (big-endian u32 first in every binary frame).
+PREVIEW_IMAGE = 1
+TEXT = 3
+PREVIEW_IMAGE_WITH_METADATA = 4
+PNG_FORMAT = 2
+OOM_MESSAGE = (
+    "Allocation on device \nThis error means you ran out of memory on your GPU.\n\n"
+    "TIPS: If the workflow worked before you might have accidentally set the batch_size to a large number."
+)
+CONTENT_TYPES = {
+    ".png": "image/png",
+    ".webp": "image/webp",
+    ".jpg": "image/jpeg",
+    ".mp4": "video/mp4",
+    ".webm": "video/webm",
+}
+IMAGE_METHODS = {
+    "nearest-exact": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "area": Image.Resampling.BOX,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+}
+
+Item = list[Any]  # [number, prompt_id, prompt, extra_data, outputs_to_execute], as /queue shows it
+Values = tuple[Any, ...]
+UI = dict[str, Any]
+
+
+def cuda_device(name: str = "NVIDIA GeForce RTX 4090", vram_gb: float = 24.0, free_gb: float = 22.5) -> dict[str, Any]:
+    total, free = int(vram_gb * 1024**3), int(free_gb * 1024**3)
+    return {
+        "name": f"cuda:0 {name} : cudaMallocAsync",
+        "type": "cuda",
+        "index": 0,
+        "vram_total": total,
+        "vram_free": free,
+        "torch_vram_total": total,
+        "torch_vram_free": free,
+    }
+
+
+def default_models() -> dict[str, list[str]]:
+    return {
+        "checkpoints": ["sd_xl_base_1.0.safetensors", "v1-5-pruned-emaonly.safetensors"],
+        "loras": ["detail_tweaker.safetensors"],
+        "vae": ["sdxl_vae.safetensors"],
+        "upscale_models": ["random_compact_x2.safetensors"],
+        "embeddings": [],
+    }
+
+
+@dataclass
+class Knobs:
+    """What a test or a demo may change at any time, from any thread."""
+
+    seconds_per_node: float = 0.01
+    # When set, each prompt takes this long in all, spread over the nodes that really run.
+    run_seconds: float | None = None
+    # Extra time for the first prompt after a start, like loading a model into VRAM.
+    load_delay: float = 0.0
+    # Progress updates ("tiles") of ImageUpscaleWithModel.
+    upscale_steps: int = 8
+    max_side: int = 1024
+    fail: str | None = None  # "oom": every prompt ends in torch.OutOfMemoryError
+    hang: bool = False  # accept connections, never answer
+    garbage: bool = False  # answer every request with an HTML page
+    # Megabytes of junk classes added to /object_info (for the "tens of MB" fault).
+    bloat_mb: int = 0
+    devices: list[dict[str, Any]] = field(default_factory=lambda: [cuda_device()])
+    models: dict[str, list[str]] = field(default_factory=default_models)
+
+
+class ExecError(Exception):
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+
+
+class Interrupted(Exception):
+    def __init__(self, node: str) -> None:
+        super().__init__(node)
+        self.node = node
+
+
+# Whether a socket announced supports_preview_metadata (its previews then carry JSON metadata).
+METADATA = web.ResponseKey("supports_preview_metadata", bool)
+
+
+class State:
+    """One server's memory; a restart makes a new one (the files on disk stay)."""
+
+    def __init__(self, knobs: Knobs, root: Path) -> None:
+        self.knobs = knobs
+        self.dirs = {kind: root / kind for kind in ("output", "input", "temp")}
+        for d in self.dirs.values():
+            d.mkdir(parents=True, exist_ok=True)
+        self.pending: list[Item] = []  # a heap, shown to clients in heap order as the real one is
+        self.running: Item | None = None
+        self.history: dict[str, dict[str, Any]] = {}
+        self.counter = 0
+        self.sockets: dict[str, web.WebSocketResponse] = {}
+        self.open: set[web.WebSocketResponse] = set()
+        self.client_id: str | None = None
+        self.current_node: str | None = None
+        self.interrupted = False
+        self.loaded = False
+        self.cache: dict[str, tuple[Values, UI | None]] = {}
+        self.wake: asyncio.Event | None = None
+        self.worker: asyncio.Task[None] | None = None
+
+    def remaining(self) -> int:
+        return len(self.pending) + (1 if self.running else 0)
+
+    def object_info(self) -> dict[str, Any]:
+        info = classes(self.knobs.models, sorted(p.name for p in self.dirs["input"].iterdir() if p.is_file()))
+        for i in range(self.knobs.bloat_mb):
+            junk = f"JunkNode{i}"
+            info[junk] = {**info["ImageInvert"], "name": junk, "description": "x" * 1048576}
+        return info
+
+    # Sending. A socket that goes away mid-send is the client's problem, not the run's.
+
+    async def send(self, kind: str, data: dict[str, Any], sid: str | None) -> None:
+        """To `sid` if it is connected; to everybody when sid is None (ComfyUI's send_sync)."""
+        text = json.dumps({"type": kind, "data": data})
+        for ws in self.targets(sid):
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                await ws.send_str(text)
+
+    def targets(self, sid: str | None) -> list[web.WebSocketResponse]:
+        if sid is None:
+            return list(self.sockets.values())
+        ws = self.sockets.get(sid)
+        return [ws] if ws else []
+
+    async def status(self) -> None:
+        await self.send("status", {"status": {"exec_info": {"queue_remaining": self.remaining()}}}, None)
+
+    async def preview(self, png: bytes, node: str, prompt_id: str, sid: str | None) -> None:
+        meta = json.dumps(
+            {
+                "node_id": node,
+                "prompt_id": prompt_id,
+                "display_node_id": node,
+                "parent_node_id": None,
+                "real_node_id": node,
+                "image_type": "image/png",
+            }
+        ).encode()
+        for ws in self.targets(sid):
+            if ws.get(METADATA):
+                frame = struct.pack(">II", PREVIEW_IMAGE_WITH_METADATA, len(meta)) + meta + png
+            else:
+                frame = struct.pack(">II", PREVIEW_IMAGE, PNG_FORMAT) + png
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                await ws.send_bytes(frame)
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def is_link(value: object) -> bool:
+    return isinstance(value, list) and len(value) == 2 and isinstance(value[0], str) and isinstance(value[1], int)
+
+
+# Validation, in the shapes and with the messages of the real server.
+
+
+def problem(kind: str, message: str, details: str, **extra: Any) -> dict[str, Any]:
+    return {"type": kind, "message": message, "details": details, "extra_info": extra}
+
+
+def check_value(name: str, spec: list[Any], value: Any, state: State, class_type: str) -> dict[str, Any] | None:
+    kind, options = spec[0], (spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {})
+    if class_type == "LoadImage" and name == "image":
+        # LoadImage validates its own input, so the file list check is skipped for it.
+        if not (isinstance(value, str) and safe_name(value) and (state.dirs["input"] / value).is_file()):
+            return problem(
+                "custom_validation_failed",
+                "Custom validation failed for node",
+                f"image - Invalid image file: {value}",
+                input_name=name,
+                input_config=spec,
+                received_value=value,
+            )
+        return None
+    if isinstance(kind, list) or kind == "COMBO":
+        choices = kind if isinstance(kind, list) else options.get("options", [])
+        if value not in choices:
+            shown = choices if len(choices) <= 20 else [*choices[:20], "..."]
+            return problem(
+                "value_not_in_list",
+                "Value not in list",
+                f"{name}: '{value}' not in {shown}",
+                input_name=name,
+                input_config=spec,
+                received_value=value,
+            )
+        return None
+    if kind in ("INT", "FLOAT"):
+        try:
+            number: float = int(value) if kind == "INT" else float(value)
+        except (TypeError, ValueError) as e:
+            return problem(
+                "invalid_input_type",
+                f"Failed to convert an input value to a {kind} value",
+                f"{name}, {value}, {e}",
+                input_name=name,
+                input_config=spec,
+                received_value=value,
+                exception_message=str(e),
+            )
+        if "min" in options and number < options["min"]:
+            return problem(
+                "value_smaller_than_min",
+                f"Value {number} smaller than min of {options['min']}",
+                name,
+                input_name=name,
+                input_config=spec,
+                received_value=number,
+            )
+        if "max" in options and number > options["max"]:
+            return problem(
+                "value_bigger_than_max",
+                f"Value {number} bigger than max of {options['max']}",
+                name,
+                input_name=name,
+                input_config=spec,
+                received_value=number,
+            )
+    return None
+
+
+def validate(prompt: dict[str, Any], state: State) -> tuple[int, dict[str, Any], list[str]]:
+    """(HTTP status, answer body without prompt_id/number, outputs to execute)."""
+    info = state.object_info()
+    for node_id, node in prompt.items():
+        class_type = node.get("class_type") if isinstance(node, dict) else None
+        if class_type is None:
+            error = problem(
+                "invalid_prompt",
+                "Cannot execute because a node is missing the class_type property.",
+                f"Node ID '#{node_id}'",
+            )
+            return 400, {"error": error, "node_errors": {}}, []
+        if class_type not in info:
+            error = problem(
+                "invalid_prompt",
+                f"Cannot execute because node {class_type} does not exist.",
+                f"Node ID '#{node_id}'",
+            )
+            return 400, {"error": error, "node_errors": {}}, []
+    outputs = [n for n, node in prompt.items() if info[node["class_type"]]["output_node"]]
+    if not outputs:
+        error = problem("prompt_no_outputs", "Prompt has no outputs", "")
+        return 400, {"error": error, "node_errors": {}}, []
+
+    checked: dict[str, tuple[bool, list[dict[str, Any]]]] = {}
+
+    def check(node_id: str) -> bool:
+        if node_id in checked:
+            return checked[node_id][0]
+        checked[node_id] = (True, [])  # a cycle is not this simulation's problem
+        node = prompt[node_id]
+        spec = info[node["class_type"]]["input"]
+        inputs = node.get("inputs", {})
+        errors: list[dict[str, Any]] = []
+        ok = True
+        for name in spec["required"]:
+            if name not in inputs:
+                errors.append(problem("required_input_missing", "Required input is missing", name, input_name=name))
+        for name, input_spec in {**spec["required"], **spec.get("optional", {})}.items():
+            if name not in inputs:
+                continue
+            value = inputs[name]
+            if is_link(value):
+                source = value[0]
+                if source not in prompt:
+                    errors.append(
+                        problem(
+                            "exception_during_validation",
+                            "Exception when validating node",
+                            f"'{source}'",
+                            exception_type="KeyError",
+                            traceback=[f"KeyError: '{source}'\n"],
+                        )
+                    )
+                    continue
+                produced = info[prompt[source]["class_type"]]["output"]
+                got = produced[value[1]] if value[1] < len(produced) else None
+                want = input_spec[0]
+                if got != want and want != "*" and not (isinstance(want, list) and got == "COMBO"):
+                    errors.append(
+                        problem(
+                            "return_type_mismatch",
+                            "Return type mismatch between linked nodes",
+                            f"{name}, received_type({got}) mismatch input_type({want})",
+                            input_name=name,
+                            input_config=input_spec,
+                            received_type=got,
+                            linked_node=value,
+                        )
+                    )
+                    continue
+                if not check(source):
+                    ok = False
+            else:
+                err = check_value(name, input_spec, value, state, node["class_type"])
+                if err:
+                    errors.append(err)
+        ok = ok and not errors
+        checked[node_id] = (ok, errors)
+        return ok
+
+    good: list[str] = []
+    bad: list[str] = []
+    for out in outputs:
+        (good if check(out) else bad).append(out)
+    node_errors: dict[str, Any] = {}
+    for out in bad:
+        for node_id in sorted(ancestors(prompt, out)):
+            errors = checked.get(node_id, (True, []))[1]
+            if errors:
+                entry = node_errors.setdefault(
+                    node_id,
+                    {"errors": errors, "dependent_outputs": [], "class_type": prompt[node_id]["class_type"]},
+                )
+                entry["dependent_outputs"].append(out)
+    if not good:
+        reasons = [f"{e['message']}: {e['details']}" for out in bad for e in checked[out][1]]
+        details = "\n".join(reasons) if reasons else ""
+        error = problem("prompt_outputs_failed_validation", "Prompt outputs failed validation", details)
+        return 400, {"error": error, "node_errors": node_errors}, []
+    return 200, {"node_errors": node_errors}, good
+
+
+def ancestors(prompt: dict[str, Any], node_id: str) -> list[str]:
+    """node_id and every node it depends on, dependencies first (the order they run in)."""
+    seen: set[str] = set()
+    order: list[str] = []
+
+    def visit(n: str) -> None:
+        if n in seen or n not in prompt:
+            return
+        seen.add(n)
+        for value in prompt[n].get("inputs", {}).values():
+            if is_link(value):
+                visit(value[0])
+        order.append(n)
+
+    visit(node_id)
+    return order
+
+
+def signatures(prompt: dict[str, Any], state: State) -> dict[str, str]:
+    """A key per node that changes when the node or anything upstream changes: the result cache."""
+    sigs: dict[str, str] = {}
+
+    def sig(n: str) -> str:
+        if n not in sigs:
+            node = prompt[n]
+            inputs = {k: [sig(v[0]), v[1]] if is_link(v) else v for k, v in sorted(node.get("inputs", {}).items())}
+            if node["class_type"] == "LoadImage":
+                path = state.dirs["input"] / str(inputs.get("image", ""))
+                # Like IS_CHANGED: a re-uploaded file is a new input.
+                inputs["_stat"] = [path.stat().st_mtime_ns, path.stat().st_size] if path.is_file() else None
+            sigs[n] = json.dumps([n, node["class_type"], inputs], sort_keys=True, default=str)
+        return sigs[n]
+
+    for n in prompt:
+        sig(n)
+    return sigs
+
+
+# The node implementations: small pillow and PyAV stand-ins that make real, visible files.
+
+
+def fit(width: int, height: int, limit: int) -> tuple[int, int]:
+    scale = min(1.0, limit / max(width, height, 1))
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def rgb(color: int) -> tuple[int, int, int]:
+    return (color >> 16) & 255, (color >> 8) & 255, color & 255
+
+
+def noise(size: tuple[int, int], seed: int) -> Image.Image:
+    data = random.Random(seed).randbytes(size[0] * size[1])
+    return Image.frombytes("L", size, data).convert("RGB")
+
+
+def output_path(state: State, prefix: str, kind: str = "output") -> tuple[Path, str, str, int]:
+    """Folder, subfolder, base name and next counter for a filename prefix ("peer/still")."""
+    base = state.dirs[kind]
+    subfolder, name = os.path.split(os.path.normpath(prefix))
+    folder = (base / subfolder).resolve()
+    if os.path.commonpath([folder, base.resolve()]) != str(base.resolve()):
+        raise ExecError("Exception", f"**** ERROR: Saving image outside the output folder is not allowed.\n {prefix}")
+    folder.mkdir(parents=True, exist_ok=True)
+    pattern = re.compile(rf"^{re.escape(name)}_(\d+)_")
+    counters = [int(m.group(1)) for p in folder.iterdir() if (m := pattern.match(p.name))]
+    return folder, subfolder.replace(os.sep, "/"), name, max(counters, default=0) + 1
+
+
+def saved(name: str, subfolder: str, kind: str = "output") -> dict[str, str]:
+    return {"filename": name, "subfolder": subfolder, "type": kind}
+
+
+def save_images(state: State, images: list[Image.Image], prefix: str, kind: str = "output") -> UI:
+    folder, subfolder, name, counter = output_path(state, prefix, kind)
+    files = []
+    for i, img in enumerate(images):
+        filename = f"{name}_{counter + i:05}_.png"
+        img.save(folder / filename, compress_level=1 if kind == "temp" else 4)
+        files.append(saved(filename, subfolder, kind))
+    return {"images": files}
+
+
+def save_animated(state: State, images: list[Image.Image], prefix: str, ext: str, **options: Any) -> UI:
+    folder, subfolder, name, counter = output_path(state, prefix)
+    filename = f"{name}_{counter:05}_.{ext}"
+    images[0].save(folder / filename, save_all=True, append_images=images[1:], **options)
+    return {"images": [saved(filename, subfolder)], "animated": [True]}
+
+
+def save_video(state: State, images: list[Image.Image], prefix: str, fps: float, ext: str) -> UI:
+    folder, subfolder, name, counter = output_path(state, prefix)
+    filename = f"{name}_{counter:05}_.{ext}"
+    # yuv420p wants even sizes.
+    width, height = images[0].width // 2 * 2 or 2, images[0].height // 2 * 2 or 2
+    codec = "libx264" if ext == "mp4" else "libvpx-vp9"
+    with av.open(str(folder / filename), "w", format=ext) as container:
+        stream = container.add_stream(codec, rate=max(1, round(fps)))
+        assert isinstance(stream, VideoStream)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        if ext == "webm":
+            stream.options = {"deadline": "realtime", "cpu-used": "8"}  # vp9's default is slow
+        for img in images:
+            frame = av.VideoFrame.from_image(img.convert("RGB").resize((width, height)))
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    return {"images": [saved(filename, subfolder)], "animated": [True]}
+
+
+def run_node(state: State, class_type: str, inputs: dict[str, Any]) -> tuple[Values, UI | None]:
+    """The work of one node, in a thread. Raises ExecError as the real node would fail."""
+    limit = state.knobs.max_side
+    match class_type:
+        case "EmptyImage":
+            size = fit(int(inputs["width"]), int(inputs["height"]), limit)
+            return ([Image.new("RGB", size, rgb(int(inputs["color"])))] * int(inputs["batch_size"]),), None
+        case "ImageAddNoise":
+            strength, seed = float(inputs["strength"]), int(inputs["seed"])
+            out = [Image.blend(img, noise(img.size, seed + i), strength) for i, img in enumerate(inputs["image"])]
+            return (out,), None
+        case "ImageBlur":
+            blur = ImageFilter.GaussianBlur(float(inputs["sigma"]))
+            return ([img.filter(blur) for img in inputs["image"]],), None
+        case "ImageScale":
+            first = inputs["image"][0]
+            width, height = int(inputs["width"]), int(inputs["height"])
+            if not width or not height:  # 0 keeps the aspect ratio
+                width = width or round(first.width * height / first.height)
+                height = height or round(first.height * width / first.width)
+            size = fit(width, height, limit)
+            method = IMAGE_METHODS.get(inputs["upscale_method"], Image.Resampling.BILINEAR)
+            return ([img.resize(size, method) for img in inputs["image"]],), None
+        case "ImageUpscaleWithModel":
+            return ([img.resize(fit(img.width * 2, img.height * 2, limit)) for img in inputs["image"]],), None
+        case "ImageBlend":
+            a, b = inputs["image1"], inputs["image2"]
+            if len(a) != len(b) and 1 not in (len(a), len(b)):
+                raise ExecError(
+                    "RuntimeError",
+                    f"The size of tensor a ({len(a)}) must match the size of tensor b ({len(b)}) "
+                    "at non-singleton dimension 0\n",
+                )
+            blend = {
+                "multiply": ImageChops.multiply,
+                "screen": ImageChops.screen,
+                "difference": ImageChops.difference,
+            }
+            out = []
+            for i in range(max(len(a), len(b))):
+                x, y = a[min(i, len(a) - 1)], b[min(i, len(b) - 1)].resize(a[0].size)
+                mixed = blend.get(inputs["blend_mode"], lambda p, q: q)(x, y)
+                out.append(Image.blend(x, mixed, float(inputs["blend_factor"])))
+            return (out,), None
+        case "ImageInvert":
+            return ([ImageOps.invert(img) for img in inputs["image"]],), None
+        case "LoadImage":
+            with Image.open(state.dirs["input"] / inputs["image"]) as img:
+                loaded = img.convert("RGB")
+            return ([loaded], None), None
+        case "SaveImage":
+            return (), save_images(state, inputs["images"], str(inputs["filename_prefix"]))
+        case "PreviewImage":
+            return (), save_images(state, inputs["images"], f"ComfyUI_temp_{uuid.uuid4().hex[:5]}", "temp")
+        case "SaveAnimatedWEBP":
+            effort = {"default": 4, "fastest": 0, "slowest": 6}.get(inputs["method"], 4)
+            ui = save_animated(
+                state,
+                inputs["images"],
+                str(inputs["filename_prefix"]),
+                "webp",
+                duration=round(1000 / float(inputs["fps"])),
+                lossless=bool(inputs["lossless"]),
+                quality=int(inputs["quality"]),
+                method=effort,
+            )
+            return (), ui
+        case "SaveAnimatedPNG":
+            ui = save_animated(
+                state,
+                inputs["images"],
+                str(inputs["filename_prefix"]),
+                "png",
+                duration=round(1000 / float(inputs["fps"])),
+                compress_level=int(inputs["compress_level"]),
+            )
+            return (), ui
+        case "SaveWEBM":
+            return (), save_video(state, inputs["images"], str(inputs["filename_prefix"]), float(inputs["fps"]), "webm")
+        case "CreateVideo":
+            return ({"frames": inputs["images"], "fps": float(inputs["fps"])},), None
+        case "SaveVideo":
+            video = inputs["video"]
+            return (), save_video(state, video["frames"], str(inputs["filename_prefix"]), video["fps"], "mp4")
+        case "SaveImageWebsocket":
+            return (), None  # its frames went out as progress previews
+        case "UpscaleModelLoader":
+            return (f"upscale:{inputs['model_name']}",), None
+        case "CheckpointLoaderSimple":
+            name = inputs["ckpt_name"]
+            return (f"model:{name}", f"clip:{name}", f"vae:{name}"), None
+        case "VAELoader":
+            return (f"vae:{inputs['vae_name']}",), None
+        case "LoraLoader":
+            return (inputs["model"], inputs["clip"]), None
+        case "CLIPTextEncode":
+            return (str(inputs["text"]),), None
+        case "EmptyLatentImage":
+            latent = {"width": int(inputs["width"]), "height": int(inputs["height"])}
+            return ({**latent, "batch_size": int(inputs["batch_size"]), "seed": 0},), None
+        case "KSampler":
+            return ({**inputs["latent_image"], "seed": int(inputs["seed"])},), None
+        case "VAEDecode":
+            latent = inputs["samples"]
+            size = fit(latent["width"], latent["height"], limit)
+            images = [noise(size, latent["seed"] + i) for i in range(latent["batch_size"])]
+            return (images,), None
+    raise ExecError("NotImplementedError", f"the simulated ComfyUI cannot run {class_type}")
+
+
+def png(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, "PNG", compress_level=1)
+    return buf.getvalue()
+
+
+def progress_steps(class_type: str, inputs: dict[str, Any], knobs: Knobs) -> list[tuple[int, int]]:
+    """(value, max) of each ProgressBar update the real node makes."""
+    if class_type == "SaveImageWebsocket":
+        count = len(inputs["images"])
+        return [(i, count) for i in range(count)]  # it never reaches max
+    if class_type == "ImageUpscaleWithModel":
+        return [(i, knobs.upscale_steps) for i in range(1, knobs.upscale_steps + 1)]
+    if class_type == "KSampler":
+        steps = int(inputs["steps"])
+        return [(i, steps) for i in range(1, steps + 1)]
+    return []
+
+
+# Running prompts, one at a time, as ComfyUI's prompt_worker does.
+
+
+async def worker(state: State) -> None:
+    assert state.wake is not None
+    while True:
+        while not state.pending:
+            state.wake.clear()
+            await state.wake.wait()
+        item = heapq.heappop(state.pending)
+        state.running = item
+        await state.status()
+        try:
+            await execute(state, item)
+        except Exception:
+            log.exception("simulated ComfyUI: prompt %s crashed", item[1])
+        finally:
+            state.running = None
+            state.client_id = None
+            state.current_node = None
+
+
+async def execute(state: State, item: Item) -> None:
+    number, prompt_id, prompt, extra, outputs = item
+    client = extra.get("client_id")
+    state.client_id = client
+    state.interrupted = False  # an interrupt while idle does not leak into this prompt
+    loop = asyncio.get_running_loop()
+    messages: list[list[Any]] = []
+
+    async def lifecycle(kind: str, data: dict[str, Any], record: bool = True) -> None:
+        # Without a client_id these go to nobody (PROTOCOL.md, "Who receives what").
+        if record:
+            messages.append([kind, data])
+        if client is not None:
+            await state.send(kind, data, client)
+
+    await lifecycle("execution_start", {"prompt_id": prompt_id, "timestamp": now_ms()})
+    order: list[str] = []
+    for out in outputs:
+        order += [n for n in ancestors(prompt, out) if n not in order]
+    sigs = signatures(prompt, state)
+    cached = [n for n in order if sigs[n] in state.cache]
+    await lifecycle("execution_cached", {"nodes": cached, "prompt_id": prompt_id, "timestamp": now_ms()})
+    values: dict[str, Values] = {}
+    ui: dict[str, UI] = {}
+    fresh: dict[str, tuple[Values, UI | None]] = {}
+    for n in cached:
+        values[n], node_ui = fresh[n] = state.cache[sigs[n]]
+        if node_ui is not None:
+            ui[n] = node_ui
+            await lifecycle(
+                "executed", {"node": n, "display_node": n, "output": node_ui, "prompt_id": prompt_id}, False
+            )
+    executed = list(cached)
+    todo = [n for n in order if n not in cached]
+    per_node = state.knobs.seconds_per_node
+    if state.knobs.run_seconds is not None:
+        per_node = state.knobs.run_seconds / max(len(todo), 1)
+    heavy = [n for n in todo if n not in outputs] or todo
+    if not state.loaded:
+        # The first prompt after a start loads its models: a long first node, as on a real GPU.
+        await asyncio.sleep(state.knobs.load_delay)
+        state.loaded = True
+    progress: dict[str, dict[str, Any]] = {}
+
+    async def report(n: str, value: float, top: float, status: str) -> None:
+        progress[n] = {
+            "value": value,
+            "max": top,
+            "state": status,
+            "node_id": n,
+            "prompt_id": prompt_id,
+            "display_node_id": n,
+            "parent_node_id": None,
+            "real_node_id": n,
+        }
+        await state.send("progress_state", {"prompt_id": prompt_id, "nodes": dict(progress)}, client)
+
+    current = ""
+    inputs: dict[str, Any] = {}
+    end: str
+    try:
+        for n in todo:
+            current = n
+            if state.interrupted:
+                raise Interrupted(n)
+            class_type = prompt[n]["class_type"]
+            await report(n, 0.0, 1.0, "running")
+            await lifecycle("executing", {"node": n, "display_node": n, "prompt_id": prompt_id}, False)
+            state.current_node = n
+            inputs = {k: values[v[0]][v[1]] if is_link(v) else v for k, v in prompt[n].get("inputs", {}).items()}
+            if state.knobs.fail == "oom" and n == heavy[-1]:
+                await asyncio.sleep(per_node)
+                raise ExecError("torch.OutOfMemoryError", OOM_MESSAGE)
+            started = time.monotonic()
+            steps = progress_steps(class_type, inputs, state.knobs)
+            for i, (value, top) in enumerate(steps):
+                await asyncio.sleep(per_node / len(steps))
+                # ComfyUI checks for an interrupt in every ProgressBar update.
+                if state.interrupted:
+                    raise Interrupted(n)
+                await state.send("progress", {"value": value, "max": top, "prompt_id": prompt_id, "node": n}, client)
+                await report(n, float(value), float(top), "running")
+                if class_type == "SaveImageWebsocket":
+                    frame = await loop.run_in_executor(None, png, inputs["images"][i])
+                    await state.preview(frame, n, prompt_id, client)
+            result, node_ui = await loop.run_in_executor(None, run_node, state, class_type, inputs)
+            await asyncio.sleep(max(0.0, per_node - (time.monotonic() - started)))
+            values[n] = result
+            fresh[sigs[n]] = (result, node_ui)
+            executed.append(n)
+            if node_ui is not None:
+                ui[n] = node_ui
+                await lifecycle(
+                    "executed",
+                    {"node": n, "display_node": n, "output": node_ui, "prompt_id": prompt_id},
+                    False,
+                )
+            await report(n, 1.0, 1.0, "finished")
+        await lifecycle("execution_success", {"prompt_id": prompt_id, "timestamp": now_ms()})
+        end = "success"
+    except Interrupted as e:
+        data = {
+            "prompt_id": prompt_id,
+            "node_id": e.node,
+            "node_type": prompt[e.node]["class_type"],
+            "executed": executed,
+            "timestamp": now_ms(),
+        }
+        messages.append(["execution_interrupted", data])
+        await state.send("execution_interrupted", data, client)  # broadcast without a client_id
+        end = "error"
+    except Exception as e:
+        kind, message = (e.kind, e.message) if isinstance(e, ExecError) else (type(e).__name__, str(e))
+        data = {
+            "prompt_id": prompt_id,
+            "node_id": current,
+            "node_type": prompt[current]["class_type"] if current else "",
+            "executed": executed,
+            "exception_message": message,
+            "exception_type": kind,
+            "traceback": [
+                '  File "/ComfyUI/execution.py", line 496, in execute\n',
+                f"{kind}: {message}",
+            ],
+            "current_inputs": {k: [repr(v)[:200]] for k, v in inputs.items()},
+            "current_outputs": [],
+            "timestamp": now_ms(),
+        }
+        await lifecycle("execution_error", data)
+        end = "error"
+    state.cache = fresh
+    state.current_node = None
+    # History and the queue change together, so a poller never sees a prompt in neither.
+    state.history[prompt_id] = {
+        "prompt": item,
+        "outputs": ui,
+        "status": {"status_str": end, "completed": end == "success", "messages": messages},
+        "meta": {n: {"node_id": n, "display_node": n, "parent_node": None, "real_node_id": n} for n in ui},
+    }
+    state.running = None
+    await state.status()
+    if client is not None:
+        await state.send("executing", {"node": None, "prompt_id": prompt_id}, client)
+
+
+# HTTP and WebSocket endpoints.
+
+STATE = web.AppKey("state", State)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def answer(data: Any, status: int = 200) -> web.Response:
+    return web.json_response(data, status=status)
+
+
+def safe_name(name: str) -> bool:
+    return bool(name) and "/" not in name and "\\" not in name and ".." not in name and "\0" not in name
+
+
+def inside(base: Path, subfolder: str) -> Path | None:
+    folder = (base / subfolder).resolve()
+    return folder if os.path.commonpath([folder, base.resolve()]) == str(base.resolve()) else None
+
+
+@web.middleware
+async def faults(request: web.Request, handler: Handler) -> web.StreamResponse:
+    knobs = request.app[STATE].knobs
+    while knobs.hang:
+        await asyncio.sleep(0.05)
+    if knobs.garbage:
+        page = "<!DOCTYPE html><html><head><title>Router</title></head><body>It works!</body></html>"
+        return web.Response(text=page, content_type="text/html")
+    return await handler(request)
+
+
+async def post_prompt(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    try:
+        body = await request.json()
+        if not isinstance(body, dict):
+            raise ValueError(body)
+    except ValueError:
+        return web.Response(status=500, text="500 Internal Server Error\n\nServer got itself in trouble")
+    if "number" in body:
+        number = float(body["number"])
+    else:
+        number = -state.counter if body.get("front") else state.counter
+        state.counter += 1
+    prompt = body.get("prompt")
+    if "prompt" not in body or not isinstance(prompt, dict):
+        error = problem("no_prompt", "No prompt provided", "No prompt provided")
+        return answer({"error": error, "node_errors": {}}, 400)
+    status, result, outputs = validate(prompt, state)
+    if status != 200:
+        return answer(result, status)
+    prompt_id = str(body.get("prompt_id") or uuid.uuid4())
+    extra = dict(body.get("extra_data") or {})
+    if body.get("client_id"):
+        extra["client_id"] = body["client_id"]
+    heapq.heappush(state.pending, [number, prompt_id, prompt, extra, outputs])
+    assert state.wake is not None
+    state.wake.set()
+    await state.status()
+    return answer({"prompt_id": prompt_id, "number": number, "node_errors": result["node_errors"]})
+
+
+async def get_prompt(request: web.Request) -> web.Response:
+    return answer({"exec_info": {"queue_remaining": request.app[STATE].remaining()}})
+
+
+async def get_queue(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    running = [state.running] if state.running else []
+    return answer({"queue_running": running, "queue_pending": list(state.pending)})
+
+
+async def post_queue(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    body = await request.json()
+    if body.get("clear"):
+        state.pending.clear()
+    if "delete" in body:
+        gone = set(body["delete"])
+        state.pending[:] = [item for item in state.pending if item[1] not in gone]
+        heapq.heapify(state.pending)
+    await state.status()
+    return web.Response()
+
+
+async def get_history(request: web.Request) -> web.Response:
+    history = request.app[STATE].history
+    count = int(request.query.get("max_items", len(history)) or len(history))
+    return answer(dict(list(history.items())[-count:]) if count else {})
+
+
+async def get_history_item(request: web.Request) -> web.Response:
+    prompt_id = request.match_info["prompt_id"]
+    entry = request.app[STATE].history.get(prompt_id)
+    return answer({prompt_id: entry} if entry else {})
+
+
+async def post_history(request: web.Request) -> web.Response:
+    history = request.app[STATE].history
+    body = await request.json()
+    if body.get("clear"):
+        history.clear()
+    for prompt_id in body.get("delete", []):
+        history.pop(prompt_id, None)
+    return web.Response()
+
+
+async def view(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE]
+    name = request.query.get("filename", "")
+    if not name:
+        return web.Response(status=404)
+    if name.startswith("/") or ".." in name or "\\" in name:
+        return web.Response(status=400)
+    base = state.dirs.get(request.query.get("type", "output"))
+    if base is None:
+        return web.Response(status=400)
+    folder = inside(base, request.query.get("subfolder", ""))
+    if folder is None:
+        return web.Response(status=403)
+    path = folder / os.path.basename(name)
+    if not path.is_file():
+        return web.Response(status=404)
+    disposition = {"Content-Disposition": f'filename="{path.name}"'}
+    preview = request.query.get("preview", "")
+    if preview.startswith("webp") and path.suffix in (".png", ".webp", ".jpg"):
+        quality = int(preview.split(";")[1]) if ";" in preview else 90
+        buf = io.BytesIO()
+        with Image.open(path) as img:
+            img.convert("RGB").save(buf, "WEBP", quality=quality)
+        return web.Response(body=buf.getvalue(), content_type="image/webp", headers=disposition)
+    content_type = CONTENT_TYPES.get(path.suffix.lower(), "application/octet-stream")
+    return web.FileResponse(path, headers={**disposition, "Content-Type": content_type})
+
+
+async def upload_image(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    form = await request.post()
+    image = form.get("image")
+    if not isinstance(image, web.FileField):
+        return web.Response(status=400)
+    kind = str(form.get("type") or "input")
+    subfolder = str(form.get("subfolder") or "")
+    overwrite = str(form.get("overwrite", "")).lower() in ("true", "1")
+    base = state.dirs.get(kind)
+    folder = inside(base, subfolder) if base else None
+    name = image.filename or ""
+    if folder is None or not safe_name(name):
+        return web.Response(status=400)
+    data = image.file.read()
+    folder.mkdir(parents=True, exist_ok=True)
+    stem, ext = os.path.splitext(name)
+    path, i = folder / name, 1
+    # The same bytes under the same name are the same upload; different bytes get "name (1).png".
+    while not overwrite and path.exists() and path.read_bytes() != data:
+        path, i = folder / f"{stem} ({i}){ext}", i + 1
+    path.write_bytes(data)
+    return answer({"name": path.name, "subfolder": subfolder, "type": kind})
+
+
+async def interrupt(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    body: dict[str, Any] = {}
+    if request.can_read_body:
+        with contextlib.suppress(ValueError):
+            body = await request.json() or {}
+    wanted = body.get("prompt_id") if isinstance(body, dict) else None
+    if wanted is None or (state.running and state.running[1] == wanted):
+        state.interrupted = True
+    else:
+        log.info("simulated ComfyUI: interrupt for %s, which is not running", wanted)
+    return web.Response()
+
+
+async def system_stats(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    ram = 64 * 1024**3
+    system = {
+        "os": "posix",
+        "ram_total": ram,
+        "ram_free": ram // 2,
+        "comfyui_version": VERSION,
+        "required_frontend_version": "1.27.10",
+        "installed_templates_version": "0.1.95",
+        "required_templates_version": "0.1.95",
+        "python_version": "3.11.7 (simulated)",
+        "pytorch_version": "2.14.1+cu130",
+        "embedded_python": False,
+        "argv": ["main.py", "--listen", request.host.rsplit(":", 1)[0], "--simulated"],
+    }
+    return answer({"system": system, "devices": state.knobs.devices})
+
+
+async def object_info(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    info = await asyncio.get_running_loop().run_in_executor(None, state.object_info)
+    name = request.match_info.get("node_class")
+    if name is not None:
+        return answer({name: info[name]} if name in info else {})
+    return answer(info)
+
+
+async def model_folders(request: web.Request) -> web.Response:
+    return answer(MODEL_FOLDERS)
+
+
+async def models(request: web.Request) -> web.Response:
+    folder = request.match_info["folder"]
+    if folder not in MODEL_FOLDERS:
+        return web.Response(status=404)
+    return answer(request.app[STATE].knobs.models.get(folder, []))
+
+
+async def embeddings(request: web.Request) -> web.Response:
+    names = request.app[STATE].knobs.models.get("embeddings", [])
+    return answer([os.path.splitext(n)[0] for n in names])
+
+
+async def features(request: web.Request) -> web.Response:
+    return answer({"supports_preview_metadata": True, "max_upload_size": MAX_UPLOAD})
+
+
+async def free(request: web.Request) -> web.Response:
+    return web.Response()
+
+
+async def websocket(request: web.Request) -> web.WebSocketResponse:
+    state = request.app[STATE]
+    ws = web.WebSocketResponse()
+    await ws.prepare(request)
+    sid = request.query.get("clientId") or uuid.uuid4().hex
+    # A second socket with the same clientId replaces the first (PROTOCOL.md, surprise 10).
+    state.sockets[sid] = ws
+    state.open.add(ws)
+    try:
+        await ws.send_json(
+            {
+                "type": "status",
+                "data": {"status": {"exec_info": {"queue_remaining": state.remaining()}}, "sid": sid},
+            }
+        )
+        if state.client_id == sid and state.current_node:
+            await ws.send_json({"type": "executing", "data": {"node": state.current_node}})
+        async for msg in ws:
+            if msg.type != WSMsgType.TEXT:
+                continue
+            with contextlib.suppress(ValueError, AttributeError):
+                parsed = json.loads(msg.data)
+                if parsed.get("type") == "feature_flags":
+                    ws[METADATA] = bool(parsed.get("data", {}).get("supports_preview_metadata"))
+                    await ws.send_json(
+                        {
+                            "type": "feature_flags",
+                            "data": {"supports_preview_metadata": True, "max_upload_size": MAX_UPLOAD},
+                        }
+                    )
+    finally:
+        state.open.discard(ws)
+        # Deliberately unconditional, as in ComfyUI: closing an old socket silences its replacement.
+        state.sockets.pop(sid, None)
+    return ws
+
+
+def make_app(state: State) -> web.Application:
+    app = web.Application(middlewares=[faults], client_max_size=MAX_UPLOAD)
+    app[STATE] = state
+
+    async def startup(app: web.Application) -> None:
+        state.wake = asyncio.Event()
+        if state.pending:
+            state.wake.set()
+        state.worker = asyncio.get_running_loop().create_task(worker(state))
+
+    async def shutdown(app: web.Application) -> None:
+        for ws in list(state.open):
+            await ws.close()
+
+    async def cleanup(app: web.Application) -> None:
+        if state.worker:
+            state.worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await state.worker
+
+    app.on_startup.append(startup)
+    app.on_shutdown.append(shutdown)
+    app.on_cleanup.append(cleanup)
+    app.router.add_post("/prompt", post_prompt)
+    app.router.add_get("/prompt", get_prompt)
+    app.router.add_get("/queue", get_queue)
+    app.router.add_post("/queue", post_queue)
+    app.router.add_get("/history", get_history)
+    app.router.add_get("/history/{prompt_id}", get_history_item)
+    app.router.add_post("/history", post_history)
+    app.router.add_get("/view", view)
+    app.router.add_post("/upload/image", upload_image)
+    app.router.add_post("/interrupt", interrupt)
+    app.router.add_post("/free", free)
+    app.router.add_get("/system_stats", system_stats)
+    app.router.add_get("/object_info", object_info)
+    app.router.add_get("/object_info/{node_class}", object_info)
+    app.router.add_get("/models", model_folders)
+    app.router.add_get("/models/{folder}", models)
+    app.router.add_get("/embeddings", embeddings)
+    app.router.add_get("/features", features)
+    app.router.add_get("/ws", websocket)
+    return app
+
+
+class SimComfyUI:
+    """A simulated ComfyUI on host:port (port 0 picks a free one), with files under `root`
+    (a temporary folder removed on close when not given). Change `.knobs` at any time."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, root: Path | None = None, **knobs: Any) -> None:
+        self.host = host
+        self.port = port
+        self.knobs = Knobs(**knobs)
+        self.owns_root = root is None
+        self.root = Path(tempfile.mkdtemp(prefix="sim-comfyui-")) if root is None else Path(root)
+        self.state = State(self.knobs, self.root)
+        self.server: Server | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def output_dir(self) -> Path:
+        return self.state.dirs["output"]
+
+    def start(self) -> SimComfyUI:
+        """Listen (again, on the same port after a stop: between the two, connections are refused)."""
+        state = self.state
+        self.server = Server(lambda: make_app(state), self.host, self.port).start()
+        self.port = self.server.port
+        return self
+
+    def stop(self) -> None:
+        self.knobs.hang = False  # let hanging requests finish so the server can stop
+        if self.server:
+            self.server.stop()
+            self.server = None
+
+    def restart(self) -> None:
+        """Like restarting the real process: queue, history and cache are gone, files stay."""
+        self.stop()
+        self.state = State(self.knobs, self.root)
+        self.start()
+
+    def close(self) -> None:
+        self.stop()
+        if self.owns_root:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+    def run(self, fn: Callable[[State], Coroutine[Any, Any, object]]) -> object:
+        """Run a coroutine function on the server's loop with its state, and return its result."""
+        assert self.server is not None, "the simulated ComfyUI is not running"
+        return asyncio.run_coroutine_threadsafe(fn(self.state), self.server.loop).result(timeout=10)
+
+    def drop_websockets(self) -> None:
+        """Close every WebSocket from the server side, as a crash or a proxy timeout would."""
+
+        async def drop(state: State) -> None:
+            for ws in list(state.open):
+                await ws.close()
+
+        self.run(drop)
+
+    def __enter__(self) -> SimComfyUI:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

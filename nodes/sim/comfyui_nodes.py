@@ -1,0 +1,173 @@
+"""The node classes the simulated ComfyUI serves in /object_info, in the real answer's shapes.
+
+Old-style nodes give a combo as `[[options…], {…}]`, newer ones as `["COMBO", {"options": […]}]`;
+both appear in a real server, so both appear here (ImageScale vs ImageBlend, PROTOCOL.md)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+Spec = list[Any]
+
+SEED_MAX = 0xFFFFFFFFFFFFFFFF
+SAMPLERS = ["euler", "euler_ancestral", "heun", "dpm_2", "dpmpp_2m", "dpmpp_sde", "ddim", "uni_pc"]
+SCHEDULERS = ["simple", "sgm_uniform", "karras", "exponential", "ddim_uniform", "beta", "normal"]
+# Everything /models lists on a real 0.3.64 server, in its order.
+MODEL_FOLDERS = [
+    "checkpoints", "configs", "loras", "vae", "text_encoders", "diffusion_models", "clip_vision",
+    "style_models", "embeddings", "diffusers", "vae_approx", "controlnet", "gligen", "upscale_models",
+    "custom_nodes", "hypernetworks", "photomaker", "classifiers", "model_patches", "audio_encoders",
+]  # fmt: skip
+
+
+def integer(default: int, lo: int, hi: int, step: int = 1, **extra: Any) -> Spec:
+    return ["INT", {"default": default, "min": lo, "max": hi, "step": step, **extra}]
+
+
+def number(default: float, lo: float, hi: float, step: float = 0.01, **extra: Any) -> Spec:
+    return ["FLOAT", {"default": default, "min": lo, "max": hi, "step": step, **extra}]
+
+
+def text(default: str = "", **extra: Any) -> Spec:
+    return ["STRING", {"default": default, **extra}]
+
+
+def old_combo(options: list[str], **extra: Any) -> Spec:
+    return [options, extra] if extra else [options]
+
+
+def new_combo(options: list[str], **extra: Any) -> Spec:
+    return ["COMBO", {"options": options, **extra}]
+
+
+def image(tooltip: str = "") -> Spec:
+    return ["IMAGE", {"tooltip": tooltip}] if tooltip else ["IMAGE"]
+
+
+def node(
+    name: str,
+    category: str,
+    required: dict[str, Spec],
+    outputs: list[str] | None = None,
+    *,
+    optional: dict[str, Spec] | None = None,
+    hidden: dict[str, str] | None = None,
+    names: list[str] | None = None,
+    output_node: bool = False,
+    module: str = "nodes",
+    description: str = "",
+) -> dict[str, Any]:
+    outputs = outputs or []
+    inputs: dict[str, Any] = {"required": required}
+    order: dict[str, list[str]] = {"required": list(required)}
+    if optional:
+        inputs["optional"] = optional
+        order["optional"] = list(optional)
+    if hidden:
+        inputs["hidden"] = hidden
+        order["hidden"] = list(hidden)
+    return {
+        "input": inputs,
+        "input_order": order,
+        "output": outputs,
+        "output_is_list": [False] * len(outputs),
+        "output_name": names or list(outputs),
+        "name": name,
+        "display_name": name,
+        "description": description,
+        "python_module": module,
+        "category": category,
+        "output_node": output_node,
+    }
+
+
+def classes(models: dict[str, list[str]], inputs: list[str]) -> dict[str, dict[str, Any]]:
+    """Every class, keyed by name; combos of files list what the server has right now."""
+    prefix = text("ComfyUI", tooltip="The prefix for the file to save.")
+    save_hidden = {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"}
+    extras = "comfy_extras.nodes_images"
+    found = [
+        node("EmptyImage", "image", {
+            "width": integer(512, 1, 16384), "height": integer(512, 1, 16384),
+            "batch_size": integer(1, 1, 4096), "color": integer(0, 0, 0xFFFFFF, display="color"),
+        }, ["IMAGE"]),
+        node("ImageAddNoise", "image", {
+            "image": image(),
+            "seed": integer(0, 0, SEED_MAX, control_after_generate=True,
+                            tooltip="The random seed used for creating the noise."),
+            "strength": number(0.5, 0.0, 1.0),
+        }, ["IMAGE"], module=extras),
+        node("ImageBlur", "image/postprocessing", {
+            "image": image(), "blur_radius": integer(1, 1, 31), "sigma": number(1.0, 0.1, 10.0, 0.1),
+        }, ["IMAGE"], module="comfy_extras.nodes_post_processing"),
+        node("ImageScale", "image/upscaling", {
+            "image": image(),
+            "upscale_method": old_combo(["nearest-exact", "bilinear", "area", "bicubic", "lanczos"]),
+            "width": integer(512, 0, 16384), "height": integer(512, 0, 16384),
+            "crop": old_combo(["disabled", "center"]),
+        }, ["IMAGE"]),
+        node("ImageBlend", "image/postprocessing", {
+            "image1": image(), "image2": image(), "blend_factor": number(0.5, 0.0, 1.0),
+            "blend_mode": new_combo(["normal", "multiply", "screen", "overlay", "soft_light", "difference"]),
+        }, ["IMAGE"], module="comfy_extras.nodes_post_processing"),
+        node("ImageInvert", "image", {"image": image()}, ["IMAGE"]),
+        node("LoadImage", "image", {"image": old_combo(sorted(inputs), image_upload=True)},
+             ["IMAGE", "MASK"]),
+        node("SaveImage", "image", {
+            "images": image("The images to save."), "filename_prefix": prefix,
+        }, hidden=save_hidden, output_node=True,
+             description="Saves the input images to your ComfyUI output directory."),
+        node("PreviewImage", "image", {"images": image()}, hidden=save_hidden, output_node=True,
+             description="Saves the input images to your ComfyUI output directory."),
+        node("SaveAnimatedWEBP", "image/animation", {
+            "images": image(), "filename_prefix": text("ComfyUI"), "fps": number(6.0, 0.01, 1000.0),
+            "lossless": ["BOOLEAN", {"default": True}], "quality": integer(80, 0, 100),
+            "method": old_combo(["default", "fastest", "slowest"]),
+        }, hidden=save_hidden, output_node=True, module=extras),
+        node("SaveAnimatedPNG", "image/animation", {
+            "images": image(), "filename_prefix": text("ComfyUI"), "fps": number(6.0, 0.01, 1000.0),
+            "compress_level": integer(4, 0, 9),
+        }, hidden=save_hidden, output_node=True, module=extras),
+        node("SaveWEBM", "image/video", {
+            "images": image(), "filename_prefix": text("ComfyUI"), "codec": new_combo(["vp9", "av1"]),
+            "fps": number(24.0, 0.01, 1000.0), "crf": number(32.0, 0.0, 63.0, 1.0),
+        }, hidden=save_hidden, output_node=True, module="comfy_extras.nodes_video"),
+        node("CreateVideo", "image/video", {
+            "images": image("The images to create a video from."), "fps": number(30.0, 1.0, 120.0, 1.0),
+        }, ["VIDEO"], optional={"audio": ["AUDIO"]}, module="comfy_extras.nodes_video"),
+        node("SaveVideo", "image/video", {
+            "video": ["VIDEO", {"tooltip": "The video to save."}],
+            "filename_prefix": text("video/ComfyUI"),
+            "format": new_combo(["auto", "mp4"]), "codec": new_combo(["auto", "h264"]),
+        }, hidden=save_hidden, output_node=True, module="comfy_extras.nodes_video"),
+        node("SaveImageWebsocket", "api node/image", {"images": image()}, output_node=True,
+             module="custom_nodes.websocket_image_save"),
+        node("UpscaleModelLoader", "loaders", {"model_name": old_combo(models.get("upscale_models", []))},
+             ["UPSCALE_MODEL"], module="comfy_extras.nodes_upscale_model"),
+        node("ImageUpscaleWithModel", "image/upscaling", {
+            "upscale_model": ["UPSCALE_MODEL"], "image": image(),
+        }, ["IMAGE"], module="comfy_extras.nodes_upscale_model"),
+        node("CheckpointLoaderSimple", "loaders", {"ckpt_name": old_combo(models.get("checkpoints", []))},
+             ["MODEL", "CLIP", "VAE"], description="Loads a diffusion model checkpoint."),
+        node("VAELoader", "loaders", {"vae_name": old_combo(models.get("vae", []))}, ["VAE"]),
+        node("LoraLoader", "loaders", {
+            "model": ["MODEL"], "clip": ["CLIP"], "lora_name": old_combo(models.get("loras", [])),
+            "strength_model": number(1.0, -100.0, 100.0), "strength_clip": number(1.0, -100.0, 100.0),
+        }, ["MODEL", "CLIP"]),
+        node("CLIPTextEncode", "conditioning", {
+            "text": text(multiline=True, dynamicPrompts=True), "clip": ["CLIP"],
+        }, ["CONDITIONING"]),
+        node("EmptyLatentImage", "latent", {
+            "width": integer(512, 16, 16384, 8), "height": integer(512, 16, 16384, 8),
+            "batch_size": integer(1, 1, 4096),
+        }, ["LATENT"]),
+        node("KSampler", "sampling", {
+            "model": ["MODEL"], "seed": integer(0, 0, SEED_MAX, control_after_generate=True),
+            "steps": integer(20, 1, 10000), "cfg": number(8.0, 0.0, 100.0, 0.1, round=0.01),
+            "sampler_name": old_combo(SAMPLERS), "scheduler": old_combo(SCHEDULERS),
+            "positive": ["CONDITIONING"], "negative": ["CONDITIONING"], "latent_image": ["LATENT"],
+            "denoise": number(1.0, 0.0, 1.0),
+        }, ["LATENT"]),
+        node("VAEDecode", "latent", {"samples": ["LATENT"], "vae": ["VAE"]}, ["IMAGE"]),
+    ]  # fmt: skip
+    return {c["name"]: c for c in found}
