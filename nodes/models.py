@@ -252,6 +252,8 @@ class Discovery(models.Model):
 class TestRender(models.Model):
     """A model-free workflow rendered on a node's ComfyUI to prove it works end to end."""
 
+    __test__ = False  # not a test class, whatever pytest guesses from the name
+
     QUEUED, RUNNING, DONE, FAILED = "queued", "running", "done", "failed"
     STATUSES = [(QUEUED, "Queued"), (RUNNING, "Rendering"), (DONE, "Done"), (FAILED, "Failed")]
 

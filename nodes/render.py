@@ -9,7 +9,7 @@ from pathlib import Path
 from django.conf import settings
 
 from nodes.clients import ServiceError
-from nodes.clients.comfyui import ComfyUI
+from nodes.clients.comfyui import ComfyUI, failure, outputs_of
 
 WORKFLOW = Path(__file__).resolve().parent / "workflows" / "still_image.json"
 TIMEOUT = 120.0
@@ -28,7 +28,13 @@ def test_image(url: str, prompt_id: str, name: str) -> str:
     with client.events(client_id) as events:
         client.submit(workflow, prompt_id=prompt_id, client_id=client_id)
         entry = client.wait(prompt_id, client_id, timeout=TIMEOUT, events=events)
-    images = [i for out in entry.get("outputs", {}).values() for i in out.get("images", [])]
+    failed = failure(entry)
+    if failed:
+        what = failed.get("exception_type") or failed["type"]
+        detail = str(failed.get("exception_message", "")).strip()
+        where = failed.get("node_id", "?")
+        raise ServiceError(f"the test render failed on node {where}: {what}: {detail}".rstrip(": "))
+    images = outputs_of(entry)
     if not images:
         raise ServiceError("the test render finished without an image", permanent=True)
     first = images[0]

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 import pytest
-from django.db import close_old_connections
+from django.contrib.auth.models import User
+from django.db import close_old_connections, transaction
 from django.test import Client
 from django.urls import reverse
 
 from nodes.discovery import TargetError, expand
-from nodes.models import Capability, Lease, Node, Requirements, place, place_and_claim
+from nodes.models import Capability, Discovery, Lease, Node, Requirements, TestRender, place, place_and_claim
+from spoonfeeder import relay
+from spoonfeeder.dashboard import broker
+from spoonfeeder.models import Event
+from tests.conftest import communicator, session_for
 
 COMFY_INVENTORY = {
     "classes": ["EmptyImage", "SaveImage", "KSampler"],
@@ -201,3 +207,107 @@ def test_the_nodes_page_shows_both_capabilities_with_a_constant_number_of_querie
 def test_an_empty_pool_says_how_to_add_machines(logged_in: Client) -> None:
     assert "No machines yet" in logged_in.get(reverse("nodes:index")).content.decode()
     assert "No machines yet" in logged_in.get(reverse("dashboard")).content.decode()
+
+
+@pytest.mark.django_db
+def test_discover_from_the_page_queues_a_run_or_says_what_is_wrong(
+    logged_in: Client, django_capture_on_commit_callbacks: Any
+) -> None:
+    broker().purge_queue()
+    bad = logged_in.post(
+        reverse("nodes:discover"), {"targets": "10.0.0.0/8", "ollama_port": 11434, "comfyui_port": 8188}
+    )
+    assert bad.status_code == 400 and "at most a /16" in bad.content.decode()
+    assert not Discovery.objects.exists() and broker().queue_size() == 0
+
+    with django_capture_on_commit_callbacks(execute=True):
+        ok = logged_in.post(
+            reverse("nodes:discover"),
+            {"targets": "127.0.0.1 127.0.0.2", "ollama_port": 11434, "comfyui_port": 8188},
+            follow=True,
+        )
+    assert "Discovering 2 address(es)" in ok.content.decode()
+    assert Discovery.objects.get().targets == "127.0.0.1 127.0.0.2"
+    assert broker().queue_size() == 1
+    broker().purge_queue()
+
+
+@pytest.mark.django_db
+def test_htmx_buttons_answer_with_a_message_and_change_the_rows(
+    logged_in: Client, django_capture_on_commit_callbacks: Any
+) -> None:
+    broker().purge_queue()
+    gpu = node("gpu", comfyui={})
+    htmx = {"HX-Request": "true"}
+    answer = logged_in.post(reverse("nodes:toggle", args=[gpu.code]), headers=htmx)
+    assert (
+        'id="messages" hx-swap-oob="true"' in answer.content.decode() and "gpu is disabled" in answer.content.decode()
+    )
+    gpu.refresh_from_db()
+    assert not gpu.enabled
+    with django_capture_on_commit_callbacks(execute=True):
+        logged_in.post(reverse("nodes:check", args=[gpu.code]), headers=htmx)
+        answer = logged_in.post(reverse("nodes:test-render", args=[gpu.code]), headers=htmx)
+    assert "Test render queued on gpu" in answer.content.decode()
+    assert TestRender.objects.get(node=gpu).status == "queued"
+    assert broker().queue_size() == 2
+    assert Event.objects.filter(topic="nodes").exists()
+    broker().purge_queue()
+
+
+@pytest.mark.django_db
+def test_editing_a_node_changes_its_services(logged_in: Client) -> None:
+    gpu = node("gpu", comfyui={})
+    logged_in.post(
+        reverse("nodes:edit", args=[gpu.code]),
+        {
+            "name": "gpu-1",
+            "host": "gpu.lab",
+            "enabled": "on",
+            "ollama_port": 11500,
+            "ollama_limit": 2,
+            "comfyui_limit": 1,
+        },
+    )
+    gpu.refresh_from_db()
+    assert gpu.name == "gpu-1"
+    assert [(c.kind, c.port, c.limit) for c in gpu.capabilities.all()] == [("ollama", 11500, 2)]
+
+
+@pytest.mark.django_db
+def test_admin_actions_and_refused_removal(admin_client: Client) -> None:
+    gpu = node("gpu", comfyui={})
+    url = reverse("admin:nodes_node_changelist")
+    admin_client.post(url, {"action": "disable", "_selected_action": [gpu.pk]})
+    gpu.refresh_from_db()
+    assert not gpu.enabled
+    assert gpu.comfyui is not None
+    gpu.comfyui.claim("render-1")
+    answer = admin_client.post(url, {"action": "remove", "_selected_action": [gpu.pk]}, follow=True)
+    assert Node.objects.filter(pk=gpu.pk).exists()
+    assert "was not removed: 1 job running on it" in answer.content.decode()
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_status_change_reaches_the_nodes_page_live(user: User) -> None:
+    from asgiref.sync import sync_to_async
+
+    gpu = await sync_to_async(node)("gpu", comfyui={"status": Capability.UNKNOWN})
+    ws = communicator(await sync_to_async(session_for)(user), topics="nodes")
+    assert (await ws.connect())[0]
+    snapshot = await ws.receive_from(timeout=10)
+    assert f'id="node-{gpu.code}"' in snapshot and "unknown" in snapshot
+
+    def went_online() -> None:
+        cap = Capability.objects.get(node=gpu)
+        with transaction.atomic():
+            cap.record_check(True, ms=5, version="0.3.64")
+            gpu.changed()
+
+    await sync_to_async(went_online)()
+    while True:
+        html = await ws.receive_from(timeout=10)
+        if 'class="status online"' in html:
+            break
+    await ws.disconnect()
+    await relay.stop()

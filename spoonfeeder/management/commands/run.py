@@ -27,7 +27,7 @@ from spoonfeeder.tasks import enqueue
 
 PR_SET_PDEATHSIG = 1
 # `make demo`: simulated nodes on their own loopback addresses, at the real services' ports.
-DEMO_NODES = ("127.0.0.2", "127.0.0.3")
+DEMO_NODES = tuple(os.environ.get("SPOONFEEDER_DEMO_HOSTS", "127.0.0.2,127.0.0.3").split(","))
 
 
 def die_with_parent() -> None:
@@ -143,7 +143,7 @@ class Command(BaseCommand):
                     return  # watch() reports the child that died
             with transaction.atomic():
                 node, _ = Node.objects.get_or_create(
-                    host=address, defaults={"name": f"Simulated GPU {'AB'[i]}", "simulated": True}
+                    host=address, defaults={"name": f"Simulated GPU {chr(65 + i)}", "simulated": True}
                 )
                 for kind, p in ((Capability.OLLAMA, OLLAMA_PORT), (Capability.COMFYUI, COMFYUI_PORT)):
                     Capability.objects.get_or_create(node=node, kind=kind, defaults={"port": p})
