@@ -107,7 +107,7 @@ def page() -> None:
     from django.test import Client
     from django.test.utils import CaptureQueriesContext
 
-    client = Client()
+    client = Client(HTTP_HOST="127.0.0.1")
     client.force_login(User.objects.create_user("bench", password="bench-password-123"))
     times, counts = [], set()
     for _ in range(20):
