@@ -207,3 +207,34 @@ def test_tls_where_plain_http_was_expected_and_huge_answers_become_clear_errors(
     cap.refresh_from_db()
     assert "too large" in cap.last_error
     assert cap.inventory.get("classes", []) == []
+
+
+@pytest.mark.django_db
+def test_the_commands_add_discover_and_check_nodes(capsys) -> None:  # type: ignore[no-untyped-def]
+    host = f"127.0.{pytest_net()}.40"
+    with SimOllama(host, 0) as ollama, SimComfyUI(host, 0) as comfy:
+        call_command("add_node", "box", host, "--ollama-port", str(ollama.port), "--comfyui-port", str(comfy.port))
+        out = capsys.readouterr().out
+        assert "box Ollama: online" in out and "box ComfyUI: online" in out
+        call_command("discover_nodes", host, "--ollama-port", str(ollama.port), "--comfyui-port", str(comfy.port))
+        out = capsys.readouterr().out
+        assert f"{host}: Ollama" in out and "(new)" not in out
+        assert Node.objects.count() == 1
+        ollama.stop()
+        call_command("check_nodes")
+        assert "box Ollama: online" in capsys.readouterr().out  # one failure is not offline yet
+        assert "connection refused" in Node.objects.get().ollama.last_error
+
+
+@pytest.mark.django_db
+def test_nodes_are_checked_every_minute_by_one_schedule() -> None:
+    from importlib import import_module
+
+    from django.apps import apps
+    from django_q.models import Schedule
+
+    migration = import_module("nodes.migrations.0002_check_schedule")
+    migration.add_schedule(apps, None)
+    migration.add_schedule(apps, None)
+    schedule = Schedule.objects.get(func="nodes.tasks.check_nodes")
+    assert (schedule.schedule_type, schedule.minutes, schedule.repeats) == (Schedule.MINUTES, 1, -1)
