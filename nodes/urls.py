@@ -5,7 +5,7 @@ from nodes import views
 app_name = "nodes"
 urlpatterns = [
     path("", views.index, name="index"),
-    path("add/", views.add, name="add"),
+    path("add/", views.edit, name="add"),
     path("discover/", views.discover, name="discover"),
     path("<uuid:code>/edit/", views.edit, name="edit"),
     path("<uuid:code>/toggle/", views.toggle, name="toggle"),

@@ -17,23 +17,14 @@ def index(request: HttpRequest) -> HttpResponse:
     return render(request, "nodes/index.html", {**pool.context(), "discover_form": DiscoverForm()})
 
 
-def add(request: HttpRequest) -> HttpResponse:
-    form = NodeForm(request.POST or None)
-    if request.method == "POST" and form.is_valid():
-        node = form.save()
-        enqueue("nodes.tasks.check_node", str(node.code))
-        messages.success(request, f"Added {node.name}; checking it now.")
-        return redirect("nodes:index")
-    return render(request, "nodes/form.html", {"form": form, "node": None})
-
-
-def edit(request: HttpRequest, code: str) -> HttpResponse:
-    node = get_object_or_404(Node, code=code)
+def edit(request: HttpRequest, code: str | None = None) -> HttpResponse:
+    """Add a node (no code) or edit one; either way it is checked right after."""
+    node = get_object_or_404(Node, code=code) if code else None
     form = NodeForm(request.POST or None, instance=node)
     if request.method == "POST" and form.is_valid():
-        form.save()
-        enqueue("nodes.tasks.check_node", str(node.code))
-        messages.success(request, f"Saved {node.name}.")
+        saved = form.save()
+        enqueue("nodes.tasks.check_node", str(saved.code))
+        messages.success(request, f"{'Saved' if node else 'Added'} {saved.name}; checking it now.")
         return redirect("nodes:index")
     return render(request, "nodes/form.html", {"form": form, "node": node})
 

@@ -82,10 +82,10 @@ def request(
     url: str,
     *,
     timeout: float = READ_TIMEOUT,
-    stream: bool = False,
     **kwargs: Any,
 ) -> requests.Response:
-    """Send a request; connection failures become ServiceError. The caller checks the status."""
+    """Send a request, its body left to be streamed; connection failures become ServiceError.
+    The caller checks the status."""
     try:
         return s.request(method, url, timeout=(CONNECT_TIMEOUT, timeout), stream=True, **kwargs)
     except requests.RequestException as e:
