@@ -507,6 +507,10 @@ class SimOllama:
             self.server.stop()
             self.server = None
 
+    def close(self) -> None:
+        """Stop for good; the same as stop(), as a simulated Ollama keeps nothing on disk."""
+        self.stop()
+
     def __enter__(self) -> SimOllama:
         return self.start()
 

@@ -37,7 +37,7 @@ class Command(BaseCommand):
                 servers.append(SimComfyUI(o["host"], o["comfyui_port"], run_seconds=o["run_seconds"]).start())
         except OSError as e:
             for server in servers:
-                server.stop()
+                server.close()
             raise CommandError(f"cannot listen on {o['host']}: {e.strerror}; is the port taken?") from None
         for server in servers:
             self.stdout.write(f"Simulated {type(server).__name__[3:]} at {server.url}")
@@ -46,4 +46,4 @@ class Command(BaseCommand):
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
         stop.wait()
         for server in servers:
-            server.stop()
+            server.close()  # also removes the simulated ComfyUI's output folder
