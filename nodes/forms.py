@@ -9,8 +9,9 @@ from nodes.discovery import HOSTNAME, TargetError, expand
 from nodes.models import COMFYUI_PORT, OLLAMA_PORT, Capability, Node
 
 
-def port_field(default: int) -> forms.IntegerField:
+def port_field(default: int, label: str) -> forms.IntegerField:
     return forms.IntegerField(
+        label=label,
         required=False,
         min_value=1,
         max_value=65535,
@@ -19,15 +20,15 @@ def port_field(default: int) -> forms.IntegerField:
     )
 
 
-def limit_field() -> forms.IntegerField:
-    return forms.IntegerField(min_value=1, max_value=64, initial=1, help_text="Jobs at once.")
+def limit_field(label: str) -> forms.IntegerField:
+    return forms.IntegerField(label=label, min_value=1, max_value=64, initial=1, help_text="Jobs at once.")
 
 
 class NodeForm(forms.ModelForm):
-    ollama_port = port_field(OLLAMA_PORT)
-    ollama_limit = limit_field()
-    comfyui_port = port_field(COMFYUI_PORT)
-    comfyui_limit = limit_field()
+    ollama_port = port_field(OLLAMA_PORT, "Ollama port")
+    ollama_limit = limit_field("Ollama limit")
+    comfyui_port = port_field(COMFYUI_PORT, "ComfyUI port")
+    comfyui_limit = limit_field("ComfyUI limit")
 
     class Meta:
         model = Node

@@ -130,7 +130,15 @@ def check(caps: list[Capability], *, full: bool = False) -> list[Capability]:
         outcomes = list(pool.map(lambda c: probe(c, full or needs_inventory(c)), caps))
     changed = []
     with transaction.atomic():
+        # Count from the rows as they are now, locked: another check of the same capability (the
+        # schedule and "check now") may have stored its outcome while we were asking.
+        rows = Capability.objects.select_for_update().filter(pk__in=[c.pk for c in caps]).order_by("pk")
+        fresh = {row.pk: row for row in rows.only("status", "failures", "latency")}
         for cap, outcome in zip(caps, outcomes, strict=True):
+            row = fresh.get(cap.pk)
+            if row is None:
+                continue  # removed while we asked it
+            cap.status, cap.failures, cap.latency = row.status, row.failures, row.latency
             if cap.record_check(
                 outcome.ok,
                 error=outcome.error,

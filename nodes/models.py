@@ -274,6 +274,10 @@ class TestRender(models.Model):
     def __str__(self) -> str:
         return f"test render on {self.node}"
 
+    @property
+    def seconds(self) -> float | None:
+        return (self.finished - self.created).total_seconds() if self.finished else None
+
     @classmethod
     def start(cls, node: Node) -> TestRender:
         """A new test render; the node's earlier ones (and their images) are dropped."""

@@ -238,3 +238,29 @@ def test_nodes_are_checked_every_minute_by_one_schedule() -> None:
     migration.add_schedule(apps, None)
     schedule = Schedule.objects.get(func="nodes.tasks.check_nodes")
     assert (schedule.schedule_type, schedule.minutes, schedule.repeats) == (Schedule.MINUTES, 1, -1)
+
+
+@pytest.mark.django_db
+def test_a_node_removed_mid_check_does_not_lose_the_others_results() -> None:
+    host = f"127.0.{pytest_net()}.50"
+    with SimOllama(host, 0) as sim:
+        keep = Node.objects.create(name="keep", host=host)
+        gone = Node.objects.create(name="gone", host=f"127.0.{pytest_net()}.51")
+        for node in (keep, gone):
+            Capability.objects.create(node=node, kind=Capability.OLLAMA, port=sim.port)
+        caps = list(Capability.objects.select_related("node"))
+        gone.delete()  # while the check was asking it
+        health.check(caps)
+    assert Capability.objects.get().status == "online"
+
+
+@pytest.mark.django_db
+def test_overlapping_checks_count_every_failure() -> None:
+    node = Node.objects.create(name="box", host=f"127.0.{pytest_net()}.52")
+    Capability.objects.create(node=node, kind=Capability.OLLAMA, port=1, status=Capability.ONLINE)
+    # Three checks that all read the row before any stored its outcome.
+    copies = [list(Capability.objects.select_related("node")) for _ in range(3)]
+    for caps in copies:
+        health.check(caps)
+    cap = Capability.objects.get()
+    assert (cap.status, cap.failures) == ("offline", 3)

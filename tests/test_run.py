@@ -71,6 +71,7 @@ def test_it_generates_a_password_once_and_runs_twice_in_a_row(stack: Stack) -> N
     first = stack.run()
     stack.wait_for_http(first)
     found = wait_until(lambda: re.search(r"Log in as admin with password (\S+)", first.output()), 10, "a password")
+    assert found
     log_in(stack.url, "admin", found.group(1))
     first.signal(signal.SIGINT)
     assert first.wait(40) == 0
