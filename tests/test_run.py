@@ -10,6 +10,7 @@ from pathlib import Path
 
 import requests
 
+from nodes.models import Discovery
 from tests.conftest import Stack, wait_until
 
 
@@ -56,6 +57,8 @@ def test_it_starts_serves_the_login_page_and_stops_cleanly_on_sigterm(stack: Sta
 
     dashboard = log_in(stack.url, "admin", "correct-horse-battery").get(f"{stack.url}/", timeout=5)
     assert 'id="tasks"' in dashboard.text
+    # A first run looks for this machine's own Ollama and ComfyUI, and only there.
+    assert list(Discovery.objects.values_list("targets", flat=True)) == ["127.0.0.1"]
 
     run.signal(signal.SIGTERM)
     assert run.wait(40) == 0
