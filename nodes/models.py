@@ -98,6 +98,9 @@ class Capability(models.Model):
     latency = models.FloatField(null=True, blank=True)
     # Bumped by every claim: the guarded update that serialises claimers of this capability.
     claims = models.PositiveIntegerField(default=0)
+    # The render dispatcher that drives this ComfyUI (one at a time), and when it last said so.
+    runner = models.CharField(max_length=64, blank=True)
+    runner_beat = models.DateTimeField(null=True, blank=True)
 
     objects = CapabilityQuerySet.as_manager()
 
@@ -137,8 +140,10 @@ class Capability(models.Model):
         files = inv.get("files", {})
         return all(name in files.get(folder, []) for folder, name in requires.files)
 
-    def claim(self, holder: str) -> Lease | None:
-        """Take one unit of capacity for `holder`, or None if the capability is full.
+    def claim(self, holder: str, *, extra: int = 0) -> Lease | None:
+        """Take one unit of capacity for `holder`, or None if the capability is full. `extra`
+        lets a holder go past the limit by that many (a render waiting in ComfyUI's own queue, so
+        the GPU never idles between jobs).
 
         The conditional UPDATE of `claims` serialises concurrent claimers on SQLite and
         PostgreSQL alike: of two that counted the same free slot, one updates the row and the
@@ -147,7 +152,7 @@ class Capability(models.Model):
         for _ in range(10):
             with transaction.atomic():
                 row = Capability.objects.filter(pk=self.pk).values("claims", "limit").first()
-                if row is None or Lease.objects.filter(capability_id=self.pk).count() >= row["limit"]:
+                if row is None or Lease.objects.filter(capability_id=self.pk).count() >= row["limit"] + extra:
                     return None
                 if Capability.objects.filter(pk=self.pk, claims=row["claims"]).update(claims=F("claims") + 1):
                     return Lease.objects.create(capability_id=self.pk, holder=holder)

@@ -1,0 +1,287 @@
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import models, transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from nodes.models import Lease, Node, Requirements
+from spoonfeeder.models import Event
+
+
+class Template(models.Model):
+    """A ComfyUI API-format workflow and where its parameters go."""
+
+    STILL, T2V, I2V, TEST = "still", "t2v", "i2v", "test"
+    KINDS = [(STILL, "Still image"), (T2V, "Text to video"), (I2V, "Image to video"), (TEST, "Test (no models)")]
+
+    code = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    name = models.CharField(max_length=100, unique=True)
+    description = models.TextField(blank=True)
+    kind = models.CharField(max_length=10, choices=KINDS, default=STILL)
+    workflow = models.JSONField()
+    # parameter -> [[node id, input name], ...], as renders.workflows.detect() finds it
+    mapping = models.JSONField(default=dict, blank=True)
+    # {"classes": [...], "files": {folder: [file, ...]}, "custom_nodes": [...]}
+    needs = models.JSONField(default=dict, blank=True)
+    shipped = models.BooleanField(default=False)
+    created = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def requirements(self) -> Requirements:
+        files = tuple((folder, name) for folder, names in self.needs.get("files", {}).items() for name in names)
+        return Requirements(classes=tuple(self.needs.get("classes", [])), files=files)
+
+
+class Queue(models.Model):
+    """The render queue's own state: one row. Paused survives restarts because it is a row."""
+
+    paused = models.BooleanField(default=False)
+    changed = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return "paused" if self.paused else "running"
+
+    @classmethod
+    def get(cls) -> Queue:
+        return cls.objects.get_or_create(pk=1)[0]
+
+    @classmethod
+    def set_paused(cls, paused: bool) -> None:
+        with transaction.atomic():
+            cls.get()
+            cls.objects.filter(pk=1).update(paused=paused, changed=timezone.now())
+            Event.emit("renders", "queue.paused" if paused else "queue.resumed")
+
+
+class JobQuerySet(models.QuerySet["RenderJob"]):
+    def runnable(self) -> JobQuerySet:
+        now = timezone.now()
+        return self.filter(status=RenderJob.QUEUED).filter(Q(not_before=None) | Q(not_before__lte=now))
+
+    def in_dispatch_order(self) -> JobQuerySet:
+        # Highest priority, then queue position, then age. Positions grow with time, so FIFO
+        # within a story holds unless the user reorders.
+        return self.order_by("-priority", "position", "created", "id")
+
+    def active(self) -> JobQuerySet:
+        return self.filter(status__in=(RenderJob.ASSIGNED, RenderJob.RENDERING))
+
+
+class RenderJob(models.Model):
+    QUEUED, ASSIGNED, RENDERING, COMPLETED, FAILED, CANCELLED = (
+        "queued",
+        "assigned",
+        "rendering",
+        "completed",
+        "failed",
+        "cancelled",
+    )
+    STATUSES = [
+        (QUEUED, "Queued"),
+        (ASSIGNED, "Waiting on node"),
+        (RENDERING, "Rendering"),
+        (COMPLETED, "Completed"),
+        (FAILED, "Failed"),
+        (CANCELLED, "Cancelled"),
+    ]
+    ENDED = (COMPLETED, FAILED, CANCELLED)
+    IMAGE, VIDEO = "image", "video"
+
+    code = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    template = models.ForeignKey(Template, on_delete=models.PROTECT, related_name="jobs")
+    kind = models.CharField(max_length=10, choices=[(IMAGE, "Image"), (VIDEO, "Video")], default=IMAGE)
+    # What the render is for: empty for a standalone job; "story:<code>/shot:<n>" for story jobs.
+    target = models.CharField(max_length=200, blank=True)
+    story = models.CharField(max_length=64, blank=True, db_index=True)
+    prompt = models.TextField(blank=True)
+    negative = models.TextField(blank=True)
+    settings = models.JSONField(default=dict, blank=True)
+    priority = models.IntegerField(default=0)
+    position = models.FloatField(default=0)
+    status = models.CharField(max_length=10, choices=STATUSES, default=QUEUED)
+    progress = models.FloatField(default=0)
+    step = models.PositiveIntegerField(default=0)
+    steps = models.PositiveIntegerField(default=0)
+    current = models.CharField(max_length=120, blank=True, help_text="The ComfyUI node executing now.")
+    node = models.ForeignKey(Node, on_delete=models.SET_NULL, null=True, blank=True, related_name="render_jobs")
+    # Render only on this node (the user asked for it); None: wherever fits best.
+    pin = models.ForeignKey(Node, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    # Chosen by us and stored before the workflow is sent, so a crash can be re-attached.
+    prompt_id = models.CharField(max_length=64, blank=True)
+    client_id = models.CharField(max_length=100, blank=True)
+    workflow = models.JSONField(null=True, blank=True, help_text="Exactly what was sent, to reproduce it.")
+    outputs = models.JSONField(default=list, blank=True)
+    preview = models.CharField(max_length=200, blank=True)
+    error = models.TextField(blank=True)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    max_attempts = models.PositiveSmallIntegerField(default=3)
+    # Times a dispatcher died while it held this job: past a limit it is quarantined.
+    crashes = models.PositiveSmallIntegerField(default=0)
+    not_before = models.DateTimeField(null=True, blank=True)
+    heartbeat = models.DateTimeField(null=True, blank=True)
+    created = models.DateTimeField(default=timezone.now)
+    started = models.DateTimeField(null=True, blank=True)
+    finished = models.DateTimeField(null=True, blank=True)
+    # Seconds the node spent on it and units of work (frames x steps x megapixels), for speed.
+    seconds = models.FloatField(null=True, blank=True)
+    work = models.FloatField(default=1)
+
+    objects = JobQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-priority", "position", "created"]
+        indexes = [
+            # Read by dispatch (renders.dispatch.next_job) many times a second.
+            models.Index(fields=["-priority", "position", "created"], condition=Q(status="queued"), name="job_queued"),
+            models.Index(fields=["status", "-created"], name="job_status_created"),
+            models.Index(fields=["node", "status"], name="job_node_status"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.template} job {str(self.code)[:8]}"
+
+    def changed(self, kind: str = "job.changed", *, finished: bool = False) -> None:
+        Event.emit("renders", kind, str(self.code))
+        if finished:  # the list of finished jobs changes only when one ends or is retried
+            Event.emit("renders-done", kind, str(self.code))
+        if kind != "job.progress":
+            Event.emit("dashboard", kind, str(self.code))
+
+    def transition(self, to: str, *, expect: tuple[str, ...], **fields: Any) -> bool:
+        """Guarded state change: only from one of `expect`; False if another process moved it."""
+        with transaction.atomic():
+            done = RenderJob.objects.filter(pk=self.pk, status__in=expect).update(status=to, **fields)
+            if done:
+                self.changed(f"job.{to}", finished=to in self.ENDED or any(e in self.ENDED for e in expect))
+        if done:
+            self.refresh_from_db()
+        return bool(done)
+
+    def retry(self) -> bool:
+        """A failed or cancelled job back to the end of the queue, with its attempts reset."""
+        return self.transition(
+            self.QUEUED,
+            expect=(self.FAILED, self.CANCELLED),
+            attempts=0,
+            crashes=0,
+            error="",
+            not_before=None,
+            node=None,
+            position=RenderJob.last_position(),
+            progress=0,
+            step=0,
+            steps=0,
+            current="",
+            finished=None,
+        )
+
+    def cancel(self) -> bool:
+        """Rows first: the dispatcher interrupts it on the node or takes it off the node's queue."""
+        return self.transition(
+            self.CANCELLED, expect=(self.QUEUED, self.ASSIGNED, self.RENDERING), finished=timezone.now()
+        )
+
+    def release(self) -> None:
+        Lease.objects.filter(holder=self.holder).delete()
+
+    @property
+    def holder(self) -> str:
+        return f"render:{self.code}"
+
+    def fail(self, error: str, *, permanent: bool) -> None:
+        """A failed attempt: retried later (on another node if possible) unless permanent or out of
+        attempts."""
+        self.release()
+        if permanent or self.attempts >= self.max_attempts:
+            self.transition(
+                self.FAILED,
+                expect=(self.ASSIGNED, self.RENDERING, self.QUEUED),
+                error=error[:5000],
+                finished=timezone.now(),
+                heartbeat=None,
+            )
+        else:
+            delay = settings.RENDER_BACKOFF * 2 ** max(self.attempts - 1, 0)
+            self.transition(
+                self.QUEUED,
+                expect=(self.ASSIGNED, self.RENDERING),
+                error=error[:5000],
+                not_before=timezone.now() + timedelta(seconds=delay),
+                heartbeat=None,
+                progress=0,
+                step=0,
+                steps=0,
+                current="",
+            )
+
+    @classmethod
+    def last_position(cls) -> float:
+        last = cls.objects.filter(status=cls.QUEUED).aggregate(m=models.Max("position"))["m"]
+        return (last or 0) + 1
+
+    def move(self, where: str) -> bool:
+        """Move a queued job: "up", "down", "top" or "bottom" among queued jobs of its priority."""
+        # Jobs sent to a node but not started there count: moving past one pulls it back.
+        peers = RenderJob.objects.filter(status__in=(self.QUEUED, self.ASSIGNED), priority=self.priority).exclude(
+            pk=self.pk
+        )
+        if where == "top":
+            first = peers.order_by("position").values_list("position", flat=True).first()
+            new = (first if first is not None else self.position) - 1
+        elif where == "bottom":
+            last = peers.order_by("-position").values_list("position", flat=True).first()
+            new = (last if last is not None else self.position) + 1
+        elif where in ("up", "down"):
+            side = (
+                peers.filter(position__lt=self.position) if where == "up" else peers.filter(position__gt=self.position)
+            )
+            ordered = side.order_by("-position" if where == "up" else "position")
+            pair = list(ordered.values_list("position", flat=True)[:2])
+            if not pair:
+                return False
+            beyond = pair[1] if len(pair) > 1 else pair[0] + (-1 if where == "up" else 1)
+            new = (pair[0] + beyond) / 2
+        else:
+            raise ValueError(where)
+        with transaction.atomic():
+            moved = RenderJob.objects.filter(pk=self.pk, status=self.QUEUED).update(position=new)
+            if moved:
+                self.changed("job.moved")
+        return bool(moved)
+
+
+class Speed(models.Model):
+    """How fast a node renders a template: a moving average of seconds per unit of work."""
+
+    capability = models.ForeignKey("nodes.Capability", on_delete=models.CASCADE, related_name="speeds")
+    template = models.ForeignKey(Template, on_delete=models.CASCADE, related_name="speeds")
+    seconds_per_unit = models.FloatField()
+    samples = models.PositiveIntegerField(default=1)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["capability", "template"], name="one_speed_per_pair")]
+
+    def __str__(self) -> str:
+        return f"{self.seconds_per_unit:.4g} s per unit"
+
+    @classmethod
+    def record(cls, capability_id: int, template_id: int, seconds: float, work: float) -> None:
+        rate = seconds / max(work, 1e-9)
+        with transaction.atomic():
+            row = cls.objects.select_for_update().filter(capability_id=capability_id, template_id=template_id).first()
+            if row is None:
+                cls.objects.create(capability_id=capability_id, template_id=template_id, seconds_per_unit=rate)
+            else:
+                row.seconds_per_unit = 0.7 * row.seconds_per_unit + 0.3 * rate
+                row.samples += 1
+                row.save(update_fields=["seconds_per_unit", "samples"])

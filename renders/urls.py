@@ -3,4 +3,10 @@ from django.urls import path
 from renders import views
 
 app_name = "renders"
-urlpatterns = [path("", views.index, name="index")]
+urlpatterns = [
+    path("", views.index, name="index"),
+    path("pause/", views.pause, name="pause"),
+    path("retry-failed/", views.retry_failed, name="retry-failed"),
+    path("<uuid:code>/", views.job_detail, name="job"),
+    path("<uuid:code>/<str:what>/", views.action, name="action"),
+]

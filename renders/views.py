@@ -1,6 +1,102 @@
+from __future__ import annotations
+
+from django.db import transaction
 from django.http import HttpRequest, HttpResponse
-from django.shortcuts import render
+from django.shortcuts import get_object_or_404, render
+from django.views.decorators.http import require_POST
+
+from nodes.models import Node
+from renders import queue
+from renders.forms import RenderForm
+from renders.models import Queue, RenderJob
+from spoonfeeder.models import Event
+from spoonfeeder.views import HtmxHttpRequest, done
 
 
-def index(request: HttpRequest) -> HttpResponse:
-    return render(request, "renders/index.html")
+def index(request: HtmxHttpRequest) -> HttpResponse:
+    status = request.GET.get("status", "")
+    story = request.GET.get("story", "")
+    try:
+        page = max(int(request.GET.get("page", "1")), 1)
+    except ValueError:
+        page = 1
+    form = RenderForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        created = queue_jobs(form)
+        return done(request, f"Queued {created} render job{'s' if created != 1 else ''}.", "renders:index")
+    context = {**queue.live(), **queue.finished(status, story, page), "form": form}
+    # Only the unfiltered first page follows finished jobs live; a filtered view stays put.
+    context["topics"] = "renders" if (status or story or page > 1) else "renders,renders-done"
+    return render(request, "renders/queue.html", context, status=400 if form.errors else 200)
+
+
+def queue_jobs(form: RenderForm, *, pin: Node | None = None) -> int:
+    data = form.cleaned_data
+    template = data["template"]
+    with transaction.atomic():
+        position = RenderJob.last_position()
+        for i in range(data["count"]):
+            RenderJob.objects.create(
+                template=template,
+                kind=RenderJob.VIDEO if template.kind in ("t2v", "i2v") else RenderJob.IMAGE,
+                prompt=data["prompt"],
+                negative=data["negative"],
+                settings=data["settings"],
+                priority=data["priority"],
+                position=position + i,
+                work=work_of(data["settings"]),
+                pin=pin,
+            )
+        Event.emit("renders", "job.queued")
+        Event.emit("dashboard", "job.queued")
+    return int(data["count"])
+
+
+def work_of(settings: dict) -> float:
+    """Units of work of a job: frames x steps x megapixels, so speeds compare across sizes."""
+    frames = max(int(settings.get("frames") or 1), 1)
+    steps = max(int(settings.get("steps") or 1), 1)
+    pixels = int(settings.get("width") or 512) * int(settings.get("height") or 512) / 1e6
+    return frames * steps * pixels
+
+
+@require_POST
+def action(request: HtmxHttpRequest, code: str, what: str) -> HttpResponse:
+    job = get_object_or_404(RenderJob, code=code)
+    if what == "cancel":
+        ok = job.cancel()
+        message = "Cancelled." if ok else "That job has already ended."
+    elif what == "retry":
+        ok = job.retry()
+        message = "Queued again." if ok else "Only a failed or cancelled job can be retried."
+    elif what in ("up", "down", "top", "bottom"):
+        ok = job.move(what)
+        message = f"Moved {what}." if ok else "Only a queued job can move, and not past the end."
+    else:
+        return HttpResponse(status=404)
+    return done(request, message, "renders:index", error=not ok)
+
+
+@require_POST
+def retry_failed(request: HtmxHttpRequest) -> HttpResponse:
+    story = request.POST.get("story", "")
+    failed = RenderJob.objects.filter(status=RenderJob.FAILED)
+    if story:
+        failed = failed.filter(story=story)
+    with transaction.atomic():
+        count = sum(job.retry() for job in failed.order_by("finished"))
+    return done(request, f"Queued {count} failed job{'s' if count != 1 else ''} again.", "renders:index")
+
+
+@require_POST
+def pause(request: HtmxHttpRequest) -> HttpResponse:
+    paused = request.POST.get("paused") == "1"
+    Queue.set_paused(paused)
+    if paused:
+        return done(request, "Paused: jobs already rendering finish; no new job starts.", "renders:index")
+    return done(request, "Resumed.", "renders:index")
+
+
+def job_detail(request: HttpRequest, code: str) -> HttpResponse:
+    job = get_object_or_404(RenderJob.objects.select_related("template", "node"), code=code)
+    return render(request, "renders/job.html", {"job": job})

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from django.template.loader import render_to_string
 
 from nodes import pool
+from renders import queue
 from spoonfeeder import dashboard
 
 
@@ -28,10 +29,22 @@ def nodes_fragments() -> str:
     return "".join(render_to_string(f"nodes/index.html#{name}", ctx) for name in ("node-list", "discoveries"))
 
 
+def render_queue_fragments() -> str:
+    ctx = queue.live()
+    names = ("controls", "counts", "rendering", "queued")
+    return "".join(render_to_string(f"renders/queue.html#{name}", ctx) for name in names)
+
+
+def finished_fragments() -> str:
+    return render_to_string("renders/queue.html#finished-list", queue.finished())
+
+
 # Topic name -> renderer of every live fragment of that topic, from the database as it is now.
 TOPICS: dict[str, Callable[[], str]] = {
     "dashboard": dashboard_fragments,
     "nodes": nodes_fragments,
+    "renders": render_queue_fragments,
+    "renders-done": finished_fragments,
 }
 # Topics whose fragments change with time alone (a heartbeat going stale, "in the last hour"):
 # the relay re-renders them every RELAY_TICK seconds and pushes them when they differ.

@@ -139,6 +139,11 @@ TASK_RETENTION = config.env_number("SPOONFEEDER_TASK_RETENTION", 7 * 86400, mini
 # A cluster whose heartbeat is older than this is shown as down.
 WORKER_STALE_AFTER = config.env_number("SPOONFEEDER_WORKER_STALE_AFTER", 6, minimum=2)
 
+# Renders: a job or node heartbeat older than this means its dispatcher died; a failed attempt
+# waits this many seconds (doubling with each attempt) before it is tried again.
+RENDER_STALE = config.env_number("SPOONFEEDER_RENDER_STALE", 15, minimum=1)
+RENDER_BACKOFF = config.env_number("SPOONFEEDER_RENDER_BACKOFF", 5, minimum=0)
+
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},

@@ -23,6 +23,7 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DatabaseError, connection, transaction
 
+from renders.management.commands.load_templates import load as load_templates
 from spoonfeeder.tasks import enqueue
 
 PR_SET_PDEATHSIG = 1
@@ -88,6 +89,7 @@ class Command(BaseCommand):
         call_command("migrate", interactive=False, verbosity=0)
         if settings.CACHES["default"]["BACKEND"].endswith("DatabaseCache"):
             call_command("createcachetable", verbosity=0)
+        load_templates()
         login = self.ensure_login()
 
         self.stopping = 0
@@ -112,6 +114,7 @@ class Command(BaseCommand):
                 ]
             ),
             "worker (qcluster)": self.spawn([python, manage, "qcluster"]),
+            "render dispatcher": self.spawn([python, manage, "dispatcher"]),
         }
         if demo:
             for address in DEMO_NODES:

@@ -1,0 +1,41 @@
+from __future__ import annotations
+
+from django.contrib import admin
+from django.db.models import QuerySet
+from django.http import HttpRequest
+
+from renders.models import RenderJob, Template
+
+
+@admin.register(Template)
+class TemplateAdmin(admin.ModelAdmin):
+    list_display = ("name", "kind", "shipped", "created")
+    list_filter = ("kind", "shipped")
+    search_fields = ("name", "description")
+
+
+@admin.register(RenderJob)
+class RenderJobAdmin(admin.ModelAdmin):
+    list_display = ("code", "template", "status", "node", "attempts", "priority", "created", "finished")
+    list_filter = ("status", "template", "node")
+    search_fields = ("code", "prompt", "prompt_id", "story")
+    list_select_related = ("template", "node")
+    readonly_fields = ("code", "prompt_id", "client_id", "workflow", "outputs", "heartbeat", "started", "finished")
+    actions = ["retry", "cancel", "requeue"]
+
+    @admin.action(description="Retry (failed or cancelled)")
+    def retry(self, request: HttpRequest, queryset: QuerySet[RenderJob]) -> None:
+        done = sum(job.retry() for job in queryset)
+        self.message_user(request, f"Queued {done} job(s) again.")
+
+    @admin.action(description="Cancel")
+    def cancel(self, request: HttpRequest, queryset: QuerySet[RenderJob]) -> None:
+        done = sum(job.cancel() for job in queryset)
+        self.message_user(request, f"Cancelled {done} job(s).")
+
+    @admin.action(description="Requeue at the end")
+    def requeue(self, request: HttpRequest, queryset: QuerySet[RenderJob]) -> None:
+        done = 0
+        for job in queryset.filter(status=RenderJob.QUEUED):
+            done += job.move("bottom")
+        self.message_user(request, f"Moved {done} queued job(s) to the end.")

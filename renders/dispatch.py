@@ -1,0 +1,470 @@
+"""Driving renders on the pool's ComfyUI servers.
+
+A dispatcher process (`manage.py dispatcher`, started by `run`) owns the ComfyUI nodes it can reach,
+one at a time each (a guarded claim on the capability's `runner`, refreshed by a heartbeat). For
+every owned node a Runner thread keeps one WebSocket open, keeps the node's own queue filled with
+up to `limit + PREFETCH` jobs (so the GPU never waits for us between jobs), follows progress,
+collects outputs and records every change on the job's row. Whatever a dead dispatcher left
+behind is found by its stale heartbeats and re-attached by asking the node about our prompt_id:
+a job is never rendered twice and never lost.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import random
+import threading
+import time
+import uuid
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.db import close_old_connections, transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from nodes.clients import ServiceError
+from nodes.clients.comfyui import (
+    ComfyUI,
+    Events,
+    Executing,
+    ExecutionError,
+    ExecutionInterrupted,
+    ExecutionStart,
+    ExecutionSuccess,
+    Preview,
+    Progress,
+    WorkflowRejected,
+    failure,
+    outputs_of,
+)
+from nodes.models import Capability
+from renders import media, workflows
+from renders.models import Queue, RenderJob, Speed
+
+log = logging.getLogger(__name__)
+
+PREFETCH = 1
+BEAT = 2.0  # seconds between heartbeats
+POLL = 2.0  # seconds between /history checks of in-flight jobs, socket or not
+CONTROLS = 0.3  # seconds between looks at the user's cancel, pause and reorder
+QUARANTINE_AFTER = 3  # dispatcher deaths while holding one job
+PROGRESS_EVERY = 0.2  # seconds between progress writes of one job
+
+
+def params_of(job: RenderJob) -> dict[str, Any]:
+    params = {k: v for k, v in job.settings.items() if v not in (None, "")}
+    if params.get("seed") in (None, "random", -1):
+        params["seed"] = random.randrange(2**48)
+    if "lora" in params:
+        params["loras"] = [params.pop("lora")]
+    params.update(positive=job.prompt, negative=job.negative, filename_prefix=f"spoonfeeder/{job.code}")
+    return params
+
+
+def next_job(cap: Capability) -> RenderJob | None:
+    """The best queued job this node can run, claimed for it (guarded), with capacity taken."""
+    if Queue.get().paused:
+        return None
+    tried: set[int] = set()
+    while True:
+        job = best_fit(cap, exclude=tried)
+        if job is None:
+            return None
+        tried.add(job.pk)
+        lease = cap.claim(job.holder, extra=PREFETCH)
+        if lease is None:
+            return None  # the node is full
+        with transaction.atomic():
+            claimed = RenderJob.objects.filter(pk=job.pk, status=RenderJob.QUEUED).update(
+                status=RenderJob.ASSIGNED,
+                node=cap.node_id,
+                prompt_id=str(uuid.uuid4()),
+                client_id="",
+                attempts=job.attempts + 1,
+                heartbeat=timezone.now(),
+                error="",
+            )
+            if claimed:
+                job.refresh_from_db()
+                job.changed("job.assigned")
+                return job
+        lease.release()  # another runner took that job first
+
+
+def best_fit(cap: Capability, exclude: set[int] | None = None) -> RenderJob | None:
+    """The first runnable job, in dispatch order, that this node has what it takes to render."""
+    classes = set(cap.inventory.get("classes", []))
+    files = cap.inventory.get("files", {})
+    queued = (
+        RenderJob.objects.runnable()
+        .filter(Q(pin=None) | Q(pin=cap.node_id))
+        .exclude(pk__in=exclude or ())
+        .select_related("template")
+    )
+    return next((j for j in queued.in_dispatch_order()[:50] if fits(j, classes, files)), None)
+
+
+def fits(job: RenderJob, classes: set[str], files: dict[str, list[str]]) -> bool:
+    if not classes:  # inventory not fetched yet: let ComfyUI's validation decide
+        return True
+    needs = job.template.needs
+    if not set(needs.get("classes", [])) <= classes:
+        return False
+    return all(name in files.get(folder, []) for folder, names in needs.get("files", {}).items() for name in names)
+
+
+@dataclasses.dataclass
+class Flight:
+    """A job this runner has sent to its node and follows."""
+
+    job: RenderJob
+    last_progress: float = 0.0
+    last_poll: float = 0.0
+
+
+class Runner(threading.Thread):
+    """Drives one ComfyUI node for one dispatcher."""
+
+    def __init__(self, cap_id: int, owner: str, media_root: Path | None = None) -> None:
+        super().__init__(name=f"runner-{cap_id}", daemon=True)
+        self.cap_id = cap_id
+        self.owner = owner
+        self.media_root = media_root or Path(settings.MEDIA_ROOT)
+        self.stopping = threading.Event()
+        self.flights: dict[str, Flight] = {}  # by prompt_id
+        self.events: Events | None = None
+
+    # --- ownership -----------------------------------------------------------------------------
+
+    def beat(self) -> bool:
+        """Refresh our claim on the node and the heartbeats of our jobs; False if we lost it."""
+        now = timezone.now()
+        owned = Capability.objects.filter(pk=self.cap_id, runner=self.owner).update(runner_beat=now)
+        if self.flights:
+            RenderJob.objects.filter(
+                prompt_id__in=list(self.flights), status__in=(RenderJob.ASSIGNED, RenderJob.RENDERING)
+            ).update(heartbeat=now)
+        return bool(owned)
+
+    def run(self) -> None:
+        try:
+            self.cap = Capability.objects.select_related("node").get(pk=self.cap_id)
+            self.client = ComfyUI(self.cap.url)
+            self.client_id = f"spoonfeeder-{self.owner}-{self.cap.node.code}"
+            self.adopt()
+            next_beat = next_controls = 0.0
+            while not self.stopping.is_set():
+                now = time.monotonic()
+                if now >= next_beat:
+                    if not self.beat():
+                        break
+                    self.cap.refresh_from_db()
+                    self.adopt()
+                    next_beat = now + BEAT
+                if now >= next_controls:
+                    self.controls()
+                    next_controls = now + CONTROLS
+                if self.cap.node.enabled and self.cap.status in Capability.ANSWERING:
+                    self.fill()
+                self.listen(0.05 if self.flights else 0.2)
+                self.poll()
+        except Exception:
+            log.exception("runner for capability %s stopped", self.cap_id)
+        finally:
+            if self.events:
+                self.events.close()
+            Capability.objects.filter(pk=self.cap_id, runner=self.owner).update(runner="", runner_beat=None)
+            close_old_connections()
+
+    # --- sending -------------------------------------------------------------------------------
+
+    def fill(self) -> None:
+        while len(self.flights) < self.cap.limit + PREFETCH:
+            job = next_job(self.cap)
+            if job is None:
+                return
+            self.send(job)
+
+    def send(self, job: RenderJob) -> None:
+        try:
+            workflow = workflows.apply(job.template.workflow, job.template.mapping, params_of(job))
+        except (workflows.WorkflowError, KeyError, ValueError) as e:
+            job.fail(f"the settings do not fit the template: {e}", permanent=True)
+            return
+        self.ensure_socket()
+        # Stored before the POST: after a crash, the node is asked about this prompt_id.
+        RenderJob.objects.filter(pk=job.pk).update(workflow=workflow, client_id=self.client_id)
+        job.workflow = workflow
+        try:
+            self.client.submit(workflow, prompt_id=job.prompt_id, client_id=self.client_id)
+        except WorkflowRejected as e:
+            job.fail(f"ComfyUI refused the workflow: {e}", permanent=True)
+            return
+        except ServiceError as e:
+            job.fail(f"could not send the job to {self.cap.node.name}: {e}", permanent=e.permanent)
+            return
+        self.flights[job.prompt_id] = Flight(job)
+
+    def ensure_socket(self) -> None:
+        if self.events is not None:
+            return
+        try:
+            events = self.client.events(self.client_id)
+            events.open()
+            self.events = events
+        except ServiceError as e:
+            log.info("no WebSocket to %s (%s); polling instead", self.cap.url, e)
+            self.events = None
+
+    # --- following -----------------------------------------------------------------------------
+
+    def listen(self, timeout: float) -> None:
+        if not self.flights:
+            time.sleep(timeout)
+            return
+        self.ensure_socket()
+        if self.events is None:
+            time.sleep(timeout)
+            return
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                message = self.events.receive(max(deadline - time.monotonic(), 0.001))
+            except ServiceError:
+                self.events.close()
+                self.events = None  # polling takes over until the socket is back
+                return
+            if message is None:
+                return
+            self.handle(message)
+
+    def handle(self, message: Any) -> None:
+        flight = self.flights.get(message.prompt_id or "")
+        if flight is None:
+            return
+        job = flight.job
+        if isinstance(message, ExecutionStart):
+            job.transition(RenderJob.RENDERING, expect=(RenderJob.ASSIGNED,), started=timezone.now())
+        elif isinstance(message, Executing) and message.node:
+            node = (job.workflow or {}).get(message.node, {})
+            current = f"{message.node} {node.get('class_type', '')}".strip()
+            RenderJob.objects.filter(pk=job.pk).update(current=current)
+            self.progressed(flight, force=True)
+        elif isinstance(message, Progress):
+            RenderJob.objects.filter(pk=job.pk).update(
+                step=message.value, steps=message.max, progress=message.value / max(message.max, 1)
+            )
+            self.progressed(flight)
+        elif isinstance(message, Preview):
+            self.save_preview(job, message.image)
+        elif isinstance(message, (ExecutionSuccess, ExecutionError, ExecutionInterrupted)):
+            self.finish(flight)
+
+    def progressed(self, flight: Flight, force: bool = False) -> None:
+        now = time.monotonic()
+        if force or now - flight.last_progress >= PROGRESS_EVERY:
+            flight.last_progress = now
+            with transaction.atomic():
+                flight.job.changed("job.progress")
+
+    def save_preview(self, job: RenderJob, image: bytes) -> None:
+        relative = Path("renders") / str(job.code)[:2] / str(job.code) / "preview.img"
+        path = self.media_root / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(image[: 20 * 1024 * 1024])
+        RenderJob.objects.filter(pk=job.pk).update(preview=str(relative))
+
+    def poll(self) -> None:
+        """Ask the node about jobs whose socket is quiet or down: the fallback the seed asks for."""
+        now = time.monotonic()
+        due = [f for f in self.flights.values() if now - f.last_poll >= (POLL if self.events else 0.5)]
+        if not due:
+            return
+        try:
+            queue = self.client.queue()
+        except ServiceError:
+            return  # the node is not answering; the health check and the stale sweep decide
+        for flight in due:
+            flight.last_poll = now
+            if flight.job.prompt_id in queue:
+                if queue.position(flight.job.prompt_id) == 0 and flight.job.status == RenderJob.ASSIGNED:
+                    flight.job.transition(RenderJob.RENDERING, expect=(RenderJob.ASSIGNED,), started=timezone.now())
+                continue
+            self.finish(flight)
+
+    def finish(self, flight: Flight) -> None:
+        """The node says the prompt ended (or is gone): settle the job from /history."""
+        job = flight.job
+        try:
+            entry = self.client.history(job.prompt_id)
+        except ServiceError:
+            return  # try again at the next poll
+        self.flights.pop(job.prompt_id, None)
+        job.refresh_from_db()
+        if job.status == RenderJob.CANCELLED:
+            job.release()
+            return
+        if entry is None:
+            # Neither queued nor in history: the server restarted and forgot it. Lost, not done.
+            job.fail(f"{self.cap.node.name} lost the run (restarted?); it will be rendered again", permanent=False)
+            return
+        failed = failure(entry)
+        if failed:
+            kind = str(failed.get("exception_type") or failed["type"])
+            message = str(failed.get("exception_message", "")).strip()
+            where = f"node {failed.get('node_id', '?')} ({failed.get('node_type', '?')})"
+            retry = "OutOfMemory" in kind or failed["type"] == "execution_interrupted"
+            job.fail(f"{kind} at {where}: {message}".strip(": "), permanent=not retry)
+            return
+        self.collect(job, entry)
+
+    def collect(self, job: RenderJob, entry: Any) -> None:
+        outputs = []
+        try:
+            for index, ref in enumerate(outputs_of(entry)):
+                out = media.collect(self.client, ref, str(job.code), index, media_root=self.media_root)
+                outputs.append(dataclasses.asdict(out))
+        except (ServiceError, media.MediaError) as e:
+            job.fail(f"could not copy the output off {self.cap.node.name}: {e}", permanent=False)
+            return
+        now = timezone.now()
+        started = job.started or job.created
+        seconds = (now - started).total_seconds()
+        job.release()
+        if job.transition(
+            RenderJob.COMPLETED,
+            expect=(RenderJob.ASSIGNED, RenderJob.RENDERING),
+            outputs=outputs,
+            finished=now,
+            progress=1,
+            seconds=seconds,
+            heartbeat=None,
+            current="",
+            error="",
+        ):
+            Speed.record(self.cap_id, job.template_id, seconds, job.work)
+
+    # --- the user's controls, acted on at the node ---------------------------------------------
+
+    def controls(self) -> None:
+        """Cancelled jobs are interrupted or taken out of the node's queue; a job still waiting in
+        the node's queue is pulled back when the queue is paused or a better job was queued."""
+        if not self.flights:
+            return
+        rows = {j.prompt_id: j for j in RenderJob.objects.filter(prompt_id__in=list(self.flights))}
+        paused = Queue.get().paused
+        best = best_fit(self.cap)
+        for prompt_id, flight in list(self.flights.items()):
+            job = rows.get(prompt_id)
+            if job is None:
+                self.flights.pop(prompt_id)
+                continue
+            flight.job = job
+            if job.status == RenderJob.CANCELLED:
+                self.withdraw(job, interrupt=True)
+                continue
+            waiting = job.status == RenderJob.ASSIGNED
+            outranked = best is not None and (best.priority, -best.position) > (job.priority, -job.position)
+            if waiting and (paused or outranked) and self.withdraw(job, interrupt=False):
+                job.release()
+                job.transition(
+                    RenderJob.QUEUED,
+                    expect=(RenderJob.ASSIGNED,),
+                    node=None,
+                    attempts=max(job.attempts - 1, 0),
+                    heartbeat=None,
+                )
+
+    def withdraw(self, job: RenderJob, *, interrupt: bool) -> bool:
+        """Take a job back from the node. True if it never started there."""
+        try:
+            self.client.delete_queued([job.prompt_id])
+            queue = self.client.queue()
+            running = job.prompt_id in queue and queue.position(job.prompt_id) == 0
+            if running and interrupt:
+                self.client.interrupt(job.prompt_id)
+        except ServiceError:
+            return False
+        if running and not interrupt:
+            return False  # it started meanwhile: let it finish
+        self.flights.pop(job.prompt_id, None)
+        if interrupt:
+            job.release()
+        return not running
+
+    # --- re-attaching --------------------------------------------------------------------------
+
+    def adopt(self) -> None:
+        """Take over this node's jobs that no live dispatcher follows (we restarted, or another
+        dispatcher died) and find out from the node where they stand."""
+        stale = timezone.now() - timedelta(seconds=settings.RENDER_STALE)
+        orphans = (
+            RenderJob.objects.active()
+            .filter(node=self.cap.node_id)
+            .exclude(prompt_id__in=list(self.flights))
+            .filter(Q(heartbeat=None) | Q(heartbeat__lt=stale))
+            .select_related("template")
+        )
+        for job in orphans:
+            crashes = job.crashes + 1
+            if crashes >= QUARANTINE_AFTER:
+                job.fail(f"quarantined: a dispatcher died {crashes} times while running this job", permanent=True)
+                continue
+            if not RenderJob.objects.filter(pk=job.pk, heartbeat=job.heartbeat).update(
+                crashes=crashes, heartbeat=timezone.now()
+            ):
+                continue  # someone else adopted it
+            self.flights[job.prompt_id] = Flight(job)
+            with transaction.atomic():
+                job.changed("job.adopted")
+
+
+class Dispatcher:
+    """Owns every ComfyUI node it can, one Runner thread each."""
+
+    def __init__(self, media_root: Path | None = None) -> None:
+        self.owner = uuid.uuid4().hex[:12]
+        self.media_root = media_root
+        self.runners: dict[int, Runner] = {}
+        self.stopping = threading.Event()
+
+    def claim_nodes(self) -> None:
+        stale = timezone.now() - timedelta(seconds=settings.RENDER_STALE)
+        caps = Capability.objects.filter(kind=Capability.COMFYUI, node__enabled=True)
+        for cap in caps:
+            runner = self.runners.get(cap.pk)
+            if runner and runner.is_alive():
+                continue
+            taken = (
+                Capability.objects.filter(pk=cap.pk)
+                .filter(Q(runner="") | Q(runner=self.owner) | Q(runner_beat=None) | Q(runner_beat__lt=stale))
+                .update(runner=self.owner, runner_beat=timezone.now())
+            )
+            if taken:
+                self.runners[cap.pk] = Runner(cap.pk, self.owner, self.media_root)
+                self.runners[cap.pk].start()
+
+    def run_once(self) -> None:
+        self.claim_nodes()
+
+    def run(self, tick: float = 1.0) -> None:
+        while not self.stopping.is_set():
+            try:
+                self.run_once()
+            except Exception:
+                log.exception("dispatcher pass failed")
+            finally:
+                close_old_connections()
+            self.stopping.wait(tick)
+        self.stop()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        for runner in self.runners.values():
+            runner.stopping.set()
+        for runner in self.runners.values():
+            runner.join(timeout=10)

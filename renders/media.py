@@ -1,0 +1,264 @@
+"""Render outputs in our media folder: copied off a node under names we choose, looked at, thumbnailed.
+
+A ComfyUI output is data from another machine. Its file name only ever picks the extension (from a
+short list) and is sent back to the node as a query parameter; the content is checked to be what the
+extension says before anything is served from MEDIA_ROOT.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Literal, NamedTuple
+
+import av
+from av.video.stream import VideoStream
+from PIL import Image, ImageOps
+
+from nodes.clients import ServiceError
+from nodes.clients.comfyui import DOWNLOAD_LIMIT, ComfyUI, FileRef
+
+Kind = Literal["image", "video", "animation"]
+THUMBNAIL_SIZE = 320
+THUMBNAIL_SUFFIX = ".thumb.jpg"
+JOB_CODE = re.compile(r"[A-Za-z0-9_-]{2,64}")
+
+
+class MediaError(ValueError):
+    """An output we will not keep: a refused name, or a file that is not the image or video it claims."""
+
+
+class Format(NamedTuple):
+    kind: Literal["image", "video"]  # an image with several frames is an animation
+    signature: str  # what sniff() must find in the file
+    mime: str
+
+
+# The outputs we keep, by extension; anything else is refused.
+EXTENSIONS: dict[str, Format] = {
+    ".png": Format("image", "png", "image/png"),
+    ".jpg": Format("image", "jpeg", "image/jpeg"),
+    ".jpeg": Format("image", "jpeg", "image/jpeg"),
+    ".webp": Format("image", "webp", "image/webp"),
+    ".gif": Format("image", "gif", "image/gif"),
+    ".mp4": Format("video", "isobmff", "video/mp4"),
+    ".mov": Format("video", "isobmff", "video/quicktime"),
+    ".webm": Format("video", "webm", "video/webm"),
+}
+# Format signatures in words, for error messages.
+LABELS = {"png": "PNG", "jpeg": "JPEG", "gif": "GIF", "webp": "WEBP", "isobmff": "MP4/MOV", "webm": "WEBM"}
+
+
+@dataclass
+class Output:
+    path: str  # relative to MEDIA_ROOT
+    kind: Kind
+    mime: str
+    size: int  # bytes
+    width: int
+    height: int
+    frames: int
+    duration: float | None  # seconds; None for a still image
+    thumbnail: str  # relative to MEDIA_ROOT, a JPEG at most THUMBNAIL_SIZE on the long side
+
+
+def extension(remote_filename: str) -> str:
+    """The lowercased extension of a remote name, if it is one we keep."""
+    base = remote_filename.replace("\\", "/").rsplit("/", 1)[-1]
+    ext = os.path.splitext(base)[1].lower()
+    if ext not in EXTENSIONS:
+        allowed = ", ".join(sorted(EXTENSIONS))
+        what = f"{ext} files" if ext else "a file without an extension"
+        raise MediaError(f"refusing the output {remote_filename[:100]!r}: {what} are not kept (only {allowed})")
+    return ext
+
+
+def local_name(job_code: str, index: int, remote_filename: str) -> str:
+    """Our name for a job's index-th output, relative to MEDIA_ROOT. Only the extension comes from
+    the node."""
+    if not JOB_CODE.fullmatch(job_code):
+        raise ValueError(f"not a job code: {job_code[:100]!r}")
+    if index < 0:
+        raise ValueError(f"an output index cannot be negative ({index})")
+    return f"renders/{job_code[:2]}/{job_code}/{index:02d}{extension(remote_filename)}"
+
+
+def collect(
+    client: ComfyUI, ref: FileRef, job_code: str, index: int, *, media_root: Path, limit: int = DOWNLOAD_LIMIT
+) -> Output:
+    """Copy one output off the node into media_root and describe it. Collecting the same output again
+    replaces the copy. Raises ServiceError when the download fails (status 404: the node no longer has
+    the file) and MediaError when the name or the content is refused; neither leaves a file behind."""
+    relative = local_name(job_code, index, ref["filename"])
+    dest = Path(media_root) / relative
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        # download() writes a temporary file and renames it only once complete.
+        client.download(ref["filename"], ref.get("subfolder", ""), ref.get("type", "output"), dest, limit=limit)
+    except ServiceError as e:
+        if e.status == 404:
+            raise ServiceError(
+                f"{client.base_url}: the output {ref['filename']!r} is not on the node (deleted, or the node's "
+                "output folder was cleaned)",
+                permanent=True,
+                status=404,
+            ) from e
+        raise
+    try:
+        return describe(dest, relative)
+    except MediaError:
+        dest.unlink(missing_ok=True)
+        dest.with_name(dest.name + THUMBNAIL_SUFFIX).unlink(missing_ok=True)  # from an earlier copy
+        raise
+
+
+def describe(path: Path, relative: str) -> Output:
+    """What the file at `path` (known to users as `relative`) holds, after checking that its content
+    is what its extension says; writes its thumbnail next to it."""
+    path = Path(path)
+    ext = path.suffix.lower()
+    if ext not in EXTENSIONS:
+        raise MediaError(f"{relative}: {ext or 'no extension'} is not an output type we keep")
+    fmt = EXTENSIONS[ext]
+    try:
+        with path.open("rb") as f:
+            head = f.read(64)
+        size = path.stat().st_size
+    except OSError as e:
+        raise MediaError(f"{relative}: cannot read the file ({e.strerror or e})") from e
+    found = sniff(head, ext)
+    if found != fmt.signature:
+        holds = f"{LABELS.get(found, found.upper())} data" if found else "no image or video we know"
+        raise MediaError(f"{relative}: the file holds {holds}, not what its name ({ext}) says")
+    try:
+        if fmt.kind == "video":
+            kind, width, height, frames, duration, first = read_video(path)
+        else:
+            kind, width, height, frames, duration, first = read_image(path)
+    except MediaError as e:
+        raise MediaError(f"{relative}: {e}") from e
+    except Exception as e:
+        # Decoders of untrusted files fail in many ways (OSError, SyntaxError, EOFError, struct.error,
+        # av's FFmpegError, ZeroDivisionError on nonsense headers …): every one means "unreadable".
+        detail = str(e).replace(str(path), relative)  # users see our relative names, not server paths
+        label = LABELS[fmt.signature]
+        raise MediaError(f"{relative}: not a readable {label} file ({type(e).__name__}: {detail})") from e
+    thumbnail = relative + THUMBNAIL_SUFFIX
+    try:
+        save_jpeg(first, path.with_name(path.name + THUMBNAIL_SUFFIX))
+    except OSError as e:
+        raise MediaError(f"{relative}: cannot write its thumbnail ({e.strerror or e})") from e
+    return Output(
+        path=relative,
+        kind=kind,
+        mime=fmt.mime,
+        size=size,
+        width=width,
+        height=height,
+        frames=frames,
+        duration=duration,
+        thumbnail=thumbnail,
+    )
+
+
+def sniff(head: bytes, ext: str = "") -> str:
+    """The format the first bytes of a file announce: a Format.signature, or "" when unknown."""
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if head.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if head[:6] in (b"GIF87a", b"GIF89a"):
+        return "gif"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "webp"
+    if head[4:8] == b"ftyp":
+        return "isobmff"
+    # Old QuickTime files may start with another atom than ftyp.
+    if ext == ".mov" and head[4:8] in (b"moov", b"wide", b"mdat", b"free", b"skip"):
+        return "isobmff"
+    if head.startswith(b"\x1a\x45\xdf\xa3"):
+        # EBML; the DocType element (0x4282) says webm or matroska.
+        return "webm" if b"\x42\x82\x84webm" in head else "matroska"
+    return ""
+
+
+# kind, width, height, frames, duration, and the first frame made ready for a thumbnail
+Facts = tuple[Kind, int, int, int, float | None, Image.Image]
+
+
+def read_image(path: Path) -> Facts:
+    with Image.open(path) as img:
+        width, height = img.size
+        frames = int(getattr(img, "n_frames", 1))
+        duration = None
+        if frames > 1:
+            # Decode every frame: WEBP tells a frame's duration only once it is loaded, and a file cut
+            # short shows here rather than in the user's browser.
+            total = 0
+            for i in range(frames):
+                img.seek(i)
+                img.load()
+                total += int(img.info.get("duration") or 0)
+            duration = total / 1000
+            img.seek(0)
+        img.load()
+        first = thumbnail_image(img)
+    return ("animation" if frames > 1 else "image"), width, height, frames, duration, first
+
+
+def read_video(path: Path) -> Facts:
+    with av.open(str(path)) as container:
+        if not container.streams.video:
+            raise MediaError("the file has no video stream")
+        stream: VideoStream = container.streams.video[0]
+        duration: float | None = None
+        if stream.duration is not None and stream.time_base is not None:
+            duration = float(stream.duration * stream.time_base)
+        elif container.duration is not None:
+            duration = container.duration / av.time_base
+        frame = next(container.decode(stream), None)
+        if frame is None:
+            raise MediaError("the video has no frames")
+        width = stream.codec_context.width or frame.width
+        height = stream.codec_context.height or frame.height
+        first = thumbnail_image(frame.to_image())
+        frames = stream.frames
+        if not frames:
+            # WEBM (Matroska) does not store a frame count: count the packets, without decoding.
+            container.seek(0)
+            frames = sum(1 for packet in container.demux(stream) if packet.size)
+        if duration is None and stream.average_rate:
+            duration = float(frames / Fraction(stream.average_rate))
+    return "video", width, height, frames, duration, first
+
+
+def thumbnail_image(img: Image.Image) -> Image.Image:
+    """An RGB copy at most THUMBNAIL_SIZE on the long side."""
+    img = ImageOps.exif_transpose(img)
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        img = img.convert("I").point(lambda v: v / 256).convert("L")
+    elif img.mode == "F":
+        img = img.convert("L")
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        # Transparent areas show as light grey, not as whatever colour they happen to hold.
+        img = Image.alpha_composite(Image.new("RGBA", rgba.size, (235, 235, 235, 255)), rgba)
+    img = img.convert("RGB")
+    img.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE))
+    return img
+
+
+def save_jpeg(img: Image.Image, dest: Path) -> None:
+    """Written whole or not at all."""
+    fd, partial = tempfile.mkstemp(dir=dest.parent, prefix=".part-", suffix=".jpg")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            img.save(out, "JPEG", quality=85)
+        os.replace(partial, dest)
+    finally:
+        if os.path.exists(partial):
+            os.unlink(partial)

@@ -1,0 +1,212 @@
+"""The render queue against simulated ComfyUI nodes: dispatch, tracking, failures, controls and
+crash re-attach, with real dispatcher threads (and a real dispatcher process where it dies)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench.common import wait_until
+from nodes.models import Capability, Node
+from nodes.sim.comfyui import SimComfyUI
+from renders.dispatch import Dispatcher
+from renders.management.commands.load_templates import load
+from renders.models import Queue, RenderJob, Template
+from tests.conftest import Stack
+
+NET = 33 if os.environ.get("DATABASE_URL") else 32
+
+
+@pytest.fixture
+def fast(settings: Any, tmp_path: Path) -> None:
+    settings.RENDER_STALE = 2
+    settings.RENDER_BACKOFF = 0.05
+    settings.MEDIA_ROOT = tmp_path / "media"
+
+
+@pytest.fixture
+def node(transactional_db: None, fast: None) -> Iterator[tuple[Node, SimComfyUI]]:
+    sim = SimComfyUI(f"127.0.{NET}.1", 0, seconds_per_node=0.05).start()
+    gpu = Node.objects.create(name="gpu", host=f"127.0.{NET}.1")
+    Capability.objects.create(node=gpu, kind=Capability.COMFYUI, port=sim.port, status=Capability.ONLINE)
+    load()
+    yield gpu, sim
+    sim.close()
+
+
+@pytest.fixture
+def dispatcher(node: Any, tmp_path: Path) -> Iterator[Dispatcher]:
+    d = Dispatcher(media_root=tmp_path / "media")
+    thread = threading.Thread(target=d.run, kwargs={"tick": 0.2}, daemon=True)
+    thread.start()
+    yield d
+    d.stopping.set()
+    thread.join(timeout=20)
+
+
+def queue(template: str = "test-still-image", n: int = 1, **fields: Any) -> list[RenderJob]:
+    t = Template.objects.get(name=template)
+    start = RenderJob.last_position()
+    return [RenderJob.objects.create(template=t, prompt=f"job {i}", position=start + i, **fields) for i in range(n)]
+
+
+def status(job: RenderJob) -> str:
+    job.refresh_from_db()
+    return job.status
+
+
+def wait_status(job: RenderJob, wanted: str, timeout: float = 20) -> RenderJob:
+    wait_until(
+        lambda: status(job) == wanted, timeout, f"job {job.prompt} to be {wanted} (is {job.status}: {job.error})"
+    )
+    return job
+
+
+def executions(sim: SimComfyUI, job: RenderJob) -> int:
+    """How many times the node really ran the job: one output file per run (names count up)."""
+    return len(list(sim.output_dir.rglob(f"{job.code}*")))
+
+
+def test_a_queued_job_renders_and_its_output_is_copied_under_our_name(
+    dispatcher: Dispatcher, node: Any, tmp_path: Path
+) -> None:
+    _, sim = node
+    [job] = queue()
+    wait_status(job, "completed")
+    out = job.outputs[0]
+    assert out["path"] == f"renders/{str(job.code)[:2]}/{job.code}/00.png"
+    assert (tmp_path / "media" / out["path"]).read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "media" / out["thumbnail"]).exists()
+    assert (job.attempts, job.progress, job.node.name, job.error) == (1, 1, "gpu", "")
+    assert job.workflow and job.prompt_id and job.seconds is not None
+    assert executions(sim, job) == 1
+    assert not job.node.capabilities.get().leases.exists()
+
+
+def test_jobs_run_by_priority_then_position(dispatcher: Dispatcher, node: Any) -> None:
+    Queue.set_paused(True)
+    low = queue(n=2)
+    [high] = queue(priority=5)
+    Queue.set_paused(False)
+    for job in (high, *low):
+        wait_status(job, "completed")
+    finished = list(RenderJob.objects.order_by("finished").values_list("prompt", "priority"))
+    assert finished == [("job 0", 5), ("job 0", 0), ("job 1", 0)]
+
+
+def test_a_workflow_comfyui_refuses_fails_at_once_with_its_reasons(dispatcher: Dispatcher, node: Any) -> None:
+    bad = Template.objects.create(
+        name="bad",
+        workflow={
+            "1": {"class_type": "EmptyImage", "inputs": {"width": 0, "height": 8, "batch_size": 1, "color": 0}},
+            "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0]}},
+        },
+    )
+    [job] = queue(bad.name)
+    wait_status(job, "failed")
+    assert job.attempts == 1
+    assert "smaller than min" in job.error and "filename_prefix" in job.error
+
+
+def test_out_of_memory_is_retried_then_fails_with_attempts_counted(dispatcher: Dispatcher, node: Any) -> None:
+    _, sim = node
+    sim.knobs.fail = "oom"
+    [job] = queue()
+    wait_status(job, "failed")
+    assert job.attempts == job.max_attempts == 3
+    assert "OutOfMemory" in job.error
+
+
+def test_a_node_that_restarts_and_forgets_the_run_renders_it_again(dispatcher: Dispatcher, node: Any) -> None:
+    _, sim = node
+    sim.knobs.seconds_per_node = 0.6
+    [job] = queue()
+    wait_status(job, "rendering")
+    sim.restart()  # forgets queue and history: the run is lost, not done
+    wait_status(job, "completed", timeout=30)
+    assert job.attempts == 2
+    assert executions(sim, job) == 1  # the lost run wrote nothing; the second one did
+
+
+def test_cancelling_a_running_job_interrupts_it_on_the_node(dispatcher: Dispatcher, node: Any) -> None:
+    _, sim = node
+    sim.knobs.seconds_per_node = 3
+    [job] = queue()
+    wait_status(job, "rendering")
+    assert job.cancel()
+    wait_until(lambda: not job.node.capabilities.get().leases.exists(), 10, "the capacity to be given back")
+    wait_until(lambda: sim.state.history, 10, "the node to record the run")  # type: ignore[attr-defined]
+    entry = next(iter(sim.state.history.values()))  # type: ignore[attr-defined]
+    assert entry["status"]["status_str"] == "error"  # interrupted, not finished
+    assert status(job) == "cancelled"
+
+
+def test_pausing_pulls_back_the_job_waiting_in_the_nodes_queue(dispatcher: Dispatcher, node: Any) -> None:
+    _, sim = node
+    sim.knobs.seconds_per_node = 0.8
+    first, second = queue(n=2)
+    wait_status(first, "rendering")
+    wait_status(second, "assigned")  # waiting in ComfyUI's own queue, so the GPU never idles
+    Queue.set_paused(True)
+    wait_status(second, "queued")
+    wait_status(first, "completed")
+    assert status(second) == "queued" and second.attempts == 0
+    Queue.set_paused(False)
+    wait_status(second, "completed")
+    assert executions(sim, second) == 1
+
+
+def test_moving_a_job_to_the_top_pulls_back_the_one_waiting_on_the_node(dispatcher: Dispatcher, node: Any) -> None:
+    _, sim = node
+    sim.knobs.seconds_per_node = 0.8
+    first, second, third = queue(n=3)
+    wait_status(second, "assigned")
+    assert third.move("top")
+    wait_status(third, "assigned")
+    assert status(second) == "queued"
+    wait_status(second, "completed", timeout=30)
+    order = list(RenderJob.objects.order_by("finished").values_list("prompt", flat=True))
+    assert order == ["job 0", "job 2", "job 1"]
+
+
+def test_two_dispatchers_never_drive_one_node_at_once(node: Any, tmp_path: Path) -> None:
+    _, sim = node
+    ds = [Dispatcher(media_root=tmp_path / "media") for _ in range(2)]
+    threads = [threading.Thread(target=d.run, kwargs={"tick": 0.1}, daemon=True) for d in ds]
+    for t in threads:
+        t.start()
+    jobs = queue(n=6)
+    try:
+        for job in jobs:
+            wait_status(job, "completed")
+    finally:
+        for d in ds:
+            d.stopping.set()
+        for t in threads:
+            t.join(timeout=20)
+    assert sum(bool(d.runners) for d in ds) == 1
+    assert all(executions(sim, job) == 1 and job.attempts == 1 for job in jobs)
+
+
+def test_a_killed_dispatcher_mid_render_is_reattached_and_renders_exactly_once(
+    node: Any, stack: Stack, tmp_path: Path
+) -> None:
+    _, sim = node
+    sim.knobs.seconds_per_node = 1.5
+    env = {"SPOONFEEDER_RENDER_STALE": "2", "SPOONFEEDER_RENDER_BACKOFF": "0.05"}
+    first = stack.spawn("dispatcher", "manage.py", "dispatcher", **env)
+    [job] = queue()
+    wait_status(job, "rendering", timeout=30)
+    first.signal(signal.SIGKILL, group=True)
+    first.wait(10)
+
+    stack.spawn("dispatcher", "manage.py", "dispatcher", **env)
+    wait_status(job, "completed", timeout=40)
+    assert job.crashes == 1 and job.attempts == 1
+    assert executions(sim, job) == 1
