@@ -96,16 +96,59 @@ def next_job(cap: Capability) -> RenderJob | None:
 
 
 def best_fit(cap: Capability, exclude: set[int] | None = None) -> RenderJob | None:
-    """The first runnable job, in dispatch order, that this node has what it takes to render."""
+    """The first runnable job, in dispatch order, that this node has what it takes to render and
+    should render (see worth_it)."""
     classes = set(cap.inventory.get("classes", []))
     files = cap.inventory.get("files", {})
+    for job in fitting(cap, classes, files, exclude):
+        if worth_it(cap, job):
+            return job
+    return None
+
+
+def fitting(
+    cap: Capability, classes: set[str], files: dict[str, list[str]], exclude: set[int] | None
+) -> list[RenderJob]:
     queued = (
         RenderJob.objects.runnable()
         .filter(Q(pin=None) | Q(pin=cap.node_id))
         .exclude(pk__in=exclude or ())
         .select_related("template")
     )
-    return next((j for j in queued.in_dispatch_order()[:50] if fits(j, classes, files)), None)
+    return [j for j in queued.in_dispatch_order()[:50] if fits(j, classes, files)]
+
+
+def worth_it(cap: Capability, job: RenderJob) -> bool:
+    """Whether this node should take this job now, by measured speeds.
+
+    While the queue holds more work than the pool can finish before this node would finish the
+    job, every node should keep busy. Near the end it is different: a long job must not land on
+    a slow node when a faster one, already busy, would still finish it sooner.
+    """
+    rates = dict(
+        Speed.objects.filter(template_id=job.template_id).values_list("capability_id", "seconds_per_unit")
+    )
+    mine = rates.get(cap.pk)
+    if mine is None or len(rates) < 2:
+        return True  # nothing to compare with yet: render, and so measure
+    usable = set(
+        Capability.objects.usable(Capability.COMFYUI).filter(pk__in=list(rates)).values_list("pk", flat=True)
+    )
+    active = RenderJob.objects.active().filter(node__capabilities__pk__in=usable, node__capabilities__kind="comfyui")
+    backlog = {pk: 0.0 for pk in usable}
+    for cap_id, work, progress in active.values_list("node__capabilities__pk", "work", "progress"):
+        backlog[cap_id] = backlog.get(cap_id, 0.0) + work * (1 - progress) * rates.get(cap_id, mine)
+    queued_work = sum(RenderJob.objects.runnable().values_list("work", flat=True)[:10000])
+    speed = sum(1 / rates[pk] for pk in usable if rates.get(pk))
+    # Seconds the whole pool needs for everything queued and running, in units of work per second.
+    units = queued_work + sum(backlog[pk] / rates[pk] for pk in usable if rates.get(pk))
+    drain = units / speed if speed else 0.0
+    finish_here = backlog.get(cap.pk, 0.0) + job.work * mine
+    if drain >= finish_here:
+        return True
+    return not any(
+        backlog[pk] + job.work * rates[pk] < 0.9 * finish_here for pk in usable if pk != cap.pk and pk in rates
+    )
 
 
 def fits(job: RenderJob, classes: set[str], files: dict[str, list[str]]) -> bool:
