@@ -115,6 +115,8 @@ def fitting(
         .exclude(pk__in=exclude or ())
         .select_related("template")
     )
+    if Capability.objects.usable(Capability.COMFYUI).exclude(pk=cap.pk).exists():
+        queued = queued.exclude(avoid=cap.node_id)  # a retry goes to another node when there is one
     return [j for j in queued.in_dispatch_order()[:50] if fits(j, classes, files)]
 
 
@@ -125,15 +127,11 @@ def worth_it(cap: Capability, job: RenderJob) -> bool:
     job, every node should keep busy. Near the end it is different: a long job must not land on
     a slow node when a faster one, already busy, would still finish it sooner.
     """
-    rates = dict(
-        Speed.objects.filter(template_id=job.template_id).values_list("capability_id", "seconds_per_unit")
-    )
+    rates = dict(Speed.objects.filter(template_id=job.template_id).values_list("capability_id", "seconds_per_unit"))
     mine = rates.get(cap.pk)
     if mine is None or len(rates) < 2:
         return True  # nothing to compare with yet: render, and so measure
-    usable = set(
-        Capability.objects.usable(Capability.COMFYUI).filter(pk__in=list(rates)).values_list("pk", flat=True)
-    )
+    usable = set(Capability.objects.usable(Capability.COMFYUI).filter(pk__in=list(rates)).values_list("pk", flat=True))
     active = RenderJob.objects.active().filter(node__capabilities__pk__in=usable, node__capabilities__kind="comfyui")
     backlog = {pk: 0.0 for pk in usable}
     for cap_id, work, progress in active.values_list("node__capabilities__pk", "work", "progress"):
@@ -180,6 +178,9 @@ class Runner(threading.Thread):
         self.stopping = threading.Event()
         self.flights: dict[str, Flight] = {}  # by prompt_id
         self.events: Events | None = None
+        # Since when the node has not answered (monotonic), and until when not to send it work.
+        self.silent_since: float | None = None
+        self.resting_until = 0.0
 
     # --- ownership -----------------------------------------------------------------------------
 
@@ -211,7 +212,7 @@ class Runner(threading.Thread):
                 if now >= next_controls:
                     self.controls()
                     next_controls = now + CONTROLS
-                if self.cap.node.enabled and self.cap.status in Capability.ANSWERING:
+                if self.cap.node.enabled and self.cap.status in Capability.ANSWERING and now >= self.resting_until:
                     self.fill()
                 self.listen(0.05 if self.flights else 0.2)
                 self.poll()
@@ -249,6 +250,8 @@ class Runner(threading.Thread):
             return
         except ServiceError as e:
             job.fail(f"could not send the job to {self.cap.node.name}: {e}", permanent=e.permanent)
+            if not e.permanent:
+                self.resting_until = time.monotonic() + BEAT * 2  # do not burn the queue's attempts
             return
         self.flights[job.prompt_id] = Flight(job)
 
@@ -329,8 +332,10 @@ class Runner(threading.Thread):
             return
         try:
             queue = self.client.queue()
-        except ServiceError:
-            return  # the node is not answering; the health check and the stale sweep decide
+        except ServiceError as e:
+            self.silent(str(e))
+            return
+        self.silent_since = None
         for flight in due:
             flight.last_poll = now
             if flight.job.prompt_id in queue:
@@ -338,6 +343,24 @@ class Runner(threading.Thread):
                     flight.job.transition(RenderJob.RENDERING, expect=(RenderJob.ASSIGNED,), started=timezone.now())
                 continue
             self.finish(flight)
+
+    def silent(self, error: str) -> None:
+        """The node does not answer. After a while its jobs are retried, on another node if any."""
+        now = time.monotonic()
+        if self.silent_since is None:
+            self.silent_since = now
+            return
+        if now - self.silent_since < settings.RENDER_NODE_TIMEOUT:
+            return
+        for flight in list(self.flights.values()):
+            flight.job.refresh_from_db()
+            if flight.job.status in (RenderJob.ASSIGNED, RenderJob.RENDERING):
+                flight.job.fail(f"{self.cap.node.name} stopped answering ({error})", permanent=False)
+        self.flights.clear()
+        if self.events:
+            self.events.close()
+            self.events = None
+        self.resting_until = now + BEAT * 2
 
     def finish(self, flight: Flight) -> None:
         """The node says the prompt ended (or is gone): settle the job from /history."""

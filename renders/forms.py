@@ -4,6 +4,7 @@ from typing import Any
 
 from django import forms
 
+from nodes.models import Capability
 from renders import workflows
 from renders.models import Template
 
@@ -60,3 +61,135 @@ class RenderForm(forms.Form):
                 self.add_error(field if field in self.fields else None, message)
             data["settings"] = settings
         return data
+
+
+def mapping_text(mapping: dict[str, Any]) -> str:
+    """A mapping as lines a person can correct: `positive: 6.text, 7.text`."""
+    return "\n".join(
+        f"{name}: {', '.join(f'{node}.{field}' for node, field in places)}"
+        for name, places in mapping.items()
+        if places
+    )
+
+
+def parse_mapping(text: str, workflow: dict[str, Any]) -> dict[str, list[tuple[str, str]]]:
+    mapping: dict[str, list[tuple[str, str]]] = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        name, sep, rest = line.partition(":")
+        name = name.strip()
+        if not sep or name not in workflows.PARAMETERS:
+            raise forms.ValidationError(
+                f"Line {number}: start with one of {', '.join(workflows.PARAMETERS)} and a colon."
+            )
+        for place in filter(None, (p.strip() for p in rest.split(","))):
+            node, dot, field = place.partition(".")
+            if not dot or node not in workflow or field not in workflow[node].get("inputs", {}):
+                raise forms.ValidationError(
+                    f"Line {number}: {place!r} is not a node id and one of its inputs (like 6.text)."
+                )
+            mapping.setdefault(name, []).append((node, field))
+    return mapping
+
+
+class CapabilityChoice(forms.ModelChoiceField):
+    def label_from_instance(self, obj: Any) -> str:
+        return str(obj.node.name)
+
+
+class TemplateForm(forms.Form):
+    """Import a workflow (upload or paste, API format), check it, and say where parameters go."""
+
+    name = forms.CharField(max_length=100)
+    kind = forms.ChoiceField(choices=Template.KINDS, initial=Template.STILL)
+    description = forms.CharField(widget=forms.Textarea(attrs={"rows": 2}), required=False)
+    upload = forms.FileField(required=False, help_text="A workflow saved in ComfyUI's API format (.json).")
+    text = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 6}),
+        required=False,
+        label="…or paste it",
+    )
+    check_on = CapabilityChoice(
+        queryset=Capability.objects.filter(kind=Capability.COMFYUI).select_related("node"),
+        required=False,
+        label="Check node classes on",
+        help_text="A ComfyUI node whose installed node classes the workflow must find.",
+    )
+    mapping = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 6}),
+        required=False,
+        help_text="Where the parameters go, one per line (positive: 6.text). Left empty, it is detected.",
+    )
+
+    def __init__(self, *args: Any, template: Template | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.template = template
+        if template:
+            self.fields["name"].initial = template.name
+            self.fields["kind"].initial = template.kind
+            self.fields["description"].initial = template.description
+            self.fields["mapping"].initial = mapping_text(template.mapping)
+
+    def clean_name(self) -> str:
+        name = self.cleaned_data["name"].strip()
+        taken = Template.objects.filter(name=name)
+        if self.template:
+            taken = taken.exclude(pk=self.template.pk)
+        if taken.exists():
+            raise forms.ValidationError("A template with that name exists already.")
+        return name
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        if self.errors:
+            return data
+        upload, text = data.get("upload"), data.get("text")
+        if upload:
+            raw: str | bytes = upload.read(workflows.MAX_BYTES + 1)
+        elif text:
+            raw = text
+        elif self.template:
+            raw = ""
+        else:
+            raise forms.ValidationError("Upload a workflow file or paste one.")
+        try:
+            workflow = workflows.parse(raw) if raw else dict(self.template.workflow)  # type: ignore[union-attr]
+        except workflows.WorkflowError as e:
+            raise forms.ValidationError(str(e)) from None
+        cap = data.get("check_on")
+        if cap is not None:
+            known = cap.inventory.get("classes", [])
+            if not known:
+                raise forms.ValidationError(f"{cap.node.name} has not reported its node classes yet; check it first.")
+            missing = workflows.check_classes(workflow, known)
+            if missing:
+                raise forms.ValidationError(
+                    f"{cap.node.name} lacks these node classes: {', '.join(missing)}. "
+                    "Install the custom nodes that provide them, or pick another node."
+                )
+        try:
+            mapping = parse_mapping(data.get("mapping", ""), workflow) if data.get("mapping") else None
+        except forms.ValidationError as e:
+            self.add_error("mapping", e)
+            return data
+        data["workflow"] = workflow
+        data["mapping_found"] = mapping if mapping is not None else workflows.detect(workflow)
+        classes, files = workflows.requirements(workflow)
+        grouped: dict[str, list[str]] = {}
+        for folder, name in files:
+            grouped.setdefault(folder, []).append(name)
+        data["needs"] = {"classes": list(classes), "files": grouped}
+        return data
+
+    def save(self) -> Template:
+        data = self.cleaned_data
+        template = self.template or Template()
+        template.name = data["name"]
+        template.kind = data["kind"]
+        template.description = data.get("description", "")
+        template.workflow = data["workflow"]
+        template.mapping = {k: [list(p) for p in v] for k, v in data["mapping_found"].items()}
+        template.needs = {**template.needs, **data["needs"]}
+        template.save()
+        return template

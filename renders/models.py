@@ -116,6 +116,8 @@ class RenderJob(models.Model):
     node = models.ForeignKey(Node, on_delete=models.SET_NULL, null=True, blank=True, related_name="render_jobs")
     # Render only on this node (the user asked for it); None: wherever fits best.
     pin = models.ForeignKey(Node, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    # The node its last attempt failed on: a retry goes elsewhere if another node can take it.
+    avoid = models.ForeignKey(Node, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
     # Chosen by us and stored before the workflow is sent, so a crash can be re-attached.
     prompt_id = models.CharField(max_length=64, blank=True)
     client_id = models.CharField(max_length=100, blank=True)

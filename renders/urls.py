@@ -7,6 +7,9 @@ urlpatterns = [
     path("", views.index, name="index"),
     path("pause/", views.pause, name="pause"),
     path("retry-failed/", views.retry_failed, name="retry-failed"),
+    path("templates/", views.templates, name="templates"),
+    path("templates/import/", views.template_edit, name="template-import"),
+    path("templates/<uuid:code>/", views.template_edit, name="template"),
     path("<uuid:code>/", views.job_detail, name="job"),
     path("<uuid:code>/<str:what>/", views.action, name="action"),
 ]

@@ -1,14 +1,15 @@
 from __future__ import annotations
 
+from django.contrib import messages
 from django.db import transaction
 from django.http import HttpRequest, HttpResponse
-from django.shortcuts import get_object_or_404, render
+from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
 from nodes.models import Node
 from renders import queue
-from renders.forms import RenderForm
-from renders.models import Queue, RenderJob
+from renders.forms import RenderForm, TemplateForm
+from renders.models import Queue, RenderJob, Template
 from spoonfeeder.models import Event
 from spoonfeeder.views import HtmxHttpRequest, done
 
@@ -100,3 +101,21 @@ def pause(request: HtmxHttpRequest) -> HttpResponse:
 def job_detail(request: HttpRequest, code: str) -> HttpResponse:
     job = get_object_or_404(RenderJob.objects.select_related("template", "node"), code=code)
     return render(request, "renders/job.html", {"job": job})
+
+
+def templates(request: HttpRequest) -> HttpResponse:
+    return render(request, "renders/templates.html", {"templates": Template.objects.all()})
+
+
+def template_edit(request: HttpRequest, code: str | None = None) -> HttpResponse:
+    """Import a workflow as a template (no code), or correct one's name and mapping."""
+    template = get_object_or_404(Template, code=code) if code else None
+    form = TemplateForm(request.POST or None, request.FILES or None, template=template)
+    if request.method == "POST" and form.is_valid():
+        saved = form.save()
+        found = ", ".join(saved.mapping) or "nothing"
+        messages.success(request, f"Saved template {saved.name}; parameters found: {found}.")
+        return redirect("renders:templates")
+    return render(
+        request, "renders/template_form.html", {"form": form, "template": template}, status=400 if form.errors else 200
+    )

@@ -143,6 +143,8 @@ WORKER_STALE_AFTER = config.env_number("SPOONFEEDER_WORKER_STALE_AFTER", 6, mini
 # waits this many seconds (doubling with each attempt) before it is tried again.
 RENDER_STALE = config.env_number("SPOONFEEDER_RENDER_STALE", 15, minimum=1)
 RENDER_BACKOFF = config.env_number("SPOONFEEDER_RENDER_BACKOFF", 5, minimum=0)
+# A node that does not answer for this long has its running jobs retried elsewhere.
+RENDER_NODE_TIMEOUT = config.env_number("SPOONFEEDER_RENDER_NODE_TIMEOUT", 30, minimum=1)
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},

@@ -15,7 +15,7 @@ import pytest
 from bench.common import wait_until
 from nodes.models import Capability, Node
 from nodes.sim.comfyui import SimComfyUI
-from renders.dispatch import Dispatcher
+from renders.dispatch import Dispatcher, Runner
 from renders.management.commands.load_templates import load
 from renders.models import Queue, RenderJob, Template
 from tests.conftest import Stack
@@ -210,3 +210,44 @@ def test_a_killed_dispatcher_mid_render_is_reattached_and_renders_exactly_once(
     wait_status(job, "completed", timeout=40)
     assert job.crashes == 1 and job.attempts == 1
     assert executions(sim, job) == 1
+
+
+def test_a_dropped_websocket_falls_back_to_polling(dispatcher: Dispatcher, node: Any) -> None:
+    _, sim = node
+    sim.knobs.seconds_per_node = 0.5
+    [job] = queue()
+    wait_status(job, "rendering")
+    sim.drop_websockets()
+    wait_status(job, "completed")
+    assert job.attempts == 1 and executions(sim, job) == 1
+
+
+def test_a_node_that_dies_mid_render_has_its_job_retried_on_another(
+    dispatcher: Dispatcher, node: Any, settings: Any
+) -> None:
+    settings.RENDER_NODE_TIMEOUT = 1
+    first, sim = node
+    other_sim = SimComfyUI(f"127.0.{NET}.2", 0, seconds_per_node=0.05).start()
+    try:
+        other = Node.objects.create(name="other", host=f"127.0.{NET}.2")
+        Capability.objects.create(node=other, kind="comfyui", port=other_sim.port, status="online")
+        sim.knobs.seconds_per_node = 3
+        [job] = queue(pin=None)
+        wait_until(lambda: status(job) == "rendering" and job.node_id == first.pk, 20, "the job to start on gpu")
+        sim.stop()  # the machine goes away mid-render
+        wait_status(job, "completed", timeout=40)
+        assert job.node.name == "other" and job.attempts == 2
+        assert "stopped answering" not in job.error  # a success clears the last error
+    finally:
+        other_sim.close()
+
+
+def test_a_job_that_keeps_killing_its_dispatcher_is_quarantined(node: Any) -> None:
+    gpu, _ = node
+    [job] = queue()
+    RenderJob.objects.filter(pk=job.pk).update(status="rendering", node=gpu, prompt_id="p-1", crashes=2, heartbeat=None)
+    runner = Runner(gpu.capabilities.get().pk, "me")
+    runner.cap = gpu.capabilities.select_related("node").get()
+    runner.adopt()
+    job.refresh_from_db()
+    assert job.status == "failed" and "quarantined" in job.error

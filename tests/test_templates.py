@@ -1,0 +1,74 @@
+"""Importing workflows as templates through the page: checks, detection and corrections."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.test import Client
+from django.urls import reverse
+
+from nodes.models import Capability, Node
+from renders.models import Template
+
+
+def still() -> dict:
+    return json.loads((Path(__file__).resolve().parents[1] / "nodes" / "workflows" / "still_image.json").read_text())
+
+
+def post(client: Client, **data: object) -> str:
+    answer = client.post(reverse("renders:template-import"), {"name": "mine", "kind": "still", **data})
+    return answer.content.decode()
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("{not json", "not JSON"),
+        ("", "Upload a workflow file or paste one"),
+        ('{"nodes": [], "links": []}', "UI format"),
+        ('{"1": {"class_type": "EmptyImage", "inputs": {}}}', "output"),
+    ],
+)
+def test_bad_workflows_are_refused_with_what_to_do(logged_in: Client, text: str, says: str) -> None:
+    assert says in post(logged_in, text=text)
+    assert not Template.objects.exists()
+
+
+@pytest.mark.django_db
+def test_megabytes_of_junk_are_refused(logged_in: Client) -> None:
+    junk = SimpleUploadedFile("w.json", b"x" * (6 * 1024 * 1024), content_type="application/json")
+    assert "limit" in post(logged_in, upload=junk)
+    assert not Template.objects.exists()
+
+
+@pytest.mark.django_db
+def test_an_upload_is_imported_with_its_parameters_detected(logged_in: Client) -> None:
+    upload = SimpleUploadedFile("still.json", json.dumps({"prompt": still()}).encode())
+    answer = logged_in.post(
+        reverse("renders:template-import"), {"name": "mine", "kind": "still", "upload": upload}, follow=True
+    )
+    assert "Saved template mine" in answer.content.decode()
+    t = Template.objects.get(name="mine")
+    assert t.mapping["width"] == [["1", "width"]] and t.mapping["filename_prefix"] == [["2", "filename_prefix"]]
+    assert t.needs["classes"] == ["EmptyImage", "SaveImage"]
+
+
+@pytest.mark.django_db
+def test_classes_are_checked_against_the_chosen_node_and_the_mapping_can_be_corrected(logged_in: Client) -> None:
+    node = Node.objects.create(name="gpu", host="gpu.lab")
+    cap = Capability.objects.create(node=node, kind="comfyui", port=8188, inventory={"classes": ["EmptyImage"]})
+    text = json.dumps(still())
+    assert "gpu lacks these node classes: SaveImage" in post(logged_in, text=text, check_on=cap.pk)
+    assert "6.text" in post(logged_in, text=text, mapping="positive: 6.text")  # no such node
+    assert "start with one of" in post(logged_in, text=text, mapping="colour: 1.color")
+    cap.inventory = {"classes": ["EmptyImage", "SaveImage"]}
+    cap.save()
+    logged_in.post(
+        reverse("renders:template-import"),
+        {"name": "mine", "kind": "still", "text": text, "check_on": cap.pk, "mapping": "seed: 1.color"},
+    )
+    assert Template.objects.get(name="mine").mapping == {"seed": [["1", "color"]]}
