@@ -7,7 +7,7 @@ from typing import Any
 from django.core.paginator import Paginator
 from django.db.models import Count, Q
 
-from renders.models import Queue, RenderJob
+from renders.models import Queue, RenderJob, Speed
 
 PAGE = 25
 QUEUED_SHOWN = 50
@@ -27,12 +27,28 @@ def counts() -> dict[str, int]:
 def live() -> dict[str, Any]:
     """The parts every visitor of the page sees the same: counts, what renders, what waits."""
     jobs = RenderJob.objects.select_related("template", "node")
+    rendering = list(jobs.active().order_by("started", "created"))
+    with_etas(rendering)
     return {
         "counts": counts(),
         "paused": Queue.get().paused,
-        "rendering": list(jobs.active().order_by("started", "created")),
+        "rendering": rendering,
         "queued": list(jobs.filter(status=RenderJob.QUEUED).in_dispatch_order()[:QUEUED_SHOWN]),
     }
+
+
+def with_etas(jobs: list[RenderJob]) -> None:
+    """Seconds left for each job, from its node's measured speed on its template (None if the
+    node has not rendered that template yet)."""
+    rates: dict[tuple[int | None, int], float] = {
+        (node_id, template_id): rate
+        for node_id, template_id, rate in Speed.objects.filter(
+            template_id__in={j.template_id for j in jobs}
+        ).values_list("capability__node_id", "template_id", "seconds_per_unit")
+    }
+    for job in jobs:
+        rate = rates.get((job.node_id, job.template_id))
+        job.eta = None if rate is None else max(job.work * (1 - job.progress) * rate, 0)  # type: ignore[attr-defined]
 
 
 def finished(status: str = "", story: str = "", page: int = 1) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from django_q.models import Task
 from django_q.status import Stat
 
 from nodes import pool
+from renders.queue import counts as render_counts
 from spoonfeeder.models import Event
 
 
@@ -88,5 +89,6 @@ def context() -> dict[str, Any]:
         "counts": task_counts(now - timedelta(hours=1)),
         "errors": recent_errors(),
         "pool": pool.summary(pool.nodes()),
+        "renders": render_counts(),
         "now": now,
     }

@@ -20,7 +20,8 @@ from spoonfeeder import dashboard
 def dashboard_fragments() -> str:
     ctx = dashboard.context()
     return "".join(
-        render_to_string(f"spoonfeeder/dashboard.html#{name}", ctx) for name in ("worker", "tasks", "pool", "errors")
+        render_to_string(f"spoonfeeder/dashboard.html#{name}", ctx)
+        for name in ("worker", "tasks", "pool", "renders", "errors")
     )
 
 
