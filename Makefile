@@ -50,7 +50,7 @@ test-postgres: $(VENV)/.test-installed chromium
 lint: $(VENV)/.test-installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy spoonfeeder nodes renders stories scheduling
+	$(BIN)/mypy spoonfeeder nodes renders stories scheduling bench
 
 bench: $(VENV)/.test-installed
 	$(BIN)/python bench/startup.py
