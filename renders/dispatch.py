@@ -37,6 +37,7 @@ from nodes.clients.comfyui import (
     ExecutionSuccess,
     Preview,
     Progress,
+    ProgressState,
     WorkflowRejected,
     failure,
     outputs_of,
@@ -301,9 +302,16 @@ class Runner(threading.Thread):
             RenderJob.objects.filter(pk=job.pk).update(current=current)
             self.progressed(flight, force=True)
         elif isinstance(message, Progress):
-            RenderJob.objects.filter(pk=job.pk).update(
-                step=message.value, steps=message.max, progress=message.value / max(message.max, 1)
+            # Step x/y of the node that counts steps (a sampler); the bar follows the whole graph.
+            RenderJob.objects.filter(pk=job.pk).update(step=message.value, steps=message.max)
+            self.progressed(flight)
+        elif isinstance(message, ProgressState) and message.nodes:
+            total = max(len(job.workflow or {}), len(message.nodes))
+            done = sum(
+                min(float(n.get("value") or 0) / max(float(n.get("max") or 1), 1e-9), 1.0)
+                for n in message.nodes.values()
             )
+            RenderJob.objects.filter(pk=job.pk).update(progress=done / total)
             self.progressed(flight)
         elif isinstance(message, Preview):
             self.save_preview(job, message.image)

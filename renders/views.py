@@ -7,7 +7,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
 from nodes.models import Node
-from renders import queue
+from renders import queue, workflows
 from renders.forms import RenderForm, TemplateForm
 from renders.models import Queue, RenderJob, Template
 from spoonfeeder.models import Event
@@ -39,7 +39,7 @@ def queue_jobs(form: RenderForm, *, pin: Node | None = None) -> int:
         for i in range(data["count"]):
             RenderJob.objects.create(
                 template=template,
-                kind=RenderJob.VIDEO if template.kind in ("t2v", "i2v") else RenderJob.IMAGE,
+                kind=kind_of(template),
                 prompt=data["prompt"],
                 negative=data["negative"],
                 settings=data["settings"],
@@ -51,6 +51,12 @@ def queue_jobs(form: RenderForm, *, pin: Node | None = None) -> int:
         Event.emit("renders", "job.queued")
         Event.emit("dashboard", "job.queued")
     return int(data["count"])
+
+
+def kind_of(template: Template) -> str:
+    """Video when the workflow writes a video or an animation, whatever the template says."""
+    classes = {node.get("class_type") for node in template.workflow.values() if isinstance(node, dict)}
+    return RenderJob.VIDEO if classes & workflows.VIDEO_OUTPUT_CLASSES else RenderJob.IMAGE
 
 
 def work_of(settings: dict) -> float:

@@ -1,0 +1,155 @@
+"""The Render queue page in headless chromium against real processes (daphne and a render
+dispatcher on the test database) and a simulated ComfyUI that takes about a second per graph node:
+queueing test videos through the render settings form, reordering and cancelling, a progress bar
+that moves without a reload, finished jobs with thumbnails, and a finished video that plays.
+
+The simulated ComfyUI listens on 127.0.50.x in the SQLite mode and on 127.0.51.x in the PostgreSQL
+mode (DATABASE_URL set), so the two modes can run at the same time on one machine.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from django.contrib.auth.models import User
+from playwright.sync_api import Page, expect
+
+from bench.common import free_port
+from nodes.models import Capability, Node
+from nodes.sim.comfyui import SimComfyUI
+from renders.management.commands.load_templates import load
+from renders.models import RenderJob
+from tests import test_browser
+from tests.conftest import Stack
+from tests.test_browser import SCREENSHOTS, assert_not_reloaded, expect_live, log_in, watch_navigation
+
+# The browser tests' fixtures: headless chromium, and a loopback-only page on the stack's address.
+browser, page = test_browser.browser, test_browser.page
+
+SIM_HOST = "127.0.51.2" if os.environ.get("DATABASE_URL") else "127.0.50.2"
+
+
+@pytest.fixture
+def comfyui(transactional_db: None) -> Iterator[SimComfyUI]:
+    # About a second per graph node, so a render lasts long enough to watch it move.
+    sim = SimComfyUI(SIM_HOST, free_port(SIM_HOST), seconds_per_node=1.5).start()
+    node = Node.objects.create(name="Sim GPU", host=SIM_HOST)
+    Capability.objects.create(node=node, kind=Capability.COMFYUI, port=sim.port, status=Capability.ONLINE)
+    load()
+    yield sim
+    sim.close()
+
+
+def queued_codes(page: Page) -> list[str]:
+    ids = page.locator("#queued .job").evaluate_all("rows => rows.map(r => r.id)")
+    return [i.removeprefix("job-") for i in ids]
+
+
+def bar_width(page: Page, code: str) -> str | None:
+    bar = page.locator(f"#rendering #job-{code} .bar span")
+    if not bar.count():
+        return None
+    return str(bar.evaluate("e => e.style.width"))
+
+
+@pytest.mark.browser
+def test_videos_queued_in_the_browser_render_live_reorder_cancel_and_play(
+    page: Page, stack: Stack, user: User, comfyui: SimComfyUI, tmp_path: Path
+) -> None:
+    stack.web()
+    stack.spawn("dispatcher", "manage.py", "dispatcher", SPOONFEEDER_RENDER_STALE="2")
+    log_in(page)
+    page.goto("/renders/")
+    expect_live(page, "connected", 10)
+
+    # Paused, the three jobs wait where the user can see and reorder all of them.
+    page.get_by_role("button", name="Pause", exact=True).click()
+    expect(page.locator("#queue-controls .tag")).to_have_text("paused", timeout=10_000)
+    expect(page.locator("#messages")).to_contain_text("Paused")
+
+    page.get_by_text("Queue a render").click()
+    page.get_by_label("Template").select_option(label="test-video-mp4")
+    page.get_by_label("Prompt", exact=True).fill("a paper boat on a pond")
+    page.get_by_label("Resolution").select_option("512x512")
+    page.get_by_label("Frames").fill("24")
+    page.get_by_label("Count").fill("3")
+    with page.expect_navigation():
+        page.get_by_role("button", name="Queue", exact=True).click()
+    expect(page.locator("#messages")).to_contain_text("Queued 3 render jobs.")
+    jobs = list(RenderJob.objects.order_by("position"))
+    assert [(j.status, j.template.name, j.settings["frames"]) for j in jobs] == [("queued", "test-video-mp4", 24)] * 3
+    first, second, third = (str(j.code) for j in jobs)
+    expect(page.locator("#queued .job")).to_have_count(3)
+    assert queued_codes(page) == [first, second, third]
+    expect(page.locator("#render-counts #renders-queued")).to_have_text("3")
+    expect_live(page, "connected", 10)
+    navigations = watch_navigation(page)
+
+    page.locator(f"#job-{third}").get_by_title("To the top").click()
+    expect(page.locator("#messages")).to_contain_text("Moved top.")
+    expect(page.locator("#queued .job").first).to_have_id(f"job-{third}", timeout=10_000)
+    assert queued_codes(page) == [third, first, second]
+
+    started = time.monotonic()
+    page.get_by_role("button", name="Resume", exact=True).click()
+    expect(page.locator("#queue-controls .tag")).to_have_count(0, timeout=10_000)
+    expect(page.locator(f"#rendering #job-{third}")).to_be_visible(timeout=20_000)
+    print(f"resume to the moved job shown rendering: {time.monotonic() - started:.2f} s")
+
+    # The progress bar moves while the job renders, without a reload.
+    widths: list[str] = []
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and len(set(widths)) < 2:
+        width = bar_width(page, third)
+        if width is None:
+            break  # it left #rendering
+        if not widths or widths[-1] != width:
+            widths.append(width)
+        page.wait_for_timeout(100)
+    print(f"progress bar widths seen: {widths}")
+    assert len(set(widths)) >= 2, f"the progress bar never moved while the job rendered: {widths}"
+    expect(page.locator(f"#rendering #job-{third}")).to_contain_text(re.compile(r"\d+%"))
+
+    # One job renders, the next may already wait in the node's queue; cancel the last one still queued.
+    expect(page.locator("#queued .job")).not_to_have_count(0)
+    cancelled = queued_codes(page)[-1]
+    assert cancelled in (first, second)
+    page.locator(f"#queued #job-{cancelled}").get_by_role("button", name="Cancel").click()
+    expect(page.locator("#messages")).to_contain_text("Cancelled.")
+    expect(page.locator(f"#queued #job-{cancelled}")).to_have_count(0, timeout=10_000)
+    expect(page.locator(f"#finished #job-{cancelled}")).to_contain_text("cancelled", timeout=10_000)
+    rendered = [third] + [c for c in (first, second) if c != cancelled]
+
+    for code in rendered:
+        thumb = page.locator(f"#finished #job-{code} img.thumb")
+        expect(thumb).to_be_visible(timeout=60_000)
+        page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=thumb.element_handle())
+        expect(page.locator(f"#finished #job-{code}")).to_contain_text("Download")
+    print(f"resume to both videos shown finished: {time.monotonic() - started:.2f} s")
+    expect(page.locator("#renders-completed")).to_have_text("2")
+    expect(page.locator("#rendering")).to_contain_text("Nothing is rendering.")
+    assert_not_reloaded(page, navigations)
+    assert {j.code.hex: j.status for j in RenderJob.objects.all()} == {
+        code.replace("-", ""): "cancelled" if code == cancelled else "completed" for code in (first, second, third)
+    }
+
+    shot = tmp_path / "renders.png"
+    page.screenshot(path=shot, full_page=True)
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    if os.environ.get("SPOONFEEDER_SCREENSHOTS"):
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=SCREENSHOTS / "renders.png", full_page=True)
+
+    page.locator(f"#finished #job-{third} a").first.click()
+    expect(page).to_have_url(f"{stack.url}/renders/{third}/")
+    video = page.locator("video")
+    expect(video).to_have_count(1)
+    page.wait_for_function("v => v.readyState >= 1 && v.duration > 0", arg=video.element_handle(), timeout=15_000)
+    duration = video.evaluate("v => v.duration")
+    print(f"the finished video plays: {duration:.2f} s, {video.evaluate('v => v.videoWidth')} px wide")
+    assert 0.5 < duration < 3  # 24 frames at 24 fps
