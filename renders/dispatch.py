@@ -17,6 +17,8 @@ import random
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -40,6 +42,7 @@ from nodes.clients.comfyui import (
     ProgressState,
     WorkflowRejected,
     failure,
+    node_seconds,
     outputs_of,
 )
 from nodes.models import Capability
@@ -109,7 +112,7 @@ def best_fit(cap: Capability, exclude: set[int] | None = None) -> RenderJob | No
 
 def fitting(
     cap: Capability, classes: set[str], files: dict[str, list[str]], exclude: set[int] | None
-) -> list[RenderJob]:
+) -> Iterator[RenderJob]:
     queued = (
         RenderJob.objects.runnable()
         .filter(Q(pin=None) | Q(pin=cap.node_id))
@@ -118,7 +121,12 @@ def fitting(
     )
     if Capability.objects.usable(Capability.COMFYUI).exclude(pk=cap.pk).exists():
         queued = queued.exclude(avoid=cap.node_id)  # a retry goes to another node when there is one
-    return [j for j in queued.in_dispatch_order()[:50] if fits(j, classes, files)]
+    # Most often the first job fits: fetch a few rows first, more only when they do not.
+    ordered = queued.in_dispatch_order()
+    for batch in (ordered[:5], ordered[5:50]):
+        for job in batch:
+            if fits(job, classes, files):
+                yield job
 
 
 def worth_it(cap: Capability, job: RenderJob) -> bool:
@@ -182,6 +190,10 @@ class Runner(threading.Thread):
         # Since when the node has not answered (monotonic), and until when not to send it work.
         self.silent_since: float | None = None
         self.resting_until = 0.0
+        # Finished jobs whose outputs are being copied off the node, off the sending path: the
+        # node already has its next job, and we keep it fed meanwhile.
+        self.copying: dict[str, RenderJob] = {}
+        self.copiers = ThreadPoolExecutor(max_workers=2, thread_name_prefix=f"copy-{cap_id}")
 
     # --- ownership -----------------------------------------------------------------------------
 
@@ -220,6 +232,7 @@ class Runner(threading.Thread):
         except Exception:
             log.exception("runner for capability %s stopped", self.cap_id)
         finally:
+            self.copiers.shutdown(wait=True)
             if self.events:
                 self.events.close()
             Capability.objects.filter(pk=self.cap_id, runner=self.owner).update(runner="", runner_beat=None)
@@ -254,7 +267,7 @@ class Runner(threading.Thread):
             if not e.permanent:
                 self.resting_until = time.monotonic() + BEAT * 2  # do not burn the queue's attempts
             return
-        self.flights[job.prompt_id] = Flight(job)
+        self.flights[job.prompt_id] = Flight(job, last_poll=time.monotonic())
 
     def ensure_socket(self) -> None:
         if self.events is not None:
@@ -300,7 +313,7 @@ class Runner(threading.Thread):
             node = (job.workflow or {}).get(message.node, {})
             current = f"{message.node} {node.get('class_type', '')}".strip()
             RenderJob.objects.filter(pk=job.pk).update(current=current)
-            self.progressed(flight, force=True)
+            self.progressed(flight)
         elif isinstance(message, Progress):
             # Step x/y of the node that counts steps (a sampler); the bar follows the whole graph.
             RenderJob.objects.filter(pk=job.pk).update(step=message.value, steps=message.max)
@@ -394,9 +407,20 @@ class Runner(threading.Thread):
             retry = "OutOfMemory" in kind or failed["type"] == "execution_interrupted"
             job.fail(f"{kind} at {where}: {message}".strip(": "), permanent=not retry)
             return
-        self.collect(job, entry)
+        job.release()  # the GPU is free: the node may take the next job while we copy
+        self.copying[job.prompt_id] = job
+        self.copiers.submit(self.collect, job, entry)
 
     def collect(self, job: RenderJob, entry: Any) -> None:
+        try:
+            self.copy_outputs(job, entry)
+        except Exception:
+            log.exception("copying the outputs of %s failed", job)
+        finally:
+            self.copying.pop(job.prompt_id, None)
+            close_old_connections()
+
+    def copy_outputs(self, job: RenderJob, entry: Any) -> None:
         outputs = []
         try:
             for index, ref in enumerate(outputs_of(entry)):
@@ -406,9 +430,8 @@ class Runner(threading.Thread):
             job.fail(f"could not copy the output off {self.cap.node.name}: {e}", permanent=False)
             return
         now = timezone.now()
-        started = job.started or job.created
-        seconds = (now - started).total_seconds()
-        job.release()
+        # The node's own clock, not ours: our row times include sending and copying.
+        seconds = node_seconds(entry) or (now - (job.started or job.created)).total_seconds()
         if job.transition(
             RenderJob.COMPLETED,
             expect=(RenderJob.ASSIGNED, RenderJob.RENDERING),
@@ -479,7 +502,7 @@ class Runner(threading.Thread):
         orphans = (
             RenderJob.objects.active()
             .filter(node=self.cap.node_id)
-            .exclude(prompt_id__in=list(self.flights))
+            .exclude(prompt_id__in=[*self.flights, *self.copying])
             .filter(Q(heartbeat=None) | Q(heartbeat__lt=stale))
             .select_related("template")
         )

@@ -172,6 +172,17 @@ def failure(entry: HistoryEntry) -> dict[str, Any] | None:
     return None
 
 
+def node_seconds(entry: HistoryEntry) -> float | None:
+    """How long the node itself ran the prompt (execution_start to execution_success)."""
+    stamps = {
+        kind: data.get("timestamp") for kind, data in entry["status"].get("messages", []) if isinstance(data, dict)
+    }
+    start, end = stamps.get("execution_start"), stamps.get("execution_success")
+    if isinstance(start, int | float) and isinstance(end, int | float) and end >= start:
+        return (end - start) / 1000
+    return None
+
+
 # WebSocket messages. `data` keeps the whole payload for anything not given a field.
 
 
@@ -375,7 +386,9 @@ class Events:
     def open(self) -> None:
         try:
             # No proxy from the environment, as for HTTP (nodes.clients.http.session).
-            self.ws = websocket.create_connection(self.url, timeout=CONNECT_TIMEOUT, http_no_proxy=["*"])
+            self.ws = websocket.create_connection(
+                self.url, timeout=CONNECT_TIMEOUT, http_no_proxy=["*"], skip_utf8_validation=True
+            )
             if self.metadata:
                 flags = {"type": "feature_flags", "data": {"supports_preview_metadata": True}}
                 self.ws.send(json.dumps(flags))

@@ -1,0 +1,427 @@
+"""The render queue's figures against simulated ComfyUI nodes (issue 4, "How fast"):
+
+1. idle gap: one node, 60 queued 50 ms jobs; the node's own clock from the end of one prompt to the
+   start of the next (median <= 10 ms, p95 <= 50 ms);
+2. makespan: 200 jobs of mixed lengths on 4 nodes of speeds 2x, 1x, 1x, 0.5x, after a warm-up that
+   measures every node's speed: total time <= 1.05 x the lower bound, with plain first-free dispatch
+   (renders.dispatch.worth_it always True) as the comparison;
+3. overhead: instant renders on one node, jobs per second through the whole path (queued, claimed,
+   submitted, followed, output copied and thumbnailed, completed): >= 20 jobs/s over 100 jobs;
+4. page: the Render queue page with 10,000 jobs: median server time of 20 renders <= 150 ms with a
+   constant number of queries.
+
+Runs the dispatcher (real Runner threads) in this process on the embedded default (SQLite in a
+temporary data folder); each simulated ComfyUI runs in a child process of its own on its own
+127.0.42.x address, so its clock does not compete with the dispatcher for one GIL, as a real node
+is another machine. Node-side times come from the node's own /history (execution_start and
+execution_success timestamps, ms resolution). Loopback only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from datetime import timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from unittest import mock
+
+import requests
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.common import (  # noqa: E402
+    PYTHON,
+    BenchError,
+    Child,
+    machine,
+    main,
+    percentile,
+    temp_dir,
+    time_limit,
+    verdict,
+    wait_until,
+)
+
+if TYPE_CHECKING:
+    from nodes.models import Capability
+    from renders.dispatch import Dispatcher
+    from renders.models import RenderJob, Template
+
+NET = "127.0.42"
+GAP_JOBS = 60
+GAP_RUN_SECONDS = 0.05
+MIX_JOBS = 200
+SPEEDS = (2.0, 1.0, 1.0, 0.5)
+BASE = 0.05  # seconds per workflow node on a 1x node
+LENGTHS = (2, 4, 8, 16)  # workflow nodes a job runs: 0.1, 0.2, 0.4, 0.8 s on a 1x node
+OVERHEAD_JOBS = 100
+PAGE_JOBS = 10_000
+
+
+def run() -> None:
+    with time_limit(240), temp_dir("sf-bench-renders-") as data:
+        os.environ["SPOONFEEDER_DATA_DIR"] = str(data)
+        os.environ.pop("DATABASE_URL", None)
+        os.environ.pop("REDIS_URL", None)
+        os.environ["DJANGO_SETTINGS_MODULE"] = "spoonfeeder.settings"
+        os.environ.setdefault("LOG_LEVEL", "WARNING")
+        import django
+
+        django.setup()
+        from django.core.management import call_command
+
+        from renders.management.commands.load_templates import load
+
+        call_command("migrate", verbosity=0)
+        call_command("createcachetable", verbosity=0)
+        load()
+        media, logs = data / "media", data / "logs"
+        logs.mkdir()
+        print(f"Render queue benchmarks (SQLite; {machine()}; each simulated node in a process of its own)")
+        idle_gap(media, logs)
+        makespan(media, logs)
+        overhead(media, logs)
+        page()
+
+
+# --- helpers ----------------------------------------------------------------------------------
+
+
+class Sim:
+    """A simulated ComfyUI in a child process of its own, as a real node is another machine: its
+    clock and event loop do not compete with the dispatcher for this process's GIL."""
+
+    def __init__(self, host: str, knobs: dict[str, Any], logs: Path) -> None:
+        self.host = host
+        argv = [PYTHON, "-c", SIM_CHILD, host, json.dumps(knobs)]
+        log = logs / f"sim-{host}-{time.monotonic_ns()}.log"
+        self.child = Child(f"simulated ComfyUI on {host}", argv, dict(os.environ), log)
+        self.port = int(wait_until(self.announced, 30, f"the simulated ComfyUI on {host} to listen"))
+
+    def announced(self) -> str:
+        self.child.check_alive()
+        return self.child.log.read_text().partition("\n")[0].strip()
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def history(self) -> dict[str, Any]:
+        answer = requests.get(f"{self.url}/history", timeout=30)
+        answer.raise_for_status()
+        return dict(answer.json())
+
+
+SIM_CHILD = """
+import json, signal, sys, threading
+from nodes.sim.comfyui import SimComfyUI
+sim = SimComfyUI(sys.argv[1], 0, **json.loads(sys.argv[2])).start()
+print(sim.port, flush=True)
+stop = threading.Event()
+signal.signal(signal.SIGTERM, lambda *_: stop.set())
+stop.wait()
+sim.close()
+"""
+
+
+@contextmanager
+def pool(knobs: list[dict[str, Any]], logs: Path) -> Iterator[list[tuple[Capability, Sim]]]:
+    """One simulated ComfyUI per entry of `knobs`, each a Node with an online ComfyUI capability."""
+    from nodes.models import Capability, Node
+
+    sims: list[Sim] = []
+    made: list[tuple[Capability, Sim]] = []
+    try:
+        for i, k in enumerate(knobs):
+            sim = Sim(f"{NET}.{i + 1}", k, logs)
+            sims.append(sim)
+            node = Node.objects.create(name=f"sim {i + 1}", host=sim.host, simulated=True)
+            cap = Capability.objects.create(node=node, kind=Capability.COMFYUI, port=sim.port, status=Capability.ONLINE)
+            made.append((cap, sim))
+        yield made
+    finally:
+        for sim in sims:
+            sim.child.stop(grace=10)
+        Node.objects.filter(host__startswith=f"{NET}.").delete()
+
+
+@contextmanager
+def dispatching(media: Path) -> Iterator[Dispatcher]:
+    """A real dispatcher (one Runner thread per node) for the duration of the block."""
+    from renders.dispatch import Dispatcher
+
+    dispatcher = Dispatcher(media_root=media)
+    thread = threading.Thread(target=dispatcher.run, kwargs={"tick": 0.2}, daemon=True)
+    thread.start()
+    try:
+        yield dispatcher
+    finally:
+        dispatcher.stopping.set()
+        thread.join(timeout=30)
+
+
+def queue(target: str, specs: list[tuple[Template, float]], **fields: Any) -> list[int]:
+    """Queue one job per (template, work) in this order; their primary keys."""
+    from renders.models import RenderJob
+
+    start = RenderJob.last_position()
+    jobs = [
+        RenderJob(template=t, work=work, prompt=f"{target} {i}", position=start + i, target=target, **fields)
+        for i, (t, work) in enumerate(specs)
+    ]
+    RenderJob.objects.bulk_create(jobs)
+    return list(RenderJob.objects.filter(target=target).values_list("pk", flat=True))
+
+
+def wait_done(ids: list[int], timeout: float) -> list[RenderJob]:
+    """Wait until every job has ended; all of them, or BenchError if any did not complete."""
+    from renders.models import RenderJob
+
+    wait_until(
+        lambda: not RenderJob.objects.filter(pk__in=ids).exclude(status__in=RenderJob.ENDED).exists(),
+        timeout,
+        f"{len(ids)} render jobs to end",
+        interval=0.1,
+    )
+    jobs = list(RenderJob.objects.filter(pk__in=ids))
+    bad = [j for j in jobs if j.status != RenderJob.COMPLETED]
+    if bad:
+        raise BenchError(f"{len(bad)} of {len(jobs)} jobs did not complete; first: {bad[0].status}: {bad[0].error}")
+    return jobs
+
+
+def node_clock(history: dict[str, Any], prompt_id: str) -> tuple[float, float]:
+    """(execution_start, execution_success) of a prompt in seconds, from the node's own history."""
+    entry = history[prompt_id]
+    stamps = {kind: data["timestamp"] for kind, data in entry["status"]["messages"] if "timestamp" in data}
+    return stamps["execution_start"] / 1000, stamps["execution_success"] / 1000
+
+
+# --- 1. idle gap -----------------------------------------------------------------------------
+
+
+def idle_gap(media: Path, logs: Path) -> None:
+    from renders.models import Template
+
+    still = Template.objects.get(name="test-still-image")
+    with pool([{"run_seconds": GAP_RUN_SECONDS}], logs) as [(_, sim)]:
+        ids = queue("bench:gap", [(still, 1.0)] * GAP_JOBS)
+        with dispatching(media):
+            jobs = wait_done(ids, 60)
+        history = sim.history()
+    spans = sorted(node_clock(history, j.prompt_id) for j in jobs)
+    gaps = sorted((spans[k + 1][0] - spans[k][1]) * 1000 for k in range(len(spans) - 1))
+    median, p95 = statistics.median(gaps), percentile(gaps, 95)
+    rows = sorted(jobs, key=lambda j: j.started or j.created)
+    ours = sorted(
+        (b.started - a.finished).total_seconds() * 1000
+        for a, b in zip(rows, rows[1:], strict=False)
+        if a.finished and b.started
+    )
+    print(
+        f"idle gap, 1 node, {GAP_JOBS} jobs of {GAP_RUN_SECONDS * 1000:.0f} ms (node's clock, ms resolution, "
+        f"end of prompt k -> start of k+1): median {median:.0f} ms, p95 {p95:.0f} ms, max {gaps[-1]:.0f} ms"
+    )
+    print(
+        f"  for information, our rows (finished k -> started k+1, after output copy): "
+        f"median {statistics.median(ours):.0f} ms, p95 {percentile(ours, 95):.0f} ms, max {ours[-1]:.0f} ms"
+    )
+    print(f"{verdict(median <= 10 and p95 <= 50)}: idle gap median <= 10 ms, p95 <= 50 ms")
+
+
+# --- 2. makespan -----------------------------------------------------------------------------
+
+
+def chain(length: int) -> dict[str, Any]:
+    """A workflow that runs `length` nodes, each taking the node's seconds_per_node: ImageAddNoise
+    (its seed is random per job, so nothing after the shared EmptyImage is ever cached), length - 2
+    ImageInvert, SaveImage. The 64 px EmptyImage is cached after a node's first prompt."""
+    workflow: dict[str, Any] = {
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": 0}},
+        "2": {"class_type": "ImageAddNoise", "inputs": {"image": ["1", 0], "seed": 0, "strength": 0.5}},
+    }
+    last = "2"
+    for i in range(length - 2):
+        node = str(3 + i)
+        workflow[node] = {"class_type": "ImageInvert", "inputs": {"image": [last, 0]}}
+        last = node
+    workflow["99"] = {"class_type": "SaveImage", "inputs": {"images": [last, 0], "filename_prefix": "bench"}}
+    return workflow
+
+
+def makespan(media: Path, logs: Path) -> None:
+    import renders.dispatch as dispatch
+    from renders.models import RenderJob, Speed, Template
+
+    templates = {
+        n: Template.objects.update_or_create(
+            name=f"bench-chain-{n}",
+            defaults={
+                "kind": Template.TEST,
+                "workflow": chain(n),
+                "mapping": {"seed": [["2", "seed"]], "filename_prefix": [["99", "filename_prefix"]]},
+                "needs": {"classes": ["EmptyImage", "ImageAddNoise", "ImageInvert", "SaveImage"], "files": {}},
+            },
+        )[0]
+        for n in LENGTHS
+    }
+    rng = random.Random(4)
+    lengths = [rng.choice(LENGTHS) for _ in range(MIX_JOBS)]
+    total = sum(lengths) * BASE  # seconds of work on a 1x node
+    bound = max(total / sum(SPEEDS), max(lengths) * BASE / max(SPEEDS))
+    knobs = [{"seconds_per_node": BASE / s} for s in SPEEDS]
+
+    def always(cap: Any, job: Any) -> bool:
+        return True
+
+    with pool(knobs, logs) as caps:
+        sims = {cap.node_id: sim for cap, sim in caps}
+        # Warm-up: two jobs of every length pinned to every node, so each has measured speeds.
+        specs = [(templates[n], float(n)) for n in LENGTHS for _ in range(2)]
+        warm: list[int] = []
+        for cap, _ in caps:
+            warm += queue(f"bench:warm:{cap.pk}", specs, pin_id=cap.node_id)
+        with mock.patch.object(dispatch, "worth_it", always), dispatching(media):
+            wait_done(warm, 60)
+        RenderJob.objects.filter(pk__in=warm).delete()
+        learned = []
+        for (cap, _), speed in zip(caps, SPEEDS, strict=True):
+            rates = Speed.objects.filter(capability=cap, template__in=templates.values())
+            per_unit = statistics.mean(rates.values_list("seconds_per_unit", flat=True) or [float("nan")])
+            learned.append(f"{speed:g}x: {per_unit * 1000:.0f} ms/unit ({rates.count()} templates)")
+        print(
+            f"makespan, {MIX_JOBS} jobs of {len(LENGTHS)} lengths ({', '.join(f'{n * BASE:g}' for n in LENGTHS)} s "
+            f"on a 1x node), 4 nodes of speeds {', '.join(f'{s:g}x' for s in SPEEDS)}: {total:.1f} s of 1x work, "
+            f"lower bound {bound:.2f} s"
+        )
+        print(f"  speeds learned in the warm-up (nominal {BASE * 1000:.0f} ms/unit at 1x): {'; '.join(learned)}")
+        for label, patch in (("speed-aware (ours)", False), ("first-free (worth_it always True)", True)):
+            ids = queue(f"bench:mix:{label}", [(templates[n], float(n)) for n in lengths])
+            plain = mock.patch.object(dispatch, "worth_it", always) if patch else nullcontext()
+            with plain, dispatching(media):
+                jobs = wait_done(ids, 120)
+            histories = {node: sim.history() for node, sim in sims.items()}
+            spans = {j.pk: node_clock(histories[j.node_id], j.prompt_id) for j in jobs if j.node_id}
+            first = min(s for s, _ in spans.values())
+            last_node = max(e for _, e in spans.values())
+            last_row = max(j.finished.timestamp() for j in jobs if j.finished)
+            took = last_row - first
+            per_node = []
+            for (cap, _), speed in zip(caps, SPEEDS, strict=True):
+                mine = [j for j in jobs if j.node_id == cap.node_id]
+                ends = [spans[j.pk][1] for j in mine]
+                busy = sum(spans[j.pk][1] - spans[j.pk][0] for j in mine)
+                nominal = sum(j.work for j in mine) * BASE / speed
+                end = (max(ends) - first) if ends else 0.0
+                per_node.append(
+                    f"{speed:g}x: {len(mine)} jobs, busy {busy:.1f} s (nominal {nominal:.1f} s), done at {end:.1f} s"
+                )
+            print(
+                f"  {label}: {took:.2f} s = {took / bound:.3f} x lower bound "
+                f"(first node start -> last job completed; node clocks alone {last_node - first:.2f} s)"
+            )
+            print(f"    {'; '.join(per_node)}")
+            print(f"  {verdict(took <= 1.05 * bound)}: {label} <= 1.05 x lower bound")
+            RenderJob.objects.filter(pk__in=ids).delete()
+
+
+# --- 3. overhead -----------------------------------------------------------------------------
+
+
+def overhead(media: Path, logs: Path) -> None:
+    from nodes.models import Capability
+    from renders.models import Template
+
+    still = Template.objects.get(name="test-still-image")
+    with pool([{"seconds_per_node": 0}], logs) as [(cap, _)], dispatching(media):
+        wait_until(lambda: Capability.objects.exclude(runner="").filter(pk=cap.pk).exists(), 10, "a runner")
+        started = time.monotonic()
+        ids = queue("bench:overhead", [(still, 1.0)] * OVERHEAD_JOBS)
+        jobs = wait_done(ids, 60)
+        took = time.monotonic() - started
+    missing = [j for j in jobs if not j.outputs or not (media / j.outputs[0]["thumbnail"]).is_file()]
+    if missing:
+        raise BenchError(f"{len(missing)} completed jobs have no output or thumbnail on disk")
+    done = sorted(j.finished for j in jobs if j.finished)
+    steady = (len(done) - 1) / max((done[-1] - done[0]).total_seconds(), 1e-9)
+    rate = OVERHEAD_JOBS / took
+    print(
+        f"overhead, 1 node, instant renders, {OVERHEAD_JOBS} jobs queued -> completed with output and thumbnail: "
+        f"{took:.2f} s, {rate:.1f} jobs/s (steady state, first -> last completion: {steady:.1f} jobs/s)"
+    )
+    print(f"{verdict(rate >= 20)}: >= 20 jobs/s")
+
+
+# --- 4. page ---------------------------------------------------------------------------------
+
+
+def page() -> None:
+    from django.contrib.auth.models import User
+    from django.db import connection
+    from django.test import Client
+    from django.test.utils import CaptureQueriesContext
+    from django.utils import timezone
+
+    from nodes.models import Node
+    from renders.models import RenderJob, Template
+
+    still = Template.objects.get(name="test-still-image")
+    gpu = Node.objects.create(name="page gpu", host=f"{NET}.200")
+    now = timezone.now()
+    jobs = []
+    for i in range(PAGE_JOBS):
+        status = RenderJob.QUEUED if i % 50 == 0 else RenderJob.FAILED if i % 50 == 1 else RenderJob.COMPLETED
+        job = RenderJob(template=still, prompt=f"page job {i}", position=i, status=status, target="bench:page")
+        if status != RenderJob.QUEUED:
+            job.node, job.attempts = gpu, 1
+            job.started = now - timedelta(seconds=PAGE_JOBS - i + 5)
+            job.finished = job.started + timedelta(seconds=2)
+            job.seconds = 2.0
+        if status == RenderJob.FAILED:
+            job.error = "torch.OutOfMemoryError at node 3 (KSampler): Allocation on device"
+        if status == RenderJob.COMPLETED:
+            base = f"renders/{str(job.code)[:2]}/{job.code}"
+            job.progress = 1
+            job.outputs = [
+                {
+                    "path": f"{base}/00.png",
+                    "kind": "image",
+                    "mime": "image/png",
+                    "size": 412345,
+                    "width": 1024,
+                    "height": 1024,
+                    "frames": 1,
+                    "duration": None,
+                    "thumbnail": f"{base}/00.png.thumb.jpg",
+                }
+            ]
+        jobs.append(job)
+    RenderJob.objects.bulk_create(jobs, batch_size=500)
+    client = Client(HTTP_HOST="127.0.0.1")
+    client.force_login(User.objects.create_user("bench", password="bench-password-123"))
+    times, counts = [], set()
+    for _ in range(20):
+        with CaptureQueriesContext(connection) as queries:
+            started = time.perf_counter()
+            answer = client.get("/renders/")
+            times.append((time.perf_counter() - started) * 1000)
+        if answer.status_code != 200:
+            raise BenchError(f"/renders/ answered {answer.status_code}")
+        counts.add(len(queries))
+    median = statistics.median(times)
+    print(
+        f"Render queue page with {PAGE_JOBS} jobs ({RenderJob.objects.count()} rows): median {median:.1f} ms, "
+        f"max {max(times):.1f} ms server time, queries per render {sorted(counts)}"
+    )
+    print(f"{verdict(median <= 150 and len(counts) == 1)}: <= 150 ms with a constant number of queries")
+
+
+if __name__ == "__main__":
+    main(run)
