@@ -174,6 +174,8 @@ class Flight:
     job: RenderJob
     last_progress: float = 0.0
     last_poll: float = 0.0
+    # What the node reported last, written to the row at most every PROGRESS_EVERY seconds.
+    report: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 class Runner(threading.Thread):
@@ -311,12 +313,11 @@ class Runner(threading.Thread):
             job.transition(RenderJob.RENDERING, expect=(RenderJob.ASSIGNED,), started=timezone.now())
         elif isinstance(message, Executing) and message.node:
             node = (job.workflow or {}).get(message.node, {})
-            current = f"{message.node} {node.get('class_type', '')}".strip()
-            RenderJob.objects.filter(pk=job.pk).update(current=current)
+            flight.report["current"] = f"{message.node} {node.get('class_type', '')}".strip()
             self.progressed(flight)
         elif isinstance(message, Progress):
             # Step x/y of the node that counts steps (a sampler); the bar follows the whole graph.
-            RenderJob.objects.filter(pk=job.pk).update(step=message.value, steps=message.max)
+            flight.report.update(step=message.value, steps=message.max)
             self.progressed(flight)
         elif isinstance(message, ProgressState) and message.nodes:
             total = max(len(job.workflow or {}), len(message.nodes))
@@ -324,19 +325,22 @@ class Runner(threading.Thread):
                 min(float(n.get("value") or 0) / max(float(n.get("max") or 1), 1e-9), 1.0)
                 for n in message.nodes.values()
             )
-            RenderJob.objects.filter(pk=job.pk).update(progress=done / total)
+            flight.report["progress"] = done / total
             self.progressed(flight)
         elif isinstance(message, Preview):
             self.save_preview(job, message.image)
         elif isinstance(message, (ExecutionSuccess, ExecutionError, ExecutionInterrupted)):
             self.finish(flight)
 
-    def progressed(self, flight: Flight, force: bool = False) -> None:
+    def progressed(self, flight: Flight) -> None:
+        """Write what the node reported, at most every PROGRESS_EVERY seconds per job."""
         now = time.monotonic()
-        if force or now - flight.last_progress >= PROGRESS_EVERY:
+        if flight.report and now - flight.last_progress >= PROGRESS_EVERY:
             flight.last_progress = now
             with transaction.atomic():
+                RenderJob.objects.filter(pk=flight.job.pk, status=RenderJob.RENDERING).update(**flight.report)
                 flight.job.changed("job.progress")
+            flight.report = {}
 
     def save_preview(self, job: RenderJob, image: bytes) -> None:
         relative = Path("renders") / str(job.code)[:2] / str(job.code) / "preview.img"

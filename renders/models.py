@@ -153,11 +153,12 @@ class RenderJob(models.Model):
         return f"{self.template} job {str(self.code)[:8]}"
 
     def changed(self, kind: str = "job.changed", *, finished: bool = False) -> None:
-        Event.emit("renders", kind, str(self.code))
+        topics = ["renders"]
         if finished:  # the list of finished jobs changes only when one ends or is retried
-            Event.emit("renders-done", kind, str(self.code))
+            topics.append("renders-done")
         if kind != "job.progress":
-            Event.emit("dashboard", kind, str(self.code))
+            topics.append("dashboard")
+        Event.objects.bulk_create([Event(topic=t, kind=kind, ref=str(self.code)) for t in topics])
 
     def transition(self, to: str, *, expect: tuple[str, ...], **fields: Any) -> bool:
         """Guarded state change: only from one of `expect`; False if another process moved it."""
