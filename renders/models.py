@@ -166,8 +166,12 @@ class RenderJob(models.Model):
             done = RenderJob.objects.filter(pk=self.pk, status__in=expect).update(status=to, **fields)
             if done:
                 self.changed(f"job.{to}", finished=to in self.ENDED or any(e in self.ENDED for e in expect))
-        if done:
-            self.refresh_from_db()
+        if done:  # the row now holds exactly these values: no need to read it back
+            self.status = to
+            for name, value in fields.items():
+                setattr(
+                    self, f"{name}_id" if name in ("node", "avoid", "pin") and not hasattr(value, "pk") else name, value
+                )
         return bool(done)
 
     def retry(self) -> bool:
