@@ -302,7 +302,10 @@ class Runner(threading.Thread):
                 return
             if message is None:
                 return
+            in_flight = len(self.flights)
             self.handle(message)
+            if len(self.flights) < in_flight:
+                return  # a slot came free: fill it before the node runs dry
 
     def handle(self, message: Any) -> None:
         flight = self.flights.get(message.prompt_id or "")
