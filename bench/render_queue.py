@@ -281,7 +281,7 @@ def makespan(media: Path, logs: Path) -> None:
     bound = max(total / sum(SPEEDS), max(lengths) * BASE / max(SPEEDS))
     knobs = [{"seconds_per_node": BASE / s} for s in SPEEDS]
 
-    def always(cap: Any, job: Any) -> bool:
+    def always(cap: Any, job: Any, view: Any = None) -> bool:
         return True
 
     with pool(knobs, logs) as caps:

@@ -104,8 +104,12 @@ def best_fit(cap: Capability, exclude: set[int] | None = None) -> RenderJob | No
     should render (see worth_it)."""
     classes = set(cap.inventory.get("classes", []))
     files = cap.inventory.get("files", {})
+    view: PoolView | None = None
     for job in fitting(cap, classes, files, exclude):
-        if worth_it(cap, job):
+        if job.pin_id is not None:
+            return job
+        view = view or PoolView.read()
+        if worth_it(cap, job, view):
             return job
     return None
 
@@ -129,33 +133,59 @@ def fitting(
                 yield job
 
 
-def worth_it(cap: Capability, job: RenderJob) -> bool:
+@dataclasses.dataclass
+class PoolView:
+    """The pool as the speed-aware choice sees it, read once per dispatch pass."""
+
+    rates: dict[tuple[int, int], float]  # (capability, template) -> seconds per unit of work
+    usable: set[int]
+    backlog: dict[int, float]  # capability -> seconds of work already sent to it
+    queued_units: float
+    speed: dict[int, float]  # capability -> units per second (mean over its templates)
+
+    @classmethod
+    def read(cls) -> PoolView:
+        rates = {(c, t): r for c, t, r in Speed.objects.values_list("capability_id", "template_id", "seconds_per_unit")}
+        usable = set(Capability.objects.usable(Capability.COMFYUI).values_list("pk", flat=True))
+        per_cap: dict[int, list[float]] = {}
+        for (c, _), r in rates.items():
+            per_cap.setdefault(c, []).append(r)
+        mean = {c: sum(rs) / len(rs) for c, rs in per_cap.items()}
+        backlog = dict.fromkeys(usable, 0.0)
+        active = RenderJob.objects.active().filter(
+            node__capabilities__pk__in=usable, node__capabilities__kind="comfyui"
+        )
+        for c, t, work, progress in active.values_list("node__capabilities__pk", "template_id", "work", "progress"):
+            backlog[c] += work * (1 - progress) * rates.get((c, t), mean.get(c, 0.0))
+        queued = sum(RenderJob.objects.runnable().values_list("work", flat=True)[:10000])
+        return cls(rates, usable, backlog, queued, {c: 1 / m for c, m in mean.items() if m > 0 and c in usable})
+
+
+def worth_it(cap: Capability, job: RenderJob, view: PoolView | None = None) -> bool:
     """Whether this node should take this job now, by measured speeds.
 
     While the queue holds more work than the pool can finish before this node would finish the
     job, every node should keep busy. Near the end it is different: a long job must not land on
     a slow node when a faster one, already busy, would still finish it sooner.
     """
-    rates = dict(Speed.objects.filter(template_id=job.template_id).values_list("capability_id", "seconds_per_unit"))
-    mine = rates.get(cap.pk)
-    if mine is None or len(rates) < 2:
+    if job.pin_id is not None:
+        return True  # pinned: no other node may take it
+    view = view or PoolView.read()
+    mine = view.rates.get((cap.pk, job.template_id))
+    others = {
+        pk: view.rates[(pk, job.template_id)]
+        for pk in view.usable
+        if pk != cap.pk and (pk, job.template_id) in view.rates
+    }
+    if mine is None or not others:
         return True  # nothing to compare with yet: render, and so measure
-    usable = set(Capability.objects.usable(Capability.COMFYUI).filter(pk__in=list(rates)).values_list("pk", flat=True))
-    active = RenderJob.objects.active().filter(node__capabilities__pk__in=usable, node__capabilities__kind="comfyui")
-    backlog = {pk: 0.0 for pk in usable}
-    for cap_id, work, progress in active.values_list("node__capabilities__pk", "work", "progress"):
-        backlog[cap_id] = backlog.get(cap_id, 0.0) + work * (1 - progress) * rates.get(cap_id, mine)
-    queued_work = sum(RenderJob.objects.runnable().values_list("work", flat=True)[:10000])
-    speed = sum(1 / rates[pk] for pk in usable if rates.get(pk))
-    # Seconds the whole pool needs for everything queued and running, in units of work per second.
-    units = queued_work + sum(backlog[pk] / rates[pk] for pk in usable if rates.get(pk))
-    drain = units / speed if speed else 0.0
-    finish_here = backlog.get(cap.pk, 0.0) + job.work * mine
+    total_speed = sum(view.speed.values())
+    units = view.queued_units + sum(view.backlog[pk] * view.speed.get(pk, 0.0) for pk in view.usable)
+    drain = units / total_speed if total_speed else 0.0
+    finish_here = view.backlog.get(cap.pk, 0.0) + job.work * mine
     if drain >= finish_here:
         return True
-    return not any(
-        backlog[pk] + job.work * rates[pk] < 0.9 * finish_here for pk in usable if pk != cap.pk and pk in rates
-    )
+    return not any(view.backlog.get(pk, 0.0) + job.work * rate < 0.9 * finish_here for pk, rate in others.items())
 
 
 def fits(job: RenderJob, classes: set[str], files: dict[str, list[str]]) -> bool:
