@@ -272,3 +272,19 @@ def main(run: Callable[[], None]) -> None:
     except BenchError as e:
         print(f"benchmark error: {e}", file=sys.stderr)
         sys.exit(1)
+
+
+def django_on_sqlite(data: Path) -> None:
+    """Set Django up in this process on a fresh SQLite database in `data` (in-process benchmarks)."""
+    os.environ["SPOONFEEDER_DATA_DIR"] = str(data)
+    os.environ.pop("DATABASE_URL", None)
+    os.environ.pop("REDIS_URL", None)
+    os.environ["DJANGO_SETTINGS_MODULE"] = "spoonfeeder.settings"
+    os.environ.setdefault("LOG_LEVEL", "WARNING")
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0)
+    call_command("createcachetable", verbosity=0)

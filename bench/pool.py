@@ -8,14 +8,13 @@ server listens on its own 127.0.0.x address. Loopback only.
 
 from __future__ import annotations
 
-import os
 import statistics
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import machine, main, temp_dir, time_limit, verdict  # noqa: E402
+from bench.common import django_on_sqlite, machine, main, temp_dir, time_limit, verdict  # noqa: E402
 
 DISCOVERY_HOSTS = [f"127.0.0.{i}" for i in (21, 22, 23, 24)]
 HEALTH_NODES = 50
@@ -23,18 +22,7 @@ HEALTH_NODES = 50
 
 def run() -> None:
     with time_limit(240), temp_dir("sf-bench-pool-") as data:
-        os.environ["SPOONFEEDER_DATA_DIR"] = str(data)
-        os.environ.pop("DATABASE_URL", None)
-        os.environ.pop("REDIS_URL", None)
-        os.environ["DJANGO_SETTINGS_MODULE"] = "spoonfeeder.settings"
-        os.environ.setdefault("LOG_LEVEL", "WARNING")
-        import django
-
-        django.setup()
-        from django.core.management import call_command
-
-        call_command("migrate", verbosity=0)
-        call_command("createcachetable", verbosity=0)
+        django_on_sqlite(data)
         print(f"Node pool benchmarks (SQLite; {machine()})")
         discovery()
         health()

@@ -40,6 +40,7 @@ from bench.common import (  # noqa: E402
     PYTHON,
     BenchError,
     Child,
+    django_on_sqlite,
     machine,
     main,
     percentile,
@@ -67,20 +68,9 @@ PAGE_JOBS = 10_000
 
 def run() -> None:
     with time_limit(240), temp_dir("sf-bench-renders-") as data:
-        os.environ["SPOONFEEDER_DATA_DIR"] = str(data)
-        os.environ.pop("DATABASE_URL", None)
-        os.environ.pop("REDIS_URL", None)
-        os.environ["DJANGO_SETTINGS_MODULE"] = "spoonfeeder.settings"
-        os.environ.setdefault("LOG_LEVEL", "WARNING")
-        import django
-
-        django.setup()
-        from django.core.management import call_command
-
+        django_on_sqlite(data)
         from renders.management.commands.load_templates import load
 
-        call_command("migrate", verbosity=0)
-        call_command("createcachetable", verbosity=0)
         load()
         media, logs = data / "media", data / "logs"
         logs.mkdir()

@@ -11,10 +11,10 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import time
 
 from nodes.models import COMFYUI_PORT, OLLAMA_PORT
+from spoonfeeder.management.commands.run import port_is_free
 from tests.conftest import Stack, wait_until
 from tests.test_run import alive, children, log_in
 
@@ -34,16 +34,6 @@ def article(html: str, name: str) -> str:
 def statuses(card: str) -> dict[str, str]:
     found = re.findall(r'id="cap-[^"]+-(ollama|comfyui)">\s*<h3>[^<]*<span class="status [^"]*">([^<]+)</span>', card)
     return dict(found)
-
-
-def port_is_free(host: str, port: int) -> bool:
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError:
-            return False
-    return True
 
 
 def test_the_demo_runs_two_simulated_nodes_that_come_online_and_stops_them(stack: Stack) -> None:
