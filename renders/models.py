@@ -236,6 +236,28 @@ class RenderJob(models.Model):
         last = cls.objects.filter(status=cls.QUEUED).aggregate(m=models.Max("position"))["m"]
         return (last or 0) + 1
 
+    def move_before(self, other: RenderJob) -> bool:
+        """Drag and drop: put this queued job just before `other` (taking its priority)."""
+        if other.pk == self.pk or other.status not in (self.QUEUED, self.ASSIGNED):
+            return False
+        earlier = (
+            RenderJob.objects.filter(
+                status__in=(self.QUEUED, self.ASSIGNED), priority=other.priority, position__lt=other.position
+            )
+            .exclude(pk=self.pk)
+            .order_by("-position")
+            .values_list("position", flat=True)
+            .first()
+        )
+        new = (other.position + earlier) / 2 if earlier is not None else other.position - 1
+        with transaction.atomic():
+            moved = RenderJob.objects.filter(pk=self.pk, status=self.QUEUED).update(
+                position=new, priority=other.priority
+            )
+            if moved:
+                self.changed("job.moved")
+        return bool(moved)
+
     def move(self, where: str) -> bool:
         """Move a queued job: "up", "down", "top" or "bottom" among queued jobs of its priority."""
         # Jobs sent to a node but not started there count: moving past one pulls it back.

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import uuid
+
 from django.contrib import messages
 from django.db import transaction
 from django.http import HttpRequest, HttpResponse
@@ -79,9 +81,25 @@ def action(request: HtmxHttpRequest, code: str, what: str) -> HttpResponse:
     elif what in ("up", "down", "top", "bottom"):
         ok = job.move(what)
         message = f"Moved {what}." if ok else "Only a queued job can move, and not past the end."
+    elif what == "before":
+        other = (
+            RenderJob.objects.filter(code=request.POST.get("before", "")).first()
+            if is_uuid(request.POST.get("before", ""))
+            else None
+        )
+        ok = other is not None and job.move_before(other)
+        message = "Moved." if ok else "Drop a queued job onto another waiting job."
     else:
         return HttpResponse(status=404)
     return done(request, message, "renders:index", error=not ok)
+
+
+def is_uuid(value: str) -> bool:
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True
 
 
 @require_POST

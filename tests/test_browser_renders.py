@@ -154,3 +154,25 @@ def test_videos_queued_in_the_browser_render_live_reorder_cancel_and_play(
     duration = video.evaluate("v => v.duration")
     print(f"the finished video plays: {duration:.2f} s, {video.evaluate('v => v.videoWidth')} px wide")
     assert 0.5 < duration < 3  # 24 frames at 24 fps
+
+
+@pytest.mark.browser
+def test_dragging_a_queued_job_onto_another_reorders_the_queue(page: Page, stack: Stack, user: User) -> None:
+    from renders.models import Queue, Template
+
+    load()
+    Queue.set_paused(True)
+    template = Template.objects.get(name="test-still-image")
+    jobs = [RenderJob.objects.create(template=template, prompt=f"drag {i}", position=i) for i in range(3)]
+    stack.web()
+    log_in(page)
+    page.goto("/renders/")
+    expect_live(page, "connected", 10)
+    expect(page.locator("#queued .job")).to_have_count(3)
+    navigations = watch_navigation(page)
+
+    page.locator(f"#job-{jobs[2].code}").drag_to(page.locator(f"#job-{jobs[0].code}"))
+
+    expect(page.locator("#queued .job").first).to_have_id(f"job-{jobs[2].code}", timeout=10_000)
+    assert queued_codes(page) == [str(jobs[2].code), str(jobs[0].code), str(jobs[1].code)]
+    assert_not_reloaded(page, navigations)

@@ -239,6 +239,28 @@ def test_moving_jobs_changes_the_order_shown(logged_in: Client, templates: None)
     assert order() == ["job 2", "job 3", "job 1", "job 0"]
 
 
+def test_dropping_a_job_onto_another_puts_it_just_before_it(logged_in: Client, templates: None) -> None:
+    a, b, c = queue(3)
+    urgent = queue(priority=5)[0]
+
+    def order() -> list[str]:
+        by_code = {str(j.code): j.prompt for j in (a, b, c, urgent)}
+        return [by_code[code] for code in codes(page(logged_in), "queued")]
+
+    def drop(job: RenderJob, before: str) -> str:
+        url = reverse("renders:action", args=[job.code, "before"])
+        return logged_in.post(url, {"before": before}, headers={"HX-Request": "true"}).content.decode()
+
+    assert order() == ["job 0", "job 0", "job 1", "job 2"]  # the urgent one first
+    assert "Moved." in drop(c, str(a.code))
+    assert [p for p in order()][1:] == ["job 2", "job 0", "job 1"]
+    assert "Moved." in drop(b, str(urgent.code))  # takes the priority of where it lands
+    b.refresh_from_db()
+    assert b.priority == 5 and order()[0] == "job 1"
+    assert "Drop a queued job onto another" in drop(a, "not-a-code")
+    assert "Drop a queued job onto another" in drop(a, str(a.code))
+
+
 def test_an_unknown_action_is_not_found(logged_in: Client, templates: None) -> None:
     [job] = queue()
     assert logged_in.post(reverse("renders:action", args=[job.code, "explode"])).status_code == 404
