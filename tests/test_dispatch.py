@@ -227,14 +227,15 @@ def test_a_node_that_dies_mid_render_has_its_job_retried_on_another(
 ) -> None:
     settings.RENDER_NODE_TIMEOUT = 1
     first, sim = node
+    sim.knobs.seconds_per_node = 3
+    [job] = queue()
+    wait_until(lambda: status(job) == "rendering" and job.node_id == first.pk, 20, "the job to start on gpu")
+    # A second machine joins while the first renders; then the first goes away mid-render.
     other_sim = SimComfyUI(f"127.0.{NET}.2", 0, seconds_per_node=0.05).start()
     try:
         other = Node.objects.create(name="other", host=f"127.0.{NET}.2")
         Capability.objects.create(node=other, kind="comfyui", port=other_sim.port, status="online")
-        sim.knobs.seconds_per_node = 3
-        [job] = queue(pin=None)
-        wait_until(lambda: status(job) == "rendering" and job.node_id == first.pk, 20, "the job to start on gpu")
-        sim.stop()  # the machine goes away mid-render
+        sim.stop()
         wait_status(job, "completed", timeout=40)
         assert job.node.name == "other" and job.attempts == 2
         assert "stopped answering" not in job.error  # a success clears the last error
