@@ -596,7 +596,7 @@ def run_node(state: State, class_type: str, inputs: dict[str, Any]) -> tuple[Val
             size = fit(latent["width"], latent["height"], limit)
             images = [noise(size, latent["seed"] + i) for i in range(latent["batch_size"])]
             return (images,), None
-    raise ExecError("NotImplementedError", f"the simulated ComfyUI cannot run {class_type}")
+    raise ExecError("RuntimeError", f"the simulated ComfyUI cannot run {class_type}")
 
 
 def png(img: Image.Image) -> bytes:
