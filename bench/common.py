@@ -11,6 +11,7 @@ import math
 import os
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -288,3 +289,26 @@ def django_on_sqlite(data: Path) -> None:
 
     call_command("migrate", verbosity=0)
     call_command("createcachetable", verbosity=0)
+
+
+def time_page(path: str, runs: int = 20) -> tuple[float, float, list[int]]:
+    """Server time of a page for a logged-in user (median and max ms) and the query counts seen."""
+    from django.contrib.auth.models import User
+    from django.db import connection
+    from django.test import Client
+    from django.test.utils import CaptureQueriesContext
+
+    client = Client(HTTP_HOST="127.0.0.1")
+    user = User.objects.filter(username="bench").first() or User.objects.create_user("bench", password="bench-pw-1234")
+    client.force_login(user)
+    client.get(path)  # warm up: the session, and rows a first visit creates (the queue's state)
+    times, counts = [], set()
+    for _ in range(runs):
+        with CaptureQueriesContext(connection) as queries:
+            started = time.perf_counter()
+            answer = client.get(path)
+            times.append((time.perf_counter() - started) * 1000)
+        if answer.status_code != 200:
+            raise BenchError(f"{path} answered {answer.status_code}")
+        counts.add(len(queries))
+    return statistics.median(times), max(times), sorted(counts)

@@ -46,6 +46,7 @@ from bench.common import (  # noqa: E402
     percentile,
     temp_dir,
     time_limit,
+    time_page,
     verdict,
     wait_until,
 )
@@ -356,10 +357,6 @@ def overhead(media: Path, logs: Path) -> None:
 
 
 def page() -> None:
-    from django.contrib.auth.models import User
-    from django.db import connection
-    from django.test import Client
-    from django.test.utils import CaptureQueriesContext
     from django.utils import timezone
 
     from nodes.models import Node
@@ -397,21 +394,10 @@ def page() -> None:
             ]
         jobs.append(job)
     RenderJob.objects.bulk_create(jobs, batch_size=500)
-    client = Client(HTTP_HOST="127.0.0.1")
-    client.force_login(User.objects.create_user("bench", password="bench-password-123"))
-    times, counts = [], set()
-    for _ in range(20):
-        with CaptureQueriesContext(connection) as queries:
-            started = time.perf_counter()
-            answer = client.get("/renders/")
-            times.append((time.perf_counter() - started) * 1000)
-        if answer.status_code != 200:
-            raise BenchError(f"/renders/ answered {answer.status_code}")
-        counts.add(len(queries))
-    median = statistics.median(times)
+    median, worst, counts = time_page("/renders/")
     print(
         f"Render queue page with {PAGE_JOBS} jobs ({RenderJob.objects.count()} rows): median {median:.1f} ms, "
-        f"max {max(times):.1f} ms server time, queries per render {sorted(counts)}"
+        f"max {worst:.1f} ms server time, queries per render {counts}"
     )
     print(f"{verdict(median <= 150 and len(counts) == 1)}: <= 150 ms with a constant number of queries")
 

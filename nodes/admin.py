@@ -3,7 +3,6 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib import admin, messages
-from django.db import transaction
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
@@ -40,10 +39,8 @@ class NodeAdmin(admin.ModelAdmin):
         self.message_user(request, f"Checking {queryset.count()} node(s).")
 
     def set_enabled(self, request: HttpRequest, queryset: QuerySet[Node], enabled: bool) -> None:
-        with transaction.atomic():
-            for node in queryset:
-                Node.objects.filter(pk=node.pk).update(enabled=enabled)
-                node.changed("node.toggled")
+        for node in queryset:
+            node.set_enabled(enabled)
         self.message_user(request, f"{'Enabled' if enabled else 'Disabled'} {queryset.count()} node(s).")
 
     @admin.action(description="Enable")
@@ -61,9 +58,7 @@ class NodeAdmin(admin.ModelAdmin):
             if node.comfyui is None:
                 self.message_user(request, f"{node.name} has no ComfyUI.", messages.WARNING)
                 continue
-            with transaction.atomic():
-                run = TestRender.start(node)
-                enqueue("nodes.tasks.test_render", str(run.code))
+            TestRender.queue(node)
             started += 1
         self.message_user(request, f"Test render queued on {started} node(s); see the Nodes page.")
 
@@ -80,14 +75,11 @@ class NodeAdmin(admin.ModelAdmin):
     def remove(self, request: HttpRequest, queryset: QuerySet[Node]) -> None:
         removed = 0
         for node in queryset:
-            reason = node.busy_reason()
+            reason = node.remove()
             if reason:
                 self.message_user(request, f"{node.name} was not removed: {reason}.", messages.ERROR)
-                continue
-            with transaction.atomic():
-                node.changed("node.removed")
-                node.delete()
-            removed += 1
+            else:
+                removed += 1
         if removed:
             self.message_user(request, f"Removed {removed} node(s).")
 

@@ -54,6 +54,21 @@ class Node(models.Model):
             return f"{held} job{'s' if held != 1 else ''} running on it; wait for them or cancel them first"
         return ""
 
+    def set_enabled(self, enabled: bool) -> None:
+        with transaction.atomic():
+            Node.objects.filter(pk=self.pk).update(enabled=enabled)
+            self.enabled = enabled
+            self.changed("node.toggled")
+
+    def remove(self) -> str:
+        """Forget this node, unless work runs on it: then nothing changes and the reason is returned."""
+        reason = self.busy_reason()
+        if not reason:
+            with transaction.atomic():
+                self.changed("node.removed")
+                self.delete()
+        return reason
+
     def changed(self, kind: str = "node.changed") -> None:
         """Tell the pages that show nodes (call inside the change's transaction)."""
         Event.emit("nodes", kind, str(self.code))
@@ -292,6 +307,16 @@ class TestRender(models.Model):
         node.test_renders.all().delete()
         run = cls.objects.create(node=node)
         node.changed("node.test_render")
+        return run
+
+    @classmethod
+    def queue(cls, node: Node) -> TestRender:
+        """Start a test render and hand it to the worker, in one transaction."""
+        from spoonfeeder.tasks import enqueue
+
+        with transaction.atomic():
+            run = cls.start(node)
+            enqueue("nodes.tasks.test_render", str(run.code))
         return run
 
     def finish(self, *, image: str = "", error: str = "") -> None:

@@ -32,22 +32,18 @@ def edit(request: HttpRequest, code: str | None = None) -> HttpResponse:
 @require_POST
 def toggle(request: HtmxHttpRequest, code: str) -> HttpResponse:
     node = get_object_or_404(Node, code=code)
-    with transaction.atomic():
-        Node.objects.filter(pk=node.pk).update(enabled=not node.enabled)
-        node.changed("node.toggled")
-    return done(request, f"{node.name} is {'disabled' if node.enabled else 'enabled'}.", "nodes:index")
+    node.set_enabled(not node.enabled)
+    return done(request, f"{node.name} is {'enabled' if node.enabled else 'disabled'}.", "nodes:index")
 
 
 def remove(request: HttpRequest, code: str) -> HttpResponse:
     node = get_object_or_404(Node, code=code)
     reason = node.busy_reason()
     if request.method == "POST":
+        reason = node.remove()
         if reason:
             messages.error(request, f"{node.name} was not removed: {reason}.")
         else:
-            with transaction.atomic():
-                node.changed("node.removed")
-                node.delete()
             messages.success(request, f"Removed {node.name}.")
         return redirect("nodes:index")
     return render(request, "nodes/remove.html", {"node": node, "reason": reason})
@@ -81,7 +77,5 @@ def test_render(request: HtmxHttpRequest, code: str) -> HttpResponse:
     node = get_object_or_404(Node, code=code)
     if node.comfyui is None:
         return done(request, f"{node.name} has no ComfyUI to render on.", "nodes:index", error=True)
-    with transaction.atomic():
-        run = TestRender.start(node)
-        enqueue("nodes.tasks.test_render", str(run.code))
+    TestRender.queue(node)
     return done(request, f"Test render queued on {node.name}; the image appears on its card.", "nodes:index")

@@ -508,7 +508,7 @@ class Runner(threading.Thread):
                 job.transition(
                     RenderJob.QUEUED,
                     expect=(RenderJob.ASSIGNED,),
-                    node=None,
+                    node_id=None,
                     attempts=max(job.attempts - 1, 0),
                     heartbeat=None,
                 )

@@ -95,6 +95,8 @@ class RenderJob(models.Model):
         (CANCELLED, "Cancelled"),
     ]
     ENDED = (COMPLETED, FAILED, CANCELLED)
+    # What a job that goes back to the queue forgets of its last run.
+    NOT_STARTED: dict[str, Any] = {"progress": 0, "step": 0, "steps": 0, "current": ""}
     IMAGE, VIDEO = "image", "video"
 
     code = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
@@ -169,9 +171,7 @@ class RenderJob(models.Model):
         if done:  # the row now holds exactly these values: no need to read it back
             self.status = to
             for name, value in fields.items():
-                setattr(
-                    self, f"{name}_id" if name in ("node", "avoid", "pin") and not hasattr(value, "pk") else name, value
-                )
+                setattr(self, name, value)
         return bool(done)
 
     def retry(self) -> bool:
@@ -183,13 +183,10 @@ class RenderJob(models.Model):
             crashes=0,
             error="",
             not_before=None,
-            node=None,
+            node_id=None,
             position=RenderJob.last_position(),
-            progress=0,
-            step=0,
-            steps=0,
-            current="",
             finished=None,
+            **self.NOT_STARTED,
         )
 
     def cancel(self) -> bool:
@@ -225,10 +222,8 @@ class RenderJob(models.Model):
                 error=error[:5000],
                 not_before=timezone.now() + timedelta(seconds=delay),
                 heartbeat=None,
-                progress=0,
-                step=0,
-                steps=0,
-                current="",
+                avoid_id=self.node_id,
+                **self.NOT_STARTED,
             )
 
     @classmethod
