@@ -1,5 +1,6 @@
 """Helpers shared by the benchmarks: free ports, waiting with a deadline, child processes that are
-always stopped (with everything they started), process-tree memory, and a whole `manage.py run`.
+always stopped (with everything they started), process-tree memory, a whole `manage.py run`, and
+simulated nodes in processes of their own.
 
 Benchmarks print figures; they exit 0 whether or not a target is met, and non-zero only when
 they could not measure (a crash, a process that never came up, the time limit).
@@ -7,6 +8,7 @@ they could not measure (a crash, a process that never came up, the time limit).
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import signal
@@ -15,11 +17,13 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar
+from types import ModuleType
+from typing import Any, TypeVar
 
 import requests
 
@@ -312,3 +316,107 @@ def time_page(path: str, runs: int = 20) -> tuple[float, float, list[int]]:
             raise BenchError(f"{path} answered {answer.status_code}")
         counts.add(len(queries))
     return statistics.median(times), max(times), sorted(counts)
+
+
+# --- simulated nodes --------------------------------------------------------------------------
+
+SIM_NAMES = {"comfyui": "ComfyUI", "ollama": "Ollama"}
+SIM_CHILD = "from bench.common import serve_sim; serve_sim()"
+
+
+class Sim:
+    """A simulated ComfyUI or Ollama (`kind`) in a child process of its own, as a real node is
+    another machine: its clock and event loop do not compete with the code under test for this
+    process's GIL. `knobs` are the simulator's keyword arguments (an Ollama's `models` among them).
+    Stop it with `sim.child.stop()`."""
+
+    def __init__(self, kind: str, host: str, knobs: dict[str, Any], logs: Path) -> None:
+        if kind not in SIM_NAMES:
+            raise ValueError(f"unknown simulated node {kind!r}; known: {', '.join(SIM_NAMES)}")
+        self.kind, self.host = kind, host
+        argv = [PYTHON, "-c", SIM_CHILD, kind, host, json.dumps(knobs)]
+        log = logs / f"sim-{kind}-{host}-{time.monotonic_ns()}.log"
+        self.child = Child(f"simulated {SIM_NAMES[kind]} on {host}", argv, dict(os.environ), log)
+        self.port = int(wait_until(self.announced, 30, f"the simulated {SIM_NAMES[kind]} on {host} to listen"))
+
+    def announced(self) -> str:
+        self.child.check_alive()
+        return self.child.log.read_text().partition("\n")[0].strip()
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def get(self, path: str) -> Any:
+        answer = requests.get(f"{self.url}{path}", timeout=30)
+        answer.raise_for_status()
+        return answer.json()
+
+    def history(self) -> dict[str, Any]:
+        """A ComfyUI's /history: its own clock of every prompt."""
+        return dict(self.get("/history"))
+
+    def answers(self) -> list[dict[str, Any]]:
+        """An Ollama's answer clock (see `clock_answers`), oldest first."""
+        return list(self.get(ANSWERS_PATH))
+
+
+def serve_sim() -> None:
+    """The body of a Sim's child process (argv: kind, host, knobs as JSON): print the port, serve
+    until SIGTERM."""
+    kind, host, knobs = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+    sim: Any
+    if kind == "ollama":
+        from nodes.sim import ollama
+
+        clock_answers(ollama)
+        sim = ollama.SimOllama(host, 0, **knobs).start()
+    else:
+        from nodes.sim.comfyui import SimComfyUI
+
+        sim = SimComfyUI(host, 0, **knobs).start()
+    print(sim.port, flush=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    stop.wait()
+    sim.close()
+
+
+ANSWERS_PATH = "/bench/answers"
+
+
+def clock_answers(module: ModuleType) -> None:
+    """Make the simulated Ollamas of `module` (nodes.sim.ollama) keep a clock of their answers, as
+    a ComfyUI's /history does and Ollama has nothing for: for every /api/chat and /api/generate
+    answered in one piece, the wall-clock time (time.time()) it arrived (its body read, as the
+    simulator counts answer_seconds from), when its answer was ready to send, and the answer's
+    text; all of them at GET /bench/answers. Only for benchmarks, in the simulator's own process."""
+    from aiohttp import web
+
+    make_app = module.make_app
+    clock: list[tuple[float, float, bytes]] = []
+
+    @web.middleware
+    async def timed(request: web.Request, handler: Any) -> web.StreamResponse:
+        arrived = time.time()
+        response = await handler(request)
+        if request.path in ("/api/chat", "/api/generate") and isinstance(getattr(response, "body", None), bytes):
+            # Read later, at /bench/answers: nothing here may delay the answer.
+            clock.append((arrived, time.time(), response.body))  # type: ignore[attr-defined]
+        return response
+
+    async def answers(request: web.Request) -> web.Response:
+        out = []
+        for arrived, ready, body in clock:
+            reply = json.loads(body)
+            text = (reply.get("message") or {}).get("content", reply.get("response", ""))
+            out.append({"arrived": arrived, "ready": ready, "text": text})
+        return web.json_response(out)
+
+    def clocked(state: Any) -> web.Application:
+        app = make_app(state)
+        app.middlewares.append(timed)  # after the simulator's own: inside it, after the body is read
+        app.router.add_get(ANSWERS_PATH, answers)
+        return app
+
+    module.make_app = clocked  # type: ignore[attr-defined]

@@ -19,7 +19,6 @@ execution_success timestamps, ms resolution). Loopback only.
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import statistics
@@ -33,13 +32,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from unittest import mock
 
-import requests
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import (  # noqa: E402
-    PYTHON,
     BenchError,
-    Child,
+    Sim,
     django_on_sqlite,
     machine,
     main,
@@ -88,43 +84,6 @@ def run() -> None:
 # --- helpers ----------------------------------------------------------------------------------
 
 
-class Sim:
-    """A simulated ComfyUI in a child process of its own, as a real node is another machine: its
-    clock and event loop do not compete with the dispatcher for this process's GIL."""
-
-    def __init__(self, host: str, knobs: dict[str, Any], logs: Path) -> None:
-        self.host = host
-        argv = [PYTHON, "-c", SIM_CHILD, host, json.dumps(knobs)]
-        log = logs / f"sim-{host}-{time.monotonic_ns()}.log"
-        self.child = Child(f"simulated ComfyUI on {host}", argv, dict(os.environ), log)
-        self.port = int(wait_until(self.announced, 30, f"the simulated ComfyUI on {host} to listen"))
-
-    def announced(self) -> str:
-        self.child.check_alive()
-        return self.child.log.read_text().partition("\n")[0].strip()
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    def history(self) -> dict[str, Any]:
-        answer = requests.get(f"{self.url}/history", timeout=30)
-        answer.raise_for_status()
-        return dict(answer.json())
-
-
-SIM_CHILD = """
-import json, signal, sys, threading
-from nodes.sim.comfyui import SimComfyUI
-sim = SimComfyUI(sys.argv[1], 0, **json.loads(sys.argv[2])).start()
-print(sim.port, flush=True)
-stop = threading.Event()
-signal.signal(signal.SIGTERM, lambda *_: stop.set())
-stop.wait()
-sim.close()
-"""
-
-
 @contextmanager
 def pool(knobs: list[dict[str, Any]], logs: Path) -> Iterator[list[tuple[Capability, Sim]]]:
     """One simulated ComfyUI per entry of `knobs`, each a Node with an online ComfyUI capability."""
@@ -134,7 +93,7 @@ def pool(knobs: list[dict[str, Any]], logs: Path) -> Iterator[list[tuple[Capabil
     made: list[tuple[Capability, Sim]] = []
     try:
         for i, k in enumerate(knobs):
-            sim = Sim(f"{NET}.{i + 1}", k, logs)
+            sim = Sim("comfyui", f"{NET}.{i + 1}", k, logs)
             sims.append(sim)
             node = Node.objects.create(name=f"sim {i + 1}", host=sim.host, simulated=True)
             cap = Capability.objects.create(node=node, kind=Capability.COMFYUI, port=sim.port, status=Capability.ONLINE)
@@ -314,8 +273,10 @@ def makespan(media: Path, logs: Path) -> None:
                 busy = sum(spans[j.pk][1] - spans[j.pk][0] for j in mine)
                 nominal = sum(j.work for j in mine) * BASE / speed
                 end = (max(ends) - first) if ends else 0.0
+                idle = end - busy
                 per_node.append(
-                    f"{speed:g}x: {len(mine)} jobs, busy {busy:.1f} s (nominal {nominal:.1f} s), done at {end:.1f} s"
+                    f"{speed:g}x: {len(mine)} jobs, busy {busy:.1f} s (nominal {nominal:.1f} s), "
+                    f"idle {idle:.2f} s, done at {end:.1f} s"
                 )
             print(
                 f"  {label}: {took:.2f} s = {took / bound:.3f} x lower bound "

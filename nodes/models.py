@@ -147,13 +147,19 @@ class Capability(models.Model):
         return [m["name"] for m in self.inventory.get("models", [])]
 
     def has(self, requires: Requirements) -> bool:
+        return not self.lacks(requires)
+
+    def lacks(self, requires: Requirements) -> list[str]:
+        """What of `requires` this capability does not have, in words, as its inventory says."""
         inv = self.inventory
+        missing = []
         if requires.model and requires.model not in self.model_names():
-            return False
-        if not set(requires.classes) <= set(inv.get("classes", [])):
-            return False
+            missing.append(f"the model {requires.model}")
+        classes = set(inv.get("classes", []))
+        missing += [f"the node class {c}" for c in requires.classes if c not in classes]
         files = inv.get("files", {})
-        return all(name in files.get(folder, []) for folder, name in requires.files)
+        missing += [f"{folder}/{name}" for folder, name in requires.files if name not in files.get(folder, [])]
+        return missing
 
     def claim(self, holder: str, *, extra: int = 0) -> Lease | None:
         """Take one unit of capacity for `holder`, or None if the capability is full. `extra`

@@ -17,7 +17,7 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
@@ -133,59 +133,95 @@ def fitting(
                 yield job
 
 
+PLAN_AHEAD = 500  # queued jobs the speed-aware plan looks at
+
+
 @dataclasses.dataclass
 class PoolView:
-    """The pool as the speed-aware choice sees it, read once per dispatch pass."""
+    """The pool as the speed-aware choice sees it, read once per dispatch pass: measured speeds,
+    the work each node already has, and the queue ahead in dispatch order."""
 
     rates: dict[tuple[int, int], float]  # (capability, template) -> seconds per unit of work
     usable: set[int]
     backlog: dict[int, float]  # capability -> seconds of work already sent to it
-    queued_units: float
-    speed: dict[int, float]  # capability -> units per second (mean over its templates)
+    queued: Sequence[tuple[int, int, float, int | None]]  # (job, template, work, pinned node) in order
+    node_of: dict[int, int]  # capability -> its node
+    plans: dict[int, set[int]] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.seen = {pk for pk, *_ in self.queued}
 
     @classmethod
     def read(cls) -> PoolView:
         rates = {(c, t): r for c, t, r in Speed.objects.values_list("capability_id", "template_id", "seconds_per_unit")}
-        usable = set(Capability.objects.usable(Capability.COMFYUI).values_list("pk", flat=True))
-        per_cap: dict[int, list[float]] = {}
-        for (c, _), r in rates.items():
-            per_cap.setdefault(c, []).append(r)
-        mean = {c: sum(rs) / len(rs) for c, rs in per_cap.items()}
-        backlog = dict.fromkeys(usable, 0.0)
+        usable = Capability.objects.usable(Capability.COMFYUI)
+        node_of = dict(usable.values_list("pk", "node_id"))
+        backlog = dict.fromkeys(node_of, 0.0)
         active = RenderJob.objects.active().filter(
-            node__capabilities__pk__in=usable, node__capabilities__kind="comfyui"
+            node__capabilities__pk__in=list(node_of), node__capabilities__kind=Capability.COMFYUI
         )
+        mean = mean_rates(rates)
         for c, t, work, progress in active.values_list("node__capabilities__pk", "template_id", "work", "progress"):
             backlog[c] += work * (1 - progress) * rates.get((c, t), mean.get(c, 0.0))
-        queued = sum(RenderJob.objects.runnable().values_list("work", flat=True)[:10000])
-        return cls(rates, usable, backlog, queued, {c: 1 / m for c, m in mean.items() if m > 0 and c in usable})
+        queued = list(
+            RenderJob.objects.runnable()
+            .in_dispatch_order()
+            .values_list("pk", "template_id", "work", "pin_id")[:PLAN_AHEAD]
+        )
+        return cls(rates, set(node_of), backlog, queued, node_of)
+
+    def plan(self, cap: Capability) -> set[int]:
+        """The queued jobs this node would render if every job, in dispatch order, went to the
+        node that would finish it first (earliest finish time, by measured speeds and the work
+        each node already has). A node that has never rendered a template is not planned for it,
+        so a job only some nodes can run is never planned onto one that cannot."""
+        if cap.pk not in self.plans:
+            free = dict(self.backlog)
+            free.setdefault(cap.pk, 0.0)
+            mine: set[int] = set()
+            by_node = {node: c for c, node in self.node_of.items()}
+            for pk, template, work, pin in self.queued:
+                if pin is not None:
+                    if pin in by_node:
+                        c = by_node[pin]
+                        free[c] += work * self.rates.get((c, template), 0.0)
+                    continue
+                finish = {c: free[c] + work * self.rates[(c, template)] for c in free if (c, template) in self.rates}
+                if not finish:
+                    continue
+                best = min(finish, key=lambda c: (finish[c], c != cap.pk))
+                free[best] = finish[best]
+                if best == cap.pk:
+                    mine.add(pk)
+            self.plans[cap.pk] = mine
+        return self.plans[cap.pk]
+
+
+def mean_rates(rates: dict[tuple[int, int], float]) -> dict[int, float]:
+    per_cap: dict[int, list[float]] = {}
+    for (c, _), r in rates.items():
+        per_cap.setdefault(c, []).append(r)
+    return {c: sum(rs) / len(rs) for c, rs in per_cap.items()}
 
 
 def worth_it(cap: Capability, job: RenderJob, view: PoolView | None = None) -> bool:
     """Whether this node should take this job now, by measured speeds.
 
-    While the queue holds more work than the pool can finish before this node would finish the
-    job, every node should keep busy. Near the end it is different: a long job must not land on
-    a slow node when a faster one, already busy, would still finish it sooner.
+    While there is plenty of work every node keeps busy, as the plan gives every node jobs near
+    the head of the queue. Near the end it is different: a long job does not land on a slow node
+    when a faster one, busy now, would still finish it sooner; the slow node takes a later,
+    shorter job instead, or waits.
     """
     if job.pin_id is not None:
         return True  # pinned: no other node may take it
     view = view or PoolView.read()
-    mine = view.rates.get((cap.pk, job.template_id))
-    others = {
-        pk: view.rates[(pk, job.template_id)]
-        for pk in view.usable
-        if pk != cap.pk and (pk, job.template_id) in view.rates
-    }
-    if mine is None or not others:
-        return True  # nothing to compare with yet: render, and so measure
-    total_speed = sum(view.speed.values())
-    units = view.queued_units + sum(view.backlog[pk] * view.speed.get(pk, 0.0) for pk in view.usable)
-    drain = units / total_speed if total_speed else 0.0
-    finish_here = view.backlog.get(cap.pk, 0.0) + job.work * mine
-    if drain >= finish_here:
+    if (cap.pk, job.template_id) not in view.rates:
+        return True  # never rendered this template here: render, and so measure
+    planned = view.plan(cap)
+    if job.pk in planned:
         return True
-    return not any(view.backlog.get(pk, 0.0) + job.work * rate < 0.9 * finish_here for pk, rate in others.items())
+    # Beyond the plan's horizon, or a job the plan did not see (queued since): keep busy.
+    return job.pk not in view.seen
 
 
 def fits(job: RenderJob, classes: set[str], files: dict[str, list[str]]) -> bool:
@@ -280,8 +316,17 @@ class Runner(threading.Thread):
             self.send(job)
 
     def send(self, job: RenderJob) -> None:
+        params = params_of(job)
         try:
-            workflow = workflows.apply(job.template.workflow, job.template.mapping, params_of(job))
+            if job.settings.get("input_image"):
+                params["image"] = self.upload_input(job, str(job.settings["input_image"]))
+            workflow = workflows.apply(job.template.workflow, job.template.mapping, params)
+        except media.MediaError as e:
+            job.fail(str(e), permanent=True)
+            return
+        except ServiceError as e:
+            job.fail(f"could not send the input image to {self.cap.node.name}: {e}", permanent=e.permanent)
+            return
         except (workflows.WorkflowError, KeyError, ValueError) as e:
             job.fail(f"the settings do not fit the template: {e}", permanent=True)
             return
@@ -300,6 +345,19 @@ class Runner(threading.Thread):
                 self.resting_until = time.monotonic() + BEAT * 2  # do not burn the queue's attempts
             return
         self.flights[job.prompt_id] = Flight(job, last_poll=time.monotonic())
+
+    def upload_input(self, job: RenderJob, relative: str) -> str:
+        """Put the job's input image (a file in our media folder) on the node, under a name of
+        ours; the name the node gave it, for the workflow's image input."""
+        path = media.inside(self.media_root, relative)
+        if path is None or not path.is_file():
+            raise media.MediaError(f"the input image {relative!r} is not in the media folder (was it deleted?)")
+        if path.stat().st_size > media.MAX_INPUT:
+            raise media.MediaError(f"the input image {relative!r} is over {media.MAX_INPUT // 1048576} MB")
+        suffix = path.suffix.lower() if path.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp") else ".png"
+        # In the input folder itself, where LoadImage lists its choices.
+        uploaded = self.client.upload_image(f"spoonfeeder-{job.code}{suffix}", path.read_bytes(), overwrite=True)
+        return f"{uploaded['subfolder']}/{uploaded['name']}" if uploaded["subfolder"] else uploaded["name"]
 
     def ensure_socket(self) -> None:
         if self.events is not None:

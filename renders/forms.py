@@ -4,7 +4,7 @@ from typing import Any
 
 from django import forms
 
-from nodes.models import Capability
+from nodes.models import Capability, Node
 from renders import workflows
 from renders.models import Template
 
@@ -16,6 +16,11 @@ RESOLUTIONS = [
     ("1280x720", "1280 × 720 (720p)"),
     ("1920x1080", "1920 × 1080 (1080p)"),
 ]
+
+
+class NodeChoice(forms.ModelChoiceField):
+    def label_from_instance(self, obj: Any) -> str:
+        return str(obj.name) if obj.enabled else f"{obj.name} (disabled)"
 
 
 class RenderForm(forms.Form):
@@ -33,9 +38,17 @@ class RenderForm(forms.Form):
     lora = forms.CharField(required=False, max_length=200, help_text="A style LoRA file name (optional).")
     priority = forms.IntegerField(initial=0, min_value=-100, max_value=100)
     count = forms.IntegerField(initial=1, min_value=1, max_value=100, help_text="How many jobs (new seeds).")
+    node = NodeChoice(
+        queryset=Node.objects.filter(capabilities__kind=Capability.COMFYUI).distinct().order_by("name"),
+        required=False,
+        empty_label="Any node (the best one free)",
+        help_text="Render only on this node.",
+    )
 
     def clean(self) -> dict[str, Any]:
         data = super().clean() or {}
+        if data.get("node") and data.get("template"):
+            self.check_node(data["node"], data["template"])
         if not self.errors:
             width, height = (int(x) for x in data["resolution"].split("x"))
             seed = data["seed"].strip().lower()
@@ -61,6 +74,15 @@ class RenderForm(forms.Form):
                 self.add_error(field if field in self.fields else None, message)
             data["settings"] = settings
         return data
+
+    def check_node(self, node: Node, template: Template) -> None:
+        cap = node.capabilities.filter(kind=Capability.COMFYUI).first()
+        if cap is None or not cap.inventory.get("classes"):
+            return  # nothing known of it yet: ComfyUI's own validation will tell
+        missing = cap.lacks(template.requirements())
+        if missing:
+            shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+            self.add_error("node", f"{node.name} lacks {shown}: pick another node, or install them there.")
 
 
 def mapping_text(mapping: dict[str, Any]) -> str:

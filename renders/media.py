@@ -24,6 +24,7 @@ from nodes.clients.comfyui import DOWNLOAD_LIMIT, ComfyUI, FileRef
 
 Kind = Literal["image", "video", "animation"]
 THUMBNAIL_SIZE = 320
+MAX_INPUT = 50 * 1024 * 1024  # an input image sent to a node
 THUMBNAIL_SUFFIX = ".thumb.jpg"
 JOB_CODE = re.compile(r"[A-Za-z0-9_-]{2,64}")
 
@@ -64,6 +65,13 @@ class Output:
     frames: int
     duration: float | None  # seconds; None for a still image
     thumbnail: str  # relative to MEDIA_ROOT, a JPEG at most THUMBNAIL_SIZE on the long side
+
+
+def inside(root: Path, relative: str) -> Path | None:
+    """`relative` as a path under `root`, or None if it would leave it (`..`, an absolute path)."""
+    base = root.resolve()
+    path = (base / relative).resolve()
+    return path if path.is_relative_to(base) and path != base else None
 
 
 def extension(remote_filename: str) -> str:

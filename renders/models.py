@@ -160,6 +160,8 @@ class RenderJob(models.Model):
             topics.append("renders-done")
         if kind != "job.progress":
             topics.append("dashboard")
+            if self.story:  # the story's page shows its renders (progress it polls for)
+                topics.append(f"story-{self.story}")
         Event.objects.bulk_create([Event(topic=t, kind=kind, ref=str(self.code)) for t in topics])
 
     def transition(self, to: str, *, expect: tuple[str, ...], **fields: Any) -> bool:
@@ -225,6 +227,16 @@ class RenderJob(models.Model):
                 avoid_id=self.node_id,
                 **self.NOT_STARTED,
             )
+
+    @classmethod
+    def build(cls, template: Template, settings: dict[str, Any], **fields: Any) -> RenderJob:
+        """An unsaved job of `template` with these settings: its kind and units of work follow."""
+        from renders.workflows import VIDEO_OUTPUT_CLASSES
+
+        classes = {node.get("class_type") for node in template.workflow.values() if isinstance(node, dict)}
+        # Video when the workflow writes a video or an animation, whatever the template says.
+        kind = cls.VIDEO if classes & VIDEO_OUTPUT_CLASSES else cls.IMAGE
+        return cls(template=template, settings=settings, kind=kind, work=work_of(settings), **fields)
 
     @classmethod
     def last_position(cls) -> float:
@@ -309,3 +321,11 @@ class Speed(models.Model):
                 row.seconds_per_unit = 0.7 * row.seconds_per_unit + 0.3 * rate
                 row.samples += 1
                 row.save(update_fields=["seconds_per_unit", "samples"])
+
+
+def work_of(settings: dict[str, Any]) -> float:
+    """Units of work of a job: frames x steps x megapixels, so speeds compare across sizes."""
+    frames = max(int(settings.get("frames") or 1), 1)
+    steps = max(int(settings.get("steps") or 1), 1)
+    pixels = int(settings.get("width") or 512) * int(settings.get("height") or 512) / 1e6
+    return frames * steps * pixels

@@ -26,7 +26,7 @@ def counts() -> dict[str, int]:
 
 def live() -> dict[str, Any]:
     """The parts every visitor of the page sees the same: counts, what renders, what waits."""
-    jobs = RenderJob.objects.select_related("template", "node")
+    jobs = RenderJob.objects.select_related("template", "node", "pin")
     rendering = list(jobs.active().order_by("started", "created"))
     with_etas(rendering)
     return {

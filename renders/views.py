@@ -8,8 +8,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
-from nodes.models import Node
-from renders import queue, workflows
+from renders import queue
 from renders.forms import RenderForm, TemplateForm
 from renders.models import Queue, RenderJob, Template
 from spoonfeeder.models import Event
@@ -33,40 +32,24 @@ def index(request: HtmxHttpRequest) -> HttpResponse:
     return render(request, "renders/queue.html", context, status=400 if form.errors else 200)
 
 
-def queue_jobs(form: RenderForm, *, pin: Node | None = None) -> int:
+def queue_jobs(form: RenderForm) -> int:
     data = form.cleaned_data
     template = data["template"]
     with transaction.atomic():
         position = RenderJob.last_position()
         for i in range(data["count"]):
-            RenderJob.objects.create(
-                template=template,
-                kind=kind_of(template),
+            RenderJob.build(
+                template,
+                data["settings"],
                 prompt=data["prompt"],
                 negative=data["negative"],
-                settings=data["settings"],
                 priority=data["priority"],
                 position=position + i,
-                work=work_of(data["settings"]),
-                pin=pin,
-            )
+                pin=data.get("node"),
+            ).save()
         Event.emit("renders", "job.queued")
         Event.emit("dashboard", "job.queued")
     return int(data["count"])
-
-
-def kind_of(template: Template) -> str:
-    """Video when the workflow writes a video or an animation, whatever the template says."""
-    classes = {node.get("class_type") for node in template.workflow.values() if isinstance(node, dict)}
-    return RenderJob.VIDEO if classes & workflows.VIDEO_OUTPUT_CLASSES else RenderJob.IMAGE
-
-
-def work_of(settings: dict) -> float:
-    """Units of work of a job: frames x steps x megapixels, so speeds compare across sizes."""
-    frames = max(int(settings.get("frames") or 1), 1)
-    steps = max(int(settings.get("steps") or 1), 1)
-    pixels = int(settings.get("width") or 512) * int(settings.get("height") or 512) / 1e6
-    return frames * steps * pixels
 
 
 @require_POST

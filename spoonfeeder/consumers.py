@@ -28,7 +28,7 @@ class LiveConsumer(AsyncWebsocketConsumer):
             return
         query = parse_qs(self.scope["query_string"].decode())
         topics = [t for part in query.get("topics", []) for t in part.split(",") if t]
-        if any(t not in live.TOPICS for t in topics):
+        if any(not live.known(t) for t in topics):
             await self.close(code=UNKNOWN_TOPIC)
             return
         self.topics = topics

@@ -8,6 +8,7 @@ push can never disagree.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 
 from django.template.loader import render_to_string
@@ -52,5 +53,41 @@ TOPICS: dict[str, Callable[[], str]] = {
 TICKING = frozenset({"dashboard"})
 
 
+def story_list_fragments() -> str:
+    from stories import live as stories_live
+
+    return stories_live.list_fragments()
+
+
+TOPICS["stories"] = story_list_fragments
+# Topics of one object each: prefix -> renderer given the rest of the topic (a story's code).
+PER_OBJECT: dict[str, Callable[[str], str]] = {}
+
+
+def story_fragments(code: str) -> str:
+    from stories import live as stories_live
+
+    return stories_live.detail_fragments(code)
+
+
+PER_OBJECT["story-"] = story_fragments
+
+
+def known(topic: str) -> bool:
+    """A topic a page may follow: a fixed one, or an object's (prefix and the object's code)."""
+    if topic in TOPICS:
+        return True
+    for prefix in PER_OBJECT:
+        if topic.startswith(prefix):
+            try:
+                return str(uuid.UUID(topic[len(prefix) :])) == topic[len(prefix) :]
+            except ValueError:
+                return False
+    return False
+
+
 def render(topic: str) -> str:
-    return TOPICS[topic]()
+    if topic in TOPICS:
+        return TOPICS[topic]()
+    prefix = next(p for p in PER_OBJECT if topic.startswith(p))
+    return PER_OBJECT[prefix](topic[len(prefix) :])

@@ -50,7 +50,7 @@ async def stop() -> None:
 def claim_and_render(ticking: frozenset[str], last: dict[str, str]) -> dict[str, str]:
     """One pass: the HTML to send, by topic. Runs in the relay's thread."""
     try:
-        topics = {e.topic for e in Event.objects.claim() if e.topic in live.TOPICS}
+        topics = {e.topic for e in Event.objects.claim() if live.known(e.topic)}
         out = {}
         for topic in topics | ticking:
             html = live.render(topic)

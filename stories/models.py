@@ -1,0 +1,279 @@
+"""A story and what the pipeline writes of it, and the checkpoints of the steps that wrote it.
+
+Each run of a step is a StepRun row: the checkpoint. A step's objects (segments, characters,
+shots, scenes, music cues) are written in the same transaction that marks its run completed, so a
+step either happened completely or not at all. Re-running a step marks its run and everything
+downstream stale: stale runs are the earlier versions, each with the output it wrote.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from django.db import models, transaction
+from django.db.models import Q
+from django.db.models.functions import Concat
+from django.utils import timezone
+
+from nodes.models import Node
+from spoonfeeder.models import Event
+
+
+class Story(models.Model):
+    SHOTS, SCENES = "shots", "scenes"
+    MODES = [(SHOTS, "Shots (Wan / Hunyuan)"), (SCENES, "HoloCine scenes")]
+    DRAFT, RUNNING, WAITING, COMPLETED, FAILED, STOPPED = (
+        "draft",
+        "running",
+        "waiting",
+        "completed",
+        "failed",
+        "stopped",
+    )
+    STATES = [
+        (DRAFT, "Not started"),
+        (RUNNING, "Running"),
+        (WAITING, "Waiting"),
+        (COMPLETED, "Completed"),
+        (FAILED, "Failed"),
+        (STOPPED, "Stopped"),
+    ]
+
+    code = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    idea = models.TextField()
+    title = models.CharField(max_length=200, blank=True)
+    genre = models.CharField(max_length=60, blank=True)
+    style = models.CharField(max_length=200, blank=True)
+    target_seconds = models.PositiveIntegerField(default=60, help_text="How long the film should be.")
+    mode = models.CharField(max_length=10, choices=MODES, default=SHOTS)
+    # The language model for every step, and per-step overrides: {"shots": "qwen2.5:7b"}.
+    model = models.CharField(max_length=200)
+    models_by_step = models.JSONField(default=dict, blank=True)
+    auto_render = models.BooleanField(default=True, help_text="Queue the renders as soon as the prompts are written.")
+    references = models.BooleanField(default=False, help_text="Render a reference image of each character first.")
+    template = models.ForeignKey(
+        "renders.Template", on_delete=models.SET_NULL, null=True, blank=True, related_name="stories"
+    )
+    render_settings = models.JSONField(default=dict, blank=True)
+    reference_template = models.ForeignKey(
+        "renders.Template", on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    text = models.TextField(blank=True, help_text="The story as the model wrote it.")
+    # Kept up to date by the pipeline for the list: a summary of the step runs.
+    state = models.CharField(max_length=10, choices=STATES, default=DRAFT)
+    progress = models.FloatField(default=0)
+    stopped = models.BooleanField(default=False)
+    # The Ollama node that served the story last: placement prefers it (its model is loaded).
+    node = models.ForeignKey(Node, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    created = models.DateTimeField(default=timezone.now)
+    updated = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-created"]
+        verbose_name_plural = "stories"
+
+    def __str__(self) -> str:
+        return self.title or self.idea[:60]
+
+    def model_for(self, step: str) -> str:
+        return str(self.models_by_step.get(step) or self.model)
+
+    def topic(self) -> str:
+        return f"story-{self.code}"
+
+    def changed(self, kind: str = "story.changed") -> None:
+        """Tell the pages that show this story (call inside the change's transaction)."""
+        Event.objects.bulk_create([Event(topic=self.topic(), kind=kind), Event(topic="stories", kind=kind)])
+
+
+class Segment(models.Model):
+    story = models.ForeignKey(Story, on_delete=models.CASCADE, related_name="segments")
+    number = models.PositiveIntegerField()
+    title = models.CharField(max_length=200)
+    summary = models.TextField()
+    narration = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["story", "number"]
+
+    def __str__(self) -> str:
+        return f"{self.number}. {self.title}"
+
+
+class Character(models.Model):
+    story = models.ForeignKey(Story, on_delete=models.CASCADE, related_name="characters")
+    name = models.CharField(max_length=100)
+    role = models.CharField(max_length=200, blank=True)
+    look = models.TextField(blank=True)
+    personality = models.TextField(blank=True)
+    # The reference image (a media path) when the story renders references.
+    reference = models.CharField(max_length=300, blank=True)
+
+    class Meta:
+        ordering = ["story", "id"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Planned(models.Model):
+    """What a shot and a HoloCine scene share: a numbered piece of the film with its prompt."""
+
+    story = models.ForeignKey(Story, on_delete=models.CASCADE, related_name="%(class)ss")
+    segment = models.ForeignKey(Segment, on_delete=models.SET_NULL, null=True, blank=True, related_name="%(class)ss")
+    number = models.PositiveIntegerField()
+    description = models.TextField()
+    duration = models.FloatField(default=5.0, help_text="Seconds.")
+    characters = models.JSONField(default=list, blank=True, help_text="Names of the characters in it.")
+    positive = models.TextField(blank=True)
+    negative = models.TextField(blank=True)
+
+    class Meta:
+        abstract = True
+        ordering = ["story", "number"]
+
+    def target(self) -> str:
+        return f"{self._meta.model_name}:{self.number}"
+
+
+class Shot(Planned):
+    camera = models.CharField(max_length=200, blank=True)
+
+    class Meta(Planned.Meta):
+        pass
+
+    def __str__(self) -> str:
+        return f"Shot {self.number}"
+
+
+class Scene(Planned):
+    title = models.CharField(max_length=200, blank=True)
+    # A HoloCine scene is several shots rendered together: their descriptions, in order.
+    shots = models.JSONField(default=list, blank=True)
+
+    class Meta(Planned.Meta):
+        pass
+
+    def __str__(self) -> str:
+        return f"Scene {self.number}"
+
+
+class MusicCue(models.Model):
+    story = models.ForeignKey(Story, on_delete=models.CASCADE, related_name="music_cues")
+    segment = models.ForeignKey(Segment, on_delete=models.SET_NULL, null=True, blank=True, related_name="cues")
+    number = models.PositiveIntegerField()
+    mood = models.CharField(max_length=100)
+    description = models.TextField()
+
+    class Meta:
+        ordering = ["story", "number"]
+
+    def __str__(self) -> str:
+        return f"Cue {self.number}: {self.mood}"
+
+
+class RunQuerySet(models.QuerySet["StepRun"]):
+    def current(self) -> RunQuerySet:
+        return self.exclude(status=StepRun.STALE)
+
+
+class StepRun(models.Model):
+    """One run of one step of one story (or one part of a step that fans out): the checkpoint."""
+
+    PENDING, RUNNING, COMPLETED, FAILED, STALE, CANCELLED = (
+        "pending",
+        "running",
+        "completed",
+        "failed",
+        "stale",
+        "cancelled",
+    )
+    STATUSES = [
+        (PENDING, "Pending"),
+        (RUNNING, "Running"),
+        (COMPLETED, "Completed"),
+        (FAILED, "Failed"),
+        (STALE, "Stale (an earlier version)"),
+        (CANCELLED, "Cancelled"),
+    ]
+    ENDED = (COMPLETED, FAILED, CANCELLED)
+
+    story = models.ForeignKey(Story, on_delete=models.CASCADE, related_name="runs")
+    step = models.CharField(max_length=20)
+    # "" for a whole step; the number of the shot or scene for a part of a step that fans out.
+    part = models.PositiveIntegerField(default=0)
+    version = models.PositiveIntegerField(default=1)
+    status = models.CharField(max_length=10, choices=STATUSES, default=PENDING)
+    # A pending run that waits for the user (renders without auto-render).
+    held = models.BooleanField(default=False)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    max_attempts = models.PositiveSmallIntegerField(default=3)
+    not_before = models.DateTimeField(null=True, blank=True)
+    # Why a pending run has not started (no node online with its model, …).
+    waiting = models.CharField(max_length=300, blank=True)
+    node = models.ForeignKey(Node, on_delete=models.SET_NULL, null=True, blank=True, related_name="step_runs")
+    model = models.CharField(max_length=200, blank=True)
+    owner = models.CharField(max_length=40, blank=True)
+    heartbeat = models.DateTimeField(null=True, blank=True)
+    created = models.DateTimeField(default=timezone.now)
+    started = models.DateTimeField(null=True, blank=True)
+    finished = models.DateTimeField(null=True, blank=True)
+    log = models.TextField(blank=True)
+    error = models.TextField(blank=True)
+    output = models.JSONField(null=True, blank=True)
+    edited = models.BooleanField(default=False, help_text="Its output was corrected by hand.")
+
+    objects = RunQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["story", "created", "id"]
+        constraints = [
+            # One current run per step (and part) of a story; stale ones are its earlier versions.
+            models.UniqueConstraint(
+                fields=["story", "step", "part"], condition=~Q(status="stale"), name="one_current_run"
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["status", "created"], condition=Q(status="pending"), name="run_pending"),
+            models.Index(fields=["status", "heartbeat"], condition=Q(status="running"), name="run_running"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.step}{f' {self.part}' if self.part else ''} v{self.version} of {self.story_id}"
+
+    @property
+    def seconds(self) -> float | None:
+        if self.started and self.finished:
+            return (self.finished - self.started).total_seconds()
+        return None
+
+    def note(self, line: str) -> None:
+        """Append a line to the log (on the row in the database, whatever else changed)."""
+        stamp = timezone.now().strftime("%H:%M:%S")
+        self.log = f"{self.log}{stamp} {line}\n"
+        StepRun.objects.filter(pk=self.pk).update(log=Concat("log", models.Value(f"{stamp} {line}\n")))
+
+    def transition(self, to: str, *, expect: tuple[str, ...], by: str | None = None, **fields: Any) -> bool:
+        """Guarded: move to `to` if the run is still in one of `expect` (and still `by`'s, its
+        owner's, when given), with the story's pages told in the same transaction."""
+        rows = StepRun.objects.filter(pk=self.pk, status__in=expect)
+        if by is not None:
+            rows = rows.filter(owner=by)
+        with transaction.atomic():
+            if not rows.update(status=to, **fields):
+                return False
+            for key, value in fields.items():
+                setattr(self, key, value)
+            self.status = to
+            self.story.changed(f"step.{to}")
+        return True
+
+    def fail(self, error: str, by: str | None = None) -> bool:
+        """Guarded: a running run ends failed with `error` (shown on the step, kept in its log)."""
+        if not self.transition(
+            StepRun.FAILED, expect=(StepRun.RUNNING,), by=by, finished=timezone.now(), error=error, heartbeat=None
+        ):
+            return False
+        self.note(f"failed: {error}")
+        return True

@@ -3,4 +3,10 @@ from django.urls import path
 from stories import views
 
 app_name = "stories"
-urlpatterns = [path("", views.index, name="index")]
+urlpatterns = [
+    path("", views.index, name="index"),
+    path("<uuid:code>/", views.detail, name="detail"),
+    path("<uuid:code>/<slug:tab>/", views.detail, name="tab"),
+    path("<uuid:code>/actions/<slug:what>/", views.action, name="action"),
+    path("<uuid:code>/characters/<int:pk>/", views.character, name="character"),
+]

@@ -1,6 +1,156 @@
-from django.http import HttpRequest, HttpResponse
-from django.shortcuts import render
+from __future__ import annotations
+
+from django.contrib import messages
+from django.db import transaction
+from django.http import Http404, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_POST
+
+from spoonfeeder.views import HtmxHttpRequest, done
+from stories import context, graph
+from stories.forms import CharacterForm, StoryForm
+from stories.models import Character, StepRun, Story
 
 
-def index(request: HttpRequest) -> HttpResponse:
-    return render(request, "stories/index.html")
+def index(request: HtmxHttpRequest) -> HttpResponse:
+    form = StoryForm(request.POST if request.method == "POST" else None)
+    if request.method == "POST" and form.is_valid():
+        with transaction.atomic():
+            story = form.save()
+            story.changed("story.created")
+        graph.advance(story.pk)
+        messages.success(request, "Story started: its steps run on the Ollama nodes, one after the other.")
+        return redirect("stories:detail", code=story.code)
+    page = page_number(request)
+    # Only the first page follows the list live: a later one stays put.
+    ctx = {**context.stories(page), "form": form, "topics": "stories" if page == 1 else ""}
+    return render(request, "stories/index.html", ctx, status=400 if form.errors else 200)
+
+
+def page_number(request: HtmxHttpRequest) -> int:
+    try:
+        return max(int(request.GET.get("page", "1")), 1)
+    except ValueError:
+        return 1
+
+
+def find(code: str) -> Story:
+    return get_object_or_404(Story.objects.select_related("template", "reference_template", "node"), code=code)
+
+
+def detail(request: HtmxHttpRequest, code: str, tab: str = "story") -> HttpResponse:
+    story = find(code)
+    if tab not in dict(context.tabs(story)):
+        raise Http404(f"A story has no tab {tab!r}.")
+    return show(request, story, tab)
+
+
+def show(
+    request: HtmxHttpRequest, story: Story, tab: str, status: int = 200, invalid: CharacterForm | None = None
+) -> HttpResponse:
+    """The story's page on `tab`; an htmx GET (the tab following the story) gets the tab alone."""
+    alone = bool(request.htmx) and request.method == "GET"
+    ctx = context.detail(story, tab, request.GET.get("status", ""), page_number(request), whole=not alone)
+    # What the tab asks for to follow the story (not the URL of a refused action or a failed save).
+    ctx["here"] = reverse("stories:tab", args=[story.code, tab])
+    if request.method == "GET" and request.GET:
+        ctx["here"] += f"?{request.GET.urlencode()}"
+    if invalid is not None:  # the character the user tried to save, with their input and its errors
+        ctx["characters"] = [(c, invalid if c.pk == invalid.instance.pk else f) for c, f in ctx["characters"]]
+    return render(request, "stories/detail.html#tab" if alone else "stories/detail.html", ctx, status=status)
+
+
+def refuse(request: HtmxHttpRequest, story: Story, message: str, status: int = 400) -> HttpResponse:
+    """A request that changes nothing: the reason, shown where the user is."""
+    messages.error(request, message)
+    if request.htmx:
+        return render(request, "base.html#messages", {"oob": True}, status=status)
+    return show(request, story, "story", status=status)
+
+
+@require_POST
+def action(request: HtmxHttpRequest, code: str, what: str) -> HttpResponse:
+    story = find(code)
+    here = reverse("stories:detail", args=[story.code])
+    if what == "stop":
+        if story.stopped or story.state == Story.COMPLETED:
+            return refuse(request, story, "The story is not running: there is nothing to stop.")
+        graph.stop(story)
+        return done(request, "Stopped: nothing new starts; what was running is cancelled. Resume goes on.", here)
+    if what == "resume":
+        if not story.stopped:
+            return refuse(request, story, "The story is not stopped.")
+        graph.resume(story)
+        return done(request, "Resumed from the last good checkpoint.", here)
+    if what == "render":
+        if not graph.render_now(story):
+            return refuse(request, story, "No renders are waiting for you.")
+        return done(request, "Rendering: the shots go to the render queue.", here)
+    if what == "retry":
+        return retry(request, story, here)
+    if what == "rerun":
+        return rerun(request, story, here)
+    if what == "rewrite":
+        return rewrite(request, story, here)
+    raise Http404(f"A story has no action {what!r}.")
+
+
+def retry(request: HtmxHttpRequest, story: Story, here: str) -> HttpResponse:
+    run_id = request.POST.get("run", "")
+    run = StepRun.objects.select_related("story").filter(pk=int(run_id)).first() if run_id.isdigit() else None
+    if run is None or run.story_id != story.pk:
+        return refuse(request, story, "That step run is not one of this story's.", status=404)
+    label = graph.STEPS[run.step].label
+    if run.part:
+        label = f"{label} of {'scene' if story.mode == Story.SCENES else 'shot'} {run.part}"
+    if run.status != StepRun.FAILED or not graph.retry(run):
+        status = run.get_status_display().lower()
+        return refuse(request, story, f"Only a failed step can be retried; {label} is {status}.")
+    return done(request, f"{label} runs again; the steps after it follow.", here)
+
+
+def rerun(request: HtmxHttpRequest, story: Story, here: str) -> HttpResponse:
+    name = request.POST.get("step", "")
+    if name not in {s.name for s in graph.steps_for(story)}:
+        return refuse(request, story, f"{name!r} is not a step of this story.")
+    label = graph.STEPS[name].label
+    if not story.runs.current().filter(step=name, part=0, status=StepRun.COMPLETED).exists():
+        return refuse(request, story, f"{label} has not completed: only a completed step can be run again.")
+    marked = graph.rerun_from(story, name)
+    again = ", ".join(graph.STEPS[n].label for n in marked)
+    return done(request, f"Re-running from {label}: {again} run again; the steps before stay as they are.", here)
+
+
+def rewrite(request: HtmxHttpRequest, story: Story, here: str) -> HttpResponse:
+    part = request.POST.get("part", "")
+    piece = f"{'Scene' if story.mode == Story.SCENES else 'Shot'} {part}"
+    run = story.runs.current().filter(step="prompts", part=int(part)).first() if part.isdigit() else None
+    if run is None or not run.part:
+        return refuse(request, story, f"{piece} has no prompt to write again yet.")
+    if run.status in graph.ACTIVE:
+        return refuse(request, story, f"{piece}'s prompt is being written now.")
+    graph.rerun_part(run)
+    return done(request, f"{piece}'s prompt is written again; its render follows if it changes.", here)
+
+
+@require_POST
+def character(request: HtmxHttpRequest, code: str, pk: int) -> HttpResponse:
+    story = find(code)
+    person = get_object_or_404(Character, pk=pk, story=story)
+    form = CharacterForm(request.POST, instance=person, auto_id=f"character-{pk}-%s")
+    if not form.is_valid():
+        messages.error(request, f"{person.name} was not saved: see below.")
+        return show(request, story, "characters", status=400, invalid=form)
+    back = reverse("stories:tab", args=[story.code, "characters"])
+    if not form.has_changed():
+        return done(request, f"Nothing of {person.name} changed.", back)
+    with transaction.atomic():
+        form.save(commit=False).save(update_fields=["role", "look", "personality"])
+        output = [
+            {"name": c.name, "role": c.role, "look": c.look, "personality": c.personality}
+            for c in story.characters.all()
+        ]
+        graph.edited(story, "characters", output, who=request.user.get_username())
+    again = ", ".join(graph.STEPS[n].label for n in graph.downstream(story, "characters") if n != "characters")
+    return done(request, f"Saved {person.name}. What depends on the characters runs again: {again}.", back)

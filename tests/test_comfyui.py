@@ -439,6 +439,15 @@ def test_an_identical_prompt_is_answered_from_the_cache(client: ComfyUI) -> None
     assert executed.output == first["outputs"]["2"]
 
 
+def test_a_node_shared_by_prompt_after_prompt_stays_cached(client: ComfyUI) -> None:
+    """The cache is the last prompt's outputs, cached ones included: a node every prompt shares
+    runs once, not every other time."""
+    for prefix in ("a", "b", "c"):
+        entry = run(client, workflow("still_image", **{"2.filename_prefix": prefix}))
+    stamps = dict(entry["status"]["messages"])
+    assert stamps["execution_cached"]["nodes"] == ["1"]
+
+
 def test_history_can_be_deleted_and_cleared(client: ComfyUI) -> None:
     entries = [run(client, workflow("still_image", **{"1.color": c})) for c in (1, 2)]
     ids = [e["prompt"][1] for e in entries]

@@ -11,13 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from PIL import Image
 
 from bench.common import wait_until
 from nodes.models import Capability, Node
 from nodes.sim.comfyui import SimComfyUI
-from renders.dispatch import Dispatcher, Runner
+from renders.dispatch import Dispatcher, Runner, best_fit
 from renders.management.commands.load_templates import load
-from renders.models import Queue, RenderJob, Template
+from renders.models import Queue, RenderJob, Speed, Template
 from tests.conftest import Stack
 
 NET = 33 if os.environ.get("DATABASE_URL") else 32
@@ -252,3 +253,99 @@ def test_a_job_that_keeps_killing_its_dispatcher_is_quarantined(node: Any) -> No
     runner.adopt()
     job.refresh_from_db()
     assert job.status == "failed" and "quarantined" in job.error
+
+
+# --- the speed-aware choice: which queued job a free node takes ---------------------------------
+
+
+@pytest.fixture
+def fast_and_slow(db: None) -> tuple[Capability, Capability, Template]:
+    """A node 4x faster than the other at one template, both measured; the fast one is busy with
+    a job of 1 s left."""
+    load()
+    template = Template.objects.get(name="test-still-image")
+    caps = []
+    for name, rate in (("fast", 0.01), ("slow", 0.04)):
+        gpu = Node.objects.create(name=name, host=f"127.0.{NET}.{len(caps) + 10}")
+        cap = Capability.objects.create(node=gpu, kind=Capability.COMFYUI, port=8188, status=Capability.ONLINE)
+        Speed.objects.create(capability=cap, template=template, seconds_per_unit=rate)
+        caps.append(cap)
+    fast, slow = caps
+    queue(work=100, status=RenderJob.RENDERING, node=fast.node)
+    return fast, slow, template
+
+
+def test_near_the_end_a_long_job_waits_for_the_fast_node_instead_of_landing_on_the_slow_one(
+    fast_and_slow: tuple[Capability, Capability, Template],
+) -> None:
+    fast, slow, _ = fast_and_slow
+    [last] = queue(work=100)  # 4 s on the slow node; 1 s + 1 s on the fast one
+    assert best_fit(slow) is None
+    assert best_fit(fast) == last
+
+
+def test_with_plenty_queued_the_slow_node_keeps_busy_too(
+    fast_and_slow: tuple[Capability, Capability, Template],
+) -> None:
+    fast, slow, _ = fast_and_slow
+    jobs = queue(n=10, work=100)
+    taken = best_fit(slow)
+    assert taken in jobs
+    assert taken != jobs[0]  # the head of the queue goes to the fast node, free sooner for it
+    assert best_fit(fast) == jobs[0]
+
+
+def test_a_node_takes_a_template_it_has_never_rendered_so_its_speed_gets_measured(
+    fast_and_slow: tuple[Capability, Capability, Template],
+) -> None:
+    fast, slow, template = fast_and_slow
+    Speed.objects.filter(capability=slow).delete()
+    [last] = queue(work=100)
+    assert best_fit(slow) == last
+
+
+def test_a_job_only_the_slow_node_has_rendered_is_planned_onto_it(
+    fast_and_slow: tuple[Capability, Capability, Template],
+) -> None:
+    fast, slow, template = fast_and_slow
+    other = Template.objects.get(name="test-video-mp4")
+    Speed.objects.create(capability=slow, template=other, seconds_per_unit=0.04)
+    [long] = queue(work=100)
+    [only_slow] = queue(template="test-video-mp4", work=100)
+    assert best_fit(slow) == only_slow
+    assert best_fit(fast) == long
+
+
+def test_a_pinned_job_goes_to_its_node_however_slow(
+    fast_and_slow: tuple[Capability, Capability, Template],
+) -> None:
+    fast, slow, _ = fast_and_slow
+    [pinned] = queue(work=100, pin=slow.node)
+    assert best_fit(slow) == pinned
+    assert best_fit(fast) is None
+
+
+def test_an_input_image_is_sent_to_the_node_under_our_name_and_used(
+    dispatcher: Dispatcher, node: Any, tmp_path: Path
+) -> None:
+    _, sim = node
+    reference = tmp_path / "media" / "renders" / "ab" / "ref" / "00.png"
+    reference.parent.mkdir(parents=True)
+    Image.new("RGB", (32, 24), (10, 200, 30)).save(reference)
+    [job] = queue("test-load-image", settings={"input_image": "renders/ab/ref/00.png"})
+    wait_status(job, "completed")
+    assert (sim.root / "input" / f"spoonfeeder-{job.code}.png").read_bytes() == reference.read_bytes()
+    assert job.workflow and job.workflow["1"]["inputs"]["image"] == f"spoonfeeder-{job.code}.png"
+    with Image.open(tmp_path / "media" / job.outputs[0]["path"]) as out:
+        assert out.size == (64, 48) and out.convert("RGB").getpixel((0, 0)) == (245, 55, 225)  # scaled, inverted
+
+
+@pytest.mark.parametrize("path", ["../../../etc/passwd", "/etc/passwd", "renders/missing.png"])
+def test_an_input_image_outside_the_media_folder_or_missing_fails_the_job_at_once(
+    dispatcher: Dispatcher, node: Any, path: str
+) -> None:
+    _, sim = node
+    [job] = queue("test-load-image", settings={"input_image": path})
+    wait_status(job, "failed")
+    assert job.error == f"the input image {path!r} is not in the media folder (was it deleted?)"
+    assert job.attempts == 1 and not list((sim.root / "input").iterdir())

@@ -18,7 +18,7 @@ import time_machine
 
 from nodes.clients import ServiceError
 from nodes.clients.ollama import Chunk, Ollama
-from nodes.sim.ollama import OOM, SimOllama
+from nodes.sim.ollama import MARKUP, OOM, SimOllama
 
 MODEL = "llama3.2:3b"
 SCENE_SCHEMA: dict[str, Any] = {
@@ -244,6 +244,150 @@ def test_bad_json_knob_gives_answers_a_caller_must_reject(sim: SimOllama, client
     assert not conforms(json.loads(misfit["text"]), SCENE_SCHEMA)
 
 
+def test_answer_seconds_makes_an_answer_take_that_long_in_one_piece_or_streamed(sim: SimOllama, client: Ollama) -> None:
+    messages = [{"role": "user", "content": "A train crosses a bridge in the fog"}]
+    client.chat(MODEL, messages)  # loaded, so only the answer takes time
+    sim.set(answer_seconds=0.2)
+
+    started = time.monotonic()
+    whole = client.chat(MODEL, messages)
+    assert time.monotonic() - started >= 0.2
+    assert whole["text"]
+
+    started = time.monotonic()
+    arrivals: list[float] = []
+    chunks: list[Chunk] = []
+    for chunk in client.chat_stream(MODEL, messages):
+        arrivals.append(time.monotonic() - started)
+        chunks.append(chunk)
+    assert arrivals[-1] >= 0.2
+    # Every chunk comes, in order, each no sooner than its share of the time.
+    final = chunks[-1]["answer"]
+    assert final is not None and final["text"] == "".join(c["text"] for c in chunks) == whole["text"]
+    assert final["eval_count"] == len(chunks) - 1
+    assert all(at >= 0.2 * (i + 1) / len(chunks) for i, at in enumerate(arrivals))
+
+
+def test_answer_seconds_counts_from_the_request_and_the_load_comes_on_top(sim: SimOllama, client: Ollama) -> None:
+    sim.set(load_delay=0.2, answer_seconds=0.2)
+    started = time.monotonic()
+    answer = client.generate(MODEL, "A kettle sings on the stove")
+    assert time.monotonic() - started >= 0.4
+    assert answer["load_duration"] >= 0.2e9 and answer["text"]
+
+
+def test_answer_seconds_zero_answers_at_once_however_slow_the_tokens(sim: SimOllama, client: Ollama) -> None:
+    # At one token a second these answers would take half a minute each.
+    sim.set(tokens_per_second=1, answer_seconds=0)
+    whole = client.generate(MODEL, "A moth circles a lamp")
+    assert whole["text"] and whole["eval_duration"] == 0
+    chunks = collect(client.chat_stream(MODEL, [{"role": "user", "content": "A moth circles a lamp"}]))
+    assert chunks[-1]["done"] and chunks[-1]["answer"] is not None and chunks[-1]["answer"]["text"]
+
+
+def strings_of(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in strings_of(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in strings_of(v)]
+    return []
+
+
+def kind_of(text: str) -> str:
+    """What a scene answer is: "good", or which kind of bad."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        return "broken"
+    if not conforms(value, SCENE_SCHEMA):
+        return "schema"
+    if MARKUP in text:
+        return "html"
+    return "good"
+
+
+def scene_by_chat(client: Ollama) -> str:
+    return client.chat(MODEL, [{"role": "user", "content": "a scene"}], format=SCENE_SCHEMA)["text"]
+
+
+def scene_by_stream(client: Ollama) -> str:
+    chunks = collect(client.generate_stream(MODEL, "a scene", format=SCENE_SCHEMA))
+    answer = chunks[-1]["answer"]
+    assert answer is not None
+    return answer["text"]
+
+
+@pytest.mark.parametrize("kind", ["broken", "schema", "html"])
+def test_bad_answers_makes_exactly_the_next_formatted_answers_bad(sim: SimOllama, client: Ollama, kind: str) -> None:
+    sim.set(bad_answers=2, bad_kind=kind)
+    # Whole answers and streams, chat and generate alike, take one each.
+    assert kind_of(scene_by_chat(client)) == kind
+    assert kind_of(scene_by_stream(client)) == kind
+    assert kind_of(scene_by_chat(client)) == "good"
+    assert kind_of(scene_by_stream(client)) == "good"
+
+
+def test_requests_without_a_format_errors_and_loads_do_not_use_up_bad_answers(sim: SimOllama, client: Ollama) -> None:
+    sim.set(bad_answers=1, bad_kind="broken")
+    client.generate(MODEL, "a scene")
+    client.chat(MODEL, [{"role": "user", "content": "a scene"}])
+    collect(client.chat_stream(MODEL, [{"role": "user", "content": "a scene"}]))
+    with pytest.raises(ServiceError):
+        client.generate("mistral:7b", "a scene", format=SCENE_SCHEMA)
+    client.generate(MODEL, "", format=SCENE_SCHEMA)  # only loads the model
+
+    assert kind_of(scene_by_chat(client)) == "broken"
+    assert kind_of(scene_by_chat(client)) == "good"
+    # format "json" is a format too.
+    sim.set(bad_answers=1)
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(client.generate(MODEL, "a colour", format="json")["text"])
+    assert isinstance(json.loads(client.generate(MODEL, "a colour", format="json")["text"]), dict)
+
+
+def test_bad_answers_are_shared_out_one_each_among_requests_that_arrive_together(
+    sim: SimOllama, client: Ollama
+) -> None:
+    sim.set(hang=True, bad_answers=3, bad_kind="schema")
+    with ThreadPoolExecutor(6) as pool:
+        texts = [pool.submit(scene_by_chat, client) for _ in range(6)]
+        # Hold them all at the door, then let them in at once.
+        deadline = time.monotonic() + 5
+        while len(sim.state.seen) < 6:
+            assert time.monotonic() < deadline, "the requests did not all arrive"
+            time.sleep(0.01)
+        sim.set(hang=False)
+        kinds = sorted(kind_of(t.result()) for t in texts)
+    assert kinds == ["good"] * 3 + ["schema"] * 3
+    assert sim.state.bad_answers == 0
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_html_answer_fits_the_schema_with_script_markup_in_its_strings(
+    sim: SimOllama, client: Ollama, stream: bool
+) -> None:
+    sim.set(bad_answers=1, bad_kind="html")
+    text = scene_by_stream(client) if stream else scene_by_chat(client)
+    scene = json.loads(text)
+    assert conforms(scene, SCENE_SCHEMA), scene
+    # Every free-text string ends in the markup; the enum keeps to its values.
+    assert scene["mood"] in ("calm", "tense", "joyful")
+    free = strings_of({k: v for k, v in scene.items() if k != "mood"})
+    assert len(free) >= 5 and all(s.endswith(MARKUP) and len(s) > len(MARKUP) for s in free), free
+    assert MARKUP in text  # as it is, not escaped, in what the client receives
+
+    sim.set(bad_answers=1)
+    answer = json.loads(client.generate(MODEL, "a colour", format="json")["text"])
+    assert isinstance(answer, dict) and all(s.endswith(MARKUP) for s in strings_of(answer))
+
+
+def test_bad_kind_must_be_a_known_kind(sim: SimOllama) -> None:
+    with pytest.raises(ValueError, match="bad_kind"):
+        sim.set(bad_kind="xml")
+
+
 def test_an_unknown_model_is_a_permanent_error_that_says_to_pull_it(client: Ollama) -> None:
     calls = [
         lambda: client.generate("mistral:7b", "hi"),
@@ -385,6 +529,40 @@ def test_the_official_client_gets_answers_that_fit_a_pydantic_schema(
 
     data = json.loads(official_client.generate(MODEL, "A kite", format="json").response or "")
     assert isinstance(data, dict)
+
+
+def test_the_official_client_reads_answers_that_take_answer_seconds(
+    sim: SimOllama, official_client: official.Client
+) -> None:
+    official_client.generate(MODEL, "warm up", keep_alive="5m")
+    sim.set(answer_seconds=0.2)
+    messages = [{"role": "user", "content": "A paper boat in the rain"}]
+
+    started = time.monotonic()
+    reply = official_client.chat(MODEL, messages=messages)
+    assert time.monotonic() - started >= 0.2
+    assert reply.done and reply.message.content
+
+    started = time.monotonic()
+    pieces = list(official_client.chat(MODEL, messages=messages, stream=True))
+    assert time.monotonic() - started >= 0.2
+    assert "".join(p.message.content or "" for p in pieces) == reply.message.content and pieces[-1].done
+
+    started = time.monotonic()
+    schema = Scene.model_json_schema()
+    parts = list(official_client.generate(MODEL, "Plan a scene about a lost kite", format=schema, stream=True))
+    assert time.monotonic() - started >= 0.2
+    Scene.model_validate_json("".join(p.response or "" for p in parts))
+
+
+def test_the_official_client_reads_html_answers_that_fit_a_pydantic_schema(
+    sim: SimOllama, official_client: official.Client
+) -> None:
+    sim.set(bad_answers=1, bad_kind="html")
+    schema = Scene.model_json_schema()
+    reply = official_client.chat(MODEL, messages=[{"role": "user", "content": "A lost kite"}], format=schema)
+    scene = Scene.model_validate_json(reply.message.content or "")
+    assert scene.title.endswith(MARKUP) and all(shot.camera.endswith(MARKUP) for shot in scene.shots)
 
 
 def test_the_official_client_raises_response_error_404_for_an_unknown_model(

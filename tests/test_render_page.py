@@ -150,6 +150,27 @@ def test_queueing_through_the_form_creates_jobs_with_the_settings_in_order(logge
     assert codes(page(logged_in), "queued") == [str(earlier.code)] + [str(job.code) for job in jobs]
 
 
+def test_the_dialog_can_pin_jobs_to_one_node_and_the_queue_says_so(logged_in: Client, templates: None) -> None:
+    gpu = comfyui_node("big gpu", ("EmptyImage", "SaveImage"))
+    comfyui_node("small gpu")
+    html = page(logged_in)
+    assert "Any node (the best one free)" in html and "big gpu" in html
+    logged_in.post(reverse("renders:index"), form(node=gpu.pk, count="2"))
+    assert [job.pin for job in RenderJob.objects.all()] == [gpu, gpu]
+    assert page(logged_in).count("only on big gpu") == 2
+
+
+def test_pinning_to_a_node_that_lacks_what_the_template_needs_is_refused(logged_in: Client, templates: None) -> None:
+    gpu = comfyui_node("old gpu", ("EmptyImage",))
+    answer = logged_in.post(reverse("renders:index"), form(node=gpu.pk))
+    assert answer.status_code == 400
+    html = answer.content.decode()
+    field_html = re.search(r'<div class="field field-node">.*?</div>', html, re.S)
+    assert field_html
+    assert "old gpu lacks the node class SaveImage: pick another node, or install them there." in field_html.group(0)
+    assert not RenderJob.objects.exists()
+
+
 def test_a_random_seed_is_kept_as_random(logged_in: Client, templates: None) -> None:
     logged_in.post(reverse("renders:index"), form(seed="random"))
     assert RenderJob.objects.get().settings["seed"] == "random"
@@ -438,8 +459,14 @@ def test_the_render_command_queues_a_job(templates: None) -> None:
     assert job.settings["width"] == 512 and job.settings["seed"] == "random"
 
 
+def comfyui_node(name: str, classes: tuple[str, ...] = ()) -> Node:
+    gpu = Node.objects.create(name=name, host=f"127.0.{NET}.{Node.objects.count() + 20}")
+    Capability.objects.create(node=gpu, kind=Capability.COMFYUI, port=8188, inventory={"classes": list(classes)})
+    return gpu
+
+
 def test_the_render_command_pins_a_job_to_a_node(templates: None) -> None:
-    gpu = Node.objects.create(name="gpu", host="127.0.0.1")
+    gpu = comfyui_node("gpu")
     call_command("render", "test-still-image", "--prompt", "x", "--node", "gpu", stdout=StringIO())
     assert RenderJob.objects.get().pin == gpu
 
@@ -453,7 +480,8 @@ def test_the_render_command_names_the_templates_when_one_is_unknown(templates: N
 
 
 def test_the_render_command_refuses_an_unknown_node(templates: None) -> None:
-    with pytest.raises(CommandError, match="no node named 'nope'"):
+    comfyui_node("gpu")
+    with pytest.raises(CommandError, match="no ComfyUI node named 'nope'; there are: gpu"):
         call_command("render", "test-still-image", "--prompt", "x", "--node", "nope")
     assert not RenderJob.objects.exists()
 

@@ -655,6 +655,7 @@ async def execute(state: State, item: Item) -> None:
         if client is not None:
             await state.send(kind, data, client)
 
+    begun = time.monotonic()
     await lifecycle("execution_start", {"prompt_id": prompt_id, "timestamp": now_ms()})
     order: list[str] = []
     for out in outputs:
@@ -666,7 +667,7 @@ async def execute(state: State, item: Item) -> None:
     ui: dict[str, UI] = {}
     fresh: dict[str, tuple[Values, UI | None]] = {}
     for n in cached:
-        values[n], node_ui = fresh[n] = state.cache[sigs[n]]
+        values[n], node_ui = fresh[sigs[n]] = state.cache[sigs[n]]
         if node_ui is not None:
             ui[n] = node_ui
             await lifecycle(
@@ -678,9 +679,14 @@ async def execute(state: State, item: Item) -> None:
     if state.knobs.run_seconds is not None:
         per_node = state.knobs.run_seconds / max(len(todo), 1)
     heavy = [n for n in todo if n not in outputs] or todo
+    # Each node ends per_node after the previous one's end, on one clock that starts with the
+    # prompt, so neither our own bookkeeping nor the small overshoot of every sleep adds up: the
+    # knob is the node's speed, as a GPU on a machine of its own would have it.
+    due = begun
     if not state.loaded:
         # The first prompt after a start loads its models: a long first node, as on a real GPU.
-        await asyncio.sleep(state.knobs.load_delay)
+        due += state.knobs.load_delay
+        await asyncio.sleep(max(0.0, due - time.monotonic()))
         state.loaded = True
     progress: dict[str, dict[str, Any]] = {}
 
@@ -713,10 +719,10 @@ async def execute(state: State, item: Item) -> None:
             if state.knobs.fail == "oom" and n == heavy[-1]:
                 await asyncio.sleep(per_node)
                 raise ExecError("torch.OutOfMemoryError", OOM_MESSAGE)
-            started = time.monotonic()
+            started, due = due, due + per_node
             steps = progress_steps(class_type, inputs, state.knobs)
             for i, (value, top) in enumerate(steps):
-                await asyncio.sleep(per_node / len(steps))
+                await asyncio.sleep(max(0.0, started + per_node * (i + 1) / len(steps) - time.monotonic()))
                 # ComfyUI checks for an interrupt in every ProgressBar update.
                 if state.interrupted:
                     raise Interrupted(n)
@@ -726,7 +732,7 @@ async def execute(state: State, item: Item) -> None:
                     frame = await loop.run_in_executor(None, png, inputs["images"][i])
                     await state.preview(frame, n, prompt_id, client)
             result, node_ui = await loop.run_in_executor(None, run_node, state, class_type, inputs)
-            await asyncio.sleep(max(0.0, per_node - (time.monotonic() - started)))
+            await asyncio.sleep(max(0.0, due - time.monotonic()))
             values[n] = result
             fresh[sigs[n]] = (result, node_ui)
             executed.append(n)

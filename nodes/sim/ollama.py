@@ -5,6 +5,8 @@ and faults.
     with SimOllama(models=["llama3.2:3b"], load_delay=0.5) as sim:
         requests.post(sim.url + "/api/generate", json={"model": "llama3.2:3b", "prompt": "Hi"})
         sim.set(hang=True)  # from now on every request hangs until hang is switched off
+        sim.set(hang=False, answer_seconds=0.2)  # every answer takes 0.2 s, however long
+        sim.set(bad_answers=2, bad_kind="html")  # the next two formatted answers carry <script>
 
 Answers are made from the words of the prompt. With `format` they are JSON: any object for
 "json", and for a JSON schema a value that conforms to it (objects, arrays, strings, numbers,
@@ -39,8 +41,25 @@ FOREVER = 100 * 365 * 86400.0
 OOM = "llama runner process has terminated: cudaMalloc failed: out of memory"
 GARBAGE = "<!DOCTYPE html><html><head><title>502 Bad Gateway</title></head><body>nginx</body></html>"
 FILLER = ["story", "light", "river", "city", "night", "quiet", "old", "bright", "journey", "morning", "voice"]
+# What a bad formatted answer looks like (bad_json, bad_answers and bad_kind).
+BAD_KINDS = ("broken", "schema", "html")
+# Appended to every free-text string of an "html" bad answer: a page that shows model text unescaped
+# would run it.
+MARKUP = "<script>alert(1)</script>"
 KNOBS = frozenset(
-    {"tokens_per_second", "load_delay", "fail", "hang", "garbage", "drop_stream_after", "bad_json", "version"}
+    {
+        "tokens_per_second",
+        "answer_seconds",
+        "load_delay",
+        "fail",
+        "hang",
+        "garbage",
+        "drop_stream_after",
+        "bad_json",
+        "bad_answers",
+        "bad_kind",
+        "version",
+    }
 )
 
 
@@ -51,6 +70,12 @@ class State:
     models: list[dict[str, Any]]
     version: str = VERSION
     tokens_per_second: float = 500.0
+    # When set, every /api/generate and /api/chat answer (streamed or not) takes this long in all, from
+    # the request (after any hang) to its last byte, whatever its length, instead of what
+    # tokens_per_second gives; streams spread their chunks over the time. The load delay of a model
+    # that is not loaded comes on top. 0 answers at once. Requests that only load or unload a model
+    # (an empty prompt) and errors are answered without it.
+    answer_seconds: float | None = None
     # Seconds the first request for a model that is not loaded waits before answering.
     load_delay: float = 0.0
     # "oom": generate and chat answer 500 with the error a GPU out of memory gives.
@@ -62,8 +87,18 @@ class State:
     # Streamed answers are cut after this many chunks. A non-streamed answer is cut before any
     # byte when it is 0 (a server that died while generating), else halfway through its body.
     drop_stream_after: int | None = None
-    # True: formatted answers are broken JSON; "schema": valid JSON that does not fit the schema.
+    # Every formatted answer (a request with `format`) is bad, for good: True, or "broken", gives
+    # broken JSON; "schema" valid JSON that does not fit the schema; "html" as bad_kind "html".
     bad_json: bool | str = False
+    # The next this many formatted answers are bad, one per request, in the way bad_kind says;
+    # answers are good again once it has counted down to 0. Requests without `format`, errors and
+    # load-only requests do not count; a request counts when it is taken up (a client that gives up
+    # on it afterwards has still used one).
+    bad_answers: int = 0
+    # "broken": JSON cut short, as a model that ran out of tokens leaves it; "schema": valid JSON that
+    # does not fit the schema; "html": JSON that fits the schema but whose free-text strings (not
+    # enums, constants or dates, which would then not fit) end in MARKUP.
+    bad_kind: str = "broken"
     # model name → time.time() at which it unloads
     loaded: dict[str, float] = field(default_factory=dict)
     loading: dict[str, asyncio.Future[None]] = field(default_factory=dict)
@@ -139,15 +174,18 @@ def plain_text(rng: random.Random, words: list[str]) -> str:
     return " ".join(sentence(rng, words, rng.randint(6, 12)) for _ in range(3))
 
 
-def from_schema(schema: Any, root: dict[str, Any], rng: random.Random, words: list[str], name: str = "") -> Any:
-    """A value that conforms to `schema`: the subset of JSON Schema language models are asked for."""
+def from_schema(
+    schema: Any, root: dict[str, Any], rng: random.Random, words: list[str], name: str = "", mark: str = ""
+) -> Any:
+    """A value that conforms to `schema`: the subset of JSON Schema language models are asked for.
+    Free-text strings end in `mark` (as far as maxLength allows)."""
     if not isinstance(schema, dict):
-        return plain_text(rng, words)
+        return plain_text(rng, words) + mark
     if "$ref" in schema:
         target: Any = root
         for part in schema["$ref"].lstrip("#/").split("/"):
             target = target.get(part, {}) if isinstance(target, dict) else {}
-        return from_schema(target, root, rng, words, name)
+        return from_schema(target, root, rng, words, name, mark)
     if "const" in schema:
         return schema["const"]
     if "enum" in schema:
@@ -155,12 +193,12 @@ def from_schema(schema: Any, root: dict[str, Any], rng: random.Random, words: li
     for key in ("anyOf", "oneOf"):
         if key in schema:
             options = [s for s in schema[key] if s.get("type") != "null"] or schema[key]
-            return from_schema(options[0], root, rng, words, name)
+            return from_schema(options[0], root, rng, words, name, mark)
     if "allOf" in schema:
         merged: dict[str, Any] = {}
         for part in schema["allOf"]:
             merged.update(part)
-        return from_schema(merged, root, rng, words, name)
+        return from_schema(merged, root, rng, words, name, mark)
     kind = schema.get("type")
     if isinstance(kind, list):
         kind = next((k for k in kind if k != "null"), "null")
@@ -168,13 +206,14 @@ def from_schema(schema: Any, root: dict[str, Any], rng: random.Random, words: li
         kind = "object" if "properties" in schema else "array" if "items" in schema else "string"
     if kind == "object":
         props = schema.get("properties", {})
-        return {key: from_schema(sub, root, rng, words, key) for key, sub in props.items()}
+        return {key: from_schema(sub, root, rng, words, key, mark) for key, sub in props.items()}
     if kind == "array":
         low = schema.get("minItems", 1)
         high = max(low, min(schema.get("maxItems", low + 2), low + 2))
-        return [from_schema(schema.get("items", {}), root, rng, words, name) for _ in range(rng.randint(low, high))]
+        items = schema.get("items", {})
+        return [from_schema(items, root, rng, words, name, mark) for _ in range(rng.randint(low, high))]
     if kind == "string":
-        return text_for(schema, rng, words, name)
+        return text_for(schema, rng, words, name, mark)
     if kind in ("integer", "number"):
         low = schema.get("minimum", schema.get("exclusiveMinimum", -1) + 1)
         high = schema.get("maximum", schema.get("exclusiveMaximum", low + 101) - 1)
@@ -186,7 +225,7 @@ def from_schema(schema: Any, root: dict[str, Any], rng: random.Random, words: li
     return None
 
 
-def text_for(schema: dict[str, Any], rng: random.Random, words: list[str], name: str) -> str:
+def text_for(schema: dict[str, Any], rng: random.Random, words: list[str], name: str, mark: str = "") -> str:
     fmt = schema.get("format")
     if fmt == "date-time":
         return stamp()
@@ -195,23 +234,43 @@ def text_for(schema: dict[str, Any], rng: random.Random, words: list[str], name:
     short = any(k in name.lower() for k in ("name", "title", "label", "id", "key", "mood", "style"))
     text = " ".join(rng.choice(words).capitalize() for _ in range(2)) if short else sentence(rng, words, 8)
     low, high = schema.get("minLength", 0), schema.get("maxLength")
-    while len(text) < low:
+    while len(text) + len(mark) < low:
         text += " " + rng.choice(words)
-    return text[:high] if high is not None else text
+    if high is None:
+        return text + mark
+    return (text[: max(high - len(mark), 0)] + mark)[:high]
 
 
-def answer_text(state: State, body: dict[str, Any], prompt: str) -> str:
+def take_bad_kind(state: State, body: dict[str, Any]) -> str | None:
+    """How this request's answer is to be bad (one of BAD_KINDS), or None for a good answer. Counts
+    bad_answers down, so call it once per answer, with no await between reading and writing it."""
+    if not body.get("format"):
+        return None
+    if state.bad_answers > 0:
+        state.bad_answers -= 1
+        return state.bad_kind
+    if state.bad_json:
+        return state.bad_json if isinstance(state.bad_json, str) and state.bad_json in BAD_KINDS else "broken"
+    return None
+
+
+def answer_text(body: dict[str, Any], prompt: str, bad: str | None = None) -> str:
+    """The answer to `prompt`; with a `format`, JSON, made bad in the way `bad` (from BAD_KINDS) says."""
     seed = (body.get("options") or {}).get("seed")
     rng = random.Random(seed if isinstance(seed, int) else zlib.crc32(prompt.encode()))
     words = words_of(prompt)
     fmt = body.get("format")
     if not fmt:
         return plain_text(rng, words)
-    if state.bad_json == "schema":
+    if bad == "schema":
         return json.dumps(["not", "what", "was", "asked"] if isinstance(fmt, dict) else "not an object")
-    value = from_schema(fmt, fmt, rng, words) if isinstance(fmt, dict) else {"answer": plain_text(rng, words)}
+    mark = MARKUP if bad == "html" else ""
+    if isinstance(fmt, dict):
+        value = from_schema(fmt, fmt, rng, words, mark=mark)
+    else:
+        value = {"answer": plain_text(rng, words) + mark}
     text = json.dumps(value, indent=None)
-    if state.bad_json:
+    if bad == "broken":
         # Cut where a model that ran out of tokens would, leaving JSON no parser accepts.
         return text[: max(len(text) // 2, 1)] + " and then"
     return text
@@ -224,6 +283,12 @@ def tokens(text: str) -> list[str]:
 
 def error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
+
+
+async def sleep_until(deadline: float) -> None:
+    """Sleep until time.monotonic() reaches `deadline` (never early; at once if it has passed)."""
+    while (left := deadline - time.monotonic()) > 0:
+        await asyncio.sleep(left)
 
 
 async def wait_while_hanging(state: State) -> None:
@@ -342,6 +407,9 @@ def make_app(state: State) -> web.Application:
         return await answer(request, chat=True)
 
     async def answer(request: web.Request, chat: bool) -> web.StreamResponse:
+        # The middleware has read the body and waited out any hang: the request arrives now.
+        arrived = time.monotonic()
+        answer_seconds = state.answer_seconds
         body = await read_body(request)
         if isinstance(body, web.Response):
             return body
@@ -362,6 +430,8 @@ def make_app(state: State) -> web.Application:
             prompt = "\n".join(str(m.get("content", "")) for m in messages if isinstance(m, dict))
         else:
             prompt = "\n".join(str(body.get(k) or "") for k in ("system", "prompt"))
+        # Decided before the first await below, so concurrent requests each take one bad answer.
+        bad = take_bad_kind(state, body) if prompt.strip() else None
         load_seconds = await load(state, entry["name"], keep_alive)
         stream = body.get("stream", True) is not False
         base: dict[str, Any] = {"model": name, "created_at": stamp()}
@@ -372,21 +442,28 @@ def make_app(state: State) -> web.Application:
             final.update({"message": {"role": "assistant", "content": ""}} if chat else {"response": ""})
             return web.json_response(final)
 
-        text = answer_text(state, body, prompt)
+        text = answer_text(body, prompt, bad)
         pieces = tokens(text)
         limit = (body.get("options") or {}).get("num_predict")
         reason = "stop"
         if isinstance(limit, int) and 0 <= limit < len(pieces):
             pieces, reason = pieces[:limit], "length"
-        per_token = 1 / state.tokens_per_second if state.tokens_per_second > 0 else 0.0
         prompt_count = len(tokens(prompt))
+        prompt_ns = prompt_count * 200_000
+        per_token = 1 / state.tokens_per_second if state.tokens_per_second > 0 else 0.0
+        now = time.monotonic()
+        if answer_seconds is not None:
+            # A deadline from the arrival, moved on by the load: sleeps until it do not add up.
+            deadline = arrived + max(answer_seconds, 0.0) + load_seconds
+            eval_ns = max(int(max(answer_seconds, 0.0) * 1e9) - prompt_ns, 0)
+        else:
+            deadline = now + per_token * len(pieces)
+            eval_ns = int(len(pieces) * per_token * 1e9)
 
         def part(piece: str) -> dict[str, Any]:
             return {**base, "message": {"role": "assistant", "content": piece}} if chat else {**base, "response": piece}
 
         def last(started: float) -> dict[str, Any]:
-            eval_ns = int(len(pieces) * per_token * 1e9)
-            prompt_ns = prompt_count * 200_000
             load_ns = int(load_seconds * 1e9) + 1_500_000
             final = {
                 **part(""),
@@ -408,7 +485,7 @@ def make_app(state: State) -> web.Application:
         if not stream:
             if state.drop_stream_after == 0:
                 return drop(request)
-            await asyncio.sleep(per_token * len(pieces))
+            await sleep_until(deadline)
             final = last(started)
             if chat:
                 final["message"]["content"] = "".join(pieces)
@@ -425,14 +502,21 @@ def make_app(state: State) -> web.Application:
 
         response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
         await response.prepare(request)
+        # Each chunk has a time of its own, spread evenly up to the deadline, when the last one goes.
+        if answer_seconds is not None:
+            span = deadline - now
+            times = [now + span * (i + 1) / (len(pieces) + 1) for i in range(len(pieces))]
+        else:
+            times = [now + per_token * (i + 1) for i in range(len(pieces))]
         sent = 0
-        async for piece in paced(pieces, per_token):
+        async for piece in paced(pieces, times):
             if state.drop_stream_after is not None and sent >= state.drop_stream_after:
                 return drop(request, response)
             await response.write(json.dumps(part(piece)).encode() + b"\n")
             sent += 1
         if state.drop_stream_after is not None and sent >= state.drop_stream_after:
             return drop(request, response)
+        await sleep_until(deadline)
         await response.write(json.dumps(last(started)).encode() + b"\n")
         await response.write_eof()
         return response
@@ -448,10 +532,10 @@ def make_app(state: State) -> web.Application:
     return app
 
 
-async def paced(pieces: Iterable[str], delay: float) -> AsyncIterator[str]:
-    for piece in pieces:
-        if delay:
-            await asyncio.sleep(delay)
+async def paced(pieces: Iterable[str], times: Iterable[float]) -> AsyncIterator[str]:
+    """The pieces, each when time.monotonic() reaches its time."""
+    for piece, at in zip(pieces, times, strict=True):
+        await sleep_until(at)
         yield piece
 
 
@@ -488,6 +572,8 @@ class SimOllama:
         unknown = set(knobs) - KNOBS
         if unknown:
             raise TypeError(f"unknown knob(s): {', '.join(sorted(unknown))}; known: {', '.join(sorted(KNOBS))}")
+        if "bad_kind" in knobs and knobs["bad_kind"] not in BAD_KINDS:
+            raise ValueError(f"unknown bad_kind {knobs['bad_kind']!r}; known: {', '.join(BAD_KINDS)}")
         for key, value in knobs.items():
             # Plain attribute writes: handlers read the knobs afresh at every request.
             setattr(self.state, key, value)

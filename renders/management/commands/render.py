@@ -8,7 +8,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from nodes.models import Node
+from nodes.models import Capability, Node
 from renders.forms import RenderForm
 from renders.models import RenderJob, Template
 from renders.views import queue_jobs
@@ -39,9 +39,12 @@ class Command(BaseCommand):
             raise CommandError(f"no template named {o['template']!r}; there are: {names}")
         pin = None
         if o["node"]:
-            pin = Node.objects.filter(name=o["node"]).first()
+            pin = Node.objects.filter(name=o["node"], capabilities__kind=Capability.COMFYUI).first()
             if pin is None:
-                raise CommandError(f"no node named {o['node']!r}")
+                known = ", ".join(
+                    Node.objects.filter(capabilities__kind=Capability.COMFYUI).values_list("name", flat=True)
+                )
+                raise CommandError(f"no ComfyUI node named {o['node']!r}; there are: {known or 'none'}")
         form = RenderForm(
             {
                 "template": template.pk,
@@ -55,11 +58,12 @@ class Command(BaseCommand):
                 "seed": o["seed"],
                 "priority": o["priority"],
                 "count": 1,
+                "node": pin.pk if pin else "",
             }
         )
         if not form.is_valid():
             raise CommandError("; ".join(f"{f}: {' '.join(map(str, e))}" for f, e in form.errors.items()))
-        queue_jobs(form, pin=pin)
+        queue_jobs(form)
         job = RenderJob.objects.order_by("-id").first()
         assert job is not None
         self.stdout.write(f"Queued job {job.code}.")

@@ -114,7 +114,7 @@ class Command(BaseCommand):
                 ]
             ),
             "worker (qcluster)": self.spawn([python, manage, "qcluster"]),
-            "render dispatcher": self.spawn([python, manage, "dispatcher"]),
+            "dispatcher": self.spawn([python, manage, "dispatcher"]),
         }
         if demo:
             for address in DEMO_NODES:

@@ -1,0 +1,210 @@
+"""What the story pages show, each in a fixed number of queries whatever the story's size: the runs
+are read once and summed up per step here, in Python."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.core.paginator import Paginator
+from django.db.models import Prefetch
+from django.utils import timezone
+
+from renders import queue
+from renders.models import Queue, RenderJob
+from stories.forms import CharacterForm
+from stories.graph import ACTIVE, STEPS, Step, pieces, steps_for
+from stories.models import Scene, Shot, StepRun, Story
+
+PAGE = 25
+TABS = {
+    "story": "Story",
+    "segments": "Segments",
+    "characters": "Characters",
+    "shots": "Shots",
+    "scenes": "Scenes",
+    "music": "Music cues",
+    "renders": "Renders",
+    "gallery": "Gallery",
+}
+ICONS = {
+    StepRun.COMPLETED: "✓",
+    StepRun.RUNNING: "◐",
+    StepRun.PENDING: "○",
+    StepRun.FAILED: "✗",
+    StepRun.CANCELLED: "■",
+    "blocked": "·",
+}
+
+
+def stories(page: int = 1) -> dict[str, Any]:
+    """The list: a page of stories, each with the steps it is busy with."""
+    active = StepRun.objects.filter(part=0, status__in=ACTIVE).order_by("created", "id")
+    rows = Story.objects.prefetch_related(Prefetch("runs", queryset=active, to_attr="active_runs"))
+    shown = Paginator(rows, PAGE).get_page(page)
+    for story in shown:
+        runs: list[StepRun] = story.active_runs  # type: ignore[attr-defined]
+        story.now = ", ".join(STEPS[r.step].label for r in runs)  # type: ignore[attr-defined]
+        story.why = next((r.waiting for r in runs if r.waiting), "")  # type: ignore[attr-defined]
+    return {"stories": shown}
+
+
+@dataclass
+class StepRow:
+    """One step of a story as the Generation Progress card shows it."""
+
+    step: Step
+    run: StepRun | None
+    earlier: list[StepRun] = field(default_factory=list)
+    waits_for: list[str] = field(default_factory=list)  # labels of the steps it needs, not done
+    done: int = 0  # parts of a fanned-out step, by status
+    failed: int = 0
+    total: int = 0
+
+    @property
+    def status(self) -> str:
+        return self.run.status if self.run else "blocked"
+
+    @property
+    def icon(self) -> str:
+        return ICONS[self.status]
+
+    @property
+    def percent(self) -> int:
+        return round(100 * self.done / self.total) if self.total else 0
+
+    @property
+    def seconds(self) -> float | None:
+        run = self.run
+        if run is None or run.started is None:
+            return None
+        return ((run.finished or timezone.now()) - run.started).total_seconds()
+
+
+def step_rows(story: Story) -> list[StepRow]:
+    """Every step of the story with its current run, earlier versions and parts: two queries."""
+    whole = list(story.runs.filter(part=0).select_related("node").order_by("-version", "-id"))
+    parts = Counter(
+        story.runs.current().exclude(part=0).values_list("step", "status").order_by()  # (step, status) -> n
+    )
+    current = {r.step: r for r in whole if r.status != StepRun.STALE}
+    done = {name for name, r in current.items() if r.status == StepRun.COMPLETED}
+    rows = []
+    for step in steps_for(story):
+        row = StepRow(step, current.get(step.name))
+        row.earlier = [r for r in whole if r.step == step.name and r.status == StepRun.STALE]
+        for run in row.earlier:
+            run.output_text = json.dumps(run.output, indent=2, ensure_ascii=False)  # type: ignore[attr-defined]
+        row.waits_for = [STEPS[n].label for n in step.needs if n not in done]
+        if step.fans_out:
+            row.done = parts[(step.name, StepRun.COMPLETED)]
+            row.failed = parts[(step.name, StepRun.FAILED)]
+            row.total = sum(n for (name, _), n in parts.items() if name == step.name)
+        rows.append(row)
+    return rows
+
+
+def about(story: Story) -> dict[str, Any]:
+    scenes = story.mode == Story.SCENES
+    return {"story": story, "pieces": "scenes" if scenes else "shots", "piece_label": "Scene" if scenes else "Shot"}
+
+
+def live(story: Story) -> dict[str, Any]:
+    """The parts of a story's page that every visitor sees the same: its head and its steps."""
+    rows = step_rows(story)
+    return {
+        **about(story),
+        "steps": rows,
+        "completed": [r for r in rows if r.status == StepRun.COMPLETED],
+        "held": any(r.run and r.run.held and r.status == StepRun.PENDING for r in rows),
+        "busy": story.state not in (Story.COMPLETED, Story.DRAFT) and not story.stopped,
+    }
+
+
+def tabs(story: Story) -> list[tuple[str, str]]:
+    skip = "shots" if story.mode == Story.SCENES else "scenes"
+    return [(slug, label) for slug, label in TABS.items() if slug != skip]
+
+
+def detail(story: Story, tab: str, status: str = "", page: int = 1, *, whole: bool = True) -> dict[str, Any]:
+    """The whole page (the live parts and the one tab shown), or the tab alone."""
+    context = {**(live(story) if whole else about(story)), "tab": tab, "tabs": tabs(story)}
+    if tab == "segments":
+        context["segments"] = list(story.segments.all())
+    elif tab == "characters":
+        context["characters"] = [
+            (c, CharacterForm(instance=c, auto_id=f"character-{c.pk}-%s")) for c in story.characters.all()
+        ]
+    elif tab in ("shots", "scenes"):
+        context["planned"] = planned(story)
+    elif tab == "music":
+        context["cues"] = list(story.music_cues.select_related("segment"))
+    elif tab == "renders":
+        context.update(renders(story, status, page))
+    elif tab == "gallery":
+        context["gallery"] = gallery(story)
+    if tab in ("renders", "gallery"):
+        # Render jobs tell only the render queue's topics when they change: while the story's
+        # are under way, its Renders and Gallery tabs look again every few seconds.
+        unfinished = RenderJob.objects.filter(story=str(story.code)).exclude(status__in=RenderJob.ENDED)
+        context["in_flight"] = unfinished.exists()
+    return context
+
+
+def planned(story: Story) -> list[Shot] | list[Scene]:
+    """The story's shots or scenes in order, each with the current run that writes its prompt."""
+    model = Scene if story.mode == Story.SCENES else Shot
+    pieces: list[Any] = list(model.objects.filter(story=story).select_related("segment").order_by("number"))
+    runs = {
+        r.part: r
+        for r in story.runs.current().filter(step="prompts").exclude(part=0).only("part", "status", "error", "story")
+    }
+    for piece in pieces:
+        piece.run = runs.get(piece.number)
+    return pieces
+
+
+def renders(story: Story, status: str, page: int) -> dict[str, Any]:
+    """The render queue's parts, for this story's jobs only."""
+    jobs = RenderJob.objects.filter(story=str(story.code)).select_related("template", "node", "pin")
+    rendering = list(jobs.active().order_by("started", "created"))
+    queue.with_etas(rendering)
+    by_status = Counter(jobs.values_list("status", flat=True).order_by())
+    counts = {
+        "queued": by_status[RenderJob.QUEUED],
+        "rendering": by_status[RenderJob.RENDERING] + by_status[RenderJob.ASSIGNED],
+        "completed": by_status[RenderJob.COMPLETED],
+        "failed": by_status[RenderJob.FAILED],
+    }
+    finished = queue.finished(status, str(story.code), page)
+    return {
+        # Not "story": the template's include gives the queue's partial the story's code as that.
+        "finished": finished["finished"],
+        "status": finished["status"],
+        "rendering": rendering,
+        "queued": list(jobs.filter(status=RenderJob.QUEUED).in_dispatch_order()[: queue.QUEUED_SHOWN]),
+        "counts": counts,
+        "paused": Queue.get().paused,
+    }
+
+
+def gallery(story: Story) -> list[RenderJob]:
+    """The latest finished render of each shot or scene, in story order."""
+    kind = "scene:" if story.mode == Story.SCENES else "shot:"
+    numbers = set(pieces(story))  # a story planned again may have fewer than it rendered before
+    jobs = (
+        RenderJob.objects.filter(story=str(story.code), status=RenderJob.COMPLETED, target__startswith=kind)
+        .only("code", "target", "outputs", "kind", "finished", "created", "seconds")
+        .order_by("-created", "-id")
+    )
+    latest: dict[int, RenderJob] = {}
+    for job in jobs:
+        _, _, tail = job.target.partition(":")
+        number = int(tail) if tail.isdigit() else 0
+        if job.outputs and number in numbers and number not in latest:
+            job.number = number  # type: ignore[attr-defined]
+            job.out = job.outputs[0]  # type: ignore[attr-defined]
+            latest[number] = job
+    return [latest[n] for n in sorted(latest)]

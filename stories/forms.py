@@ -1,0 +1,150 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django import forms
+
+from nodes.models import Capability
+from renders.forms import RenderForm
+from renders.models import Template
+from stories.models import Character, Story
+
+MAX_IDEA = 20_000
+# The render templates a new story gets when none is chosen, best first.
+DEFAULT_TEMPLATES = {
+    Story.SHOTS: ("wan22-t2v", "hunyuan15-t2v"),
+    Story.SCENES: ("holocine-t2v",),
+}
+
+
+def known_models() -> list[str]:
+    """The model names the Ollama nodes have reported, online or not."""
+    inventories = Capability.objects.filter(kind=Capability.OLLAMA).values_list("inventory", flat=True)
+    return sorted({m["name"] for inv in inventories for m in (inv or {}).get("models", []) if m.get("name")})
+
+
+class StoryForm(RenderForm):
+    """A new story: the idea, how the models write it, and how its shots render. The render
+    settings are the render queue's own fields, checked by its own rules."""
+
+    # What the render queue's dialog asks that a story decides for itself, shot by shot.
+    prompt = negative = priority = count = node = None  # type: ignore[assignment]
+
+    idea = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 4, "placeholder": "A lighthouse keeper finds a message in a bottle…"}),
+        max_length=MAX_IDEA,
+        error_messages={
+            "required": "Write the idea for the story: a sentence is enough.",
+            "max_length": "The idea may be at most %(limit_value)d characters long; this one has %(show_value)d.",
+        },
+    )
+    genre = forms.CharField(max_length=60, required=False)
+    style = forms.CharField(max_length=200, required=False, help_text="Look and feel: film noir, watercolour…")
+    target_seconds = forms.IntegerField(
+        label="Length (seconds)", initial=60, min_value=10, max_value=1800, help_text="From 10 s to 30 min."
+    )
+    mode = forms.ChoiceField(choices=Story.MODES, initial=Story.SHOTS)
+    model = forms.CharField(label="Language model", max_length=200)
+    auto_render = forms.BooleanField(
+        label="Render at once",
+        initial=True,
+        required=False,
+        help_text="Queue the renders when the prompts are written.",
+    )
+    template = forms.ModelChoiceField(  # type: ignore[assignment]
+        queryset=Template.objects.all(),
+        required=False,
+        label="Render template",
+        empty_label="Default: text to video (HoloCine for scenes)",
+    )
+    references = forms.BooleanField(
+        label="Character references", required=False, help_text="Render a still of each character first."
+    )
+    reference_template = forms.ModelChoiceField(
+        queryset=Template.objects.all(),
+        required=False,
+        label="Reference template",
+        empty_label="Default: a still-image template",
+    )
+
+    field_order = [
+        "idea",
+        "genre",
+        "style",
+        "target_seconds",
+        "mode",
+        "model",
+        "auto_render",
+        "references",
+        "reference_template",
+        "template",
+    ]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.models = known_models()
+        if self.models:
+            listed = ", ".join(self.models)
+            self.fields["model"] = forms.ChoiceField(
+                label="Language model",
+                choices=[(m, m) for m in self.models],
+                error_messages={
+                    "invalid_choice": f"No Ollama node has the model %(value)s; the known models are {listed}."
+                },
+            )
+        else:
+            self.fields[
+                "model"
+            ].help_text = "No Ollama node has reported models yet; the story waits until one with this model is online."
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        if self.errors:
+            return data
+        if data.get("template") is None:
+            data["template"] = default_template(data["mode"])
+            if data["template"] is None:
+                self.add_error("template", "No text-to-video template is loaded: import one, or load the shipped ones.")
+        if data.get("references") and data.get("reference_template") is None:
+            data["reference_template"] = Template.objects.filter(kind=Template.STILL).first()
+            if data["reference_template"] is None:
+                self.add_error("reference_template", "No still-image template is loaded: choose one for references.")
+        return data
+
+    def save(self) -> Story:
+        data = self.cleaned_data
+        return Story.objects.create(
+            idea=data["idea"],
+            genre=data["genre"],
+            style=data["style"],
+            target_seconds=data["target_seconds"],
+            mode=data["mode"],
+            model=data["model"],
+            auto_render=data["auto_render"],
+            template=data["template"],
+            references=data["references"],
+            reference_template=data["reference_template"] if data["references"] else None,
+            render_settings=data["settings"],
+        )
+
+
+def default_template(mode: str) -> Template | None:
+    by_name = {t.name: t for t in Template.objects.filter(name__in=DEFAULT_TEMPLATES[mode])}
+    for name in DEFAULT_TEMPLATES[mode]:
+        if name in by_name:
+            return by_name[name]
+    if mode == Story.SCENES:
+        return Template.objects.filter(name__icontains="holocine").first()
+    return Template.objects.filter(kind=Template.T2V).exclude(name__icontains="holocine").first()
+
+
+class CharacterForm(forms.ModelForm):
+    """A character corrected by hand (the limits are those the model's answers are held to)."""
+
+    role = forms.CharField(max_length=200, required=False)
+    look = forms.CharField(widget=forms.Textarea(attrs={"rows": 3}), max_length=2000, required=False)
+    personality = forms.CharField(widget=forms.Textarea(attrs={"rows": 2}), max_length=2000, required=False)
+
+    class Meta:
+        model = Character
+        fields = ["role", "look", "personality"]

@@ -1,0 +1,303 @@
+"""The steps of a story as a graph, and what moves a story along it.
+
+story → segments → characters → shots or scenes → visual prompts (one part per shot or scene, in
+parallel) → (character references) → renders; narration and music cues need only the segments and
+run beside the rest. A step starts when every step it needs has completed; a step whose input
+failed does not start. `advance()` is the one place that decides this, from the rows alone, so it
+can be called by anyone at any time (after a step ends, after a crash, from a page) and always does
+the same.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+
+from django.db import transaction
+from django.db.models import Max
+from django.utils import timezone
+
+from stories.models import Scene, Shot, StepRun, Story
+
+ASK, REFERENCES, RENDERS = "ask", "references", "renders"
+PLAN = "plan"  # shots or scenes, by the story's mode
+
+
+@dataclasses.dataclass(frozen=True)
+class Step:
+    name: str
+    label: str
+    needs: tuple[str, ...]
+    kind: str = ASK
+    fans_out: bool = False  # one part per shot or scene, run in parallel and gathered
+
+
+STEPS: dict[str, Step] = {
+    s.name: s
+    for s in (
+        Step("story", "Story", ()),
+        Step("segments", "Segments", ("story",)),
+        Step("characters", "Characters", ("segments",)),
+        Step("shots", "Shots", ("characters",)),
+        Step("scenes", "HoloCine scenes", ("characters",)),
+        Step("prompts", "Visual prompts", (PLAN,), fans_out=True),
+        Step("references", "Character references", ("characters",), kind=REFERENCES),
+        Step("narration", "Narration", ("segments",)),
+        Step("music", "Music cues", ("segments",)),
+        Step("renders", "Renders", ("prompts",), kind=RENDERS),
+    )
+}
+
+
+def steps_for(story: Story) -> list[Step]:
+    """The story's steps in an order where every step comes after the ones it needs."""
+    plan = Story.SCENES if story.mode == Story.SCENES else Story.SHOTS
+    skip = {Story.SHOTS, Story.SCENES} - {plan}
+    if not story.references:
+        skip.add("references")
+    out = []
+    for step in STEPS.values():
+        if step.name in skip:
+            continue
+        needs = tuple(plan if n == PLAN else n for n in step.needs)
+        if step.name == "renders" and story.references:
+            needs += ("references",)
+        out.append(dataclasses.replace(step, needs=needs))
+    return out
+
+
+def downstream(story: Story, name: str) -> list[str]:
+    """`name` and every step that needs it, directly or not, in graph order."""
+    found = {name}
+    for step in steps_for(story):
+        if found & set(step.needs):
+            found.add(step.name)
+    return [s.name for s in steps_for(story) if s.name in found]
+
+
+def pieces(story: Story) -> list[int]:
+    """The numbers of the shots or scenes a fanning-out step makes parts for."""
+    model = Scene if story.mode == Story.SCENES else Shot
+    return list(model.objects.filter(story=story).order_by("number").values_list("number", flat=True))
+
+
+# --- moving a story along -------------------------------------------------------------------
+
+
+def advance(story_id: int) -> list[StepRun]:
+    """Start every step whose inputs are complete, gather fanned-out steps whose parts ended, and
+    keep the story's summary (state, progress) up to date. Returns the runs it made pending."""
+    with transaction.atomic():
+        # The lock serialises advancers on PostgreSQL; SQLite's write lock does it there.
+        story = Story.objects.select_for_update().get(pk=story_id)
+        runs = list(story.runs.current())
+        whole = {r.step: r for r in runs if r.part == 0}
+        parts: dict[str, list[StepRun]] = {}
+        for r in runs:
+            if r.part:
+                parts.setdefault(r.step, []).append(r)
+        made: list[StepRun] = []
+        for step in steps_for(story):
+            run = whole.get(step.name)
+            if run is None:
+                if story.stopped or not all(done(whole.get(n)) for n in step.needs):
+                    continue
+                run, new_parts = start(story, step)
+                whole[step.name] = run
+                parts[step.name] = new_parts
+                made += new_parts or ([run] if run.status == StepRun.PENDING else [])
+            elif step.fans_out and run.status == StepRun.RUNNING:
+                gather(story, run, parts.get(step.name, []))
+            elif step.kind == REFERENCES and run.status == StepRun.RUNNING:
+                from stories.rendering import gather_references
+
+                gather_references(story, run)
+        summarise(story, whole, parts)
+    return made
+
+
+def done(run: StepRun | None) -> bool:
+    return run is not None and run.status == StepRun.COMPLETED
+
+
+def start(story: Story, step: Step) -> tuple[StepRun, list[StepRun]]:
+    version = (story.runs.filter(step=step.name, part=0).aggregate(v=Max("version"))["v"] or 0) + 1
+    now = timezone.now()
+    if not step.fans_out:
+        held = step.kind == RENDERS and not story.auto_render
+        run = StepRun.objects.create(
+            story=story,
+            step=step.name,
+            version=version,
+            held=held,
+            waiting="Waiting for you: press Render to queue the shots." if held else "",
+        )
+        story.changed("step.pending")
+        return run, []
+    numbers = pieces(story)
+    run = StepRun.objects.create(
+        story=story,
+        step=step.name,
+        version=version,
+        status=StepRun.RUNNING,
+        started=now,
+        output={"parts": len(numbers)},
+    )
+    made = StepRun.objects.bulk_create(
+        StepRun(story=story, step=step.name, part=n, version=version, created=now) for n in numbers
+    )
+    if not numbers:
+        StepRun.objects.filter(pk=run.pk).update(status=StepRun.COMPLETED, finished=now)
+        run.status = StepRun.COMPLETED
+    story.changed("step.pending")
+    return run, made
+
+
+def gather(story: Story, run: StepRun, parts: list[StepRun]) -> None:
+    if any(p.status in (StepRun.PENDING, StepRun.RUNNING) for p in parts):
+        return
+    failed = [p for p in parts if p.status != StepRun.COMPLETED]
+    if not failed:
+        run.transition(StepRun.COMPLETED, expect=(StepRun.RUNNING,), finished=timezone.now(), error="")
+        return
+    first = failed[0]
+    run.fail(f"{len(failed)} of {len(parts)} parts did not complete; the first, {first.part}: {first.error}")
+
+
+def summarise(story: Story, whole: dict[str, StepRun], parts: dict[str, list[StepRun]]) -> None:
+    steps = steps_for(story)
+    total = 0.0
+    for step in steps:
+        run = whole.get(step.name)
+        if done(run):
+            total += 1
+        elif run is not None and step.fans_out and parts.get(step.name):
+            ps = parts[step.name]
+            total += sum(p.status == StepRun.COMPLETED for p in ps) / len(ps)
+    progress = total / len(steps)
+    live = [r for r in [*whole.values(), *(p for ps in parts.values() for p in ps)] if r.status in ACTIVE]
+    if story.stopped:
+        state = Story.STOPPED
+    elif all(done(whole.get(s.name)) for s in steps):
+        state = Story.COMPLETED
+    elif any(r.status == StepRun.RUNNING or (r.status == StepRun.PENDING and not r.waiting) for r in live):
+        state = Story.RUNNING
+    elif live:  # failed or not, the story goes on once a node is free or the user acts
+        state = Story.WAITING
+    elif any(r.status == StepRun.FAILED for r in whole.values()):
+        state = Story.FAILED
+    else:
+        state = Story.DRAFT
+    if (state, round(progress, 4)) != (story.state, round(story.progress, 4)):
+        Story.objects.filter(pk=story.pk).update(state=state, progress=progress, updated=timezone.now())
+        story.state, story.progress = state, progress
+        story.changed("story.state")
+
+
+ACTIVE = (StepRun.PENDING, StepRun.RUNNING)
+
+
+# --- what the user can do -------------------------------------------------------------------
+
+
+def stop(story: Story) -> None:
+    """Stop the pipeline: nothing new starts, and what runs now is cancelled (a model answer that
+    arrives after this is thrown away). Queued renders stay in the render queue."""
+    with transaction.atomic():
+        Story.objects.filter(pk=story.pk).update(stopped=True)
+        story.runs.filter(status__in=ACTIVE).update(status=StepRun.CANCELLED, owner="", heartbeat=None)
+        story.changed("story.stopped")
+    advance(story.pk)
+
+
+def resume(story: Story) -> None:
+    """Go on from the last good checkpoint: cancelled runs start again; completed ones stay."""
+    with transaction.atomic():
+        Story.objects.filter(pk=story.pk).update(stopped=False)
+        cancelled = story.runs.filter(status=StepRun.CANCELLED)
+        fanned = [s.name for s in STEPS.values() if s.fans_out]
+        cancelled.filter(part=0, step__in=fanned).update(status=StepRun.RUNNING, finished=None)
+        cancelled.update(status=StepRun.PENDING, not_before=None, finished=None)
+        story.changed("story.resumed")
+    advance(story.pk)
+
+
+def render_now(story: Story) -> bool:
+    """The user pressed Render (auto-render off): the waiting renders step may start."""
+    with transaction.atomic():
+        released = story.runs.current().filter(step="renders", status=StepRun.PENDING, held=True)
+        if not released.update(held=False, waiting=""):
+            return False
+        story.changed("step.released")
+    advance(story.pk)
+    return True
+
+
+def retry(run: StepRun) -> bool:
+    """Run a failed step again (a fanned-out step: its failed parts); its dependents follow."""
+    with transaction.atomic():
+        if run.part == 0 and STEPS[run.step].fans_out:
+            failed = run.story.runs.current().filter(step=run.step, status=StepRun.FAILED).exclude(part=0)
+            failed.update(status=StepRun.PENDING, attempts=0, not_before=None, finished=None)
+            ok = run.transition(StepRun.RUNNING, expect=(StepRun.FAILED,), finished=None, error="")
+        else:
+            ok = run.transition(
+                StepRun.PENDING, expect=(StepRun.FAILED, StepRun.CANCELLED), attempts=0, not_before=None, finished=None
+            )
+            if ok and run.part:
+                # The step failed when this part did; it gathers its parts again once this one ends.
+                parent = run.story.runs.current().filter(step=run.step, part=0, status=StepRun.FAILED)
+                parent.update(status=StepRun.RUNNING, finished=None, error="")
+        if ok:
+            run.note("retried by the user")
+    advance(run.story_id)
+    return ok
+
+
+def rerun_from(story: Story, name: str) -> list[str]:
+    """Do `name` and everything downstream of it again; upstream work stays. The runs they
+    replace stay as earlier versions (stale), each with its output. Returns the steps marked."""
+    marked = downstream(story, name)
+    make_stale(story, marked)
+    advance(story.pk)
+    return marked
+
+
+def rerun_part(run: StepRun) -> None:
+    """Write one shot's or scene's prompt again (and queue its render again if it changes)."""
+    with transaction.atomic():
+        StepRun.objects.filter(pk=run.pk).update(status=StepRun.STALE, owner="")
+        StepRun.objects.create(story_id=run.story_id, step=run.step, part=run.part, version=run.version + 1)
+        parent = run.story.runs.current().get(step=run.step, part=0)
+        StepRun.objects.filter(pk=parent.pk).update(status=StepRun.RUNNING, finished=None, error="")
+        make_stale(run.story, [s for s in downstream(run.story, run.step) if s != run.step])
+        run.story.changed("step.pending")
+    advance(run.story_id)
+
+
+def edited(story: Story, name: str, output: object, who: str) -> None:
+    """The user corrected a step's objects by hand: that becomes the step's new version, and
+    only what depends on it runs again."""
+    with transaction.atomic():
+        old = story.runs.current().filter(step=name, part=0).first()
+        version = (old.version if old else 0) + 1
+        make_stale(story, downstream(story, name))
+        now = timezone.now()
+        StepRun.objects.create(
+            story=story,
+            step=name,
+            version=version,
+            status=StepRun.COMPLETED,
+            started=now,
+            finished=now,
+            output=output,
+            edited=True,
+            log=f"{now:%H:%M:%S} edited by hand by {who}\n",
+        )
+    advance(story.pk)
+
+
+def make_stale(story: Story, names: Iterable[str]) -> None:
+    with transaction.atomic():
+        story.runs.current().filter(step__in=list(names)).update(status=StepRun.STALE, owner="", heartbeat=None)
+        story.changed("step.stale")

@@ -1,0 +1,149 @@
+"""StoryDetail in headless chromium against real processes (daphne, and the dispatcher that runs
+story steps and renders) with a simulated Ollama and a simulated ComfyUI: a story made through the
+form, its steps completing on the page without a reload, and its first shot in the gallery.
+
+The simulated nodes listen on 127.0.70.x in the SQLite mode and on 127.0.71.x in the PostgreSQL
+mode (DATABASE_URL set), so the two modes can run at the same time on one machine.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from django.contrib.auth.models import User
+from playwright.sync_api import Page, expect
+
+from nodes.models import Capability, Node
+from nodes.sim.comfyui import SimComfyUI
+from nodes.sim.ollama import SimOllama
+from renders.management.commands.load_templates import load
+from renders.models import RenderJob
+from stories.models import Story
+from tests import test_browser
+from tests.conftest import Stack
+from tests.test_browser import SCREENSHOTS, assert_not_reloaded, expect_live, log_in, watch_navigation
+
+browser, page = test_browser.browser, test_browser.page
+
+NET = "127.0.71" if os.environ.get("DATABASE_URL") else "127.0.70"
+MODEL = "llama3.2:3b"
+SCREENSHOT = Path("/tmp/story-detail.png")
+
+
+@pytest.fixture
+def pool(transactional_db: None) -> Iterator[None]:
+    """A simulated Ollama and a simulated ComfyUI, registered and online."""
+    ollama = SimOllama(f"{NET}.2", 0, models=[MODEL], answer_seconds=0.2).start()
+    comfyui = SimComfyUI(f"{NET}.3", 0, seconds_per_node=0.05).start()
+    writer = Node.objects.create(name="Sim writer", host=f"{NET}.2")
+    Capability.objects.create(
+        node=writer,
+        kind=Capability.OLLAMA,
+        port=ollama.port,
+        status=Capability.ONLINE,
+        inventory={"models": [{"name": MODEL}]},
+    )
+    gpu = Node.objects.create(name="Sim GPU", host=f"{NET}.3")
+    Capability.objects.create(node=gpu, kind=Capability.COMFYUI, port=comfyui.port, status=Capability.ONLINE)
+    load()
+    yield
+    ollama.close()
+    comfyui.close()
+
+
+def status(page: Page, step: str) -> str:
+    return str(page.locator(f"#step-{step}").get_attribute("data-status"))
+
+
+@pytest.mark.browser
+def test_a_story_written_and_rendered_live_on_its_page(page: Page, stack: Stack, user: User, pool: None) -> None:
+    stack.web()
+    log_in(page)
+    page.goto("/stories/")
+    expect_live(page, "connected", 10)
+
+    page.get_by_label("Idea").fill("A lighthouse keeper finds a message in a bottle, written by her future self.")
+    page.get_by_label("Length (seconds)").fill("10")
+    page.get_by_label("Language model").select_option(MODEL)
+    page.get_by_label("Render template").select_option(label="test-video-mp4")
+    page.get_by_label("Resolution").select_option("512x512")
+    page.get_by_label("Frames").fill("24")
+    with page.expect_navigation():
+        page.get_by_role("button", name="Start the story").click()
+    story = Story.objects.get()
+    expect(page).to_have_url(f"{stack.url}/stories/{story.code}/")
+    expect(page.locator("#messages")).to_contain_text("Story started")
+
+    # Nothing runs the steps yet: the first waits, the rest wait for it.
+    expect(page.locator("#step-story")).to_have_attribute("data-status", "pending")
+    expect(page.locator("#step-renders")).to_contain_text("waits for Visual prompts")
+    page.get_by_role("link", name="Gallery").click()
+    expect(page.locator("#story-tab")).to_contain_text("No shots rendered yet")
+    expect_live(page, "connected", 10)
+    navigations = watch_navigation(page)
+
+    started = time.monotonic()
+    stack.spawn("dispatcher", "manage.py", "dispatcher", SPOONFEEDER_RENDER_STALE="2")
+    seen: dict[str, list[str]] = {}
+    pictured = False
+    deadline = time.monotonic() + 60
+    steps = ["story", "segments", "characters", "shots", "prompts", "narration", "music", "renders"]
+    while time.monotonic() < deadline:
+        for s in steps:
+            now = status(page, s)
+            if not seen.get(s) or seen[s][-1] != now:
+                seen.setdefault(s, []).append(now)
+        if all(seen[s][-1] == "completed" for s in steps):
+            break
+        if seen["characters"][-1] == "completed" and not pictured:
+            page.screenshot(path=SCREENSHOT, full_page=True)  # mid-way, for a person to look at
+            pictured = True
+        page.wait_for_timeout(50)
+    print(f"dispatcher start to every step completed: {time.monotonic() - started:.2f} s; seen: {seen}")
+    for s in steps:
+        expect(page.locator(f"#step-{s}")).to_have_attribute("data-status", "completed", timeout=1)
+    # Each step was seen waiting on the page, then completed, without a reload.
+    assert seen["story"][0] == "pending" and seen["renders"][0] == "blocked"
+    assert all(len(seen[s]) >= 2 for s in steps), seen
+    expect(page.locator("#story-head .status")).to_have_text("Completed", timeout=10_000)
+    expect(page.locator("#step-prompts")).to_contain_text(re.compile(r"(\d+)/\1 shots"))
+    expect(page.locator("#step-story")).to_contain_text("Sim writer")
+
+    # The first shot's render appears in the gallery, on the same page.
+    first = page.locator("#gallery-1 video")
+    expect(first).to_be_visible(timeout=60_000)
+    print(f"dispatcher start to the first shot in the gallery: {time.monotonic() - started:.2f} s")
+    job = RenderJob.objects.get(story=str(story.code), target="shot:1", status=RenderJob.COMPLETED)
+    expect(page.locator("#gallery-1")).to_contain_text("Download")
+    first.evaluate("v => { v.preload = 'metadata'; v.load(); }")
+    page.wait_for_function("v => v.readyState >= 1 && v.duration > 0", arg=first.element_handle(), timeout=15_000)
+    assert first.get_attribute("src") == f"/media/{job.outputs[0]['path']}"
+    assert_not_reloaded(page, navigations)
+
+    page.screenshot(path=SCREENSHOT.with_name("story-gallery.png"), full_page=True)
+
+    # Re-run from the characters: after a confirmation, they and what follows run again, live,
+    # and the run they replace is listed as an earlier version.
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.locator("#story-steps select[name=step]").select_option("characters")
+    page.get_by_role("button", name="Re-run", exact=True).click()
+    expect(page.locator("#messages")).to_contain_text("Re-running from Characters")
+    expect(page.locator("#step-characters")).to_contain_text("1 earlier version", timeout=10_000)
+    expect(page.locator("#step-characters")).to_have_attribute("data-status", "completed", timeout=30_000)
+    expect(page.locator("#step-story .step-info")).to_contain_text("attempt 1/3")  # upstream left alone
+    # An action the story no longer allows (a page left open elsewhere) says why, and changes nothing.
+    page.evaluate(
+        "url => htmx.ajax('POST', url, {source: document.body, swap: 'none'})",
+        f"/stories/{story.code}/actions/resume/",
+    )
+    expect(page.locator("#messages")).to_contain_text("The story is not stopped.")
+    assert_not_reloaded(page, navigations)
+    if os.environ.get("SPOONFEEDER_SCREENSHOTS"):
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        shutil.copy(SCREENSHOT, SCREENSHOTS / "story-detail.png")
