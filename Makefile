@@ -58,6 +58,7 @@ bench: $(VENV)/.test-installed
 	$(BIN)/python bench/event_latency.py
 	$(BIN)/python bench/pool.py
 	$(BIN)/python bench/render_queue.py
+	$(BIN)/python bench/stories.py
 	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) $(BIN)/python bench/event_latency.py
 
 clean:

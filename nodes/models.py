@@ -176,7 +176,7 @@ class Capability(models.Model):
                 if row is None or Lease.objects.filter(capability_id=self.pk).count() >= row["limit"] + extra:
                     return None
                 if Capability.objects.filter(pk=self.pk, claims=row["claims"]).update(claims=F("claims") + 1):
-                    return Lease.objects.create(capability_id=self.pk, holder=holder)
+                    return Lease.objects.create(capability=self, holder=holder)
         return None
 
     def record_check(

@@ -15,6 +15,7 @@ DEFAULT_TEMPLATES = {
     Story.SHOTS: ("wan22-t2v", "hunyuan15-t2v"),
     Story.SCENES: ("holocine-t2v",),
 }
+SIMULATED_TEMPLATE = "test-video-mp4"  # a lab of simulated nodes only renders with this
 
 
 def known_models() -> list[str]:
@@ -129,13 +130,26 @@ class StoryForm(RenderForm):
 
 
 def default_template(mode: str) -> Template | None:
-    by_name = {t.name: t for t in Template.objects.filter(name__in=DEFAULT_TEMPLATES[mode])}
-    for name in DEFAULT_TEMPLATES[mode]:
-        if name in by_name:
-            return by_name[name]
+    """The template a story renders with when none is chosen: the first of the preferred ones
+    (then any of the kind) that an online ComfyUI node has everything for. A lab whose ComfyUIs
+    are all simulated (the demo) has no model files: it renders with the model-free test video.
+    With no node able to run any, the first preferred one (its renders say what they wait for)."""
+    preferred = list(Template.objects.filter(name__in=DEFAULT_TEMPLATES[mode]))
+    preferred.sort(key=lambda t: DEFAULT_TEMPLATES[mode].index(t.name))
     if mode == Story.SCENES:
-        return Template.objects.filter(name__icontains="holocine").first()
-    return Template.objects.filter(kind=Template.T2V).exclude(name__icontains="holocine").first()
+        others = Template.objects.filter(name__icontains="holocine")
+    else:
+        others = Template.objects.filter(kind=Template.T2V).exclude(name__icontains="holocine")
+    wanted = preferred + [t for t in others.order_by("name") if t not in preferred]
+    nodes = [c for c in Capability.objects.usable(Capability.COMFYUI).select_related("node") if c.inventory]
+    for template in wanted:
+        if any(not c.lacks(template.requirements()) for c in nodes):
+            return template
+    if nodes and all(c.node.simulated for c in nodes):
+        test = Template.objects.filter(name=SIMULATED_TEMPLATE).first()
+        if test is not None:
+            return test
+    return wanted[0] if wanted else None
 
 
 class CharacterForm(forms.ModelForm):

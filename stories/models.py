@@ -250,30 +250,41 @@ class StepRun(models.Model):
 
     def note(self, line: str) -> None:
         """Append a line to the log (on the row in the database, whatever else changed)."""
-        stamp = timezone.now().strftime("%H:%M:%S")
-        self.log = f"{self.log}{stamp} {line}\n"
-        StepRun.objects.filter(pk=self.pk).update(log=Concat("log", models.Value(f"{stamp} {line}\n")))
+        stamped = f"{timezone.now():%H:%M:%S} {line}\n"
+        if "log" not in self.get_deferred_fields():
+            self.log += stamped
+        StepRun.objects.filter(pk=self.pk).update(log=Concat("log", models.Value(stamped)))
 
-    def transition(self, to: str, *, expect: tuple[str, ...], by: str | None = None, **fields: Any) -> bool:
+    def transition(
+        self, to: str, *, expect: tuple[str, ...], by: str | None = None, note: str = "", **fields: Any
+    ) -> bool:
         """Guarded: move to `to` if the run is still in one of `expect` (and still `by`'s, its
-        owner's, when given), with the story's pages told in the same transaction."""
+        owner's, when given), with `note` added to the log and the story's pages told in the same
+        transaction."""
         rows = StepRun.objects.filter(pk=self.pk, status__in=expect)
         if by is not None:
             rows = rows.filter(owner=by)
+        line = f"{timezone.now():%H:%M:%S} {note}\n" if note else ""
+        logged = {"log": Concat("log", models.Value(line))} if note else {}
         with transaction.atomic():
-            if not rows.update(status=to, **fields):
+            if not rows.update(status=to, **fields, **logged):
                 return False
             for key, value in fields.items():
                 setattr(self, key, value)
             self.status = to
+            if "log" not in self.get_deferred_fields():
+                self.log += line
             self.story.changed(f"step.{to}")
         return True
 
     def fail(self, error: str, by: str | None = None) -> bool:
         """Guarded: a running run ends failed with `error` (shown on the step, kept in its log)."""
-        if not self.transition(
-            StepRun.FAILED, expect=(StepRun.RUNNING,), by=by, finished=timezone.now(), error=error, heartbeat=None
-        ):
-            return False
-        self.note(f"failed: {error}")
-        return True
+        return self.transition(
+            StepRun.FAILED,
+            expect=(StepRun.RUNNING,),
+            by=by,
+            note=f"failed: {error}",
+            finished=timezone.now(),
+            error=error,
+            heartbeat=None,
+        )

@@ -4,8 +4,11 @@ The pipeline runner lives in the dispatcher process beside the render runners. I
 step runs by a guarded update, places each on an Ollama node (the story's last node preferred, the
 model required) with a lease on the node's capacity, and runs it in a thread of its own: a step is
 a wait on a language model, and as many run at once as the pool has room for. When a step ends,
-the runner wakes, hands the freed slot to the next ready step, then advances the story and starts
-what became ready.
+its thread advances the story and goes straight on, on the same node and lease, to the oldest
+ready step that node can take (often the story's next), so a node does not idle between steps
+waiting for a pass of the runner; what more became ready wakes the runner to place it elsewhere.
+A step queued behind busy nodes shows no reason: it is next in line. One that no node could take
+(none online, none with its model) says why.
 
 A runner that dies leaves its runs `running` with a heartbeat that stops; any runner finds them
 and starts them again, and advances any story it left between two steps. A step writes its
@@ -20,6 +23,7 @@ import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from datetime import timedelta
 
 from django.conf import settings
@@ -31,7 +35,7 @@ from nodes.clients import ServiceError
 from nodes.clients.ollama import Ollama
 from nodes.models import Capability, Lease, Requirements, place_and_claim
 from stories import graph, steps
-from stories.models import StepRun, Story
+from stories.models import RunQuerySet, StepRun, Story
 from stories.rendering import queue_references, queue_renders
 
 log = logging.getLogger(__name__)
@@ -40,6 +44,11 @@ ANSWERS = 3  # answers asked of the model per attempt before the step fails
 BEAT = 2.0  # seconds between heartbeats of running steps (and looks for stale ones)
 MAX_PARALLEL = 32  # steps running at once in one runner, at most
 ANSWER_TIMEOUT = 600.0
+LOOK = 0.2  # seconds between looks for ready steps when nothing wakes the runner
+HAND_ON_LOOK = 20  # ready runs a freed node looks through for one it can take
+SCAN = 64  # ready runs a pass of the runner looks through, at most
+REASONS = 1.0  # seconds between updates of why steps no node can take wait, while every node is busy
+ASKS = [name for name, step in graph.STEPS.items() if step.kind == graph.ASK]
 
 
 class Pipeline(threading.Thread):
@@ -52,9 +61,8 @@ class Pipeline(threading.Thread):
         self.stopping = threading.Event()
         self.wake = threading.Event()
         self.active: set[int] = set()
-        # Stories whose step ended here, to advance once the freed slots have been handed on.
-        self.ended: set[int] = set()
         self.lock = threading.Lock()
+        self.next_reasons = 0.0
         self.pool = ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="step")
 
     def run(self) -> None:
@@ -67,12 +75,11 @@ class Pipeline(threading.Thread):
                         # Well inside the stale window, or other runners take live runs over.
                         next_beat = time.monotonic() + min(BEAT, settings.RENDER_STALE / 3)
                     self.start_ready()
-                    self.advance_ended()
                 except Exception:
                     log.exception("pipeline pass failed")
                 finally:
                     close_old_connections()
-                self.wake.wait(0.25)
+                self.wake.wait(LOOK)
                 self.wake.clear()
         finally:
             self.pool.shutdown(wait=True)
@@ -95,8 +102,14 @@ class Pipeline(threading.Thread):
         dead = StepRun.objects.filter(status=StepRun.RUNNING, heartbeat__lt=stale).exclude(owner="")
         for run in dead.exclude(owner=self.owner).select_related("story"):
             Lease.objects.filter(holder=holder(run.pk)).delete()
-            if run.transition(StepRun.PENDING, expect=(StepRun.RUNNING,), by=run.owner, owner="", heartbeat=None):
-                run.note("the worker running this step stopped; it starts again")
+            run.transition(
+                StepRun.PENDING,
+                expect=(StepRun.RUNNING,),
+                by=run.owner,
+                note="the worker running this step stopped; it starts again",
+                owner="",
+                heartbeat=None,
+            )
         # Reference images render in the render queue: look whether they are done.
         waiting = StepRun.objects.filter(step="references", status=StepRun.RUNNING, owner="")
         for story_id in waiting.values_list("story_id", flat=True):
@@ -110,64 +123,87 @@ class Pipeline(threading.Thread):
     # --- starting ------------------------------------------------------------------------------
 
     def start_ready(self) -> None:
-        now = timezone.now()
+        """Place the ready runs on free nodes and start them. The pool is read once a pass; a
+        model no free node has is tried once a pass, not once a run; and while every node is
+        busy only the steps that need no node are looked at (with the reasons of the others
+        brought up to date every REASONS seconds)."""
         with self.lock:
             busy = set(self.active)
         room = self.parallel - len(busy)
         if room <= 0:
             return
-        ready = (
-            StepRun.objects.filter(status=StepRun.PENDING, held=False, story__stopped=False)
-            .filter(Q(not_before=None) | Q(not_before__lte=now))
-            .exclude(pk__in=busy)
-            .select_related("story")
-            .order_by("created", "id")[: room * 4]
-        )
-        for run in ready:
+        pool = list(Capability.objects.usable(Capability.OLLAMA).with_load())
+        free = [c for c in pool if c.busy() < c.limit]
+        rows = ready().exclude(pk__in=busy)
+        if free or time.monotonic() >= self.next_reasons:
+            self.next_reasons = time.monotonic() + REASONS
+        else:
+            rows = rows.exclude(step__in=ASKS)
+        blocked: dict[str, str] = {}  # model -> why no node takes it now ("" when all are busy)
+        for run in rows[: min(room * 4, SCAN)]:
             if room <= 0:
                 break
-            step = graph.STEPS[run.step]
             lease = None
             model = ""
-            if step.kind == graph.ASK:
+            if graph.STEPS[run.step].kind == graph.ASK:
                 model = run.story.model_for(run.step)
-                lease = place_and_claim(
-                    Capability.OLLAMA, holder(run.pk), Requirements(model=model), story_node=run.story.node_id
-                )
+                if model not in blocked and any(model in c.model_names() for c in free):
+                    lease = place_and_claim(
+                        Capability.OLLAMA, holder(run.pk), Requirements(model=model), story_node=run.story.node_id
+                    )
                 if lease is None:
-                    self.waiting(run, why_waiting(model))
+                    blocked.setdefault(model, why_waiting(model, pool))
+                    self.waiting(run, blocked[model])
                     continue
-            claimed = run.transition(
-                StepRun.RUNNING,
-                expect=(StepRun.PENDING,),
-                owner=self.owner,
-                heartbeat=now,
-                started=timezone.now(),
-                attempts=run.attempts + 1,
-                node_id=lease.capability.node_id if lease else None,
-                model=model,
-                waiting="",
-            )
-            if not claimed:
+            if not self.claim(run, lease, model):
                 if lease:
                     lease.release()
                 continue
-            if run.story.state == Story.WAITING:
-                graph.advance(run.story_id)  # the story showed it waits: now it runs
-            with self.lock:
-                self.active.add(run.pk)
             room -= 1
             self.pool.submit(self.execute, run, lease)
 
-    def advance_ended(self) -> None:
-        """Move on the stories whose steps ended here. Called after start_ready() has handed the
-        freed slots on, so a story does not look waiting (or failed) between two steps."""
+    def claim(self, run: StepRun, lease: Lease | None, model: str, *, handed: bool = False) -> bool:
+        """Take `run` for this runner, on `lease`'s node (a lease `handed` on from the run before
+        it changes holder in the same transaction)."""
+        now = timezone.now()
+        node = lease.capability.node if lease else None
+        with transaction.atomic():
+            if not run.transition(
+                StepRun.RUNNING,
+                expect=(StepRun.PENDING,),
+                note=f"asked {model} on {node.name} (answer 1 of at most {ANSWERS})" if node else "",
+                owner=self.owner,
+                heartbeat=now,
+                started=now,
+                attempts=run.attempts + 1,
+                node_id=node.pk if node else None,
+                model=model,
+                waiting="",
+            ):
+                return False
+            if handed and lease and not Lease.objects.filter(pk=lease.pk).update(holder=holder(run.pk), heartbeat=now):
+                transaction.set_rollback(True)  # the lease is gone (its node was removed): not on it
+                return False
+        if run.story.state == Story.WAITING:
+            graph.advance(run.story_id)  # the story showed it waits: now it runs
         with self.lock:
-            ended, self.ended = self.ended, set()
-        for story_id in ended:
-            graph.advance(story_id)
-        if ended:
-            self.wake.set()  # start what became ready at once
+            self.active.add(run.pk)
+        return True
+
+    def hand_on(self, lease: Lease) -> StepRun | None:
+        """The oldest ready run the lease's node can take, claimed on the lease: a node that
+        answered goes straight on to the next step, without a pass of the runner."""
+        cap = Capability.objects.usable(Capability.OLLAMA).filter(pk=lease.capability_id).first()
+        if cap is None or self.stopping.is_set():
+            return None  # disabled, offline or removed meanwhile: the lease goes back
+        models = set(cap.model_names())
+        with self.lock:
+            busy = set(self.active)
+        for run in ready().filter(step__in=ASKS).exclude(pk__in=busy)[:HAND_ON_LOOK]:
+            model = run.story.model_for(run.step)
+            if model in models and self.claim(run, lease, model, handed=True):
+                return run
+        return None
 
     def waiting(self, run: StepRun, why: str) -> None:
         if run.waiting != why:
@@ -179,59 +215,72 @@ class Pipeline(threading.Thread):
     # --- running -------------------------------------------------------------------------------
 
     def execute(self, run: StepRun, lease: Lease | None) -> None:
+        """Run `run`, then, on the same node, whatever is ready next, until nothing is."""
+        next_run: StepRun | None = run
         try:
-            kind = graph.STEPS[run.step].kind
-            if kind == graph.ASK:
-                assert lease is not None
-                self.ask(run, lease)
-            elif kind == graph.RENDERS:
-                queue_renders(run.story, run)
-            else:
-                queue_references(run.story, run)
-        except Exception as e:
-            log.exception("step %s failed", run)
-            self.failed(run, f"{type(e).__name__}: {e}")
+            with Ollama(lease.capability.url) if lease else nullcontext() as client:
+                while next_run is not None:
+                    run, next_run = next_run, None
+                    try:
+                        run.story = Story.objects.get(pk=run.story_id)
+                        kind = graph.STEPS[run.step].kind
+                        if kind == graph.ASK:
+                            assert lease is not None and client is not None
+                            self.ask(run, lease.capability, client)
+                        elif kind == graph.RENDERS:
+                            queue_renders(run.story, run)
+                        else:
+                            queue_references(run.story, run)
+                    except Exception as e:
+                        log.exception("step %s failed", run)
+                        self.failed(run, f"{type(e).__name__}: {e}")
+                    finally:
+                        with self.lock:
+                            self.active.discard(run.pk)
+                    made = graph.advance(run.story_id)
+                    if lease:
+                        next_run = self.hand_on(lease)
+                    if len(made) > (next_run is not None and next_run.story_id == run.story_id):
+                        self.wake.set()  # more became ready than this node took: place the rest
+        except Exception:
+            log.exception("step %s: handing the node on failed", run)
         finally:
             if lease:
                 lease.release()
-            with self.lock:
-                self.active.discard(run.pk)
-                self.ended.add(run.story_id)
+                self.wake.set()  # a node is free
             close_old_connections()
-            self.wake.set()
 
-    def ask(self, run: StepRun, lease: Lease) -> None:
+    def ask(self, run: StepRun, cap: Capability, client: Ollama) -> None:
         story: Story = run.story
         asking = steps.ASKING[run.step]
-        cap = Capability.objects.select_related("node").get(pk=lease.capability_id)
         messages = [
             {"role": "system", "content": steps.SYSTEM},
             {"role": "user", "content": asking.prompt(story, run)},
         ]
         schema = asking.schema(story)
         reasons: list[str] = []
-        with Ollama(cap.url) as client:
-            for number in range(1, ANSWERS + 1):
+        for number in range(1, ANSWERS + 1):
+            if number > 1:
                 run.note(f"asked {run.model} on {cap.node.name} (answer {number} of at most {ANSWERS})")
-                try:
-                    reply = client.chat(run.model, messages, format=schema, timeout=ANSWER_TIMEOUT)
-                except ServiceError as e:
-                    self.node_failed(run, cap, e)
-                    return
-                text = reply["text"]
-                try:
-                    answer = asking.read(story, text)
-                except steps.Unfit as e:
-                    reasons = e.reasons
-                    cut = " (cut short: the model ran out of tokens)" if reply.get("done_reason") == "length" else ""
-                    run.note(f"the answer did not fit{cut}: {e}\n--- the answer ---\n{text[:50_000]}\n---")
-                    messages += [
-                        {"role": "assistant", "content": text[:50_000]},
-                        {"role": "user", "content": f"That answer does not fit: {e}. Answer again, fixing that."},
-                    ]
-                    continue
-                self.complete(run, cap, answer)
+            try:
+                reply = client.chat(run.model, messages, format=schema, timeout=ANSWER_TIMEOUT)
+            except ServiceError as e:
+                self.node_failed(run, cap, e)
                 return
+            text = reply["text"]
+            try:
+                answer = asking.read(story, text)
+            except steps.Unfit as e:
+                reasons = e.reasons
+                cut = " (cut short: the model ran out of tokens)" if reply.get("done_reason") == "length" else ""
+                run.note(f"the answer did not fit{cut}: {e}\n--- the answer ---\n{text[:50_000]}\n---")
+                messages += [
+                    {"role": "assistant", "content": text[:50_000]},
+                    {"role": "user", "content": f"That answer does not fit: {e}. Answer again, fixing that."},
+                ]
+                continue
+            self.complete(run, cap, answer)
+            return
         self.failed(run, f"the model's answers did not fit, {ANSWERS} times; the last: {'; '.join(reasons)}")
 
     def complete(self, run: StepRun, cap: Capability, answer: steps.BaseModel) -> None:
@@ -240,6 +289,7 @@ class Pipeline(threading.Thread):
                 StepRun.COMPLETED,
                 expect=(StepRun.RUNNING,),
                 by=self.owner,
+                note="completed",
                 finished=timezone.now(),
                 output=answer.model_dump(mode="json"),
                 error="",
@@ -249,8 +299,8 @@ class Pipeline(threading.Thread):
                 run.note("the answer came after the step was stopped or re-run: not used")
                 return
             steps.ASKING[run.step].write(run.story, run, answer)
-            Story.objects.filter(pk=run.story_id).update(node=cap.node_id)
-        run.note("completed")
+            if run.story.node_id != cap.node_id:
+                Story.objects.filter(pk=run.story_id).update(node=cap.node_id)
 
     def node_failed(self, run: StepRun, cap: Capability, e: ServiceError) -> None:
         """The node did not answer well: try again later (elsewhere if it is down), unless the
@@ -260,29 +310,43 @@ class Pipeline(threading.Thread):
             self.failed(run, error)
             return
         wait = settings.RENDER_BACKOFF * 2 ** (run.attempts - 1)
-        if run.transition(
+        run.transition(
             StepRun.PENDING,
             expect=(StepRun.RUNNING,),
             by=self.owner,
+            note=f"{error}; trying again in {wait:g} s (attempt {run.attempts} of {run.max_attempts} done)",
             owner="",
             heartbeat=None,
             error=error,
             not_before=timezone.now() + timedelta(seconds=wait),
-        ):
-            run.note(f"{error}; trying again in {wait:g} s (attempt {run.attempts} of {run.max_attempts} done)")
+        )
 
     def failed(self, run: StepRun, error: str) -> None:
         run.fail(error, self.owner)
+
+
+def ready() -> RunQuerySet:
+    """Pending runs that may start now, oldest first (without their stories' long texts: a run
+    that starts loads its story again)."""
+    return (
+        StepRun.objects.filter(status=StepRun.PENDING, held=False, story__stopped=False)
+        .filter(Q(not_before=None) | Q(not_before__lte=timezone.now()))
+        .select_related("story")
+        .defer("log", "output", "story__idea", "story__text")
+        .order_by("created", "id")
+    )
 
 
 def holder(run_pk: int) -> str:
     return f"step:{run_pk}"
 
 
-def why_waiting(model: str) -> str:
-    usable = Capability.objects.usable(Capability.OLLAMA)
-    if not usable.exists():
+def why_waiting(model: str, pool: list[Capability]) -> str:
+    """Why no node of `pool` (the usable Ollamas) takes a step for `model` now; "" when the nodes
+    that could are busy (the step is queued, and a node goes on to it when it is free: not a
+    reason to show)."""
+    if not pool:
         return "No Ollama node is online; the step starts when one is."
-    if not any(model in c.model_names() for c in usable):
+    if not any(model in c.model_names() for c in pool):
         return f"No online Ollama node has the model {model}: pull it on a node, or choose another model."
-    return f"Every Ollama node with {model} is busy; the step starts when one is free."
+    return ""

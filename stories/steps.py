@@ -11,6 +11,7 @@ run's completion.
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import string
 from collections.abc import Callable
@@ -300,11 +301,10 @@ class Asking:
     narrow: bool = False
 
     def prompt(self, story: Story, run: StepRun) -> str:
-        text = (PROMPTS / f"{run.step}.txt").read_text()
-        return string.Template(text).safe_substitute(facts(story, run))
+        return prompt_file(run.step).safe_substitute(facts(story, run))
 
     def schema(self, story: Story) -> dict[str, Any]:
-        schema = copy.deepcopy(self.answer.model_json_schema())
+        schema = copy.deepcopy(json_schema(self.answer))
         if self.narrow:
             cast, count = cast_of(story), max(segment_count(story), 1)
             for definition in [schema, *schema.get("$defs", {}).values()]:
@@ -330,6 +330,16 @@ class Asking:
         if problems:
             raise Unfit(problems[:12])
         return answer
+
+
+@functools.cache
+def prompt_file(step: str) -> string.Template:
+    return string.Template((PROMPTS / f"{step}.txt").read_text())
+
+
+@functools.cache
+def json_schema(answer: type[BaseModel]) -> dict[str, Any]:
+    return answer.model_json_schema()
 
 
 def reason(err: Any) -> str:

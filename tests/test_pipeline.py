@@ -639,6 +639,51 @@ def test_branches_and_prompt_parts_run_at_the_same_time_on_two_nodes(pipeline: P
     assert_graph_order(story)
 
 
+def test_a_node_that_answered_goes_straight_on_to_the_next_ready_step(lab: Lab) -> None:
+    """One pass of the runner starts the first step; every later step is handed on by the thread
+    whose node just answered (the runner's own loop never runs here)."""
+    sim = lab.ollama("llm", limit=1)
+    story = new_story(auto_render=False)
+    p = Pipeline(parallel=4)
+    try:
+        p.start_ready()
+        asks = [s.name for s in graph.steps_for(story) if s.kind == graph.ASK]
+
+        def answered() -> bool:
+            done = StepRun.objects.current().filter(story=story, part=0, status=StepRun.COMPLETED)
+            return set(asks) <= set(done.values_list("step", flat=True))
+
+        wait_for(story, lambda: answered() or None, "every language-model step answered")
+    finally:
+        p.stop()
+        p.pool.shutdown(wait=True)
+    seen = asked(sim)
+    assert seen[:2] == ["StoryAnswer", "SegmentsAnswer"]
+    assert sorted(set(seen)) == sorted(
+        ["StoryAnswer", "SegmentsAnswer", "CharactersAnswer", "ShotsAnswer", "PromptAnswer"]
+        + ["NarrationAnswer", "MusicAnswer"]
+    )
+    shots = fresh(story).shots.count()
+    assert seen.count("PromptAnswer") == shots and len(seen) == 6 + shots  # each step asked once
+    assert_graph_order(story)
+    assert not Lease.objects.exists()  # the node's lease went back when nothing was left for it
+
+
+def test_steps_queued_behind_a_busy_node_wait_without_a_reason_and_run_in_turn(pipeline: Pipeline, lab: Lab) -> None:
+    sim = lab.ollama("llm", limit=1, hang=True)
+    first, second = new_story(idea="The first story's idea, long enough."), new_story()
+    wait_until(lambda: asked(sim) == ["StoryAnswer"], 10, "the first story to be asked")
+    wait_until(lambda: run_of(first, "story").status == StepRun.RUNNING, 10, "the first step running")
+    pipeline.start_ready()  # a pass while the only node is busy
+    queued = run_of(second, "story")
+    assert (queued.status, queued.waiting) == (StepRun.PENDING, "")
+    assert fresh(second).state == Story.RUNNING
+    sim.set(hang=False)
+    wait_until(lambda: len(asked(sim)) >= 3, 10, "three answers")
+    # In the order they became ready: the second story's first step before the first's segments.
+    assert asked(sim)[:3] == ["StoryAnswer", "StoryAnswer", "SegmentsAnswer"]
+
+
 # --- waiting for a node ----------------------------------------------------------------------
 
 

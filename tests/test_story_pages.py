@@ -245,6 +245,42 @@ def test_scenes_render_with_holocine_and_references_with_a_still_template(
     assert story.references and story.reference_template == still
 
 
+def comfyui(name: str, host: str, template: str | None = None, *, simulated: bool = False) -> None:
+    """An online ComfyUI node with everything `template` needs (or only a core class)."""
+    needs = Template.objects.get(name=template).needs if template else {"classes": ["SaveImage"], "files": {}}
+    node = Node.objects.create(name=name, host=host, simulated=simulated)
+    Capability.objects.create(
+        node=node,
+        kind=Capability.COMFYUI,
+        port=8188,
+        status=Capability.ONLINE,
+        inventory={"classes": needs["classes"], "files": needs.get("files", {})},
+    )
+
+
+@pytest.mark.parametrize(
+    ("lab", "mode", "chosen"),
+    [
+        ([], "shots", "wan22-t2v"),  # nothing known: the preferred one, which says what it waits for
+        ([("gpu", "127.0.70.20", None, False)], "shots", "wan22-t2v"),  # a real node that has none
+        ([("gpu", "127.0.70.20", "hunyuan15-t2v", False)], "shots", "hunyuan15-t2v"),  # the one it can run
+        ([("gpu", "127.0.70.20", "wan22-t2v", False)], "shots", "wan22-t2v"),
+        ([("sim", "127.0.70.21", None, True)], "shots", "test-video-mp4"),  # the demo's simulated lab
+        ([("sim", "127.0.70.21", None, True)], "scenes", "test-video-mp4"),
+        ([("sim", "127.0.70.21", None, True), ("gpu", "127.0.70.20", None, False)], "shots", "wan22-t2v"),
+    ],
+)
+def test_the_default_render_template_is_one_the_lab_can_run(
+    logged_in: Client, templates: None, ollama: Node, lab: list[Any], mode: str, chosen: str
+) -> None:
+    for name, host, template, simulated in lab:
+        comfyui(name, host, template, simulated=simulated)
+    response = logged_in.post(reverse("stories:index"), form(mode=mode))
+    assert response.status_code == 302
+    story = Story.objects.get()
+    assert story.template and story.template.name == chosen
+
+
 def test_the_chosen_render_template_and_auto_render_off_are_kept(
     logged_in: Client, templates: None, ollama: Node
 ) -> None:
