@@ -9,7 +9,7 @@ from django.urls import reverse
 from django.utils.html import format_html_join
 from django.utils.safestring import SafeString
 
-from stories import graph
+from stories import graph, steps
 from stories.models import Character, MusicCue, Scene, Segment, Shot, StepRun, Story
 
 # What a story's page in the admin links to: its objects' lists, filtered to it.
@@ -120,6 +120,12 @@ class StepRunAdmin(admin.ModelAdmin):
     def rerun_from(self, request: HttpRequest, queryset: QuerySet[StepRun]) -> None:
         chosen = {(run.story_id, run.step): run.story for run in queryset.select_related("story")}
         for (_, step), story in chosen.items():
+            why = graph.not_completed(story, step)
+            if story.stopped:
+                why = "The story is stopped: resume it first."
+            if why:
+                self.message_user(request, f"{story}: {why}", messages.WARNING)
+                continue
             marked = graph.rerun_from(story, step)
             self.message_user(request, f"{story}: running again: {', '.join(marked)}.")
 
@@ -173,6 +179,16 @@ class CharacterAdmin(admin.ModelAdmin):
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # the characters step casts them; correct what it wrote
 
+    def has_change_permission(self, request: HttpRequest, obj: Character | None = None) -> bool:
+        # Only once the characters step has completed: a correction made while they are being
+        # written again would be lost, or would not match the segments being redone.
+        return super().has_change_permission(request, obj) and (
+            obj is None or not graph.not_completed(obj.story, "characters")
+        )
+
+    def has_delete_permission(self, request: HttpRequest, obj: Character | None = None) -> bool:
+        return self.has_change_permission(request, obj)
+
     def save_model(self, request: HttpRequest, obj: Character, form: object, change: bool) -> None:
         super().save_model(request, obj, form, change)
         self.edited(request, obj.story)
@@ -184,14 +200,14 @@ class CharacterAdmin(admin.ModelAdmin):
 
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Character]) -> None:
         stories = {c.story_id: c.story for c in queryset.select_related("story")}
-        super().delete_queryset(request, queryset)
+        busy = {pk: s for pk, s in stories.items() if graph.not_completed(s, "characters")}
+        for story in busy.values():
+            self.message_user(request, f"{story}: its characters were kept: they are being written.", messages.WARNING)
+            del stories[story.pk]
+        super().delete_queryset(request, queryset.exclude(story_id__in=list(busy)))
         for story in stories.values():
             self.edited(request, story)
 
     def edited(self, request: HttpRequest, story: Story) -> None:
-        cast = [
-            {"name": c.name, "role": c.role, "look": c.look, "personality": c.personality}
-            for c in story.characters.all()
-        ]
-        graph.edited(story, "characters", cast, who=request.user.get_username())
+        graph.edited(story, "characters", steps.characters_output(story), who=request.user.get_username())
         self.message_user(request, f"The characters of {story} changed: the steps after them run again.")

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django.core.paginator import Paginator
-from django.db.models import Prefetch
+from django.db.models import Case, F, Prefetch, TextField, Value, When
 from django.utils import timezone
 
 from renders import queue
@@ -25,6 +25,7 @@ TABS = {
     "characters": "Characters",
     "shots": "Shots",
     "scenes": "Scenes",
+    "narration": "Narration",
     "music": "Music cues",
     "renders": "Renders",
     "gallery": "Gallery",
@@ -131,7 +132,7 @@ def tabs(story: Story) -> list[tuple[str, str]]:
 def detail(story: Story, tab: str, status: str = "", page: int = 1, *, whole: bool = True) -> dict[str, Any]:
     """The whole page (the live parts and the one tab shown), or the tab alone."""
     context = {**(live(story) if whole else about(story)), "tab": tab, "tabs": tabs(story)}
-    if tab == "segments":
+    if tab in ("segments", "narration"):
         context["segments"] = list(story.segments.all())
     elif tab == "characters":
         context["characters"] = [
@@ -157,10 +158,10 @@ def planned(story: Story) -> list[Shot] | list[Scene]:
     """The story's shots or scenes in order, each with the current run that writes its prompt."""
     model = Scene if story.mode == Story.SCENES else Shot
     pieces: list[Any] = list(model.objects.filter(story=story).select_related("segment").order_by("number"))
-    runs = {
-        r.part: r
-        for r in story.runs.current().filter(step="prompts").exclude(part=0).only("part", "status", "error", "story")
-    }
+    current = story.runs.current().filter(step="prompts").exclude(part=0).only("part", "status", "error", "story")
+    # The log of a failed part (the model's raw answers), and only of those: it can be long.
+    failed_log = Case(When(status=StepRun.FAILED, then=F("log")), default=Value(""), output_field=TextField())
+    runs = {r.part: r for r in current.annotate(failed_log=failed_log)}
     for piece in pieces:
         piece.run = runs.get(piece.number)
     return pieces

@@ -275,10 +275,28 @@ def rerun_part(run: StepRun) -> None:
     advance(run.story_id)
 
 
+class NotNow(Exception):
+    """What the user asked cannot be done in the story's present state: the reason, in words."""
+
+
+def not_completed(story: Story, name: str) -> str:
+    """Why step `name` cannot be run again or corrected by hand now; "" when it can (its
+    current run has completed, so everything it needs has too)."""
+    if story.runs.current().filter(step=name, part=0, status=StepRun.COMPLETED).exists():
+        return ""
+    label = STEPS[name].label
+    return f"{label} has not completed (it is being written, waits, or failed): that can be done once it has."
+
+
 def edited(story: Story, name: str, output: object, who: str) -> None:
     """The user corrected a step's objects by hand: that becomes the step's new version, and
-    only what depends on it runs again."""
+    only what depends on it runs again. NotNow unless the step has completed (a correction of
+    objects the step is writing again, or of a step whose inputs are being redone, would be
+    lost or would not match them): call it in the transaction that saved the objects."""
     with transaction.atomic():
+        why = not_completed(Story.objects.select_for_update().get(pk=story.pk), name)
+        if why:
+            raise NotNow(why)
         old = story.runs.current().filter(step=name, part=0).first()
         version = (old.version if old else 0) + 1
         make_stale(story, downstream(story, name))
@@ -298,6 +316,11 @@ def edited(story: Story, name: str, output: object, who: str) -> None:
 
 
 def make_stale(story: Story, names: Iterable[str]) -> None:
+    names = list(names)
     with transaction.atomic():
-        story.runs.current().filter(step__in=list(names)).update(status=StepRun.STALE, owner="", heartbeat=None)
+        story.runs.current().filter(step__in=names).update(status=StepRun.STALE, owner="", heartbeat=None)
         story.changed("step.stale")
+        if "renders" in names:
+            from stories.rendering import cancel_outdated
+
+            cancel_outdated(story)

@@ -127,6 +127,19 @@ def replace_jobs(story: Story, prefix: str, wanted: list[RenderJob]) -> tuple[in
     return queued, kept
 
 
+def cancel_outdated(story: Story) -> int:
+    """Cancel the story's queued renders of the shots (or scenes) whose prompts are being written
+    again, so the queue does not spend a GPU on a prompt that is about to change; the renders
+    step queues them anew. Renders already on a node go on (kept if the prompt comes out the
+    same). Returns how many were cancelled."""
+    model = Scene if story.mode == Story.SCENES else Shot
+    name = model._meta.model_name
+    written = story.runs.current().filter(step="prompts", status=StepRun.COMPLETED).exclude(part=0)
+    fresh = {f"{name}:{n}" for n in written.values_list("part", flat=True)}
+    queued = RenderJob.objects.filter(story=str(story.code), target__startswith=f"{name}:", status=RenderJob.QUEUED)
+    return sum(job.cancel() for job in queued if job.target not in fresh)
+
+
 def same_render(old: RenderJob, new: RenderJob) -> bool:
     return old.status not in (RenderJob.FAILED, RenderJob.CANCELLED) and (
         old.template_id,

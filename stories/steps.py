@@ -120,6 +120,12 @@ def cast_of(story: Story) -> list[str]:
     return list(story.characters.values_list("name", flat=True))
 
 
+def characters_output(story: Story) -> dict[str, Any]:
+    """The characters as they are now, in the shape of the characters step's answer."""
+    fields = ("name", "role", "look", "personality")
+    return {"characters": list(story.characters.values(*fields))}
+
+
 def segment_count(story: Story) -> int:
     return story.segments.count()
 

@@ -8,7 +8,7 @@ from django.urls import reverse
 from django.views.decorators.http import require_POST
 
 from spoonfeeder.views import HtmxHttpRequest, done
-from stories import context, graph
+from stories import context, graph, steps
 from stories.forms import CharacterForm, StoryForm
 from stories.models import Character, StepRun, Story
 
@@ -83,6 +83,8 @@ def action(request: HtmxHttpRequest, code: str, what: str) -> HttpResponse:
             return refuse(request, story, "The story is not stopped.")
         graph.resume(story)
         return done(request, "Resumed from the last good checkpoint.", here)
+    if story.stopped and what in ("render", "retry", "rerun", "rewrite"):
+        return refuse(request, story, "The story is stopped: resume it first.", status=409)
     if what == "render":
         if not graph.render_now(story):
             return refuse(request, story, "No renders are waiting for you.")
@@ -115,8 +117,9 @@ def rerun(request: HtmxHttpRequest, story: Story, here: str) -> HttpResponse:
     if name not in {s.name for s in graph.steps_for(story)}:
         return refuse(request, story, f"{name!r} is not a step of this story.")
     label = graph.STEPS[name].label
-    if not story.runs.current().filter(step=name, part=0, status=StepRun.COMPLETED).exists():
-        return refuse(request, story, f"{label} has not completed: only a completed step can be run again.")
+    why = graph.not_completed(story, name)
+    if why:
+        return refuse(request, story, why)
     marked = graph.rerun_from(story, name)
     again = ", ".join(graph.STEPS[n].label for n in marked)
     return done(request, f"Re-running from {label}: {again} run again; the steps before stay as they are.", here)
@@ -145,12 +148,11 @@ def character(request: HtmxHttpRequest, code: str, pk: int) -> HttpResponse:
     back = reverse("stories:tab", args=[story.code, "characters"])
     if not form.has_changed():
         return done(request, f"Nothing of {person.name} changed.", back)
-    with transaction.atomic():
-        form.save(commit=False).save(update_fields=["role", "look", "personality"])
-        output = [
-            {"name": c.name, "role": c.role, "look": c.look, "personality": c.personality}
-            for c in story.characters.all()
-        ]
-        graph.edited(story, "characters", output, who=request.user.get_username())
+    try:
+        with transaction.atomic():
+            form.save(commit=False).save(update_fields=["role", "look", "personality"])
+            graph.edited(story, "characters", steps.characters_output(story), who=request.user.get_username())
+    except graph.NotNow as e:
+        return refuse(request, story, f"{person.name} was not saved: {e}", status=409)
     again = ", ".join(graph.STEPS[n].label for n in graph.downstream(story, "characters") if n != "characters")
     return done(request, f"Saved {person.name}. What depends on the characters runs again: {again}.", back)

@@ -503,7 +503,9 @@ def test_admin_edit_of_a_character_becomes_the_step_s_new_version(admin_client: 
     assert "The characters of The Keeper changed: the steps after them run again." in answer.content.decode()
     edited = written.runs.current().get(step="characters")
     assert (edited.status, edited.version, edited.edited) == (StepRun.COMPLETED, 2, True)
-    assert edited.output == [{"name": "Mara", "role": "keeper", "look": "yellow oilskin", "personality": "stubborn"}]
+    assert edited.output == {
+        "characters": [{"name": "Mara", "role": "keeper", "look": "yellow oilskin", "personality": "stubborn"}]
+    }
     assert "edited by hand by admin" in edited.log
     assert written.runs.current().get(step="shots").status == StepRun.PENDING
     assert written.runs.current().get(step="segments").version == 1

@@ -406,6 +406,18 @@ def test_a_failed_step_shows_its_error_log_and_a_retry_button(logged_in: Client,
     assert ">Retry</button>" not in step_row(page(logged_in, story), "story")
 
 
+def test_a_failed_prompt_shows_its_log_with_the_raw_answers_and_the_others_none(
+    logged_in: Client, templates: None
+) -> None:
+    story = story_with()
+    parts = StepRun.objects.filter(story=story, step="prompts").exclude(part=0)
+    parts.update(log="12:00:01 asked\n12:00:02 completed\n")
+    parts.filter(part=2).update(status=StepRun.FAILED, error="did not fit", log="--- the answer ---\n<b>nope</b>\n")
+    shots = page(logged_in, story, "shots")
+    assert shots.count("Log (with the model's answers)") == 1
+    assert "--- the answer ---\n&lt;b&gt;nope&lt;/b&gt;" in shots and "12:00:02 completed" not in shots
+
+
 def test_earlier_versions_are_listed_under_their_step_with_their_output(logged_in: Client, templates: None) -> None:
     story = story_with()
     StepRun.objects.filter(story=story, step="characters").update(version=2)
@@ -444,6 +456,8 @@ def test_the_tabs_show_the_story_segments_characters_shots_and_music(logged_in: 
     assert shots.count("Rewrite this prompt") == 2 and "prompt pending" in shots
     music = page(logged_in, story, "music")
     assert "eerie" in music and "low strings" in music
+    narration = page(logged_in, story, "narration")
+    assert '<blockquote class="narration">The sea gives back.</blockquote>' in narration
     # The scenes tab belongs to scene stories only.
     assert logged_in.get(reverse("stories:tab", args=[story.code, "scenes"])).status_code == 404
     assert logged_in.get(reverse("stories:tab", args=[story.code, "secrets"])).status_code == 404
@@ -640,13 +654,37 @@ def test_editing_a_character_makes_a_new_version_and_reruns_what_depends_on_it(
     assert (mara.look, mara.personality) == ("white hair, blue coat", "stubborn")
     new = current(story, "characters")
     assert (new.version, new.status, new.edited) == (2, "completed", True)
-    assert new.output == [
-        {"name": "Mara", "role": "keeper", "look": "white hair, blue coat", "personality": "stubborn"},
-        {"name": "Tom", "role": "fisherman", "look": "yellow oilskin", "personality": "calm"},
-    ]
+    assert new.output == {  # the shape of the step's own answer
+        "characters": [
+            {"name": "Mara", "role": "keeper", "look": "white hair, blue coat", "personality": "stubborn"},
+            {"name": "Tom", "role": "fisherman", "look": "yellow oilskin", "personality": "calm"},
+        ]
+    }
     assert f"edited by hand by {user.username}" in new.log
     assert StepRun.objects.get(pk=old.pk).status == "stale"
     assert current(story, "shots").status == "pending" and current(story, "story").status == "completed"
+
+
+def test_a_character_edit_while_the_characters_are_written_again_is_refused(logged_in: Client, templates: None) -> None:
+    story = story_with()
+    mara = story.characters.get(name="Mara")
+    StepRun.objects.filter(story=story, step="characters").update(status=StepRun.STALE)
+    run(story, "characters", StepRun.RUNNING, version=2)
+    url = reverse("stories:character", args=[story.code, mara.pk])
+    answer = logged_in.post(url, {"role": "keeper", "look": "white hair", "personality": "stubborn"})
+    assert answer.status_code == 409
+    assert "Mara was not saved: Characters has not completed" in answer.content.decode()
+    mara.refresh_from_db()
+    assert mara.look != "white hair"
+    assert current(story, "characters").status == StepRun.RUNNING and not current(story, "characters").edited
+
+
+def test_actions_on_a_stopped_story_ask_to_resume_first(logged_in: Client, templates: None) -> None:
+    story = story_with()
+    Story.objects.filter(pk=story.pk).update(stopped=True, state=Story.STOPPED)
+    html = act(logged_in, story, "rerun", 409, step="characters")
+    assert "The story is stopped: resume it first." in html
+    assert current(story, "characters").status == StepRun.COMPLETED
 
 
 def test_a_character_edit_that_does_not_fit_is_refused(logged_in: Client, templates: None) -> None:
@@ -668,9 +706,9 @@ def test_actions_work_without_htmx_too(logged_in: Client, templates: None) -> No
     answer = logged_in.post(reverse("stories:action", args=[story.code, "stop"]))
     assert answer.status_code == 302 and answer["Location"] == reverse("stories:detail", args=[story.code])
     assert "Stopped" in logged_in.get(answer["Location"]).content.decode()
-    refused = logged_in.post(reverse("stories:action", args=[story.code, "rerun"]), {"step": "explode"})
+    refused = logged_in.post(reverse("stories:action", args=[story.code, "stop"]))
     html = refused.content.decode()
-    assert refused.status_code == 400 and "is not a step of this story" in html
+    assert refused.status_code == 400 and "there is nothing to stop" in html
     # The page shown follows the story from its own address, not from the action's.
     assert f'hx-get="/stories/{story.code}/story/"' in html
 
