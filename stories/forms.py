@@ -7,9 +7,11 @@ from django import forms
 from nodes.models import Capability
 from renders.forms import RenderForm
 from renders.models import Template
+from stories import graph
 from stories.models import Character, Story
 
 MAX_IDEA = 20_000
+ASK_STEPS = [name for name, step in graph.STEPS.items() if step.kind == graph.ASK]
 # The render templates a new story gets when none is chosen, best first.
 DEFAULT_TEMPLATES = {
     Story.SHOTS: ("wan22-t2v", "hunyuan15-t2v"),
@@ -46,6 +48,15 @@ class StoryForm(RenderForm):
     )
     mode = forms.ChoiceField(choices=Story.MODES, initial=Story.SHOTS)
     model = forms.CharField(label="Language model", max_length=200)
+    step_models = forms.CharField(
+        label="Other models for some steps",
+        required=False,
+        max_length=2000,
+        widget=forms.TextInput(attrs={"placeholder": "shots=qwen2.5:7b prompts=llama3.2:3b"}),
+        help_text="Step=model pairs; the other steps use the language model above. Steps: "
+        + ", ".join(ASK_STEPS)
+        + ".",
+    )
     auto_render = forms.BooleanField(
         label="Render at once",
         initial=True,
@@ -75,6 +86,7 @@ class StoryForm(RenderForm):
         "target_seconds",
         "mode",
         "model",
+        "step_models",
         "auto_render",
         "references",
         "reference_template",
@@ -97,6 +109,25 @@ class StoryForm(RenderForm):
             self.fields[
                 "model"
             ].help_text = "No Ollama node has reported models yet; the story waits until one with this model is online."
+
+    def clean_step_models(self) -> dict[str, str]:
+        """`shots=qwen2.5:7b prompts=llama3.2:3b` as {"shots": "qwen2.5:7b", …}, each step a step
+        that asks a model and each model one the nodes have (when they have reported any)."""
+        chosen: dict[str, str] = {}
+        for pair in self.cleaned_data["step_models"].replace(",", " ").split():
+            step, sep, model = pair.partition("=")
+            if not sep or not step or not model:
+                raise forms.ValidationError(f"Write each as step=model, as in shots=qwen2.5:7b (not {pair}).")
+            if step not in ASK_STEPS:
+                raise forms.ValidationError(
+                    f"{step} is not a step that asks a model; those are {', '.join(ASK_STEPS)}."
+                )
+            if self.models and model not in self.models:
+                raise forms.ValidationError(
+                    f"No Ollama node has the model {model}; the known models are {', '.join(self.models)}."
+                )
+            chosen[step] = model
+        return chosen
 
     def clean(self) -> dict[str, Any]:
         data = super().clean()
@@ -121,6 +152,7 @@ class StoryForm(RenderForm):
             target_seconds=data["target_seconds"],
             mode=data["mode"],
             model=data["model"],
+            models_by_step=data["step_models"],
             auto_render=data["auto_render"],
             template=data["template"],
             references=data["references"],

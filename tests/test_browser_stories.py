@@ -137,6 +137,17 @@ def test_a_story_written_and_rendered_live_on_its_page(page: Page, stack: Stack,
     expect(page.locator("#step-characters")).to_contain_text("1 earlier version", timeout=10_000)
     expect(page.locator("#step-characters")).to_have_attribute("data-status", "completed", timeout=30_000)
     expect(page.locator("#step-story .step-info")).to_contain_text("attempt 1/3")  # upstream left alone
+
+    # A reload mid-way keeps what is done and goes on following the rest live.
+    page.reload()
+    expect_live(page, "connected", 10)
+    navigations = watch_navigation(page)
+    for s in ("story", "segments", "characters", "narration", "music"):
+        expect(page.locator(f"#step-{s}")).to_have_attribute("data-status", "completed")
+    expect(page.locator("#step-characters")).to_contain_text("1 earlier version")
+    for s in steps:
+        expect(page.locator(f"#step-{s}")).to_have_attribute("data-status", "completed", timeout=30_000)
+    expect(page.locator("#story-head .status")).to_have_text("Completed", timeout=10_000)
     # An action the story no longer allows (a page left open elsewhere) says why, and changes nothing.
     page.evaluate(
         "url => htmx.ajax('POST', url, {source: document.body, swap: 'none'})",

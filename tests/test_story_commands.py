@@ -230,9 +230,12 @@ def test_create_takes_the_first_known_model_and_the_mode_s_template_and_starts_t
             "--seconds",
             "90",
             "--no-auto-render",
+            "--step-model",
+            "scenes=llama3.2:3b",
         )
     )
     assert (story.mode, story.model, story.template.name) == ("scenes", "qwen2.5:7b", "holocine-t2v")
+    assert story.models_by_step == {"scenes": "llama3.2:3b"}
     assert (story.style, story.target_seconds, story.auto_render) == ("film noir", 90, False)
 
     story = created(story_cmd("create", IDEA, "--template", "test-video-mp4"))
@@ -249,6 +252,7 @@ def test_create_takes_the_first_known_model_and_the_mode_s_template_and_starts_t
         ([IDEA, "--model", "mistral:7b"], "mistral:7b; the known models are llama3.2:3b, qwen2.5:7b"),
         ([IDEA, "--seconds", "0"], "--seconds"),
         ([IDEA, "--genre", "g" * 61], "--genre"),
+        ([IDEA, "--step-model", "shots=mistral:7b"], "--step-model: No Ollama node has the model mistral:7b"),
     ],
 )
 def test_create_refuses_bad_input_in_one_line_and_creates_nothing(pool: Node, args: list[str], message: str) -> None:

@@ -304,6 +304,9 @@ def test_the_chosen_render_template_and_auto_render_off_are_kept(
         ("frames", "0", "Frames must be between 1 and 1024; got 0."),
         ("cfg", "99", "CFG must be between 0 and 30; got 99."),
         ("mode", "opera", "Select a valid choice. opera is not one of the available choices."),
+        ("step_models", "shots", "Write each as step=model, as in shots=qwen2.5:7b (not shots)."),
+        ("step_models", "renders=qwen2.5:7b", "renders is not a step that asks a model; those are story,"),
+        ("step_models", "shots=gpt-5", "No Ollama node has the model gpt-5; the known models are llama3.2:3b,"),
     ],
 )
 def test_bad_input_is_refused_with_the_reason_and_nothing_is_made(
@@ -315,6 +318,20 @@ def test_bad_input_is_refused_with_the_reason_and_nothing_is_made(
     assert message in field_errors(html, field)
     assert '<details class="card new-story" open>' in html  # the form stays open on the user's input
     assert not Story.objects.exists() and not StepRun.objects.exists()
+
+
+def test_other_models_for_some_steps_are_kept_and_used_for_those_steps(
+    logged_in: Client, templates: None, ollama: Node
+) -> None:
+    answer = logged_in.post(reverse("stories:index"), form(step_models="shots=qwen2.5:7b, prompts=qwen2.5:7b"))
+    assert answer.status_code == 302
+    story = Story.objects.get()
+    assert story.models_by_step == {"shots": "qwen2.5:7b", "prompts": "qwen2.5:7b"}
+    assert (story.model_for("shots"), story.model_for("prompts"), story.model_for("story")) == (
+        "qwen2.5:7b",
+        "qwen2.5:7b",
+        MODEL,
+    )
 
 
 def test_an_idea_of_exactly_20000_characters_is_fine(logged_in: Client, templates: None, ollama: Node) -> None:

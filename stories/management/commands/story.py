@@ -24,7 +24,10 @@ from stories.forms import StoryForm, known_models
 from stories.models import StepRun, Story
 
 # The form's field names that the options spell otherwise, for its error messages.
-OPTIONS = {f: f"--{f}" for f in ("model", "template", "genre", "style", "mode")} | {"target_seconds": "--seconds"}
+OPTIONS = {f: f"--{f}" for f in ("model", "template", "genre", "style", "mode")} | {
+    "target_seconds": "--seconds",
+    "step_models": "--step-model",
+}
 POLL = 0.2  # seconds between looks at the rows while following a story
 # A step ready this long that no runner has taken (nor said why it waits) means none is running:
 # a runner claims a ready step or notes why it waits within a fraction of a second.
@@ -46,6 +49,13 @@ class Command(BaseCommand):
         create.add_argument("idea")
         create.add_argument("--mode", choices=[m for m, _ in Story.MODES], default=Story.SHOTS)
         create.add_argument("--model", default="", help="The language model (default: the first the pool has).")
+        create.add_argument(
+            "--step-model",
+            action="append",
+            default=[],
+            metavar="STEP=MODEL",
+            help="Another model for one step (shots=qwen2.5:7b); again for more steps.",
+        )
         create.add_argument("--genre", default="")
         create.add_argument("--style", default="")
         create.add_argument("--seconds", type=int, default=60, help="How long the film should be.")
@@ -107,6 +117,7 @@ class Command(BaseCommand):
             target_seconds=o["seconds"],
             mode=o["mode"],
             model=o["model"] or next(iter(known_models()), ""),
+            step_models=" ".join(o["step_model"]),
             auto_render=not o["no_auto_render"],
             template=template_named(o["template"]).pk if o["template"] else "",
         )
