@@ -29,8 +29,9 @@ class StoryAdmin(admin.ModelAdmin):
         return False  # stories start on the Stories page or with `manage.py story create`
 
     def get_readonly_fields(self, request: HttpRequest, obj: Model | None = None) -> list[str]:
-        # The steps already written follow the mode; changing it would leave them behind.
-        return [*self.readonly_fields, "mode"] if obj else list(self.readonly_fields)
+        # The steps already written follow the mode, and whether references and renders are
+        # steps of the graph; changing them under running steps would leave those behind.
+        return [*self.readonly_fields, "mode", "references", "auto_render"] if obj else list(self.readonly_fields)
 
     @admin.display(description="Title", ordering="title")
     def heading(self, story: Story) -> str:

@@ -3,7 +3,6 @@ are read once and summed up per step here, in Python."""
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -95,9 +94,9 @@ def step_rows(story: Story) -> list[StepRow]:
     rows = []
     for step in steps_for(story):
         row = StepRow(step, current.get(step.name))
+        # Their outputs are fetched when opened (stories:output): they can be long, and the
+        # steps card is sent to every watcher at each change.
         row.earlier = [r for r in whole if r.step == step.name and r.status == StepRun.STALE]
-        for run in row.earlier:
-            run.output_text = json.dumps(run.output, indent=2, ensure_ascii=False)  # type: ignore[attr-defined]
         row.waits_for = [STEPS[n].label for n in step.needs if n not in done]
         if step.fans_out:
             row.done = parts[(step.name, StepRun.COMPLETED)]

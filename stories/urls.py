@@ -9,4 +9,5 @@ urlpatterns = [
     path("<uuid:code>/<slug:tab>/", views.detail, name="tab"),
     path("<uuid:code>/actions/<slug:what>/", views.action, name="action"),
     path("<uuid:code>/characters/<int:pk>/", views.character, name="character"),
+    path("<uuid:code>/runs/<int:pk>/output/", views.output, name="output"),
 ]

@@ -1,10 +1,13 @@
 from __future__ import annotations
 
+import json
+
 from django.contrib import messages
 from django.db import transaction
 from django.http import Http404, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
+from django.utils.html import escape
 from django.views.decorators.http import require_POST
 
 from spoonfeeder.views import HtmxHttpRequest, done
@@ -156,3 +159,10 @@ def character(request: HtmxHttpRequest, code: str, pk: int) -> HttpResponse:
         return refuse(request, story, f"{person.name} was not saved: {e}", status=409)
     again = ", ".join(graph.STEPS[n].label for n in graph.downstream(story, "characters") if n != "characters")
     return done(request, f"Saved {person.name}. What depends on the characters runs again: {again}.", back)
+
+
+def output(request: HtmxHttpRequest, code: str, pk: int) -> HttpResponse:
+    """What one run of the story's steps wrote, as JSON text escaped for the page (an earlier
+    version, opened): the model's words, never markup."""
+    run = get_object_or_404(StepRun.objects.only("output"), pk=pk, story__code=code)
+    return HttpResponse(escape(json.dumps(run.output, indent=2, ensure_ascii=False)))

@@ -438,10 +438,16 @@ def test_a_failed_prompt_shows_its_log_with_the_raw_answers_and_the_others_none(
 def test_earlier_versions_are_listed_under_their_step_with_their_output(logged_in: Client, templates: None) -> None:
     story = story_with()
     StepRun.objects.filter(story=story, step="characters").update(version=2)
-    run(story, "characters", StepRun.STALE, version=1, output={"characters": [{"name": "Old Mara"}]})
+    old = run(story, "characters", StepRun.STALE, version=1, output={"characters": [{"name": "<b>Old</b> Mara"}]})
     row = step_row(page(logged_in, story), "characters")
     assert "1 earlier version" in row and "v1 · finished" in row and "v2" in row
-    assert "&quot;name&quot;: &quot;Old Mara&quot;" in row
+    # Its output is fetched when opened (not sent with every change of the steps), as text.
+    url = reverse("stories:output", args=[story.code, old.pk])
+    assert f'hx-get="{url}"' in row and "Old" not in row
+    opened = logged_in.get(url, **HTMX).content.decode()
+    assert "&quot;name&quot;: &quot;&lt;b&gt;Old&lt;/b&gt; Mara&quot;" in opened
+    other = story_with()
+    assert logged_in.get(reverse("stories:output", args=[other.code, old.pk])).status_code == 404
 
 
 def test_renders_waiting_for_the_user_show_a_render_button(logged_in: Client, templates: None) -> None:
@@ -745,6 +751,7 @@ def story_urls(story: Story) -> list[str]:
         reverse("stories:index"),
         reverse("stories:detail", args=[story.code]),
         *(reverse("stories:tab", args=[story.code, tab]) for tab in ("story", "shots", "renders", "gallery")),
+        reverse("stories:output", args=[story.code, story.runs.first().pk]),  # type: ignore[union-attr]
     ]
 
 
