@@ -194,3 +194,14 @@ class CharacterForm(forms.ModelForm):
     class Meta:
         model = Character
         fields = ["role", "look", "personality"]
+
+
+class PromptForm(forms.Form):
+    """A shot's or scene's prompt written by hand (held to the limits the model's answers are)."""
+
+    positive = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 3}),
+        max_length=4000,
+        error_messages={"required": "Write the prompt: what the shot shows."},
+    )
+    negative = forms.CharField(widget=forms.Textarea(attrs={"rows": 1}), max_length=2000, required=False)

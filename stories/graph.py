@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable
+from typing import Any
 
 from django.db import transaction
 from django.db.models import Max
@@ -266,13 +267,46 @@ def rerun_from(story: Story, name: str) -> list[str]:
 def rerun_part(run: StepRun) -> None:
     """Write one shot's or scene's prompt again (and queue its render again if it changes)."""
     with transaction.atomic():
-        StepRun.objects.filter(pk=run.pk).update(status=StepRun.STALE, owner="")
-        StepRun.objects.create(story_id=run.story_id, step=run.step, part=run.part, version=run.version + 1)
+        new_part(run)
         parent = run.story.runs.current().get(step=run.step, part=0)
         StepRun.objects.filter(pk=parent.pk).update(status=StepRun.RUNNING, finished=None, error="")
-        make_stale(run.story, [s for s in downstream(run.story, run.step) if s != run.step])
-        run.story.changed("step.pending")
     advance(run.story_id)
+
+
+def edited_part(run: StepRun, output: dict[str, Any], who: str) -> None:
+    """The user wrote one shot's or scene's prompt by hand (the caller saves it on the piece in
+    the same transaction): the part's new version, and its render queued again. NotNow unless
+    the part has completed."""
+    with transaction.atomic():
+        if not StepRun.objects.filter(pk=run.pk, status=StepRun.COMPLETED).exists():
+            raise NotNow(f"Its prompt is {run.get_status_display().lower()}: it can be edited once it is written.")
+        new_part(run, **by_hand(output, who))
+    advance(run.story_id)
+
+
+def by_hand(output: object, who: str) -> dict[str, Any]:
+    """The fields of a run that is a correction by hand: completed as it is made."""
+    now = timezone.now()
+    return {
+        "status": StepRun.COMPLETED,
+        "started": now,
+        "finished": now,
+        "output": output,
+        "edited": True,
+        "log": f"{now:%H:%M:%S} edited by hand by {who}\n",
+    }
+
+
+def new_part(run: StepRun, **fields: Any) -> StepRun:
+    """A new version of a fanned-out step's part in place of `run` (kept as the earlier one);
+    what follows the step runs again."""
+    StepRun.objects.filter(pk=run.pk).update(status=StepRun.STALE, owner="")
+    made = StepRun.objects.create(
+        story_id=run.story_id, step=run.step, part=run.part, version=run.version + 1, **fields
+    )
+    make_stale(run.story, [s for s in downstream(run.story, run.step) if s != run.step])
+    run.story.changed("step.pending")
+    return made
 
 
 class NotNow(Exception):
@@ -300,18 +334,7 @@ def edited(story: Story, name: str, output: object, who: str) -> None:
         old = story.runs.current().filter(step=name, part=0).first()
         version = (old.version if old else 0) + 1
         make_stale(story, downstream(story, name))
-        now = timezone.now()
-        StepRun.objects.create(
-            story=story,
-            step=name,
-            version=version,
-            status=StepRun.COMPLETED,
-            started=now,
-            finished=now,
-            output=output,
-            edited=True,
-            log=f"{now:%H:%M:%S} edited by hand by {who}\n",
-        )
+        StepRun.objects.create(story=story, step=name, version=version, **by_hand(output, who))
     advance(story.pk)
 
 

@@ -10,4 +10,5 @@ urlpatterns = [
     path("<uuid:code>/actions/<slug:what>/", views.action, name="action"),
     path("<uuid:code>/characters/<int:pk>/", views.character, name="character"),
     path("<uuid:code>/runs/<int:pk>/output/", views.output, name="output"),
+    path("<uuid:code>/pieces/<int:number>/prompt/", views.prompt, name="prompt"),
 ]

@@ -12,7 +12,7 @@ from django.views.decorators.http import require_POST
 
 from spoonfeeder.views import HtmxHttpRequest, done
 from stories import context, graph, steps
-from stories.forms import CharacterForm, StoryForm
+from stories.forms import CharacterForm, PromptForm, StoryForm
 from stories.models import Character, StepRun, Story
 
 
@@ -166,3 +166,28 @@ def output(request: HtmxHttpRequest, code: str, pk: int) -> HttpResponse:
     version, opened): the model's words, never markup."""
     run = get_object_or_404(StepRun.objects.only("output"), pk=pk, story__code=code)
     return HttpResponse(escape(json.dumps(run.output, indent=2, ensure_ascii=False)))
+
+
+@require_POST
+def prompt(request: HtmxHttpRequest, code: str, number: int) -> HttpResponse:
+    """A shot's (or scene's) prompt written by hand: that part's new version; its render follows."""
+    story = find(code)
+    piece = get_object_or_404(steps.planned_model(story), story=story, number=number)
+    back = reverse("stories:tab", args=[story.code, "scenes" if story.mode == Story.SCENES else "shots"])
+    form = PromptForm(request.POST)
+    if not form.is_valid():
+        reasons = " ".join(str(e) for errors in form.errors.values() for e in errors)
+        return refuse(request, story, f"{piece}'s prompt was not saved: {reasons}")
+    written = {k: v.strip() for k, v in form.cleaned_data.items()}
+    if written == {"positive": piece.positive, "negative": piece.negative}:
+        return done(request, f"Nothing of {piece}'s prompt changed.", back)
+    run = story.runs.current().filter(step="prompts", part=number).first()
+    if run is None:
+        return refuse(request, story, f"{piece}'s prompt is not written yet: it can be edited once it is.", status=409)
+    try:
+        with transaction.atomic():
+            steps.planned_model(story).objects.filter(pk=piece.pk).update(**written)
+            graph.edited_part(run, written, who=request.user.get_username())
+    except graph.NotNow as e:
+        return refuse(request, story, f"{piece}'s prompt was not saved: {e}", status=409)
+    return done(request, f"Saved {piece}'s prompt; its render is queued again.", back)

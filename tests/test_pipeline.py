@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from django.db import transaction
 from django.utils import timezone
 
 from bench.common import BenchError, wait_until
@@ -556,6 +557,29 @@ def test_rerunning_one_prompt_queues_only_that_shot_again(rendered: tuple[Story,
     assert all(run_of(story, "prompts", n).pk == parts[n].pk for n in parts if n != 1)
     assert snapshot(story, *UPSTREAM, "characters", "shots") == others
     assert asked(sim).count("ShotsAnswer") == 1
+
+
+def test_a_prompt_written_by_hand_requeues_only_that_shot_and_asks_the_model_nothing(
+    rendered: tuple[Story, SimOllama],
+) -> None:
+    story, sim = rendered
+    before = jobs_by_target(story)
+    asked_before = len(asked(sim))
+    written = {"positive": "a brass lantern on a wet rock, dawn, 35mm", "negative": "text"}
+    with transaction.atomic():
+        Shot.objects.filter(story=story, number=2).update(**written)
+        graph.edited_part(run_of(story, "prompts", 2), written, who="ada")
+    story = wait_state(story, Story.COMPLETED)
+    after = wait_rendered(story)
+
+    assert [j.pk for j in after["shot:2"][:-1]] == [j.pk for j in before["shot:2"]]
+    assert (after["shot:2"][-1].prompt, after["shot:2"][-1].negative) == (written["positive"], "text")
+    assert {t: [j.pk for j in js] for t, js in after.items() if t != "shot:2"} == {
+        t: [j.pk for j in js] for t, js in before.items() if t != "shot:2"
+    }
+    part = run_of(story, "prompts", 2)
+    assert (part.version, part.edited, part.output) == (2, True, written)
+    assert len(asked(sim)) == asked_before  # no model was asked
 
 
 def test_a_character_edited_by_hand_reruns_only_the_shots_and_what_follows(rendered: tuple[Story, SimOllama]) -> None:

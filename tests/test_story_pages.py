@@ -710,6 +710,50 @@ def test_actions_on_a_stopped_story_ask_to_resume_first(logged_in: Client, templ
     assert current(story, "characters").status == StepRun.COMPLETED
 
 
+def test_a_prompt_edited_by_hand_becomes_its_part_s_new_version_and_its_render_follows(
+    logged_in: Client, user: User, templates: None
+) -> None:
+    story = story_with()
+    url = reverse("stories:prompt", args=[story.code, 2])
+    assert f'action="{url}"' in page(logged_in, story, "shots")
+    old = current(story, "prompts", 2)
+    answer = logged_in.post(url, {"positive": "  a lantern at dawn ", "negative": "text"}, follow=True)
+    assert "Saved Shot 2&#x27;s prompt; its render is queued again." in answer.content.decode()
+    shot = story.shots.get(number=2)
+    assert (shot.positive, shot.negative) == ("a lantern at dawn", "text")
+    new = current(story, "prompts", 2)
+    assert (new.version, new.status, new.edited) == (2, "completed", True)
+    assert new.output == {"positive": "a lantern at dawn", "negative": "text"}
+    assert f"edited by hand by {user.username}" in new.log and StepRun.objects.get(pk=old.pk).status == "stale"
+    assert current(story, "prompts", 1).version == 1 and current(story, "shots").version == 1
+    assert current(story, "renders").status == "pending"  # the renders step runs again
+
+
+@pytest.mark.parametrize(
+    ("data", "status", "message"),
+    [
+        ({"positive": "", "negative": "x"}, 400, "Write the prompt: what the shot shows."),
+        ({"positive": "p" * 4001}, 400, "at most 4000 characters"),
+    ],
+)
+def test_a_bad_prompt_edit_is_refused_and_changes_nothing(
+    logged_in: Client, templates: None, data: dict[str, str], status: int, message: str
+) -> None:
+    story = story_with()
+    answer = logged_in.post(reverse("stories:prompt", args=[story.code, 1]), data, **HTMX)
+    assert answer.status_code == status and message in answer.content.decode()
+    assert story.shots.get(number=1).positive == "positive prompt 1"
+    assert current(story, "prompts", 1).version == 1
+
+
+def test_a_prompt_not_written_yet_cannot_be_edited(logged_in: Client, templates: None) -> None:
+    story = story_with(3, prompted=2)
+    answer = logged_in.post(reverse("stories:prompt", args=[story.code, 3]), {"positive": "mine"}, **HTMX)
+    assert answer.status_code == 409 and "it can be edited once it is written" in answer.content.decode()
+    assert story.shots.get(number=3).positive == "" and current(story, "prompts", 3).status == "pending"
+    assert logged_in.post(reverse("stories:prompt", args=[story.code, 9]), {"positive": "x"}).status_code == 404
+
+
 def test_a_character_edit_that_does_not_fit_is_refused(logged_in: Client, templates: None) -> None:
     story = story_with()
     mara = story.characters.get(name="Mara")
