@@ -173,9 +173,10 @@ def default_template(mode: str) -> Template | None:
     else:
         others = Template.objects.filter(kind=Template.T2V).exclude(name__icontains="holocine")
     wanted = preferred + [t for t in others.order_by("name") if t not in preferred]
-    nodes = [c for c in Capability.objects.usable(Capability.COMFYUI).select_related("node") if c.inventory]
+    nodes = list(Capability.objects.usable(Capability.COMFYUI).select_related("node"))
+    known = [c for c in nodes if c.inventory.get("classes")]  # what a node has, once it said so
     for template in wanted:
-        if any(not c.lacks(template.requirements()) for c in nodes):
+        if any(not c.lacks(template.requirements()) for c in known):
             return template
     if nodes and all(c.node.simulated for c in nodes):
         test = Template.objects.filter(name=SIMULATED_TEMPLATE).first()

@@ -246,7 +246,8 @@ def test_scenes_render_with_holocine_and_references_with_a_still_template(
 
 
 def comfyui(name: str, host: str, template: str | None = None, *, simulated: bool = False) -> None:
-    """An online ComfyUI node with everything `template` needs (or only a core class)."""
+    """An online ComfyUI node with everything `template` needs (or only a core class; with ""
+    nothing known of it yet)."""
     needs = Template.objects.get(name=template).needs if template else {"classes": ["SaveImage"], "files": {}}
     node = Node.objects.create(name=name, host=host, simulated=simulated)
     Capability.objects.create(
@@ -254,7 +255,7 @@ def comfyui(name: str, host: str, template: str | None = None, *, simulated: boo
         kind=Capability.COMFYUI,
         port=8188,
         status=Capability.ONLINE,
-        inventory={"classes": needs["classes"], "files": needs.get("files", {})},
+        inventory={"classes": needs["classes"], "files": needs.get("files", {})} if template != "" else {},
     )
 
 
@@ -267,6 +268,7 @@ def comfyui(name: str, host: str, template: str | None = None, *, simulated: boo
         ([("gpu", "127.0.70.20", "wan22-t2v", False)], "shots", "wan22-t2v"),
         ([("sim", "127.0.70.21", None, True)], "shots", "test-video-mp4"),  # the demo's simulated lab
         ([("sim", "127.0.70.21", None, True)], "scenes", "test-video-mp4"),
+        ([("sim", "127.0.70.21", "", True)], "shots", "test-video-mp4"),  # not checked yet: still the demo's
         ([("sim", "127.0.70.21", None, True), ("gpu", "127.0.70.20", None, False)], "shots", "wan22-t2v"),
     ],
 )
