@@ -219,6 +219,7 @@ class Pipeline(threading.Thread):
         next_run: StepRun | None = run
         try:
             with Ollama(lease.capability.url) if lease else nullcontext() as client:
+                answering = True  # the node answered the last request (well or not)
                 while next_run is not None:
                     run, next_run = next_run, None
                     try:
@@ -226,7 +227,7 @@ class Pipeline(threading.Thread):
                         kind = graph.STEPS[run.step].kind
                         if kind == graph.ASK:
                             assert lease is not None and client is not None
-                            self.ask(run, lease.capability, client)
+                            answering = self.ask(run, lease.capability, client)
                         elif kind == graph.RENDERS:
                             queue_renders(run.story, run)
                         else:
@@ -238,7 +239,7 @@ class Pipeline(threading.Thread):
                         with self.lock:
                             self.active.discard(run.pk)
                     made = graph.advance(run.story_id)
-                    if lease:
+                    if lease and answering:  # a node that failed to answer is not handed more
                         next_run = self.hand_on(lease)
                     if len(made) > (next_run is not None and next_run.story_id == run.story_id):
                         self.wake.set()  # more became ready than this node took: place the rest
@@ -250,7 +251,9 @@ class Pipeline(threading.Thread):
                 self.wake.set()  # a node is free
             close_old_connections()
 
-    def ask(self, run: StepRun, cap: Capability, client: Ollama) -> None:
+    def ask(self, run: StepRun, cap: Capability, client: Ollama) -> bool:
+        """Ask the model until an answer fits (or the answers run out); False if the node did
+        not answer."""
         story: Story = run.story
         asking = steps.ASKING[run.step]
         messages = [
@@ -266,7 +269,7 @@ class Pipeline(threading.Thread):
                 reply = client.chat(run.model, messages, format=schema, timeout=ANSWER_TIMEOUT)
             except ServiceError as e:
                 self.node_failed(run, cap, e)
-                return
+                return False
             text = reply["text"]
             try:
                 answer = asking.read(story, text)
@@ -280,8 +283,9 @@ class Pipeline(threading.Thread):
                 ]
                 continue
             self.complete(run, cap, answer)
-            return
+            return True
         self.failed(run, f"the model's answers did not fit, {ANSWERS} times; the last: {'; '.join(reasons)}")
+        return True
 
     def complete(self, run: StepRun, cap: Capability, answer: steps.BaseModel) -> None:
         with transaction.atomic():

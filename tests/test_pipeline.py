@@ -741,6 +741,24 @@ def test_a_node_that_answered_goes_straight_on_to_the_next_ready_step(lab: Lab) 
     assert not Lease.objects.exists()  # the node's lease went back when nothing was left for it
 
 
+def test_a_node_that_failed_to_answer_is_not_handed_the_next_step(lab: Lab) -> None:
+    """Without a pass of the runner, a node that errored gives its lease back instead of going on
+    to the next ready step (which a dead node would fail too, burning its attempts)."""
+    sim = lab.ollama("llm", limit=1, fail="oom")
+    first, second = new_story(idea="The first story's idea, long enough."), new_story()
+    p = Pipeline(parallel=4)
+    try:
+        p.start_ready()
+        wait_until(lambda: "trying again" in run_of(first, "story").log, 10, "the first step to fail once")
+        wait_until(lambda: not Lease.objects.exists(), 10, "the node's lease given back")
+    finally:
+        p.stop()
+        p.pool.shutdown(wait=True)
+    assert len([path for _, path, _ in sim.state.seen if path == "/api/chat"]) == 1
+    waiting = run_of(second, "story")
+    assert (waiting.status, waiting.attempts) == (StepRun.PENDING, 0)
+
+
 def test_steps_queued_behind_a_busy_node_wait_without_a_reason_and_run_in_turn(pipeline: Pipeline, lab: Lab) -> None:
     sim = lab.ollama("llm", limit=1, hang=True)
     first, second = new_story(idea="The first story's idea, long enough."), new_story()
