@@ -14,7 +14,7 @@ from django.utils import timezone
 from renders import queue
 from renders.models import Queue, RenderJob
 from stories.forms import CharacterForm
-from stories.graph import ACTIVE, STEPS, Step, pieces, steps_for
+from stories.graph import ACTIVE, STEPS, Step, not_completed, pieces, steps_for
 from stories.models import Scene, Shot, StepRun, Story
 
 PAGE = 25
@@ -131,6 +131,9 @@ def tabs(story: Story) -> list[tuple[str, str]]:
 def detail(story: Story, tab: str, status: str = "", page: int = 1, *, whole: bool = True) -> dict[str, Any]:
     """The whole page (the live parts and the one tab shown), or the tab alone."""
     context = {**(live(story) if whole else about(story)), "tab": tab, "tabs": tabs(story)}
+    if tab in ("narration", "music"):
+        # Corrections by hand are offered once the step has completed (graph.edited's rule).
+        context["editable"] = not not_completed(story, tab)
     if tab in ("segments", "narration"):
         context["segments"] = list(story.segments.all())
     elif tab == "characters":

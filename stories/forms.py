@@ -8,7 +8,7 @@ from nodes.models import Capability
 from renders.forms import RenderForm
 from renders.models import Template
 from stories import graph
-from stories.models import Character, Story
+from stories.models import Character, MusicCue, Story
 
 MAX_IDEA = 20_000
 ASK_STEPS = [name for name, step in graph.STEPS.items() if step.kind == graph.ASK]
@@ -206,3 +206,24 @@ class PromptForm(forms.Form):
         error_messages={"required": "Write the prompt: what the shot shows."},
     )
     negative = forms.CharField(widget=forms.Textarea(attrs={"rows": 1}), max_length=2000, required=False)
+
+
+class NarrationForm(forms.Form):
+    """A segment's narration written by hand (empty: the segment has none)."""
+
+    narration = forms.CharField(widget=forms.Textarea(attrs={"rows": 3}), max_length=5000, required=False)
+
+
+class MusicCueForm(forms.ModelForm):
+    """A music cue corrected by hand (held to the limits the model's answers are)."""
+
+    mood = forms.CharField(max_length=100, error_messages={"required": "Say the mood: tense, wistful…"})
+    description = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 2}),
+        max_length=2000,
+        error_messages={"required": "Describe the music."},
+    )
+
+    class Meta:
+        model = MusicCue
+        fields = ["mood", "description"]

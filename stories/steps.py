@@ -126,6 +126,23 @@ def characters_output(story: Story) -> dict[str, Any]:
     return {"characters": list(story.characters.values(*fields))}
 
 
+def narration_output(story: Story) -> dict[str, Any]:
+    """The narration as it is now, in the shape of the narration step's answer."""
+    segments = story.segments.exclude(narration="").order_by("number")
+    return {"lines": [{"segment": s.number, "text": s.narration} for s in segments]}
+
+
+def music_output(story: Story) -> dict[str, Any]:
+    """The music cues as they are now, in the shape of the music step's answer."""
+    cues = story.music_cues.select_related("segment").order_by("number")
+    return {
+        "cues": [
+            {"segment": c.segment.number if c.segment else None, "mood": c.mood, "description": c.description}
+            for c in cues
+        ]
+    }
+
+
 def segment_count(story: Story) -> int:
     return story.segments.count()
 

@@ -11,4 +11,6 @@ urlpatterns = [
     path("<uuid:code>/characters/<int:pk>/", views.character, name="character"),
     path("<uuid:code>/runs/<int:pk>/output/", views.output, name="output"),
     path("<uuid:code>/pieces/<int:number>/prompt/", views.prompt, name="prompt"),
+    path("<uuid:code>/segments/<int:number>/narration/", views.narration, name="narration"),
+    path("<uuid:code>/music/<int:number>/", views.music, name="music"),
 ]

@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
+from django import forms
 from django.contrib import messages
 from django.db import transaction
 from django.http import Http404, HttpResponse
@@ -12,8 +14,8 @@ from django.views.decorators.http import require_POST
 
 from spoonfeeder.views import HtmxHttpRequest, done
 from stories import context, graph, steps
-from stories.forms import CharacterForm, PromptForm, StoryForm
-from stories.models import Character, StepRun, Story
+from stories.forms import CharacterForm, MusicCueForm, NarrationForm, PromptForm, StoryForm
+from stories.models import Character, MusicCue, Segment, StepRun, Story
 
 
 def index(request: HtmxHttpRequest) -> HttpResponse:
@@ -148,17 +150,77 @@ def character(request: HtmxHttpRequest, code: str, pk: int) -> HttpResponse:
     if not form.is_valid():
         messages.error(request, f"{person.name} was not saved: see below.")
         return show(request, story, "characters", status=400, invalid=form)
-    back = reverse("stories:tab", args=[story.code, "characters"])
     if not form.has_changed():
-        return done(request, f"Nothing of {person.name} changed.", back)
+        return done(request, f"Nothing of {person.name} changed.", tab_url(story, "characters"))
+    return by_hand(
+        request,
+        story,
+        "characters",
+        person.name,
+        lambda: form.save(commit=False).save(update_fields=["role", "look", "personality"]),
+        steps.characters_output,
+    )
+
+
+@require_POST
+def narration(request: HtmxHttpRequest, code: str, number: int) -> HttpResponse:
+    """A segment's narration written by hand: the narration step's new version."""
+    story = find(code)
+    segment = get_object_or_404(Segment, story=story, number=number)
+    form = NarrationForm(request.POST)
+    label = f"the narration of segment {number}"
+    if not form.is_valid():
+        return refuse(request, story, f"{label.capitalize()} was not saved: {reasons(form)}")
+    text = form.cleaned_data["narration"].strip()
+    if text == segment.narration:
+        return done(request, f"Nothing of {label} changed.", tab_url(story, "narration"))
+    save = lambda: Segment.objects.filter(pk=segment.pk).update(narration=text)  # noqa: E731
+    return by_hand(request, story, "narration", label, save, steps.narration_output)
+
+
+@require_POST
+def music(request: HtmxHttpRequest, code: str, number: int) -> HttpResponse:
+    """A music cue corrected by hand: the music step's new version."""
+    story = find(code)
+    cue = get_object_or_404(MusicCue, story=story, number=number)
+    form = MusicCueForm(request.POST, instance=cue)
+    label = f"music cue {number}"
+    if not form.is_valid():
+        return refuse(request, story, f"{label.capitalize()} was not saved: {reasons(form)}")
+    if not form.has_changed():
+        return done(request, f"Nothing of {label} changed.", tab_url(story, "music"))
+    save = lambda: form.save(commit=False).save(update_fields=["mood", "description"])  # noqa: E731
+    return by_hand(request, story, "music", label, save, steps.music_output)
+
+
+def by_hand(
+    request: HtmxHttpRequest,
+    story: Story,
+    step: str,
+    label: str,
+    save: Callable[[], object],
+    output: Callable[[Story], object],
+) -> HttpResponse:
+    """Save a correction by hand and make it `step`'s new version, in one transaction; what
+    depends on the step runs again. Refused (nothing saved) while the step is being redone."""
     try:
         with transaction.atomic():
-            form.save(commit=False).save(update_fields=["role", "look", "personality"])
-            graph.edited(story, "characters", steps.characters_output(story), who=request.user.get_username())
+            save()
+            graph.edited(story, step, output(story), who=request.user.get_username())
     except graph.NotNow as e:
-        return refuse(request, story, f"{person.name} was not saved: {e}", status=409)
-    again = ", ".join(graph.STEPS[n].label for n in graph.downstream(story, "characters") if n != "characters")
-    return done(request, f"Saved {person.name}. What depends on the characters runs again: {again}.", back)
+        return refuse(request, story, f"{label[:1].upper()}{label[1:]} was not saved: {e}", status=409)
+    again = [graph.STEPS[n].label for n in graph.downstream(story, step) if n != step]
+    what = graph.STEPS[step].label.lower()
+    follows = f" What depends on the {what} runs again: {', '.join(again)}." if again else ""
+    return done(request, f"Saved {label}.{follows}", tab_url(story, step))  # the step's own tab
+
+
+def tab_url(story: Story, tab: str) -> str:
+    return reverse("stories:tab", args=[story.code, tab])
+
+
+def reasons(form: forms.BaseForm) -> str:
+    return " ".join(str(e) for errors in form.errors.values() for e in errors)
 
 
 def output(request: HtmxHttpRequest, code: str, pk: int) -> HttpResponse:
@@ -176,8 +238,7 @@ def prompt(request: HtmxHttpRequest, code: str, number: int) -> HttpResponse:
     back = reverse("stories:tab", args=[story.code, "scenes" if story.mode == Story.SCENES else "shots"])
     form = PromptForm(request.POST)
     if not form.is_valid():
-        reasons = " ".join(str(e) for errors in form.errors.values() for e in errors)
-        return refuse(request, story, f"{piece}'s prompt was not saved: {reasons}")
+        return refuse(request, story, f"{piece}'s prompt was not saved: {reasons(form)}")
     written = {k: v.strip() for k, v in form.cleaned_data.items()}
     if written == {"positive": piece.positive, "negative": piece.negative}:
         return done(request, f"Nothing of {piece}'s prompt changed.", back)

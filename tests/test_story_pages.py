@@ -756,6 +756,61 @@ def test_a_prompt_not_written_yet_cannot_be_edited(logged_in: Client, templates:
     assert logged_in.post(reverse("stories:prompt", args=[story.code, 9]), {"positive": "x"}).status_code == 404
 
 
+def test_narration_and_music_cues_corrected_by_hand_become_their_steps_new_versions(
+    logged_in: Client, templates: None
+) -> None:
+    story = story_with()
+    narration_url = reverse("stories:narration", args=[story.code, 1])
+    music_url = reverse("stories:music", args=[story.code, 1])
+    assert f'action="{narration_url}"' in page(logged_in, story, "narration")
+    assert f'action="{music_url}"' in page(logged_in, story, "music")
+    before = {s: current(story, s).pk for s in ("story", "segments", "characters", "shots", "prompts")}
+
+    answer = logged_in.post(narration_url, {"narration": " The tide brings it back. "}, follow=True)
+    assert "Saved the narration of segment 1." in answer.content.decode()
+    assert story.segments.get(number=1).narration == "The tide brings it back."
+    narration = current(story, "narration")
+    assert (narration.version, narration.edited, narration.status) == (2, True, "completed")
+    assert narration.output == {"lines": [{"segment": 1, "text": "The tide brings it back."}]}
+
+    answer = logged_in.post(music_url, {"mood": "hopeful", "description": "a solo cello"}, follow=True)
+    assert "Saved music cue 1." in answer.content.decode()
+    music = current(story, "music")
+    assert (music.version, music.edited) == (2, True)
+    assert music.output == {"cues": [{"segment": 1, "mood": "hopeful", "description": "a solo cello"}]}
+    # Nothing else depends on them: every other step keeps its run.
+    assert {s: current(story, s).pk for s in before} == before
+
+
+@pytest.mark.parametrize(
+    ("what", "data", "message"),
+    [
+        ("narration", {"narration": "n" * 5001}, "at most 5000 characters"),
+        ("music", {"mood": "", "description": "strings"}, "Say the mood: tense, wistful…"),
+        ("music", {"mood": "calm", "description": ""}, "Describe the music."),
+    ],
+)
+def test_a_bad_narration_or_cue_is_refused_and_changes_nothing(
+    logged_in: Client, templates: None, what: str, data: dict[str, str], message: str
+) -> None:
+    story = story_with()
+    answer = logged_in.post(reverse(f"stories:{what}", args=[story.code, 1]), data, **HTMX)
+    assert answer.status_code == 400 and message in answer.content.decode()
+    assert current(story, what).version == 1
+    assert story.segments.get().narration == "The sea gives back." and story.music_cues.get().mood == "eerie"
+
+
+def test_narration_being_written_again_cannot_be_corrected(logged_in: Client, templates: None) -> None:
+    story = story_with()
+    StepRun.objects.filter(story=story, step="narration").update(status=StepRun.STALE)
+    run(story, "narration", StepRun.RUNNING, version=2)
+    assert "Edit this narration by hand" not in page(logged_in, story, "narration")
+    answer = logged_in.post(reverse("stories:narration", args=[story.code, 1]), {"narration": "mine"}, **HTMX)
+    assert answer.status_code == 409 and "Narration has not completed" in answer.content.decode()
+    assert story.segments.get().narration == "The sea gives back."
+    assert logged_in.post(reverse("stories:music", args=[story.code, 7]), {"mood": "x"}).status_code == 404
+
+
 def test_a_character_edit_that_does_not_fit_is_refused(logged_in: Client, templates: None) -> None:
     story = story_with()
     mara = story.characters.get(name="Mara")
