@@ -48,6 +48,7 @@ LOOK = 0.2  # seconds between looks for ready steps when nothing wakes the runne
 HAND_ON_LOOK = 20  # ready runs a freed node looks through for one it can take
 SCAN = 64  # ready runs a pass of the runner looks through, at most
 REASONS = 1.0  # seconds between updates of why steps no node can take wait, while every node is busy
+HOLDER = "step:"  # leases held by story steps are "step:<run>"
 ASKS = [name for name, step in graph.STEPS.items() if step.kind == graph.ASK]
 
 
@@ -99,6 +100,9 @@ class Pipeline(threading.Thread):
             StepRun.objects.filter(pk__in=mine, owner=self.owner, status=StepRun.RUNNING).update(heartbeat=now)
             Lease.objects.filter(holder__in=[holder(pk) for pk in mine]).update(heartbeat=now)
         stale = now - timedelta(seconds=settings.RENDER_STALE)
+        # A runner keeps its steps' leases beating; one that died (even between a step's end and
+        # handing its node on) leaves leases that stop: the nodes' capacity comes back.
+        Lease.objects.filter(holder__startswith=HOLDER, heartbeat__lt=stale).delete()
         dead = StepRun.objects.filter(status=StepRun.RUNNING, heartbeat__lt=stale).exclude(owner="")
         for run in dead.exclude(owner=self.owner).select_related("story"):
             Lease.objects.filter(holder=holder(run.pk)).delete()
@@ -342,7 +346,7 @@ def ready() -> RunQuerySet:
 
 
 def holder(run_pk: int) -> str:
-    return f"step:{run_pk}"
+    return f"{HOLDER}{run_pk}"
 
 
 def why_waiting(model: str, pool: list[Capability]) -> str:

@@ -11,6 +11,7 @@ import signal
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -406,6 +407,20 @@ def test_a_story_left_between_two_steps_by_a_dead_runner_goes_on(lab: Lab) -> No
     with running_pipeline(lab):  # a runner starts
         wait_run(story, "segments", StepRun.COMPLETED)
     assert asked(sim)[0] == "SegmentsAnswer" and "StoryAnswer" not in asked(sim)
+
+
+def test_a_lease_left_by_a_dead_runner_after_its_step_ended_gives_the_node_back(lab: Lab) -> None:
+    sim = lab.ollama("llm", limit=1)
+    story = new_story()
+    # A runner finished a step on the only node and died before it gave the node's lease back.
+    done = Story.objects.create(idea=IDEA, model=MODEL, state=Story.COMPLETED)
+    ended = StepRun.objects.create(story=done, step="story", status=StepRun.COMPLETED)
+    gone = timezone.now() - timedelta(seconds=5)
+    Lease.objects.create(capability=Capability.objects.get(), holder=f"step:{ended.pk}", created=gone, heartbeat=gone)
+
+    with running_pipeline(lab):
+        wait_run(story, "story", StepRun.COMPLETED)
+    assert asked(sim)[0] == "StoryAnswer" and not Lease.objects.exists()
 
 
 # --- model answers that do not fit -----------------------------------------------------------
