@@ -156,7 +156,10 @@ class Pipeline(threading.Thread):
                         Capability.OLLAMA, holder(run.pk), Requirements(model=model), story_node=run.story.node_id
                     )
                 if lease is None:
-                    blocked.setdefault(model, why_waiting(model, pool))
+                    if model not in blocked:
+                        # The pool as it is now, not as it was before these runs were read: a
+                        # node added meanwhile is not reported missing.
+                        blocked[model] = why_waiting(model, list(Capability.objects.usable(Capability.OLLAMA)))
                     self.waiting(run, blocked[model])
                     continue
             if not self.claim(run, lease, model):
