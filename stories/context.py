@@ -107,8 +107,7 @@ def step_rows(story: Story) -> list[StepRow]:
 
 
 def about(story: Story) -> dict[str, Any]:
-    scenes = story.mode == Story.SCENES
-    return {"story": story, "pieces": "scenes" if scenes else "shots", "piece_label": "Scene" if scenes else "Shot"}
+    return {"story": story, "pieces": f"{story.piece}s", "piece_label": story.piece.capitalize()}
 
 
 def live(story: Story) -> dict[str, Any]:
@@ -124,8 +123,8 @@ def live(story: Story) -> dict[str, Any]:
 
 
 def tabs(story: Story) -> list[tuple[str, str]]:
-    skip = "shots" if story.mode == Story.SCENES else "scenes"
-    return [(slug, label) for slug, label in TABS.items() if slug != skip]
+    plan = f"{story.piece}s"  # the story's shots or its scenes, not the other
+    return [(slug, label) for slug, label in TABS.items() if slug not in ("shots", "scenes") or slug == plan]
 
 
 def detail(story: Story, tab: str, status: str = "", page: int = 1, *, whole: bool = True) -> dict[str, Any]:
@@ -158,7 +157,7 @@ def detail(story: Story, tab: str, status: str = "", page: int = 1, *, whole: bo
 
 def planned(story: Story) -> list[Shot] | list[Scene]:
     """The story's shots or scenes in order, each with the current run that writes its prompt."""
-    model = Scene if story.mode == Story.SCENES else Shot
+    model = story.planned
     pieces: list[Any] = list(model.objects.filter(story=story).select_related("segment").order_by("number"))
     current = story.runs.current().filter(step="prompts").exclude(part=0).only("part", "status", "error", "story")
     # The log of a failed part (the model's raw answers), and only of those: it can be long.
@@ -195,7 +194,7 @@ def renders(story: Story, status: str, page: int) -> dict[str, Any]:
 
 def gallery(story: Story) -> list[RenderJob]:
     """The latest finished render of each shot or scene, in story order."""
-    kind = "scene:" if story.mode == Story.SCENES else "shot:"
+    kind = f"{story.piece}:"
     numbers = set(pieces(story))  # a story planned again may have fewer than it rendered before
     jobs = (
         RenderJob.objects.filter(story=str(story.code), status=RenderJob.COMPLETED, target__startswith=kind)

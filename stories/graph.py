@@ -18,7 +18,7 @@ from django.db import transaction
 from django.db.models import Max
 from django.utils import timezone
 
-from stories.models import Scene, Shot, StepRun, Story
+from stories.models import StepRun, Story
 
 ASK, REFERENCES, RENDERS = "ask", "references", "renders"
 PLAN = "plan"  # shots or scenes, by the story's mode
@@ -70,16 +70,16 @@ def steps_for(story: Story) -> list[Step]:
 def downstream(story: Story, name: str) -> list[str]:
     """`name` and every step that needs it, directly or not, in graph order."""
     found = {name}
-    for step in steps_for(story):
+    ordered = steps_for(story)
+    for step in ordered:
         if found & set(step.needs):
             found.add(step.name)
-    return [s.name for s in steps_for(story) if s.name in found]
+    return [s.name for s in ordered if s.name in found]
 
 
 def pieces(story: Story) -> list[int]:
     """The numbers of the shots or scenes a fanning-out step makes parts for."""
-    model = Scene if story.mode == Story.SCENES else Shot
-    return list(model.objects.filter(story=story).order_by("number").values_list("number", flat=True))
+    return list(story.planned.objects.filter(story=story).order_by("number").values_list("number", flat=True))
 
 
 # --- moving a story along -------------------------------------------------------------------
@@ -98,7 +98,8 @@ def advance(story_id: int) -> list[StepRun]:
             if r.part:
                 parts.setdefault(r.step, []).append(r)
         made: list[StepRun] = []
-        for step in steps_for(story):
+        ordered = steps_for(story)
+        for step in ordered:
             run = whole.get(step.name)
             if run is None:
                 if story.stopped or not all(done(whole.get(n)) for n in step.needs):
@@ -113,7 +114,7 @@ def advance(story_id: int) -> list[StepRun]:
                 from stories.rendering import gather_references
 
                 gather_references(story, run)
-        summarise(story, whole, parts)
+        summarise(story, ordered, whole, parts)
     return made
 
 
@@ -165,8 +166,7 @@ def gather(story: Story, run: StepRun, parts: list[StepRun]) -> None:
     run.fail(f"{len(failed)} of {len(parts)} parts did not complete; the first, {first.part}: {first.error}")
 
 
-def summarise(story: Story, whole: dict[str, StepRun], parts: dict[str, list[StepRun]]) -> None:
-    steps = steps_for(story)
+def summarise(story: Story, steps: list[Step], whole: dict[str, StepRun], parts: dict[str, list[StepRun]]) -> None:
     total = 0.0
     for step in steps:
         run = whole.get(step.name)

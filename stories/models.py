@@ -76,6 +76,16 @@ class Story(models.Model):
     def __str__(self) -> str:
         return self.title or self.idea[:60]
 
+    @property
+    def planned(self) -> type[Shot] | type[Scene]:
+        """What the story is planned in: shots (Wan / Hunyuan) or HoloCine scenes."""
+        return Scene if self.mode == Story.SCENES else Shot
+
+    @property
+    def piece(self) -> str:
+        """ "shot" or "scene": one piece of the plan, as render targets (`shot:3`) name it."""
+        return str(self.planned._meta.model_name)
+
     def model_for(self, step: str) -> str:
         return str(self.models_by_step.get(step) or self.model)
 

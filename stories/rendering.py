@@ -11,7 +11,7 @@ from django.utils import timezone
 
 from renders.models import RenderJob
 from spoonfeeder.models import Event
-from stories.models import Character, Scene, Shot, StepRun, Story
+from stories.models import Character, StepRun, Story
 
 REFERENCE_SETTINGS = {"width": 768, "height": 768, "frames": 1, "steps": 20, "cfg": 5.0, "seed": "random"}
 
@@ -33,11 +33,10 @@ def queue_renders(story: Story, run: StepRun) -> None:
     if story.template is None:
         run.fail("The story has no render template: choose one in the story's render settings, then retry.", run.owner)
         return
-    model = Scene if story.mode == Story.SCENES else Shot
     references = {c.name: c.reference for c in story.characters.exclude(reference="")}
     takes_image = bool(story.template.mapping.get("image"))
     wanted = []
-    for piece in model.objects.filter(story=story).order_by("number"):
+    for piece in story.planned.objects.filter(story=story).order_by("number"):
         settings = dict(story.render_settings)
         image = next((references[n] for n in piece.characters if n in references), "")
         if takes_image and image:
@@ -53,7 +52,7 @@ def queue_renders(story: Story, run: StepRun) -> None:
             )
         )
     with transaction.atomic():
-        queued, kept = replace_jobs(story, f"{model._meta.model_name}:", wanted)
+        queued, kept = replace_jobs(story, f"{story.piece}:", wanted)
         done = run.transition(
             StepRun.COMPLETED,
             expect=(StepRun.RUNNING,),
@@ -132,8 +131,7 @@ def cancel_outdated(story: Story) -> int:
     again, so the queue does not spend a GPU on a prompt that is about to change; the renders
     step queues them anew. Renders already on a node go on (kept if the prompt comes out the
     same). Returns how many were cancelled."""
-    model = Scene if story.mode == Story.SCENES else Shot
-    name = model._meta.model_name
+    name = story.piece
     written = story.runs.current().filter(step="prompts", status=StepRun.COMPLETED).exclude(part=0)
     fresh = {f"{name}:{n}" for n in written.values_list("part", flat=True)}
     queued = RenderJob.objects.filter(story=str(story.code), target__startswith=f"{name}:", status=RenderJob.QUEUED)

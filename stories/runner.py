@@ -136,8 +136,7 @@ class Pipeline(threading.Thread):
         room = self.parallel - len(busy)
         if room <= 0:
             return
-        pool = list(Capability.objects.usable(Capability.OLLAMA).with_load())
-        free = [c for c in pool if c.busy() < c.limit]
+        free = [c for c in Capability.objects.usable(Capability.OLLAMA).with_load() if c.busy() < c.limit]
         rows = ready().exclude(pk__in=busy)
         if free or time.monotonic() >= self.next_reasons:
             self.next_reasons = time.monotonic() + REASONS
@@ -157,9 +156,7 @@ class Pipeline(threading.Thread):
                     )
                 if lease is None:
                     if model not in blocked:
-                        # The pool as it is now, not as it was before these runs were read: a
-                        # node added meanwhile is not reported missing.
-                        blocked[model] = why_waiting(model, list(Capability.objects.usable(Capability.OLLAMA)))
+                        blocked[model] = why_waiting(model)
                     self.waiting(run, blocked[model])
                     continue
             if not self.claim(run, lease, model):
@@ -352,10 +349,12 @@ def holder(run_pk: int) -> str:
     return f"{HOLDER}{run_pk}"
 
 
-def why_waiting(model: str, pool: list[Capability]) -> str:
-    """Why no node of `pool` (the usable Ollamas) takes a step for `model` now; "" when the nodes
-    that could are busy (the step is queued, and a node goes on to it when it is free: not a
-    reason to show)."""
+def why_waiting(model: str) -> str:
+    """Why no usable Ollama takes a step for `model` now, read as the pool is when the step is
+    looked at (not as it was at the start of the pass: a node added meanwhile is not reported
+    missing); "" when the nodes that could are busy (the step is queued, and a node goes on to
+    it when it is free: not a reason to show)."""
+    pool = list(Capability.objects.usable(Capability.OLLAMA))
     if not pool:
         return "No Ollama node is online; the step starts when one is."
     if not any(model in c.model_names() for c in pool):

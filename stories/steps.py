@@ -21,7 +21,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field, ValidationError
 
-from stories.models import Character, MusicCue, Scene, Segment, Shot, StepRun, Story
+from stories.models import Character, MusicCue, Scene, Segment, StepRun, Story
 
 PROMPTS = Path(__file__).resolve().parent / "prompts"
 SHOT_SECONDS = 5  # a rendered shot is about this long
@@ -168,7 +168,7 @@ def facts(story: Story, run: StepRun) -> dict[str, str]:
         "shot_seconds": str(SHOT_SECONDS),
     }
     if run.step == "prompts":
-        piece = planned_model(story).objects.filter(story=story, number=run.part).first()
+        piece = story.planned.objects.filter(story=story, number=run.part).first()
         if piece is not None:
             values["piece"] = f"{piece}: {piece.description}"
             values["piece_characters"] = ", ".join(piece.characters) or "nobody in particular"
@@ -177,10 +177,6 @@ def facts(story: Story, run: StepRun) -> dict[str, str]:
             looks = {c.name: c.look for c in characters}
             values["looks"] = "\n".join(f"- {n}: {looks[n]}" for n in piece.characters if n in looks) or "(none)"
     return values
-
-
-def planned_model(story: Story) -> type[Shot] | type[Scene]:
-    return Scene if story.mode == Story.SCENES else Shot
 
 
 # --- checking what the model said against the story -----------------------------------------
@@ -269,7 +265,7 @@ def write_scenes(story: Story, run: StepRun, answer: ScenesAnswer) -> None:
 
 def write_planned(story: Story, plans: list[Any], own: Callable[[Any], dict[str, Any]]) -> None:
     """The shots or scenes of the plan, numbered in its order; `own` gives a kind's own fields."""
-    model = planned_model(story)
+    model = story.planned
     segments = segments_by_number(story)
     model.objects.filter(story=story).delete()
     pieces: list[Any] = [
@@ -288,7 +284,7 @@ def write_planned(story: Story, plans: list[Any], own: Callable[[Any], dict[str,
 
 
 def write_prompt(story: Story, run: StepRun, answer: PromptAnswer) -> None:
-    planned_model(story).objects.filter(story=story, number=run.part).update(
+    story.planned.objects.filter(story=story, number=run.part).update(
         positive=answer.positive.strip(), negative=answer.negative.strip()
     )
 

@@ -110,7 +110,7 @@ def retry(request: HtmxHttpRequest, story: Story, here: str) -> HttpResponse:
         return refuse(request, story, "That step run is not one of this story's.", status=404)
     label = graph.STEPS[run.step].label
     if run.part:
-        label = f"{label} of {'scene' if story.mode == Story.SCENES else 'shot'} {run.part}"
+        label = f"{label} of {story.piece} {run.part}"
     if run.status != StepRun.FAILED or not graph.retry(run):
         status = run.get_status_display().lower()
         return refuse(request, story, f"Only a failed step can be retried; {label} is {status}.")
@@ -132,7 +132,7 @@ def rerun(request: HtmxHttpRequest, story: Story, here: str) -> HttpResponse:
 
 def rewrite(request: HtmxHttpRequest, story: Story, here: str) -> HttpResponse:
     part = request.POST.get("part", "")
-    piece = f"{'Scene' if story.mode == Story.SCENES else 'Shot'} {part}"
+    piece = f"{story.piece.capitalize()} {part}"
     run = story.runs.current().filter(step="prompts", part=int(part)).first() if part.isdigit() else None
     if run is None or not run.part:
         return refuse(request, story, f"{piece} has no prompt to write again yet.")
@@ -234,8 +234,8 @@ def output(request: HtmxHttpRequest, code: str, pk: int) -> HttpResponse:
 def prompt(request: HtmxHttpRequest, code: str, number: int) -> HttpResponse:
     """A shot's (or scene's) prompt written by hand: that part's new version; its render follows."""
     story = find(code)
-    piece = get_object_or_404(steps.planned_model(story), story=story, number=number)
-    back = reverse("stories:tab", args=[story.code, "scenes" if story.mode == Story.SCENES else "shots"])
+    piece = get_object_or_404(story.planned, story=story, number=number)
+    back = tab_url(story, f"{story.piece}s")
     form = PromptForm(request.POST)
     if not form.is_valid():
         return refuse(request, story, f"{piece}'s prompt was not saved: {reasons(form)}")
@@ -247,7 +247,7 @@ def prompt(request: HtmxHttpRequest, code: str, number: int) -> HttpResponse:
         return refuse(request, story, f"{piece}'s prompt is not written yet: it can be edited once it is.", status=409)
     try:
         with transaction.atomic():
-            steps.planned_model(story).objects.filter(pk=piece.pk).update(**written)
+            story.planned.objects.filter(pk=piece.pk).update(**written)
             graph.edited_part(run, written, who=request.user.get_username())
     except graph.NotNow as e:
         return refuse(request, story, f"{piece}'s prompt was not saved: {e}", status=409)
