@@ -55,6 +55,7 @@ lint: $(VENV)/.test-installed
 bench: $(VENV)/.test-installed
 	$(BIN)/python bench/startup.py
 	$(BIN)/python bench/memory.py
+	$(BIN)/python bench/bodies.py
 	$(BIN)/python bench/event_latency.py
 	$(BIN)/python bench/pool.py
 	$(BIN)/python bench/render_queue.py

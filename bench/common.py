@@ -243,11 +243,12 @@ def start_run(env: dict[str, str], port: int, log: Path) -> Child:
     return Child("manage.py run", [PYTHON, "manage.py", "run", "--port", str(port)], env, log)
 
 
-def start_daphne(env: dict[str, str], port: int, log: Path) -> Child:
+def start_daphne(env: dict[str, str], port: int, log: Path, server: str = "spoonfeeder.web") -> Child:
+    """The web server as `run` starts it (`server` "daphne" for daphne without our bounds)."""
     argv = [
         PYTHON,
         "-m",
-        "daphne",
+        server,
         "-b",
         HOST,
         "-p",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import socket
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +27,10 @@ CONNECT_TIMEOUT = 0.5
 HOSTNAME = re.compile(
     r"^(?=.{1,253}$)([a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?)(\.[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?)*$"
 )
+
+# What a resolver takes for an IPv4 address though it is no dotted quad: numbers, each decimal,
+# octal (a leading 0) or hex (0x), like 2130706433, 127.1 or 0x7f.0.0.01; all one machine.
+NUMERIC = re.compile(r"^(0[xX][0-9a-fA-F]+|[0-9]+)(\.(0[xX][0-9a-fA-F]+|[0-9]+))*$")
 
 
 class TargetError(ValueError):
@@ -49,15 +54,33 @@ def expand(targets: str) -> list[str]:
             found = list(net.hosts()) if net.num_addresses > 2 else list(net)
             hosts.update((str(a), None) for a in found)
         else:
-            try:
-                hosts[str(ipaddress.ip_address(part.strip("[]")))] = None
-            except ValueError:
-                if not HOSTNAME.match(part):
-                    raise TargetError(f"{part!r} is neither an address nor a host name.") from None
-                hosts[part.lower()] = None
+            host = address(part)
+            if host is None and not HOSTNAME.match(part):
+                raise TargetError(f"{part!r} is neither an address nor a host name.")
+            hosts[host or part.lower()] = None
         if len(hosts) > MAX_ADDRESSES:
             raise TargetError(f"That is more than {MAX_ADDRESSES:,} addresses; name fewer at a time.")
     return list(hosts)
+
+
+def address(part: str) -> str | None:
+    """The address `part` names, written one way (a dotted quad, compressed IPv6) so that one
+    machine is one host however it was typed; None for a host name."""
+    try:
+        ip = ipaddress.ip_address(part.strip("[]"))
+    except ValueError:
+        if not NUMERIC.match(part):
+            return None
+        # A name of only numbers would be read as an address by every resolver, so it is one.
+        try:
+            ip = ipaddress.IPv4Address(socket.inet_aton(part))
+        except OSError:
+            raise TargetError(
+                f"{part!r} is not an address: write four numbers from 0 to 255, like 192.168.1.20."
+            ) from None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+        ip = ip.ipv4_mapped  # ::ffff:10.0.0.5 is 10.0.0.5
+    return str(ip)
 
 
 @dataclass

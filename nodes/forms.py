@@ -1,22 +1,29 @@
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from django import forms
 from django.db import transaction
 
-from nodes.discovery import HOSTNAME, TargetError, expand
+from nodes.discovery import TargetError, expand
 from nodes.models import COMFYUI_PORT, OLLAMA_PORT, Capability, Node
 
+PORT_ERRORS = {
+    "min_value": "Ensure this value is greater than or equal to %(limit_value)s: ports run from 1 to 65535.",
+    "max_value": "Ensure this value is less than or equal to %(limit_value)s: ports run from 1 to 65535.",
+}
 
-def port_field(default: int, label: str) -> forms.IntegerField:
+
+def port_field(default: int, label: str, required: bool = False) -> forms.IntegerField:
     return forms.IntegerField(
         label=label,
-        required=False,
+        required=required,
         min_value=1,
         max_value=65535,
         initial=default,
-        help_text="Leave empty if the machine does not run it.",
+        error_messages=PORT_ERRORS,
+        help_text="" if required else "Leave empty if the machine does not run it.",
     )
 
 
@@ -43,18 +50,26 @@ class NodeForm(forms.ModelForm):
                 self.fields[f"{kind}_limit"].initial = cap.limit if cap else 1
 
     def clean_host(self) -> str:
-        host = self.cleaned_data["host"].strip().lower()
+        typed = self.cleaned_data["host"].strip()
         try:
-            hosts = expand(host)
+            hosts = expand(typed)
         except TargetError as e:
             raise forms.ValidationError(str(e)) from None
-        if len(hosts) != 1 or not (HOSTNAME.match(host) or hosts[0] == host.strip("[]")):
+        if len(hosts) != 1 or re.search(r"[\s,/]", typed):
             raise forms.ValidationError("Name one machine: a host name or an address, not a range.")
-        return hosts[0]
+        # One machine typed another way (2130706454, 127.0.0.026 for 127.0.0.22) is the same host.
+        host = hosts[0]
+        other = Node.objects.filter(host=host).exclude(pk=self.instance.pk).first()
+        if other is not None:
+            same = host if host == typed.strip("[]").lower() else f"{typed} is {host}, which"
+            raise forms.ValidationError(f"{same} is already in the pool as {other.name}: edit that node instead.")
+        return host
 
     def clean(self) -> dict[str, Any]:
         data = super().clean() or {}
-        if not data.get("ollama_port") and not data.get("comfyui_port"):
+        ports = ("ollama_port", "comfyui_port")
+        # A port that was refused already says why; "give a port" would hide that.
+        if not any(data.get(p) for p in ports) and not any(p in self.errors for p in ports):
             raise forms.ValidationError("Give the Ollama port, the ComfyUI port or both.")
         return data
 
@@ -85,8 +100,8 @@ class DiscoverForm(forms.Form):
         initial="127.0.0.1",
         help_text="Addresses, host names or ranges such as 192.168.1.0/24 (at most a /16), separated by spaces.",
     )
-    ollama_port = forms.IntegerField(min_value=1, max_value=65535, initial=OLLAMA_PORT)
-    comfyui_port = forms.IntegerField(min_value=1, max_value=65535, initial=COMFYUI_PORT)
+    ollama_port = port_field(OLLAMA_PORT, "Ollama port", required=True)
+    comfyui_port = port_field(COMFYUI_PORT, "ComfyUI port", required=True)
 
     def clean_targets(self) -> str:
         targets = self.cleaned_data["targets"]

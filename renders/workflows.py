@@ -15,7 +15,16 @@ from collections.abc import Collection, Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeGuard
 
+from nodes.clients.http import depth
+
 MAX_BYTES = 5 * 1024 * 1024
+# Real workflows have tens of nodes, a few hundred at most. Thousands are junk, and every job of the
+# template would copy, store and send them.
+MAX_NODES = 2000
+# How deeply one input's value may nest: a link is [id, slot], one level; real values go two or three.
+# Much deeper ones break Python's recursive walks later (deepcopy, json.dumps into the database and
+# to ComfyUI), at every attempt of every render.
+MAX_DEPTH = 32
 
 SHIPPED_DIR = Path(__file__).with_name("workflows")
 
@@ -152,7 +161,10 @@ def parse(text: str | bytes, *, max_bytes: int = MAX_BYTES) -> dict[str, Any]:
             "Export it from ComfyUI with Workflow → Export (API) and upload that file unchanged."
         ) from e
     except RecursionError as e:
-        raise WorkflowError("The workflow is nested too deeply to be a ComfyUI workflow.") from e
+        raise WorkflowError(
+            f"The workflow is nested hundreds of levels deep, too deeply to read; a node's input may nest "
+            f"{MAX_DEPTH} levels. Export the workflow from ComfyUI with Workflow → Export (API) and upload that file."
+        ) from e
 
     if not isinstance(data, dict):
         raise WorkflowError(
@@ -170,6 +182,12 @@ def parse(text: str | bytes, *, max_bytes: int = MAX_BYTES) -> dict[str, Any]:
         data = prompt  # a POST /prompt body or a history entry: {"prompt": {...}, "client_id": ...}
     if not data:
         raise WorkflowError("The workflow has no nodes. Export a workflow with at least a save node from ComfyUI.")
+    if len(data) > MAX_NODES:
+        raise WorkflowError(
+            f"The workflow has {len(data):,} nodes, over the limit of {MAX_NODES:,}. A ComfyUI workflow has tens "
+            "of nodes, a few hundred at most: remove the nodes it does not need, or split it into several "
+            "templates, and export it again."
+        )
 
     bad = [node_id for node_id, node in data.items() if not _looks_like_node(node)]
     if bad:
@@ -178,6 +196,7 @@ def parse(text: str | bytes, *, max_bytes: int = MAX_BYTES) -> dict[str, Any]:
             "and inputs, so this is not an API-format workflow. Export it from ComfyUI with Workflow → Export (API)."
         )
     for node_id, node in data.items():
+        check_depth(node_id, node)
         for name, value in node["inputs"].items():
             if _is_link(value) and value[0] not in data:
                 raise WorkflowError(
@@ -190,6 +209,20 @@ def parse(text: str | bytes, *, max_bytes: int = MAX_BYTES) -> dict[str, Any]:
             "(SaveImage, SaveVideo, SaveAnimatedWEBP, VHS_VideoCombine, …) and export it again."
         )
     return data
+
+
+def check_depth(node_id: str, node: Mapping[str, Any]) -> None:
+    """WorkflowError naming the node and input (or other field, like _meta) nested over MAX_DEPTH."""
+    places = [(f"input {name!r}", value) for name, value in node["inputs"].items()]
+    places += [(f"field {key!r}", value) for key, value in node.items() if key != "inputs"]
+    for where, value in places:
+        levels = depth(value)
+        if levels > MAX_DEPTH:
+            raise WorkflowError(
+                f"Node {node_id} ({node['class_type']}) {where} is nested {levels} levels deep, over the limit of "
+                f"{MAX_DEPTH}; no ComfyUI node takes a value like that. Fix or remove it in ComfyUI and import "
+                "the workflow again."
+            )
 
 
 def _json_type(value: Any) -> str:
@@ -251,15 +284,16 @@ def _is_sampler(node: Mapping[str, Any]) -> bool:
     )
 
 
-def _encoders_upstream(workflow: Mapping[str, Any], link: list[Any]) -> list[str]:
-    """Text encoders feeding a conditioning link, walking back through conditioning nodes.
+def _encoders_upstream(workflow: Mapping[str, Any], links: Iterable[list[Any]]) -> set[str]:
+    """Text encoders feeding any of the conditioning links, walking back through conditioning nodes.
 
     Nodes that take both positive and negative (WanImageToVideo, ControlNetApplyAdvanced, …) return
-    them as outputs 0 and 1, so the output slot says which of the two to follow.
+    them as outputs 0 and 1, so the output slot says which of the two to follow. One walk serves all
+    the links and visits each (node, slot) once, however many samplers share a chain of conditioning.
     """
-    found: list[str] = []
+    found: set[str] = set()
     seen: set[tuple[str, int]] = set()
-    todo = [(link[0], link[1])]
+    todo = [(link[0], link[1]) for link in links]
     while todo:
         node_id, slot = todo.pop()
         if (node_id, slot) in seen or node_id not in workflow:
@@ -267,7 +301,7 @@ def _encoders_upstream(workflow: Mapping[str, Any], link: list[Any]) -> list[str
         seen.add((node_id, slot))
         node = workflow[node_id]
         if _is_encoder(node):
-            found.append(node_id)
+            found.add(node_id)
             continue
         inputs = node["inputs"]
         if _is_link(inputs.get("positive")) and _is_link(inputs.get("negative")) and slot in (0, 1):
@@ -288,19 +322,17 @@ def _title(node: Mapping[str, Any]) -> str:
 def detect(workflow: Mapping[str, Any]) -> ParamMap:
     """Propose where each render parameter goes: name → [(node id, input name), …], found ones only."""
     found: ParamMap = {name: [] for name in PARAMETERS}
+    placed: set[tuple[str, str, str]] = set()  # found's entries, so that adding one stays quick
 
     def add(name: str, node_id: str, input_name: str) -> None:
-        if (node_id, input_name) not in found[name]:
+        if (name, node_id, input_name) not in placed:
+            placed.add((name, node_id, input_name))
             found[name].append((node_id, input_name))
 
-    positive: list[str] = []
-    negative: list[str] = []
-    for node in workflow.values():
-        if _is_sampler(node):
-            positive += _encoders_upstream(workflow, node["inputs"]["positive"])
-            negative += _encoders_upstream(workflow, node["inputs"]["negative"])
+    samplers = [node["inputs"] for node in workflow.values() if _is_sampler(node)]
+    positive = _encoders_upstream(workflow, (inputs["positive"] for inputs in samplers))
     # A negative made by zeroing the positive (Flux's ConditioningZeroOut) must not get the negative text.
-    negative = [node_id for node_id in negative if node_id not in positive]
+    negative = _encoders_upstream(workflow, (inputs["negative"] for inputs in samplers)) - positive
     has_video_output = any(node["class_type"] in VIDEO_OUTPUT_CLASSES for node in workflow.values())
     has_length = any(_is_number(node["inputs"].get(name)) for node in workflow.values() for name in FRAME_INPUTS)
 
@@ -388,6 +420,9 @@ def apply(
     steps, width, height, frames (int); cfg, fps (number); loras (list of names, (name, strength) or
     {"name", "strength"}, given to the template's LoRA loaders in order). None or missing means keep.
     """
+    # A template imported before parse() bounded nesting would fail deepcopy at every attempt.
+    for node_id, node in workflow.items():
+        check_depth(node_id, node)
     result: dict[str, Any] = copy.deepcopy(dict(workflow))
     places = {name: [tuple(place) for place in mapping.get(name, ())] for name in PARAMETERS}
     for name, entries in places.items():

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -54,13 +55,18 @@ def data_path(raw: str) -> Path:
 
 
 def data_dir(path: Path) -> Path:
-    """The data folder, created if only its last part is missing, and proven writable."""
+    """The data folder, created (private) if only its last part is missing, and proven writable.
+
+    Everything the process writes from here on is private to its user (umask 077): the database
+    and its WAL and SHM files hold live session keys, the key folder the secret key.
+    """
     hint = "create it or set SPOONFEEDER_DATA_DIR to a writable folder"
+    os.umask(0o077)
     if not path.exists():
         if not path.parent.is_dir():
             raise ConfigError(f"data folder {path} cannot be made: {path.parent} does not exist; {hint}")
         try:
-            path.mkdir()
+            path.mkdir(mode=0o700)
         except OSError as e:
             raise ConfigError(f"data folder {path} cannot be made ({e.strerror}); {hint}") from None
     if not path.is_dir():
@@ -72,6 +78,25 @@ def data_dir(path: Path) -> Path:
     except OSError:
         raise ConfigError(f"data folder {path} is not writable; {hint}") from None
     return path
+
+
+def make_private(folder: Path) -> int:
+    """Take away every other user's access to the data folder and all in it (folders 0700,
+    files 0600); how many were open to others. Links are left alone: they are not ours."""
+    changed = 0
+    paths = [folder]
+    for root, dirs, files in os.walk(folder):
+        paths += [Path(root, name) for name in dirs + files]
+    for path in paths:
+        try:
+            st = path.lstat()
+        except FileNotFoundError:
+            continue  # gone meanwhile (a finished SQLite journal)
+        if stat.S_ISLNK(st.st_mode) or not st.st_mode & 0o077:
+            continue
+        path.chmod(0o700 if stat.S_ISDIR(st.st_mode) else 0o600)
+        changed += 1
+    return changed
 
 
 def secret_key(folder: Path) -> str:

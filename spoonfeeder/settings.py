@@ -47,6 +47,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    "spoonfeeder.security.content_security_policy",
 ]
 
 ROOT_URLCONF = "spoonfeeder.urls"
@@ -150,12 +151,43 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
 ]
+AUTHENTICATION_BACKENDS = ["spoonfeeder.security.ThrottledBackend"]
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "dashboard"
 LOGOUT_REDIRECT_URL = "login"
+# Failed logins, counted per source address and per user name (spoonfeeder/security.py): after
+# LOGIN_SLOW_AFTER failures each try waits twice as long as the last, and after LOGIN_LOCK_AFTER
+# the source or name is locked out for LOGIN_LOCK_SECONDS. A successful login clears both counts.
+LOGIN_SLOW_AFTER = int(config.env_number("SPOONFEEDER_LOGIN_SLOW_AFTER", 5, minimum=1))
+LOGIN_LOCK_AFTER = int(config.env_number("SPOONFEEDER_LOGIN_LOCK_AFTER", 10, minimum=2))
+LOGIN_LOCK_SECONDS = config.env_number("SPOONFEEDER_LOGIN_LOCK_SECONDS", 900, minimum=1)
 SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SAMESITE = "Lax"
 X_FRAME_OPTIONS = "DENY"
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+# Scripts and styles from this server only, no inline script or style, no eval, no frames; the
+# middleware adds the page's own socket origin to connect-src.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+    "media-src 'self' blob:; font-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "
+    "frame-src 'none'; frame-ancestors 'none'"
+)
+
+# Request bodies: the web server (spoonfeeder/web.py) refuses a larger one before reading it. A
+# request without a session cookie sends a login at most; uploads are workflow templates
+# (renders.workflows.MAX_BYTES, 5 MB) with the form around them; the live socket carries nothing
+# from the page.
+BODY_LIMIT_ANONYMOUS = 64 * 1024
+BODY_LIMIT = 1024 * 1024
+UPLOAD_LIMIT = 5 * 1024 * 1024 + 512 * 1024
+UPLOAD_PATHS = ("/renders/templates/", "/admin/")
+SOCKET_MESSAGE_LIMIT = 64 * 1024
+# How often an open live socket checks that its session still logs its user in (logging out
+# closes it at once).
+SOCKET_RECHECK = config.env_number("SPOONFEEDER_SOCKET_RECHECK", 3, minimum=0.1)
+# Django's own limit agrees: a body the server let in never meets a bare "400 Bad Request".
+DATA_UPLOAD_MAX_MEMORY_SIZE = UPLOAD_LIMIT
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = os.environ.get("TIME_ZONE", "UTC")

@@ -1,12 +1,16 @@
 from __future__ import annotations
 
-from django.contrib import messages
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+from django.conf import settings
+from django.contrib import auth, messages
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 from django_htmx.middleware import HtmxDetails
 
 from spoonfeeder import dashboard as board
+from spoonfeeder import security
 from spoonfeeder.tasks import enqueue
 
 
@@ -32,3 +36,12 @@ def test_task(request: HtmxHttpRequest) -> HttpResponse:
     seconds = 2.0 if request.POST.get("length") == "long" else 0.5
     enqueue("spoonfeeder.tasks.selftest", seconds, task_name=f"test task by {request.user}")
     return done(request, "A test task was queued; watch the counts change.", "dashboard")
+
+
+@require_POST
+def logout(request: HttpRequest) -> HttpResponse:
+    key = request.session.session_key
+    auth.logout(request)
+    if key:  # the live sockets this session opened stop at once (code 4401: htmx does not retry)
+        async_to_sync(get_channel_layer().group_send)(security.session_group(key), {"type": "live.logout"})
+    return redirect(settings.LOGOUT_REDIRECT_URL)

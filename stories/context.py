@@ -39,6 +39,15 @@ ICONS = {
 }
 
 
+def as_number(text: str) -> int | None:
+    """A number typed or posted as an id (a run, a part), or None if it is not one: ASCII digits
+    only, as `"²".isdigit()` is true yet int() refuses it, and at most 18 of them, as a bigger
+    number overflows the database's 64-bit integers instead of matching nothing."""
+    if not (text.isascii() and text.isdigit()) or len(text) > 18:
+        return None
+    return int(text)
+
+
 def stories(page: int = 1) -> dict[str, Any]:
     """The list: a page of stories, each with the steps it is busy with."""
     active = StepRun.objects.filter(part=0, status__in=ACTIVE).order_by("created", "id")
@@ -204,7 +213,7 @@ def gallery(story: Story) -> list[RenderJob]:
     latest: dict[int, RenderJob] = {}
     for job in jobs:
         _, _, tail = job.target.partition(":")
-        number = int(tail) if tail.isdigit() else 0
+        number = as_number(tail) or 0
         if job.outputs and number in numbers and number not in latest:
             job.number = number  # type: ignore[attr-defined]
             job.out = job.outputs[0]  # type: ignore[attr-defined]

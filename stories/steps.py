@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import json
 import string
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field, ValidationError
 
+from nodes.clients.http import TooDeep, loads
 from stories.models import Character, MusicCue, Scene, Segment, StepRun, Story
 
 PROMPTS = Path(__file__).resolve().parent / "prompts"
@@ -337,7 +337,9 @@ class Asking:
     def read(self, story: Story, text: str) -> BaseModel:
         """The answer if it fits; Unfit with the reasons if not."""
         try:
-            value = json.loads(text)
+            value = loads(text)
+        except TooDeep as e:
+            raise Unfit([f"the answer is {e}: answer with the flat JSON object the schema describes"]) from None
         except ValueError as e:
             cut = " (it looks cut short: answer with less text)" if text.strip()[-1:] not in ("}", "]") else ""
             raise Unfit([f"the answer is not JSON: {e}{cut}"]) from None

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 from collections.abc import Callable
 
 from django import forms
@@ -8,6 +10,7 @@ from django.contrib import messages
 from django.db import transaction
 from django.http import Http404, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils.html import escape
 from django.views.decorators.http import require_POST
@@ -16,6 +19,10 @@ from spoonfeeder.views import HtmxHttpRequest, done
 from stories import context, graph, steps
 from stories.forms import CharacterForm, MusicCueForm, NarrationForm, PromptForm, StoryForm
 from stories.models import Character, MusicCue, Segment, StepRun, Story
+
+# The header a following tab sends with what it shows, and gets back with what it would show.
+TAB_DIGEST = "X-Story-Tab"
+CSRF_INPUT = re.compile(r'<input type="hidden" name="csrfmiddlewaretoken" value="[^"]*">')
 
 
 def index(request: HtmxHttpRequest) -> HttpResponse:
@@ -63,7 +70,17 @@ def show(
         ctx["here"] += f"?{request.GET.urlencode()}"
     if invalid is not None:  # the character the user tried to save, with their input and its errors
         ctx["characters"] = [(c, invalid if c.pk == invalid.instance.pk else f) for c, f in ctx["characters"]]
-    return render(request, "stories/detail.html#tab" if alone else "stories/detail.html", ctx, status=status)
+    if not alone:
+        return render(request, "stories/detail.html", ctx, status=status)
+    # The tab asks for itself every time the story changes: when it would come back the same (its
+    # forms' CSRF tokens aside), it is not sent, so the browser keeps what it shows (a video being
+    # looked at, a scrolled list) instead of swapping in a copy.
+    html = render_to_string("stories/detail.html#tab", ctx, request)
+    digest = hashlib.blake2b(CSRF_INPUT.sub("", html).encode(), digest_size=8).hexdigest()
+    unchanged = request.headers.get(TAB_DIGEST) == digest and status == 200
+    response = HttpResponse(status=204) if unchanged else HttpResponse(html, status=status)
+    response[TAB_DIGEST] = digest
+    return response
 
 
 def refuse(request: HtmxHttpRequest, story: Story, message: str, status: int = 400) -> HttpResponse:
@@ -104,8 +121,8 @@ def action(request: HtmxHttpRequest, code: str, what: str) -> HttpResponse:
 
 
 def retry(request: HtmxHttpRequest, story: Story, here: str) -> HttpResponse:
-    run_id = request.POST.get("run", "")
-    run = StepRun.objects.select_related("story").filter(pk=int(run_id)).first() if run_id.isdigit() else None
+    pk = context.as_number(request.POST.get("run", ""))
+    run = StepRun.objects.select_related("story").filter(pk=pk).first() if pk is not None else None
     if run is None or run.story_id != story.pk:
         return refuse(request, story, "That step run is not one of this story's.", status=404)
     label = graph.STEPS[run.step].label
@@ -133,7 +150,8 @@ def rerun(request: HtmxHttpRequest, story: Story, here: str) -> HttpResponse:
 def rewrite(request: HtmxHttpRequest, story: Story, here: str) -> HttpResponse:
     part = request.POST.get("part", "")
     piece = f"{story.piece.capitalize()} {part}"
-    run = story.runs.current().filter(step="prompts", part=int(part)).first() if part.isdigit() else None
+    number = context.as_number(part)
+    run = story.runs.current().filter(step="prompts", part=number).first() if number else None
     if run is None or not run.part:
         return refuse(request, story, f"{piece} has no prompt to write again yet.")
     if run.status in graph.ACTIVE:

@@ -136,7 +136,7 @@ class Stack:
         proc = self.spawn(
             "web",
             "-m",
-            "daphne",
+            "spoonfeeder.web",
             "-b",
             self.host,
             "-p",
@@ -232,13 +232,15 @@ def finished_task(success: bool = True, age: timedelta = timedelta(0), error: st
     return task
 
 
-def communicator(session: str = "", origin: str = "http://127.0.0.1", topics: str = "dashboard") -> Any:
+def communicator(
+    session: str = "", origin: str = "http://127.0.0.1", topics: str = "dashboard", host: str = "127.0.0.1"
+) -> Any:
     """An in-process WebSocket client of the live consumer."""
     from channels.testing import WebsocketCommunicator
 
     from spoonfeeder.asgi import application
 
-    headers = [(b"origin", origin.encode()), (b"host", b"127.0.0.1")]
+    headers = [(b"origin", origin.encode()), (b"host", host.encode())]
     if session:
         headers.append((b"cookie", f"{settings.SESSION_COOKIE_NAME}={session}".encode()))
     return WebsocketCommunicator(application, f"/ws/live/?topics={topics}", headers=headers)

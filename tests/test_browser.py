@@ -79,10 +79,25 @@ def page(browser: Browser, stack: Stack) -> Iterator[Page]:
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))
+    # Every page runs under the content security policy: a script, style or connection it
+    # refuses is a page that breaks for its users.
+    refused: list[str] = []
+    page.on("console", lambda m: refused.append(m.text) if "Content Security Policy" in m.text else None)
+    policies: list[str] = []
+    page.on(
+        "response",
+        lambda r: (
+            policies.append(r.headers.get("content-security-policy", ""))
+            if r.request.resource_type == "document"
+            else None
+        ),
+    )
     yield page
     context.close()
     assert not blocked, f"the page tried to reach other hosts: {blocked}"
     assert not errors, f"uncaught JavaScript errors: {errors}"
+    assert not refused, f"the content security policy refused: {refused}"
+    assert all("script-src 'self'" in p for p in policies), f"a page came without its policy: {policies}"
 
 
 def log_in(page: Page) -> None:

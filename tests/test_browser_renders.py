@@ -51,10 +51,10 @@ def queued_codes(page: Page) -> list[str]:
 
 
 def bar_width(page: Page, code: str) -> str | None:
-    bar = page.locator(f"#rendering #job-{code} .bar span")
+    bar = page.locator(f"#rendering #job-{code} progress.bar")
     if not bar.count():
         return None
-    return str(bar.evaluate("e => e.style.width"))
+    return f"{bar.evaluate('e => e.value')}%"
 
 
 @pytest.mark.browser

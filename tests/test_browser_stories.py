@@ -121,6 +121,9 @@ def test_a_story_written_and_rendered_live_on_its_page(page: Page, stack: Stack,
     print(f"dispatcher start to the first shot in the gallery: {time.monotonic() - started:.2f} s")
     job = RenderJob.objects.get(story=str(story.code), target="shot:1", status=RenderJob.COMPLETED)
     expect(page.locator("#gallery-1")).to_contain_text("Download")
+    # Once every render has landed the gallery stops changing (and so is no longer swapped): the
+    # first shot's video plays from its file.
+    expect(page.locator("#story-tab")).not_to_have_attribute("data-in-flight", "true", timeout=60_000)
     first.evaluate("v => { v.preload = 'metadata'; v.load(); }")
     page.wait_for_function("v => v.readyState >= 1 && v.duration > 0", arg=first.element_handle(), timeout=15_000)
     assert first.get_attribute("src") == f"/media/{job.outputs[0]['path']}"

@@ -660,6 +660,44 @@ def test_garbage_answers_are_a_permanent_error(client: ComfyUI, sim: SimComfyUI)
     assert e.value.permanent
 
 
+def nested(levels: int) -> list[Any]:
+    value: list[Any] = []
+    for _ in range(levels - 1):
+        value = [value]
+    return value
+
+
+def test_answers_nested_hundreds_deep_are_a_permanent_error(client: ComfyUI, sim: SimComfyUI) -> None:
+    # Walked later (repr, deepcopy, json.dumps into the database), they would raise RecursionError.
+    sim.knobs.devices = [{"name": nested(700)}]
+    with pytest.raises(ServiceError) as e:
+        client.system_stats()
+    assert e.value.permanent
+    assert "/system_stats: answered JSON nested 703 levels deep, over the limit of 64" in str(e.value)
+    # Another client's prompt in the queue, echoed back to everyone who asks.
+    sim.knobs.seconds_per_node = 5
+    client.submit(workflow("still_image"), prompt_id=new_id(), client_id="c", extra_data={"note": nested(700)})
+    with pytest.raises(ServiceError) as e:
+        client.queue()
+    assert e.value.permanent and "/queue: answered JSON nested" in str(e.value)
+
+
+def test_websocket_messages_nested_too_deeply_are_a_permanent_error() -> None:
+    deep = "[" * 700 + "]" * 700
+    with pytest.raises(ServiceError) as e:
+        parse_text('{"type": "executed", "data": {"node": "9", "output": {"text": ' + deep + "}}}", "ws")
+    assert e.value.permanent and "ws: the WebSocket sent JSON nested 703 levels deep, over the limit of 64" in str(
+        e.value
+    )
+    with pytest.raises(ServiceError) as e:
+        parse_text("[" * 5000 + "]" * 5000, "ws")  # deeper than json itself reads
+    assert e.value.permanent and "nested too deeply to read" in str(e.value)
+    meta = ('{"prompt_id": "p", "node_id": ' + deep + "}").encode()
+    with pytest.raises(ServiceError) as e:
+        parse_binary(struct.pack(">II", 4, len(meta)) + meta + b"PNG", "ws")
+    assert e.value.permanent and "metadata is JSON nested 701 levels deep" in str(e.value)
+
+
 def test_a_restart_forgets_queue_and_history(client: ComfyUI, sim: SimComfyUI) -> None:
     done_id = run(client, workflow("still_image"))["prompt"][1]
     sim.knobs.seconds_per_node = 5

@@ -436,6 +436,18 @@ def test_an_html_answer_is_permanent(sim: SimOllama, client: Ollama) -> None:
         assert e.value.permanent and "HTML" in e.value.message
 
 
+def test_an_answer_nested_hundreds_deep_is_permanent(sim: SimOllama, client: Ollama) -> None:
+    # Walked later (repr in messages, json.dumps into the database), it would raise RecursionError.
+    deep: list[Any] = []
+    for _ in range(699):
+        deep = [deep]
+    sim.set(version=deep)
+    with pytest.raises(ServiceError) as e:
+        client.version()
+    assert e.value.permanent
+    assert "/api/version: answered JSON nested 701 levels deep, over the limit of 64" in e.value.message
+
+
 def test_a_stream_cut_before_its_last_chunk_is_retryable(sim: SimOllama, client: Ollama) -> None:
     sim.set(drop_stream_after=3)
     received: list[Chunk] = []

@@ -112,3 +112,20 @@ def test_when_the_worker_dies_the_command_says_so_and_stops_the_web_server(stack
     assert "the worker (qcluster) exited" in run.output()
     assert "stopping the web server (daphne)" in run.output()
     assert not [k for k in kids if alive(k)]
+
+
+def test_it_makes_an_open_data_folder_private_and_says_so(stack: Stack, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    (data / "media").mkdir(parents=True)
+    for folder in (data, data / "media"):
+        folder.chmod(0o755)
+    for name in ("secret_key", "media/old.png"):
+        (data / name).write_text("x" * 50)
+        (data / name).chmod(0o644)
+    run = stack.run(SPOONFEEDER_DATA_DIR=str(data), SPOONFEEDER_ADMIN_PASSWORD="correct-horse-battery")
+    wait_until(lambda: "Press Ctrl-C to stop" in run.output(), 60, "the banner")
+    assert f"Made the data folder {data} private: 4 files and folders in it were open" in run.output()
+    opened = [p for p in [data, *data.rglob("*")] if p.stat().st_mode & 0o077]
+    assert not opened, opened
+    run.signal(signal.SIGTERM)
+    assert run.wait(40) == 0

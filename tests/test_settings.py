@@ -118,3 +118,42 @@ def test_database_url_selects_postgresql() -> None:
         5433,
         "films",
     )
+
+
+def mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777
+
+
+def test_a_fresh_data_folder_and_everything_in_it_are_private(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    # A write through Django, and the modes looked at while the database is open (WAL and SHM exist).
+    script = (
+        "import os; from pathlib import Path; from django.db import connection; "
+        "c = connection.cursor(); c.execute('create table t (x)'); c.execute('insert into t values (1)'); "
+        "d = Path(os.environ['SPOONFEEDER_DATA_DIR']); "
+        "print(' '.join(f'{p.name}={p.stat().st_mode & 0o777:o}' for p in sorted(d.rglob('*'))))"
+    )
+    result = manage("shell", "-c", script, SPOONFEEDER_DATA_DIR=str(data))
+    assert result.returncode == 0, result.stderr
+    modes = dict(item.split("=") for item in result.stdout.strip().splitlines()[-1].split())
+    assert {"spoonfeeder.sqlite3", "spoonfeeder.sqlite3-wal", "spoonfeeder.sqlite3-shm", "secret_key", "media"} <= set(
+        modes
+    )
+    assert all(m in ("600", "700") for m in modes.values()), modes
+    assert mode(data) == 0o700
+
+
+def test_an_open_data_folder_is_made_private(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    (data / "media" / "renders").mkdir(parents=True)
+    files = [data / "spoonfeeder.sqlite3", data / "secret_key", data / "media" / "renders" / "a.png"]
+    for f in files:
+        f.write_bytes(b"x")
+        f.chmod(0o644)
+    for folder in (data, data / "media", data / "media" / "renders"):
+        folder.chmod(0o755)
+    (data / "link").symlink_to("/etc/hostname")  # not ours to change
+    assert config.make_private(data) == 6
+    assert all(mode(f) == 0o600 for f in files) and mode(data / "media" / "renders") == 0o700
+    assert mode(Path("/etc/hostname")) & 0o044  # untouched through the link
+    assert config.make_private(data) == 0

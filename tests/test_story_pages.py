@@ -10,6 +10,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+import time_machine
 from asgiref.sync import sync_to_async
 from django.contrib.auth.models import User
 from django.db import connection
@@ -360,7 +361,7 @@ def test_the_list_shows_each_story_newest_first_with_its_state_progress_and_step
     assert [code for code, _ in rows] == [str(newer.code), str(older.code)]
     new_row, old_row = rows[0][1], rows[1][1]
     assert "The Keeper" in new_row and "Shots (Wan / Hunyuan)" in new_row and "Running" in new_row
-    assert 'style="width: 50%"' in new_row and "Visual prompts" in new_row
+    assert 'value="50"' in new_row and "Visual prompts" in new_row
     assert "An old idea long" in old_row and "…" in old_row  # no title yet: the idea, cut short
     assert "Waiting" in old_row and "Story" in old_row and "No Ollama node is online" in old_row
     assert "2\xa0hours ago" in old_row
@@ -392,7 +393,8 @@ def test_every_step_shows_its_status_time_node_model_and_attempts(logged_in: Cli
         assert 'data-status="completed"' in row and "✓" in row
         assert "14.2 s" in row and "writer-1" in row and MODEL in row and "attempt 1/3" in row
     prompts = step_row(html, "prompts")
-    assert 'data-status="running"' in prompts and "5/8 shots" in prompts and 'style="width: 62%"' in prompts
+    assert 'data-status="running"' in prompts and "5/8 shots" in prompts
+    assert '<progress class="bar" max="100" value="62"' in prompts
     renders = step_row(html, "renders")
     assert 'data-status="blocked"' in renders and "waits for Visual prompts" in renders
     assert "step-references" not in html  # the story renders no references
@@ -530,9 +532,9 @@ def test_the_renders_tab_shows_the_story_jobs_through_the_queue_parts(logged_in:
     # The queue's own controls; "retry all failed" there retries this story's jobs.
     assert f'hx-vals=\'{{"story": "{story.code}"}}\'' in html and 'id="queue-controls"' in html
     # While renders are under way the tab follows them.
-    assert "every 2s" in html
+    assert 'data-in-flight="true"' in html
     RenderJob.objects.filter(pk=waiting.pk).update(status=RenderJob.COMPLETED)
-    assert "every 2s" not in page(logged_in, story, "renders")
+    assert "data-in-flight" not in page(logged_in, story, "renders")
     filtered = page(logged_in, story, "renders", status="completed", page="1")
     assert f'hx-get="/stories/{story.code}/renders/?status=completed&amp;page=1"' in filtered
 
@@ -543,6 +545,19 @@ def test_an_htmx_request_for_a_tab_gets_the_tab_alone(logged_in: Client, templat
     html = answer.content.decode()
     assert html.lstrip().startswith('<section id="story-tab"') and "<html" not in html and "story-steps" not in html
     assert 'id="piece-1"' in html
+
+
+def test_a_following_tab_that_would_come_back_the_same_is_not_sent_again(logged_in: Client, templates: None) -> None:
+    story = story_with()
+    url = reverse("stories:tab", args=[story.code, "characters"])  # its forms carry CSRF tokens
+    first = logged_in.get(url, **HTMX)
+    shown = first["X-Story-Tab"]
+    again = logged_in.get(url, HTTP_X_STORY_TAB=shown, **HTMX)
+    assert again.status_code == 204 and again.content == b"" and again["X-Story-Tab"] == shown
+    Character.objects.filter(story=story, name="Mara").update(look="a blue coat")
+    changed = logged_in.get(url, HTTP_X_STORY_TAB=shown, **HTMX)
+    assert changed.status_code == 200 and "a blue coat" in changed.content.decode()
+    assert changed["X-Story-Tab"] != shown
 
 
 def test_an_unknown_story_is_not_found(logged_in: Client, db: None) -> None:
@@ -921,11 +936,14 @@ def test_text_from_the_models_is_escaped(logged_in: Client, templates: None) -> 
 
 def test_the_live_fragments_are_the_page_partials(logged_in: Client, templates: None) -> None:
     story = story_with(8, prompted=5)
-    pushed = live.detail_fragments(str(story.code))
+    # A running step shows how long it has run so far: the page and the push are compared as
+    # rendered at the same moment, however long the machine takes between the two.
+    with time_machine.travel(timezone.now(), tick=False):
+        pushed = live.detail_fragments(str(story.code))
+        html = page(logged_in, story)
     assert pushed.lstrip().startswith('<header id="story-head"') and '<section id="story-steps"' in pushed
     assert "5/8 shots" in step_row(pushed, "prompts")
     # The same markup as the page's.
-    html = page(logged_in, story)
     steps = re.search(r'<section id="story-steps".*?</section>', html, re.S)
     assert steps and re.sub(r'<input type="hidden" name="csrfmiddlewaretoken"[^>]*>', "", steps.group(0)) in pushed
     assert live.detail_fragments("5b0e9a2c-0000-4000-8000-000000000000") == ""
@@ -958,7 +976,7 @@ def test_the_detail_page_follows_its_story_topic(logged_in: Client, templates: N
     story = story_with()
     html = page(logged_in, story)
     assert f'ws-connect="/ws/live/?topics=story-{story.code}"' in html
-    assert 'hx-trigger="htmx:wsAfterMessage[storyTabIdle()] from:body"' in html
+    assert 'hx-trigger="story:changed"' in html and "js/story.js" in html
 
 
 # --- a constant number of queries -----------------------------------------------------------------

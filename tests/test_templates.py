@@ -72,3 +72,35 @@ def test_classes_are_checked_against_the_chosen_node_and_the_mapping_can_be_corr
         {"name": "mine", "kind": "still", "text": text, "check_on": cap.pk, "mapping": "seed: 1.color"},
     )
     assert Template.objects.get(name="mine").mapping == {"seed": [["1", "color"]]}
+
+
+def padded(size: int) -> str:
+    """The still-image workflow, its prompt padded so that the JSON is `size` bytes."""
+    workflow = still()
+    text = json.dumps(workflow)
+    workflow["_pad"] = {"class_type": "PrimitiveString", "inputs": {"value": ""}}
+    base = len(json.dumps(workflow))
+    workflow["_pad"]["inputs"]["value"] = "x" * (size - base)
+    assert len(json.dumps(workflow)) == size and len(text) < size
+    return json.dumps(workflow)
+
+
+@pytest.mark.django_db
+def test_a_pasted_workflow_of_four_megabytes_is_imported(logged_in: Client) -> None:
+    # Over Django's default 2.5 MB for form fields, under our 5 MB for a workflow.
+    answer = logged_in.post(
+        reverse("renders:template-import"), {"name": "big", "kind": "still", "text": padded(4 * 2**20)}, follow=True
+    )
+    assert answer.status_code == 200 and "Saved template big" in answer.content.decode()
+    assert Template.objects.filter(name="big").exists()
+
+
+@pytest.mark.django_db
+def test_a_pasted_workflow_over_five_megabytes_is_refused_with_the_limit_and_the_form_kept(logged_in: Client) -> None:
+    answer = logged_in.post(
+        reverse("renders:template-import"), {"name": "too-big", "kind": "still", "text": padded(5 * 2**20 + 100)}
+    )
+    html = answer.content.decode()
+    assert answer.status_code == 400 and "over the 5.0 MB limit" in html
+    assert 'value="too-big"' in html  # the form is still there, with what was typed
+    assert not Template.objects.exists()

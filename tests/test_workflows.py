@@ -1,16 +1,24 @@
-"""Workflow templates: parsing and its errors, node classes and model files, parameter detection,
-applying render settings, settings limits, and the templates we ship."""
+"""Workflow templates: parsing and its errors, hostile workflows, node classes and model files,
+parameter detection, applying render settings, settings limits, and the templates we ship."""
 
 from __future__ import annotations
 
 import copy
+import html
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.test import Client
+from django.urls import reverse
 
+from renders.models import Template
 from renders.workflows import (
+    MAX_DEPTH,
+    MAX_NODES,
     SETTINGS_LIMITS,
     SHIPPED_DIR,
     WorkflowError,
@@ -152,6 +160,149 @@ def test_it_refuses_bytes_that_are_not_text() -> None:
 )
 def test_it_parses_every_shared_workflow_with_an_output(path: str) -> None:
     assert parse((SHARED / path).read_bytes()) == shared(path)
+
+
+# --- hostile workflows ---------------------------------------------------------------------------
+
+
+def sampler(positive: str, negative: str, seed: int) -> dict[str, Any]:
+    return node(
+        "KSampler",
+        model=["m", 0],
+        seed=seed,
+        steps=20,
+        cfg=7.0,
+        positive=[positive, 0],
+        negative=[negative, 0],
+        latent_image=["l", 0],
+    )
+
+
+def base() -> dict[str, Any]:
+    return {
+        "m": node("CheckpointLoaderSimple", ckpt_name="m.safetensors"),
+        "l": node("EmptyLatentImage", width=512, height=512, batch_size=1),
+        "p": node("CLIPTextEncode", text="a cat", clip=["m", 1]),
+        "n": node("CLIPTextEncode", text="ugly", clip=["m", 1]),
+        "s": node("SaveImage", images=["k0", 0], filename_prefix="x"),
+    }
+
+
+def shared_encoders(size: int) -> dict[str, Any]:
+    """`size` nodes, nearly all samplers fed by the same two encoders."""
+    workflow = base()
+    for i in range(size - len(workflow)):
+        workflow[f"k{i}"] = sampler("p", "n", i)
+    return workflow
+
+
+def chain(size: int) -> dict[str, Any]:
+    """`size` nodes: the positive encoder at the end of a long chain of conditioning nodes, and a
+    sampler at every link of it (each sampler's walk back to the encoder is as long as the chain)."""
+    workflow, previous = base(), "p"
+    for i in range((size - len(workflow)) // 2):
+        workflow[f"c{i}"] = node("ConditioningSetArea", conditioning=[previous, 0], strength=1.0)
+        workflow[f"k{i}"] = sampler(f"c{i}", "n", i)
+        previous = f"c{i}"
+    if len(workflow) < size:
+        workflow["extra"] = node("PrimitiveInt", value=1)
+    return workflow
+
+
+def nested(levels: int) -> str:
+    """JSON for a list nested `levels` deep, written out as an upload would carry it."""
+    return "[" * levels + "]" * levels
+
+
+def hostile_input(levels: int) -> str:
+    return '{"1": {"class_type": "SaveImage", "inputs": {"images": ' + nested(levels) + "}}}"
+
+
+def test_a_workflow_of_ten_thousand_nodes_is_refused_saying_how_many_and_the_limit() -> None:
+    with pytest.raises(WorkflowError, match=r"has 10,000 nodes, over the limit of 2,000.*remove the nodes"):
+        parse(json.dumps(chain(10_000)))
+    with pytest.raises(WorkflowError, match=r"has 2,001 nodes, over the limit of 2,000"):
+        parse(json.dumps(shared_encoders(MAX_NODES + 1)))
+
+
+@pytest.mark.parametrize("build", [chain, shared_encoders], ids=["chain", "shared-encoders"])
+def test_a_workflow_at_the_node_limit_is_parsed_and_every_sampler_detected(
+    build: Callable[[int], dict[str, Any]],
+) -> None:
+    workflow = build(MAX_NODES)
+    assert len(workflow) == MAX_NODES == 2000
+    found = detect(parse(json.dumps(workflow)))
+    samplers = sorted(node_id for node_id in workflow if node_id.startswith("k"))
+    assert found["positive"] == [("p", "text")]
+    assert found["negative"] == [("n", "text")]
+    assert sorted(node_id for node_id, _ in found["seed"]) == samplers
+    assert len(found["steps"]) == len(found["cfg"]) == len(samplers)
+    assert requirements(workflow)[1] == (("checkpoints", "m.safetensors"),)
+
+
+@pytest.mark.parametrize("build", [chain, shared_encoders], ids=["chain", "shared-encoders"])
+def test_detect_stays_linear_on_a_stored_graph_beyond_the_limit(build: Callable[[int], dict[str, Any]]) -> None:
+    # Templates edited without a new upload are detected again without parse(); 10,000 nodes took
+    # tens of seconds when every sampler walked the chain afresh and every add() searched a list.
+    found = detect(build(10_000))
+    assert found["positive"] == [("p", "text")] and found["negative"] == [("n", "text")]
+    assert len(found["seed"]) == len(set(found["seed"])) > 4000
+
+
+def test_an_input_nested_hundreds_deep_is_refused_naming_the_node_and_input() -> None:
+    with pytest.raises(
+        WorkflowError, match=r"Node 1 \(SaveImage\) input 'images' is nested 700 levels deep, over the limit of 32"
+    ):
+        parse(hostile_input(700))
+    with pytest.raises(WorkflowError, match=r"nested hundreds of levels deep, too deeply to read.*Export \(API\)"):
+        parse(hostile_input(5000))  # deeper than json itself reads
+    meta = '{"1": {"class_type": "SaveImage", "inputs": {}, "_meta": {"title": ' + nested(100) + "}}}"
+    with pytest.raises(WorkflowError, match=r"Node 1 \(SaveImage\) field '_meta' is nested 101 levels deep"):
+        parse(meta)
+
+
+def test_an_input_nested_to_the_limit_is_accepted() -> None:
+    assert MAX_DEPTH == 32
+    workflow = parse(hostile_input(MAX_DEPTH))
+    assert json.dumps(workflow["1"]["inputs"]["images"]) == nested(MAX_DEPTH)
+    with pytest.raises(WorkflowError, match="nested 33 levels deep"):
+        parse(hostile_input(MAX_DEPTH + 1))
+
+
+def test_apply_refuses_a_stored_template_nested_too_deeply_instead_of_crashing() -> None:
+    # Imported before parse() bounded nesting: deepcopy raised RecursionError at every attempt.
+    value: list[Any] = []
+    for _ in range(699):
+        value = [value]
+    workflow = {"1": node("SaveImage", images=value, filename_prefix="x")}
+    with pytest.raises(WorkflowError, match=r"Node 1 \(SaveImage\) input 'images' is nested 700 levels deep"):
+        apply(workflow, {"filename_prefix": [("1", "filename_prefix")]}, {"filename_prefix": "job"})
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("make", "says"),
+    [
+        (
+            lambda: hostile_input(700),
+            "Node 1 (SaveImage) input 'images' is nested 700 levels deep, over the limit of 32",
+        ),
+        (lambda: json.dumps(chain(10_000)), "The workflow has 10,000 nodes, over the limit of 2,000."),
+    ],
+    ids=["nested", "ten-thousand-nodes"],
+)
+def test_the_import_page_refuses_a_hostile_workflow_and_saves_nothing(
+    logged_in: Client, make: Callable[[], str], says: str
+) -> None:
+    text = make()
+    before = Template.objects.count()
+    url = reverse("renders:template-import")
+    for data in ({"text": text}, {"upload": SimpleUploadedFile("w.json", text.encode())}):
+        answer = logged_in.post(url, {"name": "hostile", "kind": "still", **data})
+        assert answer.status_code == 400
+        assert says in html.unescape(answer.content.decode())
+    assert Template.objects.count() == before
+    assert not Template.objects.filter(name="hostile").exists()
 
 
 # --- classes and files ---------------------------------------------------------------------------

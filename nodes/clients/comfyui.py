@@ -26,9 +26,12 @@ from nodes.clients.http import (
     CONNECT_TIMEOUT,
     MAX_ANSWER_BYTES,
     READ_TIMEOUT,
+    TooDeep,
+    declared_length,
     describe,
     http_error,
     json_request,
+    loads,
     read_limited,
     request,
     session,
@@ -293,8 +296,10 @@ class Binary(Message):
 
 def parse_text(raw: str | bytes, url: str) -> Message:
     try:
-        decoded = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+        decoded = loads(raw)
+    except TooDeep as e:
+        raise ServiceError(f"{url}: the WebSocket sent {e}", permanent=True) from None
+    except ValueError:
         raise ServiceError(f"{url}: the WebSocket sent something that is not JSON", permanent=True) from None
     if not isinstance(decoded, dict):
         raise ServiceError(f"{url}: the WebSocket sent JSON that is not a message", permanent=True)
@@ -354,8 +359,10 @@ def parse_binary(frame: bytes, url: str) -> Message:
         if event == TEXT:
             return Text("text", {}, head.decode("utf-8", "replace"), rest.decode("utf-8", "replace"))
         try:
-            meta = json.loads(head)
-        except (UnicodeDecodeError, json.JSONDecodeError):
+            meta = loads(head)
+        except TooDeep as e:
+            raise ServiceError(f"{url}: a preview frame's metadata is {e}", permanent=True) from None
+        except ValueError:
             raise ServiceError(f"{url}: a preview frame has unreadable metadata", permanent=True) from None
         meta = meta if isinstance(meta, dict) else {}
         return Preview("preview", meta, rest, str(meta.get("image_type", "image/png")), meta)
@@ -533,16 +540,16 @@ class ComfyUI:
         raw = read_limited(response, url, MAX_ANSWER_BYTES)
         if response.status_code == 400:
             try:
-                answer = json.loads(raw)
-            except (UnicodeDecodeError, json.JSONDecodeError):
+                answer = loads(raw)
+            except ValueError:
                 answer = None
             if isinstance(answer, dict) and isinstance(answer.get("error"), dict):
                 raise WorkflowRejected(url, answer["error"], dict(answer.get("node_errors") or {}))
         if response.status_code != 200:
             raise http_error(url, response.status_code, raw)
         try:
-            answer = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError):
+            answer = loads(raw)
+        except ValueError:
             answer = None
         if not isinstance(answer, dict) or "prompt_id" not in answer:
             raise ServiceError(f"{url}: not a ComfyUI answer ({raw[:60]!r})", permanent=True)
@@ -628,10 +635,10 @@ class ComfyUI:
         response = request(self.session, "GET", url, timeout=self.timeout)
         if response.status_code != 200:
             raise http_error(url, response.status_code, read_limited(response, url, 65536))
-        declared = response.headers.get("Content-Length", "")
-        if declared.isdigit() and int(declared) > limit:
+        declared = declared_length(response)
+        if declared > limit:
             response.close()
-            raise ServiceError(f"{url}: file too large ({int(declared) // 1048576} MB)", permanent=True)
+            raise ServiceError(f"{url}: file too large ({declared // 1048576} MB)", permanent=True)
         fd, partial = tempfile.mkstemp(dir=dest.parent, prefix=".part-")
         size = 0
         try:
@@ -661,8 +668,8 @@ class ComfyUI:
         if response.status_code != 200:
             raise http_error(url, response.status_code, body)
         try:
-            answer = json.loads(body)
-        except (UnicodeDecodeError, json.JSONDecodeError):
+            answer = loads(body)
+        except ValueError:
             answer = None
         if not isinstance(answer, dict) or "name" not in answer:
             raise ServiceError(f"{url}: not a ComfyUI answer ({body[:60]!r})", permanent=True)

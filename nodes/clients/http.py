@@ -18,6 +18,10 @@ READ_TIMEOUT = 30.0
 # Larger answers are refused rather than read into memory (a real /object_info is about 1 MB).
 MAX_ANSWER_BYTES = 64 * 1024 * 1024
 USER_AGENT = "SpoonFeeder/0.1"
+# Deeper JSON is refused: nothing ComfyUI or Ollama sends nests past a dozen levels (a history entry
+# holds a workflow whose inputs may nest 32, renders.workflows.MAX_DEPTH), while Python's own walks
+# of a value (repr, copy.deepcopy, json.dumps into the database) fail a few hundred levels down.
+MAX_DEPTH = 64
 
 
 def session() -> requests.Session:
@@ -57,11 +61,18 @@ def describe(e: requests.RequestException, url: str) -> ServiceError:
     return ServiceError(f"{url}: {e.__class__.__name__}: {str(e)[:200]}")
 
 
+def declared_length(response: requests.Response) -> int:
+    """The Content-Length an answer declares, or 0 when it declares none we can read ("²" is a
+    digit to str.isdigit(), not to int())."""
+    declared = response.headers.get("Content-Length", "").strip()
+    return int(declared) if declared.isascii() and declared.isdigit() else 0
+
+
 def read_limited(response: requests.Response, url: str, limit: int = MAX_ANSWER_BYTES) -> bytes:
-    declared = response.headers.get("Content-Length")
-    if declared and declared.isdigit() and int(declared) > limit:
+    declared = declared_length(response)
+    if declared > limit:
         response.close()
-        raise ServiceError(f"{url}: answer too large ({int(declared) // 1048576} MB)", permanent=True)
+        raise ServiceError(f"{url}: answer too large ({declared // 1048576} MB)", permanent=True)
     chunks, size = [], 0
     try:
         for chunk in response.iter_content(65536):
@@ -92,10 +103,51 @@ def request(
         raise describe(e, url) from e
 
 
+def depth(value: Any) -> int:
+    """How deep lists, tuples and dicts nest in a value: 0 for a scalar, 1 for [1, 2], 2 for [[1]].
+
+    Measured with a list of its own rather than by recursion, so a value too deep for Python's
+    recursive walks can still be measured and refused."""
+    if not isinstance(value, dict | list | tuple):
+        return 0
+    deepest = 0
+    todo = [(value, 1)]
+    while todo:
+        value, level = todo.pop()
+        deepest = max(deepest, level)
+        for child in value.values() if isinstance(value, dict) else value:
+            if isinstance(child, dict | list | tuple):
+                todo.append((child, level + 1))
+    return deepest
+
+
+class TooDeep(ValueError):
+    """JSON nested deeper than MAX_DEPTH. A ValueError, as malformed JSON is."""
+
+
+def loads(text: str | bytes) -> Any:
+    """json.loads for what another machine sent: TooDeep instead of a value nested too deeply to use."""
+    try:
+        value = json.loads(text)
+    except RecursionError:
+        # json itself gives up around a thousand levels.
+        raise TooDeep(f"JSON nested too deeply to read, over the limit of {MAX_DEPTH} levels") from None
+    levels = depth(value)
+    if levels > MAX_DEPTH:
+        raise TooDeep(f"JSON nested {levels} levels deep, over the limit of {MAX_DEPTH}")
+    return value
+
+
 def decode_json(body: bytes, url: str, status: int) -> Any:
     try:
-        return json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+        return loads(body)
+    except TooDeep as e:
+        raise ServiceError(
+            f"{url}: answered {e}; no ComfyUI or Ollama answers like that: check what is running on that port",
+            permanent=True,
+            status=status,
+        ) from None
+    except ValueError:
         start = body[:60].decode("utf-8", "replace").strip().replace("\n", " ")
         kind = "HTML" if start.lower().startswith(("<!doctype", "<html")) else "something that is not JSON"
         raise ServiceError(
@@ -126,11 +178,11 @@ def json_request(
 def http_error(url: str, status: int, body: bytes) -> ServiceError:
     detail = body[:300].decode("utf-8", "replace").strip()
     try:
-        parsed = json.loads(body)
+        parsed = loads(body)
         if isinstance(parsed, dict) and parsed.get("error"):
             err = parsed["error"]
-            detail = err.get("message", str(err)) if isinstance(err, dict) else str(err)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+            detail = str(err.get("message", err) if isinstance(err, dict) else err)[:300]
+    except ValueError:
         pass
     # 4xx: our request is wrong and will stay wrong; 5xx and 429: the server may recover.
     permanent = 400 <= status < 500 and status != 429

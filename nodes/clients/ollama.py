@@ -7,7 +7,7 @@ before its last chunk can be retried; an answer that is not Ollama's (HTML, garb
 
     ollama = Ollama("http://10.0.0.5:11434")
     answer = ollama.chat("llama3.2:3b", [{"role": "user", "content": "A title?"}], format=schema)
-    json.loads(answer["text"])  # the caller validates against its schema
+    loads(answer["text"])  # nodes.clients.http.loads; the caller validates against its schema
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.core.exceptions import NON_FIELD_ERRORS
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from nodes import health
@@ -33,10 +34,13 @@ class Command(BaseCommand):
             }
         )
         if not form.is_valid():
-            errors = "; ".join(str(e) for e in form.non_field_errors()) or "; ".join(
-                f"{field}: {' '.join(str(e) for e in errs)}" for field, errs in form.errors.items()
-            )
-            raise CommandError(errors)
+            # Every reason, each field's under its label: "ComfyUI port: Ensure this value is …".
+            errors = [str(e) for e in form.non_field_errors()] + [
+                f"{form[field].label}: {' '.join(str(e) for e in errs)}"
+                for field, errs in form.errors.items()
+                if field != NON_FIELD_ERRORS
+            ]
+            raise CommandError(" ".join(errors))
         node = form.save()
         if o["simulated"]:
             node.simulated = True

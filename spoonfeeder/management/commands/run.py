@@ -24,6 +24,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DatabaseError, connection, transaction
 
 from renders.management.commands.load_templates import load as load_templates
+from spoonfeeder import config
 from spoonfeeder.tasks import enqueue
 
 PR_SET_PDEATHSIG = 1
@@ -91,6 +92,12 @@ class Command(BaseCommand):
             call_command("createcachetable", verbosity=0)
         load_templates()
         login = self.ensure_login()
+        opened = config.make_private(settings.DATA_DIR)
+        if opened:
+            self.stdout.write(
+                f"Made the data folder {settings.DATA_DIR} private: {opened} files and folders in it "
+                "were open to other users of this machine (now 0600, folders 0700)."
+            )
 
         self.stopping = 0
         signal.signal(signal.SIGINT, self.on_signal)
@@ -103,7 +110,7 @@ class Command(BaseCommand):
                 [
                     python,
                     "-m",
-                    "daphne",
+                    "spoonfeeder.web",
                     "-b",
                     host,
                     "-p",

@@ -20,6 +20,7 @@ from django.utils import timezone
 
 from renders.models import Template
 from stories import graph
+from stories.context import as_number
 from stories.forms import StoryForm, known_models
 from stories.models import StepRun, Story
 
@@ -33,6 +34,14 @@ POLL = 0.2  # seconds between looks at the rows while following a story
 # a runner claims a ready step or notes why it waits within a fraction of a second.
 IDLE = 10.0
 NO_RUNNER = "Nothing is running the steps: start Spoon Feeder (make run) or `manage.py dispatcher`."
+# Control characters a model or a user wrote (ESC sequences can clear or rewrite the terminal, CR
+# overwrite a line, BEL ring) and the bidirectional overrides that reorder what is shown, each as
+# a visible escape; newline and tab stay as they are.
+UNPRINTABLE = {
+    c: f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}"
+    for c in (*range(0x20), *range(0x7F, 0xA0), *range(0x202A, 0x202F), *range(0x2066, 0x206A))
+    if c not in (0x09, 0x0A)
+}
 
 
 class Command(BaseCommand):
@@ -78,6 +87,17 @@ class Command(BaseCommand):
         show = sub.add_parser("show", help="A story's steps: status, node, model, time, errors.")
         show.add_argument("story", help="The story's code or id.")
 
+    def execute(self, *args: Any, **options: Any) -> str | None:
+        # An error may quote what a model wrote (a step's error) or what the user typed.
+        try:
+            return super().execute(*args, **options)
+        except CommandError as e:
+            raise CommandError(printable(str(e)), returncode=e.returncode) from None
+
+    def write(self, line: str) -> None:
+        """Every line goes out through here: its text may come from a model or a user."""
+        self.stdout.write(printable(line))
+
     def handle(self, *args: Any, **o: Any) -> None:
         action = o["action"]
         if action == "create":
@@ -92,16 +112,16 @@ class Command(BaseCommand):
                 return
             if action == "resume":
                 graph.resume(story)
-                self.stdout.write(f"Story {story.code} resumed.")
+                self.write(f"Story {story.code} resumed.")
             elif action == "render":
                 if not graph.render_now(story):
                     raise CommandError(f"story {story.code} has no renders waiting for you")
-                self.stdout.write(f"Story {story.code}: renders released.")
+                self.write(f"Story {story.code}: renders released.")
             elif action == "retry":
                 self.retry(story, o["step"])
             else:
                 marked = graph.rerun_from(story, step_of(story, o["step"]))
-                self.stdout.write(f"Story {story.code}: running again: {', '.join(marked)}.")
+                self.write(f"Story {story.code}: running again: {', '.join(marked)}.")
         if o["wait"]:
             Follower(self, story).follow(o["timeout"])
 
@@ -131,7 +151,7 @@ class Command(BaseCommand):
             story = form.save()
             story.changed("story.created")
         graph.advance(story.pk)
-        self.stdout.write(f"Story {story.code} created.")
+        self.write(f"Story {story.code} created.")
         return story
 
     # --- retry ----------------------------------------------------------------------------------
@@ -145,21 +165,21 @@ class Command(BaseCommand):
             raise CommandError(f"{step} is {run.get_status_display().lower()}: only a failed step can be retried")
         if not graph.retry(run):
             raise CommandError(f"{step} changed meanwhile; look again with `story show {story.code}`")
-        self.stdout.write(f"Story {story.code}: retrying {step}.")
+        self.write(f"Story {story.code}: retrying {step}.")
 
     # --- list and show --------------------------------------------------------------------------
 
     def list_stories(self) -> None:
         stories = Story.objects.all()
         if not stories:
-            self.stdout.write("No stories yet.")
+            self.write("No stories yet.")
             return
         for s in stories:
-            self.stdout.write(f"{s.code}  {s.state:<9} {s.progress:>4.0%}  {s}")
+            self.write(f"{s.code}  {s.state:<9} {s.progress:>4.0%}  {s}")
 
     def show(self, story: Story) -> None:
         template = story.template.name if story.template else "none"
-        w = self.stdout.write
+        w = self.write
         w(f"Story {story.code}: {story}")
         w(f"  idea: {story.idea[:300]}{'…' if len(story.idea) > 300 else ''}")
         w(f"  {story.get_mode_display()}, model {story.model}, template {template}, {story.target_seconds} s")
@@ -205,8 +225,9 @@ def run_summary(run: StepRun, parts: list[StepRun]) -> str:
 
 def find(key: str) -> Story:
     story = None
-    if key.isdigit():
-        story = Story.objects.filter(pk=int(key)).first()
+    pk = as_number(key)
+    if pk is not None:
+        story = Story.objects.filter(pk=pk).first()
     else:
         try:
             story = Story.objects.filter(code=uuid.UUID(key)).first()
@@ -215,6 +236,11 @@ def find(key: str) -> Story:
     if story is None:
         raise CommandError(f"no story {key}")
     return story
+
+
+def printable(text: str) -> str:
+    """`text` safe to write to a terminal: its control characters as visible escapes (\\x1b)."""
+    return text.translate(UNPRINTABLE)
 
 
 def step_of(story: Story, name: str) -> str:
@@ -243,7 +269,7 @@ def where(run: StepRun) -> str:
 class Follower:
     """Prints a line whenever a step of the story changes state, until the story ends."""
 
-    def __init__(self, command: BaseCommand, story: Story) -> None:
+    def __init__(self, command: Command, story: Story) -> None:
         self.command = command
         self.story = story
         self.last: dict[str, str] = {}  # step (or "step part") → its last line
@@ -289,10 +315,10 @@ class Follower:
             if (who, line) in self.said:
                 return
             self.said.add((who, line))
-        self.command.stdout.write(f"  {who}: {line}")
+        self.command.write(f"  {who}: {line}")
 
     def ended(self, runs: list[StepRun]) -> bool:
-        story, write = self.story, self.command.stdout.write
+        story, write = self.story, self.command.write
         if story.state == Story.COMPLETED:
             write(f"Story {story.code} completed.")
             return True
@@ -329,7 +355,7 @@ class Follower:
         alive = now - timedelta(seconds=settings.RENDER_STALE)
         if StepRun.objects.filter(status=StepRun.RUNNING, heartbeat__gte=alive).exclude(owner="").exists():
             return
-        self.command.stdout.write(NO_RUNNER)
+        self.command.write(NO_RUNNER)
         self.warned = True
 
     def standing(self) -> str:
