@@ -6,7 +6,7 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from nodes.models import Capability, Discovery, Lease, Node, TestRender
+from nodes.models import Capability, Discovery, Node, TestRender
 from spoonfeeder.tasks import enqueue
 
 
@@ -88,11 +88,6 @@ class NodeAdmin(admin.ModelAdmin):
 class DiscoveryAdmin(admin.ModelAdmin):
     list_display = ("targets", "created", "finished", "probed", "error")
     readonly_fields = ("targets", "ollama_port", "comfyui_port", "created", "finished", "probed", "found", "error")
-
-
-@admin.register(Lease)
-class LeaseAdmin(admin.ModelAdmin):
-    list_display = ("holder", "capability", "created", "heartbeat")
 
 
 @admin.register(TestRender)

@@ -18,7 +18,7 @@ from django.utils import timezone
 from nodes.clients import ServiceError, ServiceTimeout
 from nodes.clients.comfyui import ComfyUI
 from nodes.clients.ollama import Model, Ollama
-from nodes.models import Capability, Lease, Node
+from nodes.models import Capability, Node
 from spoonfeeder.models import Event
 
 # A health check's question must be answered quickly; a server that takes longer is busy.
@@ -37,8 +37,6 @@ MODEL_FOLDERS = (
     "controlnet",
     "embeddings",
 )
-# A lease whose holder has not beaten for this long is released (its holder died).
-LEASE_STALE_AFTER = timedelta(minutes=10)
 
 
 @dataclass
@@ -154,7 +152,6 @@ def check(caps: list[Capability], *, full: bool = False) -> list[Capability]:
 
 
 def check_all(*, full: bool = False) -> list[Capability]:
-    Lease.release_stale(LEASE_STALE_AFTER)
     caps = list(Capability.objects.filter(node__enabled=True).select_related("node"))
     return check(caps, full=full)
 

@@ -1,14 +1,15 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Collection
-from datetime import timedelta
+from collections.abc import Callable, Collection, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from django.conf import settings
 from django.db import models, transaction
-from django.db.models import Count, F
+from django.db.models import Count, IntegerField, OuterRef, Subquery, Value
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from spoonfeeder.models import Event
@@ -17,6 +18,11 @@ OLLAMA_PORT = 11434
 COMFYUI_PORT = 8188
 # A capability is marked offline after this many failed checks in a row, not at the first blip.
 OFFLINE_AFTER = 3
+# The rows that hold a unit of a capability, by the reverse name of their `capability` field: a
+# render job (renders.RenderJob), a story step run (stories.StepRun) and a test render. A row
+# says it holds the capability from its claim to the transition that ends it; a capability's
+# load is the number of rows holding it.
+HOLDERS = ("held_renders", "held_steps", "held_tests")
 
 
 class Node(models.Model):
@@ -49,7 +55,7 @@ class Node(models.Model):
 
     def busy_reason(self) -> str:
         """Why the node cannot be removed now, or "" if it can."""
-        held = Lease.objects.filter(capability__node=self).count()
+        held = sum(cap.holders() for cap in Capability.objects.filter(node=self))
         if held:
             return f"{held} job{'s' if held != 1 else ''} running on it; wait for them or cancel them first"
         return ""
@@ -77,7 +83,13 @@ class Node(models.Model):
 
 class CapabilityQuerySet(models.QuerySet["Capability"]):
     def with_load(self) -> CapabilityQuerySet:
-        return self.annotate(load=Count("leases"))
+        """Each capability with `load`, the number of rows holding it, in the same query."""
+        counts = []
+        for name in HOLDERS:
+            holder: Any = Capability._meta.get_field(name).related_model
+            held = holder.objects.filter(capability=OuterRef("pk")).values("capability").annotate(n=Count("pk"))
+            counts.append(Coalesce(Subquery(held.values("n"), output_field=IntegerField()), Value(0)))
+        return self.annotate(load=counts[0] + counts[1] + counts[2])
 
     def usable(self, kind: str) -> CapabilityQuerySet:
         return self.filter(kind=kind, node__enabled=True, status__in=Capability.ANSWERING)
@@ -111,8 +123,6 @@ class Capability(models.Model):
     failures = models.PositiveSmallIntegerField(default=0)
     # Smoothed answer time of health checks, in milliseconds: "the faster node" is measured.
     latency = models.FloatField(null=True, blank=True)
-    # Bumped by every claim: the guarded update that serialises claimers of this capability.
-    claims = models.PositiveIntegerField(default=0)
     # The render dispatcher that drives this ComfyUI (one at a time), and when it last said so.
     runner = models.CharField(max_length=64, blank=True)
     runner_beat = models.DateTimeField(null=True, blank=True)
@@ -133,9 +143,13 @@ class Capability(models.Model):
             host = f"[{host}]"
         return f"http://{host}:{self.port}"
 
+    def holders(self) -> int:
+        """How many rows hold this capability now."""
+        return sum(getattr(self, name).count() for name in HOLDERS)
+
     def busy(self) -> int:
         load = getattr(self, "load", None)
-        return load if load is not None else self.leases.count()
+        return load if load is not None else self.holders()
 
     @property
     def display_status(self) -> str:
@@ -161,23 +175,23 @@ class Capability(models.Model):
         missing += [f"{folder}/{name}" for folder, name in requires.files if name not in files.get(folder, [])]
         return missing
 
-    def claim(self, holder: str, *, extra: int = 0) -> Lease | None:
-        """Take one unit of capacity for `holder`, or None if the capability is full. `extra`
-        lets a holder go past the limit by that many (a render waiting in ComfyUI's own queue, so
-        the GPU never idles between jobs).
+    @contextmanager
+    def room(self, *, extra: int = 0) -> Iterator[bool]:
+        """A claim of one unit of this capability: inside the block, whether it has room for one
+        more holder (its limit, plus `extra`: a render waiting in ComfyUI's own queue so the GPU
+        never idles between jobs). The caller's guarded update that makes its row hold the
+        capability goes inside the block, which is one transaction that every other claimer of
+        this capability waits for: on PostgreSQL the capability's row is locked; SQLite takes its
+        write lock when the transaction begins (IMMEDIATE). So two claimers never both see the
+        last free unit.
 
-        The conditional UPDATE of `claims` serialises concurrent claimers on SQLite and
-        PostgreSQL alike: of two that counted the same free slot, one updates the row and the
-        other finds it changed, recounts and sees the slot gone.
+            with cap.room() as free:
+                if free and Job.objects.filter(pk=..., status=QUEUED).update(capability=cap, ...):
+                    ...
         """
-        for _ in range(10):
-            with transaction.atomic():
-                row = Capability.objects.filter(pk=self.pk).values("claims", "limit").first()
-                if row is None or Lease.objects.filter(capability_id=self.pk).count() >= row["limit"] + extra:
-                    return None
-                if Capability.objects.filter(pk=self.pk, claims=row["claims"]).update(claims=F("claims") + 1):
-                    return Lease.objects.create(capability=self, holder=holder)
-        return None
+        with transaction.atomic():
+            limit = Capability.objects.select_for_update().filter(pk=self.pk).values_list("limit", flat=True).first()
+            yield limit is not None and self.holders() < limit + extra
 
     def record_check(
         self,
@@ -230,30 +244,6 @@ class Requirements:
         self.files = files
 
 
-class Lease(models.Model):
-    """A unit of a capability's capacity, held by a job while it runs there. Busy-ness is derived
-    from these rows; a lease whose holder stopped beating is released by the health check."""
-
-    capability = models.ForeignKey(Capability, on_delete=models.CASCADE, related_name="leases")
-    holder = models.CharField(max_length=100)
-    created = models.DateTimeField(default=timezone.now)
-    heartbeat = models.DateTimeField(default=timezone.now)
-
-    class Meta:
-        indexes = [models.Index(fields=["heartbeat"], name="lease_heartbeat")]
-
-    def __str__(self) -> str:
-        return f"{self.holder} on {self.capability}"
-
-    def release(self) -> None:
-        Lease.objects.filter(pk=self.pk).delete()
-
-    @classmethod
-    def release_stale(cls, older_than: timedelta) -> int:
-        deleted, _ = cls.objects.filter(heartbeat__lt=timezone.now() - older_than).delete()
-        return deleted
-
-
 class Discovery(models.Model):
     """One run of discovery: what was asked, and what was found."""
 
@@ -288,6 +278,10 @@ class TestRender(models.Model):
     # Chosen by us and stored before the workflow is sent, so a crash can be re-attached.
     prompt_id = models.CharField(max_length=64, unique=True, default=uuid.uuid4)
     status = models.CharField(max_length=10, choices=STATUSES, default=QUEUED)
+    # The node's ComfyUI while this test renders on it (its load counts this row).
+    capability = models.ForeignKey(
+        Capability, on_delete=models.SET_NULL, null=True, blank=True, related_name="held_tests"
+    )
     created = models.DateTimeField(default=timezone.now)
     finished = models.DateTimeField(null=True, blank=True)
     # Relative to MEDIA_ROOT; the name is ours, never the node's.
@@ -328,7 +322,11 @@ class TestRender(models.Model):
     def finish(self, *, image: str = "", error: str = "") -> None:
         with transaction.atomic():
             TestRender.objects.filter(pk=self.pk, status=self.RUNNING).update(
-                status=self.FAILED if error else self.DONE, image=image, error=error, finished=timezone.now()
+                status=self.FAILED if error else self.DONE,
+                image=image,
+                error=error,
+                finished=timezone.now(),
+                capability=None,
             )
             self.node.changed("node.test_render")
 
@@ -364,13 +362,19 @@ def place(kind: str, requires: Requirements | None = None, *, story_node: int | 
 
 
 def place_and_claim(
-    kind: str, holder: str, requires: Requirements | None = None, *, story_node: int | None = None
-) -> Lease | None:
-    """Place and claim in one go; if another worker took the best slot first, try the next best."""
+    kind: str,
+    claim: Callable[[Capability], bool],
+    requires: Requirements | None = None,
+    *,
+    story_node: int | None = None,
+) -> Capability | None:
+    """Place and claim in one go: the best capability for which `claim` (a guarded update of the
+    claiming row, made inside `room()`) succeeded; if another worker took the best unit first,
+    the next best."""
     tried: set[int] = set()
     while best := candidates(kind, requires or Requirements(), story_node=story_node, exclude=tried):
-        lease = best[0].claim(holder)
-        if lease:
-            return lease
+        with best[0].room() as free:
+            if free and claim(best[0]):
+                return best[0]
         tried.add(best[0].pk)
     return None

@@ -53,8 +53,9 @@ def test_render(code: str) -> str:
     if cap is None:
         run.finish(error="This node has no ComfyUI.")
         return "no ComfyUI"
-    lease = cap.claim(f"test-render:{run.code}")
-    if lease is None:
+    with cap.room() as free:
+        held = free and TestRender.objects.filter(pk=run.pk, status=TestRender.RUNNING).update(capability=cap)
+    if not held:
         run.finish(error=f"{run.node.name}'s ComfyUI is busy ({cap.limit} job(s) running); try again later.")
         return "busy"
     try:
@@ -62,7 +63,5 @@ def test_render(code: str) -> str:
     except ServiceError as e:
         run.finish(error=str(e))
         return f"failed: {e}"
-    finally:
-        lease.release()
-    run.finish(image=image)
+    run.finish(image=image)  # and the capacity it held goes back
     return f"rendered {image}"

@@ -70,7 +70,8 @@ def params_of(job: RenderJob) -> dict[str, Any]:
 
 
 def next_job(cap: Capability) -> RenderJob | None:
-    """The best queued job this node can run, claimed for it (guarded), with capacity taken."""
+    """The best queued job this node can run, claimed for it: the job's row takes a unit of the
+    node's capacity (guarded, within its limit plus the prefetch)."""
     if Queue.get().paused:
         return None
     tried: set[int] = set()
@@ -79,13 +80,13 @@ def next_job(cap: Capability) -> RenderJob | None:
         if job is None:
             return None
         tried.add(job.pk)
-        lease = cap.claim(job.holder, extra=PREFETCH)
-        if lease is None:
-            return None  # the node is full
-        with transaction.atomic():
+        with cap.room(extra=PREFETCH) as free:
+            if not free:
+                return None  # the node is full
             claimed = RenderJob.objects.filter(pk=job.pk, status=RenderJob.QUEUED).update(
                 status=RenderJob.ASSIGNED,
                 node=cap.node_id,
+                capability=cap,
                 prompt_id=str(uuid.uuid4()),
                 client_id="",
                 attempts=job.attempts + 1,
@@ -96,7 +97,7 @@ def next_job(cap: Capability) -> RenderJob | None:
                 job.refresh_from_db()
                 job.changed("job.assigned")
                 return job
-        lease.release()  # another runner took that job first
+        # another runner took that job first
 
 
 def best_fit(cap: Capability, exclude: set[int] | None = None) -> RenderJob | None:
@@ -562,7 +563,6 @@ class Runner(threading.Thread):
             waiting = job.status == RenderJob.ASSIGNED
             outranked = best is not None and (best.priority, -best.position) > (job.priority, -job.position)
             if waiting and (paused or outranked) and self.withdraw(job, interrupt=False):
-                job.release()
                 job.transition(
                     RenderJob.QUEUED,
                     expect=(RenderJob.ASSIGNED,),

@@ -9,7 +9,7 @@ from django.db import models, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from nodes.models import Lease, Node, Requirements
+from nodes.models import Capability, Node, Requirements
 from spoonfeeder.models import Event
 
 
@@ -116,6 +116,11 @@ class RenderJob(models.Model):
     steps = models.PositiveIntegerField(default=0)
     current = models.CharField(max_length=120, blank=True, help_text="The ComfyUI node executing now.")
     node = models.ForeignKey(Node, on_delete=models.SET_NULL, null=True, blank=True, related_name="render_jobs")
+    # The node's ComfyUI while this job holds a unit of it: from its claim until it has finished
+    # there (the GPU is free while its outputs are copied). The job's row is its lease.
+    capability = models.ForeignKey(
+        Capability, on_delete=models.SET_NULL, null=True, blank=True, related_name="held_renders"
+    )
     # Render only on this node (the user asked for it); None: wherever fits best.
     pin = models.ForeignKey(Node, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
     # The node its last attempt failed on: a retry goes elsewhere if another node can take it.
@@ -165,7 +170,10 @@ class RenderJob(models.Model):
         Event.objects.bulk_create([Event(topic=t, kind=kind, ref=str(self.code)) for t in topics])
 
     def transition(self, to: str, *, expect: tuple[str, ...], **fields: Any) -> bool:
-        """Guarded state change: only from one of `expect`; False if another process moved it."""
+        """Guarded state change: only from one of `expect`; False if another process moved it. A
+        job that leaves the node (queued again, or ended) no longer holds its capacity."""
+        if to not in (self.ASSIGNED, self.RENDERING):
+            fields.setdefault("capability", None)
         with transaction.atomic():
             done = RenderJob.objects.filter(pk=self.pk, status__in=expect).update(status=to, **fields)
             if done:
@@ -198,18 +206,15 @@ class RenderJob(models.Model):
         )
 
     def release(self) -> None:
-        Lease.objects.filter(holder=self.holder).delete()
-
-    @property
-    def holder(self) -> str:
-        return f"render:{self.code}"
+        """The node's capacity back: this job no longer occupies its GPU."""
+        RenderJob.objects.filter(pk=self.pk).update(capability=None)
+        self.capability_id = None
 
     def fail(self, error: str, *, permanent: bool) -> None:
         """A failed attempt: retried later (on another node if possible) unless permanent or out of
         attempts."""
-        self.release()
         if permanent or self.attempts >= self.max_attempts:
-            self.transition(
+            done = self.transition(
                 self.FAILED,
                 expect=(self.ASSIGNED, self.RENDERING, self.QUEUED),
                 error=error[:5000],
@@ -218,7 +223,7 @@ class RenderJob(models.Model):
             )
         else:
             delay = settings.RENDER_BACKOFF * 2 ** max(self.attempts - 1, 0)
-            self.transition(
+            done = self.transition(
                 self.QUEUED,
                 expect=(self.ASSIGNED, self.RENDERING),
                 error=error[:5000],
@@ -227,6 +232,8 @@ class RenderJob(models.Model):
                 avoid_id=self.node_id,
                 **self.NOT_STARTED,
             )
+        if not done:  # cancelled meanwhile: whatever it held goes back all the same
+            self.release()
 
     @classmethod
     def build(cls, template: Template, settings: dict[str, Any], **fields: Any) -> RenderJob:

@@ -206,7 +206,7 @@ def stop(story: Story) -> None:
     arrives after this is thrown away). Queued renders stay in the render queue."""
     with transaction.atomic():
         Story.objects.filter(pk=story.pk).update(stopped=True)
-        story.runs.filter(status__in=ACTIVE).update(status=StepRun.CANCELLED, owner="", heartbeat=None)
+        story.runs.filter(status__in=ACTIVE).update(status=StepRun.CANCELLED, owner="", heartbeat=None, capability=None)
         story.changed("story.stopped")
     advance(story.pk)
 
@@ -300,7 +300,7 @@ def by_hand(output: object, who: str) -> dict[str, Any]:
 def new_part(run: StepRun, **fields: Any) -> StepRun:
     """A new version of a fanned-out step's part in place of `run` (kept as the earlier one);
     what follows the step runs again."""
-    StepRun.objects.filter(pk=run.pk).update(status=StepRun.STALE, owner="")
+    StepRun.objects.filter(pk=run.pk).update(status=StepRun.STALE, owner="", capability=None)
     made = StepRun.objects.create(
         story_id=run.story_id, step=run.step, part=run.part, version=run.version + 1, **fields
     )
@@ -341,7 +341,9 @@ def edited(story: Story, name: str, output: object, who: str) -> None:
 def make_stale(story: Story, names: Iterable[str]) -> None:
     names = list(names)
     with transaction.atomic():
-        story.runs.current().filter(step__in=names).update(status=StepRun.STALE, owner="", heartbeat=None)
+        story.runs.current().filter(step__in=names).update(
+            status=StepRun.STALE, owner="", heartbeat=None, capability=None
+        )
         story.changed("step.stale")
         if "renders" in names:
             from stories.rendering import cancel_outdated

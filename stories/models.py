@@ -223,6 +223,11 @@ class StepRun(models.Model):
     # Why a pending run has not started (no node online with its model, …).
     waiting = models.CharField(max_length=300, blank=True)
     node = models.ForeignKey(Node, on_delete=models.SET_NULL, null=True, blank=True, related_name="step_runs")
+    # The node's Ollama while this run asks its model there (its load counts this row): set by
+    # the claim, cleared by the transition that ends the run. The run's row is its lease.
+    capability = models.ForeignKey(
+        "nodes.Capability", on_delete=models.SET_NULL, null=True, blank=True, related_name="held_steps"
+    )
     model = models.CharField(max_length=200, blank=True)
     owner = models.CharField(max_length=40, blank=True)
     heartbeat = models.DateTimeField(null=True, blank=True)
@@ -271,6 +276,8 @@ class StepRun(models.Model):
         """Guarded: move to `to` if the run is still in one of `expect` (and still `by`'s, its
         owner's, when given), with `note` added to the log and the story's pages told in the same
         transaction."""
+        if to != StepRun.RUNNING:  # a run that stops running no longer holds its node's capacity
+            fields.setdefault("capability", None)
         rows = StepRun.objects.filter(pk=self.pk, status__in=expect)
         if by is not None:
             rows = rows.filter(owner=by)

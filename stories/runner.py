@@ -2,11 +2,12 @@
 
 The pipeline runner lives in the dispatcher process beside the render runners. It claims pending
 step runs by a guarded update, places each on an Ollama node (the story's last node preferred, the
-model required) with a lease on the node's capacity, and runs it in a thread of its own: a step is
-a wait on a language model, and as many run at once as the pool has room for. When a step ends,
-its thread advances the story and goes straight on, on the same node and lease, to the oldest
-ready step that node can take (often the story's next), so a node does not idle between steps
-waiting for a pass of the runner; what more became ready wakes the runner to place it elsewhere.
+model required), the run's row taking a unit of the node's capacity, and runs it in a thread of
+its own: a step is a wait on a language model, and as many run at once as the pool has room for.
+When a step ends, its thread advances the story and goes straight on, on the same node, to the
+oldest ready step that node can take (often the story's next), so a node does not idle between
+steps waiting for a pass of the runner; what more became ready wakes the runner to place it
+elsewhere.
 A step queued behind busy nodes shows no reason: it is next in line. One that no node could take
 (none online, none with its model) says why.
 
@@ -33,7 +34,7 @@ from django.utils import timezone
 
 from nodes.clients import ServiceError
 from nodes.clients.ollama import Ollama
-from nodes.models import Capability, Lease, Requirements, place_and_claim
+from nodes.models import Capability, Requirements, place_and_claim
 from stories import graph, steps
 from stories.models import RunQuerySet, StepRun, Story
 from stories.rendering import queue_references, queue_renders
@@ -48,7 +49,6 @@ LOOK = 0.2  # seconds between looks for ready steps when nothing wakes the runne
 HAND_ON_LOOK = 20  # ready runs a freed node looks through for one it can take
 SCAN = 64  # ready runs a pass of the runner looks through, at most
 REASONS = 1.0  # seconds between updates of why steps no node can take wait, while every node is busy
-HOLDER = "step:"  # leases held by story steps are "step:<run>"
 ASKS = [name for name, step in graph.STEPS.items() if step.kind == graph.ASK]
 
 
@@ -98,14 +98,11 @@ class Pipeline(threading.Thread):
             mine = list(self.active)
         if mine:
             StepRun.objects.filter(pk__in=mine, owner=self.owner, status=StepRun.RUNNING).update(heartbeat=now)
-            Lease.objects.filter(holder__in=[holder(pk) for pk in mine]).update(heartbeat=now)
         stale = now - timedelta(seconds=settings.RENDER_STALE)
-        # A runner keeps its steps' leases beating; one that died (even between a step's end and
-        # handing its node on) leaves leases that stop: the nodes' capacity comes back.
-        Lease.objects.filter(holder__startswith=HOLDER, heartbeat__lt=stale).delete()
+        # A runner that died leaves its runs' heartbeats stale: they start again, and the capacity
+        # they held comes back with the transition.
         dead = StepRun.objects.filter(status=StepRun.RUNNING, heartbeat__lt=stale).exclude(owner="")
         for run in dead.exclude(owner=self.owner).select_related("story"):
-            Lease.objects.filter(holder=holder(run.pk)).delete()
             run.transition(
                 StepRun.PENDING,
                 expect=(StepRun.RUNNING,),
@@ -146,66 +143,71 @@ class Pipeline(threading.Thread):
         for run in rows[: min(room * 4, SCAN)]:
             if room <= 0:
                 break
-            lease = None
+            cap = None
             model = ""
             if graph.STEPS[run.step].kind == graph.ASK:
                 model = run.story.model_for(run.step)
                 if model not in blocked and any(model in c.model_names() for c in free):
-                    lease = place_and_claim(
-                        Capability.OLLAMA, holder(run.pk), Requirements(model=model), story_node=run.story.node_id
+                    cap = place_and_claim(
+                        Capability.OLLAMA,
+                        lambda c, run=run, model=model: self.claim(run, c, model),  # type: ignore[misc]
+                        Requirements(model=model),
+                        story_node=run.story.node_id,
                     )
-                if lease is None:
+                if cap is None:
                     if model not in blocked:
                         blocked[model] = why_waiting(model)
                     self.waiting(run, blocked[model])
                     continue
-            if not self.claim(run, lease, model):
-                if lease:
-                    lease.release()
+            elif not self.claim(run, None, ""):
                 continue
+            self.started(run)
             room -= 1
-            self.pool.submit(self.execute, run, lease)
+            self.pool.submit(self.execute, run, cap)
 
-    def claim(self, run: StepRun, lease: Lease | None, model: str, *, handed: bool = False) -> bool:
-        """Take `run` for this runner, on `lease`'s node (a lease `handed` on from the run before
-        it changes holder in the same transaction)."""
+    def claim(self, run: StepRun, cap: Capability | None, model: str) -> bool:
+        """Take `run` for this runner, its row holding `cap` (called inside `cap.room()`)."""
         now = timezone.now()
-        node = lease.capability.node if lease else None
-        with transaction.atomic():
-            if not run.transition(
-                StepRun.RUNNING,
-                expect=(StepRun.PENDING,),
-                note=f"asked {model} on {node.name} (answer 1 of at most {ANSWERS})" if node else "",
-                owner=self.owner,
-                heartbeat=now,
-                started=now,
-                attempts=run.attempts + 1,
-                node_id=node.pk if node else None,
-                model=model,
-                waiting="",
-            ):
-                return False
-            if handed and lease and not Lease.objects.filter(pk=lease.pk).update(holder=holder(run.pk), heartbeat=now):
-                transaction.set_rollback(True)  # the lease is gone (its node was removed): not on it
-                return False
+        node = cap.node if cap else None
+        return run.transition(
+            StepRun.RUNNING,
+            expect=(StepRun.PENDING,),
+            note=f"asked {model} on {node.name} (answer 1 of at most {ANSWERS})" if node else "",
+            owner=self.owner,
+            heartbeat=now,
+            started=now,
+            attempts=run.attempts + 1,
+            node_id=node.pk if node else None,
+            capability=cap,
+            model=model,
+            waiting="",
+        )
+
+    def started(self, run: StepRun) -> None:
         if run.story.state == Story.WAITING:
             graph.advance(run.story_id)  # the story showed it waits: now it runs
         with self.lock:
             self.active.add(run.pk)
-        return True
 
-    def hand_on(self, lease: Lease) -> StepRun | None:
-        """The oldest ready run the lease's node can take, claimed on the lease: a node that
+    def hand_on(self, cap_id: int) -> StepRun | None:
+        """The oldest ready run the node that just answered can take, claimed there: a node that
         answered goes straight on to the next step, without a pass of the runner."""
-        cap = Capability.objects.usable(Capability.OLLAMA).filter(pk=lease.capability_id).first()
+        cap = Capability.objects.usable(Capability.OLLAMA).select_related("node").filter(pk=cap_id).first()
         if cap is None or self.stopping.is_set():
-            return None  # disabled, offline or removed meanwhile: the lease goes back
+            return None  # disabled, offline or removed meanwhile
         models = set(cap.model_names())
         with self.lock:
             busy = set(self.active)
         for run in ready().filter(step__in=ASKS).exclude(pk__in=busy)[:HAND_ON_LOOK]:
             model = run.story.model_for(run.step)
-            if model in models and self.claim(run, lease, model, handed=True):
+            if model not in models:
+                continue
+            with cap.room() as free:
+                if not free:
+                    return None  # another runner took the unit it freed
+                claimed = self.claim(run, cap, model)
+            if claimed:
+                self.started(run)
                 return run
         return None
 
@@ -218,11 +220,11 @@ class Pipeline(threading.Thread):
 
     # --- running -------------------------------------------------------------------------------
 
-    def execute(self, run: StepRun, lease: Lease | None) -> None:
+    def execute(self, run: StepRun, cap: Capability | None) -> None:
         """Run `run`, then, on the same node, whatever is ready next, until nothing is."""
         next_run: StepRun | None = run
         try:
-            with Ollama(lease.capability.url) if lease else nullcontext() as client:
+            with Ollama(cap.url) if cap else nullcontext() as client:
                 answering = True  # the node answered the last request (well or not)
                 while next_run is not None:
                     run, next_run = next_run, None
@@ -230,8 +232,8 @@ class Pipeline(threading.Thread):
                         run.story = Story.objects.get(pk=run.story_id)
                         kind = graph.STEPS[run.step].kind
                         if kind == graph.ASK:
-                            assert lease is not None and client is not None
-                            answering = self.ask(run, lease.capability, client)
+                            assert cap is not None and client is not None
+                            answering = self.ask(run, cap, client)
                         elif kind == graph.RENDERS:
                             queue_renders(run.story, run)
                         else:
@@ -243,15 +245,14 @@ class Pipeline(threading.Thread):
                         with self.lock:
                             self.active.discard(run.pk)
                     made = graph.advance(run.story_id)
-                    if lease and answering:  # a node that failed to answer is not handed more
-                        next_run = self.hand_on(lease)
+                    if cap and answering:  # a node that failed to answer is not handed more
+                        next_run = self.hand_on(cap.pk)
                     if len(made) > (next_run is not None and next_run.story_id == run.story_id):
                         self.wake.set()  # more became ready than this node took: place the rest
         except Exception:
             log.exception("step %s: handing the node on failed", run)
         finally:
-            if lease:
-                lease.release()
+            if cap:
                 self.wake.set()  # a node is free
             close_old_connections()
 
@@ -343,10 +344,6 @@ def ready() -> RunQuerySet:
         .defer("log", "output", "story__idea", "story__text")
         .order_by("created", "id")
     )
-
-
-def holder(run_pk: int) -> str:
-    return f"{HOLDER}{run_pk}"
 
 
 def why_waiting(model: str) -> str:

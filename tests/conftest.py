@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -13,7 +14,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 import requests
@@ -25,11 +26,33 @@ from django.test import Client
 from django.utils import timezone
 from django_q.models import Task
 
-from bench.common import BenchError, free_port, wait_until
 from spoonfeeder.models import Event
 
 ROOT = Path(__file__).resolve().parent.parent
 PASSWORD = "a-long-test-password"
+T = TypeVar("T")
+
+
+class TimedOut(AssertionError):
+    """What a test waited for did not happen in time: the test fails, saying what it waited for."""
+
+
+def wait_until(check: Callable[[], T], timeout: float, what: str, interval: float = 0.05) -> T:
+    """Poll `check` until it returns something truthy (and return that); fail after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise TimedOut(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(interval)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
 
 
 def count(html: str, name: str) -> int | None:
@@ -165,7 +188,7 @@ class Stack:
 
         try:
             wait_until(up, timeout, f"{self.url}/login/ to answer")
-        except BenchError as e:
+        except TimedOut as e:
             raise AssertionError(f"{e}\n--- {proc.log.name} (tail) ---\n{proc.output()[-3000:]}") from None
 
     def socket(self, session: str, topics: str = "dashboard") -> Socket:
@@ -250,3 +273,20 @@ def session_for(user: User) -> str:
     client = Client()
     client.force_login(user)
     return client.cookies[settings.SESSION_COOKIE_NAME].value
+
+
+def holding(cap: Any) -> Any:
+    """A row of the work that holds a unit of `cap`, as a claim leaves it: a render job on a
+    ComfyUI, a story step asking an Ollama. `release()` gives the unit back."""
+    from renders.models import RenderJob, Template
+    from stories.models import StepRun, Story
+
+    if cap.kind == "comfyui":
+        template, _ = Template.objects.get_or_create(
+            name="held", defaults={"workflow": {"1": {"class_type": "SaveImage", "inputs": {}}}}
+        )
+        return RenderJob.objects.create(template=template, status=RenderJob.RENDERING, node=cap.node, capability=cap)
+    story = Story.objects.create(idea="held", model="m")
+    run = StepRun.objects.create(story=story, step="story", status=StepRun.RUNNING, node=cap.node, capability=cap)
+    run.release = lambda: StepRun.objects.filter(pk=run.pk).update(capability=None)  # type: ignore[method-assign]
+    return run

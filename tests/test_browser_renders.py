@@ -19,13 +19,12 @@ import pytest
 from django.contrib.auth.models import User
 from playwright.sync_api import Page, expect
 
-from bench.common import free_port
 from nodes.models import Capability, Node
 from nodes.sim.comfyui import SimComfyUI
 from renders.management.commands.load_templates import load
 from renders.models import RenderJob
 from tests import test_browser
-from tests.conftest import Stack
+from tests.conftest import Stack, free_port
 from tests.test_browser import SCREENSHOTS, assert_not_reloaded, expect_live, log_in, watch_navigation
 
 # The browser tests' fixtures: headless chromium, and a loopback-only page on the stack's address.

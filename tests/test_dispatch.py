@@ -13,13 +13,12 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from bench.common import wait_until
 from nodes.models import Capability, Node
 from nodes.sim.comfyui import SimComfyUI
 from renders.dispatch import Dispatcher, Runner, best_fit
 from renders.management.commands.load_templates import load
 from renders.models import Queue, RenderJob, Speed, Template
-from tests.conftest import Stack
+from tests.conftest import Stack, wait_until
 
 NET = 33 if os.environ.get("DATABASE_URL") else 32
 
@@ -87,7 +86,7 @@ def test_a_queued_job_renders_and_its_output_is_copied_under_our_name(
     assert (job.attempts, job.progress, job.node.name, job.error) == (1, 1, "gpu", "")
     assert job.workflow and job.prompt_id and job.seconds is not None
     assert executions(sim, job) == 1
-    assert not job.node.capabilities.get().leases.exists()
+    assert job.capability is None and job.node.capabilities.get().holders() == 0
 
 
 def test_jobs_run_by_priority_then_position(dispatcher: Dispatcher, node: Any) -> None:
@@ -141,7 +140,7 @@ def test_cancelling_a_running_job_interrupts_it_on_the_node(dispatcher: Dispatch
     [job] = queue()
     wait_status(job, "rendering")
     assert job.cancel()
-    wait_until(lambda: not job.node.capabilities.get().leases.exists(), 10, "the capacity to be given back")
+    wait_until(lambda: not job.node.capabilities.get().holders(), 10, "the capacity to be given back")
     wait_until(lambda: sim.state.history, 10, "the node to record the run")  # type: ignore[attr-defined]
     entry = next(iter(sim.state.history.values()))  # type: ignore[attr-defined]
     assert entry["status"]["status_str"] == "error"  # interrupted, not finished

@@ -12,11 +12,12 @@ from django.test import Client
 from django.urls import reverse
 
 from nodes.discovery import TargetError, expand
-from nodes.models import Capability, Discovery, Lease, Node, Requirements, TestRender, place, place_and_claim
+from nodes.models import Capability, Discovery, Node, Requirements, TestRender, place, place_and_claim
+from renders.models import RenderJob
 from spoonfeeder import relay
 from spoonfeeder.dashboard import broker
 from spoonfeeder.models import Event
-from tests.conftest import communicator, session_for
+from tests.conftest import communicator, holding, session_for
 
 COMFY_INVENTORY = {
     "classes": ["EmptyImage", "SaveImage", "KSampler"],
@@ -64,9 +65,9 @@ def test_placement_prefers_the_story_node_then_a_loaded_model_then_the_least_loa
     assert place(Capability.OLLAMA, need, story_node=slow.pk).node == slow
     assert place(Capability.OLLAMA, need).node == loaded
     assert place(Capability.OLLAMA, Requirements()).node == fast  # no model asked: fastest of the idle
-    fast.ollama.claim("job-1")
+    holding(fast.ollama)
     assert place(Capability.OLLAMA, Requirements()).node == slow  # fast is half full now
-    assert loaded.ollama.claim("job-2") and loaded.ollama.claim("job-3")
+    holding(loaded.ollama), holding(loaded.ollama)
     assert place(Capability.OLLAMA, need).node == slow  # loaded is full
 
 
@@ -74,13 +75,19 @@ def test_placement_prefers_the_story_node_then_a_loaded_model_then_the_least_loa
 def test_concurrent_claims_never_overbook_a_node() -> None:
     cap = node("gpu", comfyui={"inventory": COMFY_INVENTORY, "limit": 2}).comfyui
     assert cap is not None
-    got: list[Lease | None] = []
+    jobs = [holding(cap) for _ in range(8)]
+    RenderJob.objects.update(status=RenderJob.QUEUED, capability=None)
+    got: list[Capability | None] = []
     start = threading.Barrier(8)
 
     def claim(i: int) -> None:
+        def take(c: Capability) -> bool:
+            rows = RenderJob.objects.filter(pk=jobs[i].pk, status=RenderJob.QUEUED)
+            return bool(rows.update(status=RenderJob.ASSIGNED, capability=c))
+
         try:
             start.wait()
-            got.append(place_and_claim(Capability.COMFYUI, f"job-{i}"))
+            got.append(place_and_claim(Capability.COMFYUI, take))
         finally:
             close_old_connections()
 
@@ -90,8 +97,8 @@ def test_concurrent_claims_never_overbook_a_node() -> None:
     for t in threads:
         t.join(timeout=60)
     assert len(got) == 8
-    assert len([lease for lease in got if lease]) == 2
-    assert Lease.objects.filter(capability=cap).count() == 2
+    assert len([c for c in got if c]) == 2
+    assert cap.holders() == 2 == RenderJob.objects.filter(status=RenderJob.ASSIGNED, capability=cap).count()
 
 
 @pytest.mark.django_db
@@ -110,14 +117,17 @@ def test_a_capability_goes_offline_after_repeated_failures_and_back_when_it_answ
 
 
 @pytest.mark.django_db
-def test_busy_is_derived_from_leases() -> None:
+def test_busy_is_derived_from_the_rows_that_hold_a_node() -> None:
     cap = node("box", comfyui={"limit": 1}).comfyui
     assert cap is not None and cap.display_status == "online"
-    lease = cap.claim("render-1")
-    assert lease and cap.display_status == "busy"
-    assert cap.claim("render-2") is None
-    lease.release()
+    job = holding(cap)
+    assert cap.display_status == "busy"
+    with cap.room() as free:
+        assert not free
+    job.release()
     assert cap.display_status == "online"
+    with cap.room() as free:
+        assert free
 
 
 @pytest.mark.parametrize(
@@ -173,12 +183,12 @@ def test_adding_a_node_checks_its_input_and_makes_nothing_when_wrong(logged_in: 
 @pytest.mark.django_db
 def test_a_node_with_work_running_is_not_removed(logged_in: Client) -> None:
     gpu = node("gpu", comfyui={})
-    lease = gpu.comfyui.claim("render-1")
+    job = holding(gpu.comfyui)
     answer = logged_in.get(reverse("nodes:remove", args=[gpu.code]))
     assert "1 job running on it" in answer.content.decode()
     logged_in.post(reverse("nodes:remove", args=[gpu.code]))
     assert Node.objects.filter(pk=gpu.pk).exists()
-    lease.release()
+    job.release()
     logged_in.post(reverse("nodes:remove", args=[gpu.code]))
     assert not Node.objects.filter(pk=gpu.pk).exists()
 
@@ -282,7 +292,7 @@ def test_admin_actions_and_refused_removal(admin_client: Client) -> None:
     gpu.refresh_from_db()
     assert not gpu.enabled
     assert gpu.comfyui is not None
-    gpu.comfyui.claim("render-1")
+    holding(gpu.comfyui)
     answer = admin_client.post(url, {"action": "remove", "_selected_action": [gpu.pk]}, follow=True)
     assert Node.objects.filter(pk=gpu.pk).exists()
     assert "was not removed: 1 job running on it" in answer.content.decode()

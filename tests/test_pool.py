@@ -13,9 +13,10 @@ from django.core.management import CommandError, call_command
 
 from nodes import health, tasks
 from nodes.discovery import discover
-from nodes.models import Capability, Lease, Node, TestRender
+from nodes.models import Capability, Node, TestRender
 from nodes.sim.comfyui import SimComfyUI
 from nodes.sim.ollama import SimOllama
+from tests.conftest import holding
 
 
 def shared_port(hosts: list[str]) -> int:
@@ -155,7 +156,7 @@ def test_a_test_render_keeps_the_image_under_a_name_of_ours(comfy_node, settings
     assert (run.status, run.error) == ("done", "")
     assert run.image == f"test-renders/{run.code}.png"
     assert (tmp_path / run.image).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert not Lease.objects.exists()  # the capacity it took is given back
+    assert run.capability is None and node.comfyui.holders() == 0  # the capacity it took is given back
     assert tasks.test_render(str(run.code)) == "not queued any more"  # a repeated message does nothing
 
 
@@ -169,12 +170,11 @@ def test_a_failed_test_render_says_why_and_a_busy_node_is_not_overbooked(comfy_n
     run.refresh_from_db()
     assert run.status == "failed" and "OutOfMemory" in run.error
 
-    lease = node.comfyui.claim("render-1")
+    holding(node.comfyui)
     run = TestRender.start(node)
     assert tasks.test_render(str(run.code)) == "busy"
     run.refresh_from_db()
     assert "busy" in run.error
-    assert lease is not None
 
 
 @pytest.mark.django_db

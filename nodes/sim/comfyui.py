@@ -7,6 +7,7 @@ MP4 and WEBM files that /view serves.
         ComfyUI(sim.url).submit(workflow, prompt_id=..., client_id=...)
 
 Images are made with pillow at most `max_side` pixels wide or high, so a 3072² workflow stays cheap.
+The faults of real servers and of hostile or slow nodes are `Knobs` too, all off by default.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import re
 import shutil
 import struct
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine
@@ -47,6 +49,14 @@ PREVIEW_IMAGE = 1
 TEXT = 3
 PREVIEW_IMAGE_WITH_METADATA = 4
 PNG_FORMAT = 2
+# With the stall_unread knob, a socket with more than this waiting to go out (beyond what the
+# kernel already holds) makes the one send loop wait for it, as ComfyUI's does.
+STALL_BYTES = 1024 * 1024
+# The write-buffer high-water mark of every socket, so aiohttp itself never makes a send wait:
+# the send loop does, with the knob. Without it a client that stops reading only costs memory.
+UNBOUNDED = 1 << 40
+# A filename a save node wrote ("still_00001_.png"), for the output_files knob's extra names.
+SAVED_NAME = re.compile(r"^(.*)_(\d+)_(\.[^.]+)$")
 OOM_MESSAGE = (
     "Allocation on device \nThis error means you ran out of memory on your GPU.\n\n"
     "TIPS: If the workflow worked before you might have accidentally set the batch_size to a large number."
@@ -111,6 +121,22 @@ class Knobs:
     garbage: bool = False  # answer every request with an HTML page
     # Megabytes of junk classes added to /object_info (for the "tens of MB" fault).
     bloat_mb: int = 0
+    # Seconds between execution_success and the entry appearing in /history (surprise 12);
+    # meanwhile the prompt is in neither /queue nor /history, and the next one may start.
+    history_lag: float = 0.0
+    # A socket its client stopped reading stalls every message to every client once more than
+    # STALL_BYTES wait for it, until it reads again or closes (surprise 13). Prompts still run.
+    stall_unread: bool = False
+    # Seconds restart() leaves nothing listening before the server answers again (surprise 15).
+    down_after_restart: float = 0.0
+    # Path prefix -> seconds between bytes: those answers' bodies trickle out a byte at a time.
+    trickle: dict[str, float] = field(default_factory=dict)
+    # Megabytes of junk in each /history and /history/{id} answer (for the "80 MB /history" fault).
+    history_padding_mb: int = 0
+    # Extra files each save node lists (hard links to its first), and a size for every file it
+    # writes (its bytes, then zeros, sparse): the "5,000 files" and "1 GiB of zeros" faults.
+    output_files: int = 0
+    output_bytes: int = 0
     devices: list[dict[str, Any]] = field(default_factory=lambda: [cuda_device()])
     models: dict[str, list[str]] = field(default_factory=default_models)
 
@@ -130,6 +156,10 @@ class Interrupted(Exception):
 
 # Whether a socket announced supports_preview_metadata (its previews then carry JSON metadata).
 METADATA = web.ResponseKey("supports_preview_metadata", bool)
+# The connection under a socket, whose write buffer decides when sending it waits.
+TRANSPORT = web.ResponseKey("transport", asyncio.Transport)
+# What the send loop sends: a text message, or a preview (PNG, metadata) framed per socket.
+Outgoing = tuple[str | tuple[bytes, bytes], str | None]
 
 
 class State:
@@ -153,6 +183,9 @@ class State:
         self.cache: dict[str, tuple[Values, UI | None]] = {}
         self.wake: asyncio.Event | None = None
         self.worker: asyncio.Task[None] | None = None
+        self.outbox: asyncio.Queue[Outgoing] | None = None
+        self.publisher: asyncio.Task[None] | None = None
+        self.stopping: asyncio.Event | None = None
 
     def remaining(self) -> int:
         return len(self.pending) + (1 if self.running else 0)
@@ -164,14 +197,13 @@ class State:
             info[junk] = {**info["ImageInvert"], "name": junk, "description": "x" * 1048576}
         return info
 
-    # Sending. A socket that goes away mid-send is the client's problem, not the run's.
+    # Sending, as ComfyUI's send_sync: messages are queued for one loop (publish) that sends them
+    # in order, looking the sockets up as it goes. A run never waits for a socket.
 
     async def send(self, kind: str, data: dict[str, Any], sid: str | None) -> None:
-        """To `sid` if it is connected; to everybody when sid is None (ComfyUI's send_sync)."""
-        text = json.dumps({"type": kind, "data": data})
-        for ws in self.targets(sid):
-            with contextlib.suppress(ConnectionError, RuntimeError):
-                await ws.send_str(text)
+        """To `sid` if it is connected; to everybody when sid is None."""
+        assert self.outbox is not None
+        self.outbox.put_nowait((json.dumps({"type": kind, "data": data}), sid))
 
     def targets(self, sid: str | None) -> list[web.WebSocketResponse]:
         if sid is None:
@@ -183,6 +215,7 @@ class State:
         await self.send("status", {"status": {"exec_info": {"queue_remaining": self.remaining()}}}, None)
 
     async def preview(self, png: bytes, node: str, prompt_id: str, sid: str | None) -> None:
+        assert self.outbox is not None
         meta = json.dumps(
             {
                 "node_id": node,
@@ -193,13 +226,51 @@ class State:
                 "image_type": "image/png",
             }
         ).encode()
-        for ws in self.targets(sid):
-            if ws.get(METADATA):
-                frame = struct.pack(">II", PREVIEW_IMAGE_WITH_METADATA, len(meta)) + meta + png
-            else:
-                frame = struct.pack(">II", PREVIEW_IMAGE, PNG_FORMAT) + png
+        self.outbox.put_nowait(((png, meta), sid))
+
+
+async def publish(state: State) -> None:
+    """ComfyUI's publish_loop: every message to every socket goes out from this one loop, a socket
+    at a time, so a socket that makes sending wait holds up all that follows (surprise 13). A
+    socket that goes away mid-send is the client's problem, not the run's."""
+    assert state.outbox is not None
+    while True:
+        message, sid = await state.outbox.get()
+        for ws in state.targets(sid):
             with contextlib.suppress(ConnectionError, RuntimeError):
-                await ws.send_bytes(frame)
+                if isinstance(message, str):
+                    await ws.send_str(message)
+                else:
+                    png, meta = message
+                    if ws.get(METADATA):
+                        frame = struct.pack(">II", PREVIEW_IMAGE_WITH_METADATA, len(meta)) + meta + png
+                    else:
+                        frame = struct.pack(">II", PREVIEW_IMAGE, PNG_FORMAT) + png
+                    await ws.send_bytes(frame)
+            await drained(ws, state.knobs)
+
+
+async def drained(ws: web.WebSocketResponse, knobs: Knobs) -> None:
+    """With the stall_unread knob, wait while more than STALL_BYTES wait to go out to this socket,
+    as aiohttp's drain makes ComfyUI's send loop wait: until its client reads or goes away."""
+    transport = ws.get(TRANSPORT)
+    while (
+        knobs.stall_unread
+        and transport is not None
+        and not transport.is_closing()
+        and transport.get_write_buffer_size() > STALL_BYTES
+    ):
+        await asyncio.sleep(0.01)
+
+
+async def hang_up(ws: web.WebSocketResponse) -> None:
+    """Close a socket, and drop the connection when its client has not answered within a second
+    or has not read all it was sent (one that stopped reading never will)."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(ws.close(), 1.0)
+    transport = ws.get(TRANSPORT)
+    if transport is not None and transport.get_write_buffer_size():
+        transport.abort()
 
 
 def now_ms() -> int:
@@ -489,6 +560,30 @@ def save_video(state: State, images: list[Image.Image], prefix: str, fps: float,
     return {"images": [saved(filename, subfolder)], "animated": [True]}
 
 
+def more_outputs(state: State, ui: UI) -> UI:
+    """The output_files and output_bytes knobs, on what a save node wrote. The extra files are
+    hard links to its first and sizes are set with truncate, so thousands of files or a GiB of
+    zeros take next to no disk."""
+    knobs = state.knobs
+    files = list(ui["images"])
+    first = files[0]
+    folder = state.dirs[first["type"]] / first["subfolder"]
+    last = SAVED_NAME.match(files[-1]["filename"])
+    if knobs.output_files and last:
+        name, counter, ext = last.group(1), int(last.group(2)) + 1, last.group(3)
+        for i in range(knobs.output_files):
+            filename = f"{name}_{counter + i:05}_{ext}"
+            try:
+                os.link(folder / first["filename"], folder / filename)
+            except OSError:
+                shutil.copyfile(folder / first["filename"], folder / filename)
+            files.append(saved(filename, first["subfolder"], first["type"]))
+    if knobs.output_bytes:
+        for f in files:
+            os.truncate(folder / f["filename"], knobs.output_bytes)
+    return {**ui, "images": files}
+
+
 def run_node(state: State, class_type: str, inputs: dict[str, Any]) -> tuple[Values, UI | None]:
     """The work of one node, in a thread. Raises ExecError as the real node would fail."""
     limit = state.knobs.max_side
@@ -732,6 +827,8 @@ async def execute(state: State, item: Item) -> None:
                     frame = await loop.run_in_executor(None, png, inputs["images"][i])
                     await state.preview(frame, n, prompt_id, client)
             result, node_ui = await loop.run_in_executor(None, run_node, state, class_type, inputs)
+            if node_ui and node_ui.get("images") and (state.knobs.output_files or state.knobs.output_bytes):
+                node_ui = await loop.run_in_executor(None, more_outputs, state, node_ui)
             await asyncio.sleep(max(0.0, due - time.monotonic()))
             values[n] = result
             fresh[sigs[n]] = (result, node_ui)
@@ -778,13 +875,19 @@ async def execute(state: State, item: Item) -> None:
         end = "error"
     state.cache = fresh
     state.current_node = None
-    # History and the queue change together, so a poller never sees a prompt in neither.
-    state.history[prompt_id] = {
+    entry = {
         "prompt": item,
         "outputs": ui,
         "status": {"status_str": end, "completed": end == "success", "messages": messages},
         "meta": {n: {"node_id": n, "display_node": n, "parent_node": None, "real_node_id": n} for n in ui},
     }
+    if state.knobs.history_lag > 0:
+        # Surprise 12: the prompt leaves the queue now and reaches history later, the next
+        # prompt meanwhile free to start.
+        loop.call_later(state.knobs.history_lag, state.history.__setitem__, prompt_id, entry)
+    else:
+        # History and the queue change together, so a poller never sees a prompt in neither.
+        state.history[prompt_id] = entry
     state.running = None
     await state.status()
     if client is not None:
@@ -812,13 +915,52 @@ def inside(base: Path, subfolder: str) -> Path | None:
 
 @web.middleware
 async def faults(request: web.Request, handler: Handler) -> web.StreamResponse:
-    knobs = request.app[STATE].knobs
+    state = request.app[STATE]
+    knobs = state.knobs
     while knobs.hang:
         await asyncio.sleep(0.05)
     if knobs.garbage:
         page = "<!DOCTYPE html><html><head><title>Router</title></head><body>It works!</body></html>"
-        return web.Response(text=page, content_type="text/html")
-    return await handler(request)
+        response: web.StreamResponse = web.Response(text=page, content_type="text/html")
+    else:
+        response = await handler(request)
+    pause = trickling(request, knobs)
+    if pause is None or response.prepared or not isinstance(response, web.Response):
+        return response
+    if not isinstance(response.body, bytes):
+        return response
+    return await trickle(request, response.body, response, pause, state)
+
+
+def trickling(request: web.Request, knobs: Knobs) -> float | None:
+    """Seconds between the bytes of this request's answer (the trickle knob; the longest prefix
+    wins), or None to answer at once."""
+    matches = [(len(prefix), pause) for prefix, pause in list(knobs.trickle.items()) if request.path.startswith(prefix)]
+    return max(matches)[1] if matches else None
+
+
+async def trickle(
+    request: web.Request, body: bytes, answer: web.Response, pause: float, state: State
+) -> web.StreamResponse:
+    """A slow-loris node: the headers (with the full Content-Length) at once, then the body a
+    byte at a time for as long as the client reads; only the client's own deadline ends it. A
+    server that stops hangs up instead."""
+    assert state.stopping is not None
+    out = web.StreamResponse(status=answer.status, reason=answer.reason, headers=answer.headers)
+    out.content_length = len(body)
+    try:
+        await out.prepare(request)
+        for i in range(len(body)):
+            await out.write(body[i : i + 1])
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(state.stopping.wait(), pause)
+            if state.stopping.is_set():
+                if request.transport is not None:
+                    request.transport.close()
+                break
+    except ConnectionError:
+        pass  # the client gave up
+    return out
 
 
 async def post_prompt(request: web.Request) -> web.Response:
@@ -876,15 +1018,32 @@ async def post_queue(request: web.Request) -> web.Response:
 
 
 async def get_history(request: web.Request) -> web.Response:
-    history = request.app[STATE].history
+    state = request.app[STATE]
+    history = state.history
     count = int(request.query.get("max_items", len(history)) or len(history))
-    return answer(dict(list(history.items())[-count:]) if count else {})
+    return answer(padded(dict(list(history.items())[-count:]) if count else {}, state.knobs))
 
 
 async def get_history_item(request: web.Request) -> web.Response:
+    state = request.app[STATE]
     prompt_id = request.match_info["prompt_id"]
-    entry = request.app[STATE].history.get(prompt_id)
-    return answer({prompt_id: entry} if entry else {})
+    entry = state.history.get(prompt_id)
+    return answer(padded({prompt_id: entry}, state.knobs) if entry else {})
+
+
+def padded(entries: dict[str, Any], knobs: Knobs) -> dict[str, Any]:
+    """The history_padding_mb knob: the answer's entries share that many MB of junk, put where a
+    real frontend's whole UI graph goes (extra_data's extra_pnginfo). The stored entries stay."""
+    if not knobs.history_padding_mb or not entries:
+        return entries
+    share = knobs.history_padding_mb * 1024 * 1024 // len(entries)
+    out = {}
+    for prompt_id, entry in entries.items():
+        number, pid, prompt, extra, outputs = entry["prompt"]
+        pnginfo = extra.get("extra_pnginfo")
+        pnginfo = {**(pnginfo if isinstance(pnginfo, dict) else {}), "padding": "x" * share}
+        out[prompt_id] = {**entry, "prompt": [number, pid, prompt, {**extra, "extra_pnginfo": pnginfo}, outputs]}
+    return out
 
 
 async def post_history(request: web.Request) -> web.Response:
@@ -922,6 +1081,9 @@ async def view(request: web.Request) -> web.StreamResponse:
             img.convert("RGB").save(buf, "WEBP", quality=quality)
         return web.Response(body=buf.getvalue(), content_type="image/webp", headers=disposition)
     content_type = CONTENT_TYPES.get(path.suffix.lower(), "application/octet-stream")
+    if trickling(request, state.knobs) is not None:
+        # The trickle knob slows answers whose body it can read; a FileResponse has none.
+        return web.Response(body=path.read_bytes(), content_type=content_type, headers=disposition)
     return web.FileResponse(path, headers={**disposition, "Content-Type": content_type})
 
 
@@ -1020,6 +1182,9 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
     state = request.app[STATE]
     ws = web.WebSocketResponse()
     await ws.prepare(request)
+    if request.transport is not None:
+        ws[TRANSPORT] = request.transport
+        request.transport.set_write_buffer_limits(high=UNBOUNDED)
     sid = request.query.get("clientId") or uuid.uuid4().hex
     # A second socket with the same clientId replaces the first (PROTOCOL.md, surprise 10).
     state.sockets[sid] = ws
@@ -1053,25 +1218,35 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
     return ws
 
 
+async def stop_task(task: asyncio.Task[None] | None) -> None:
+    if task:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 def make_app(state: State) -> web.Application:
     app = web.Application(middlewares=[faults], client_max_size=MAX_UPLOAD)
     app[STATE] = state
 
     async def startup(app: web.Application) -> None:
         state.wake = asyncio.Event()
+        state.stopping = asyncio.Event()
+        state.outbox = asyncio.Queue()
         if state.pending:
             state.wake.set()
-        state.worker = asyncio.get_running_loop().create_task(worker(state))
+        loop = asyncio.get_running_loop()
+        state.worker = loop.create_task(worker(state))
+        state.publisher = loop.create_task(publish(state))
 
     async def shutdown(app: web.Application) -> None:
-        for ws in list(state.open):
-            await ws.close()
+        assert state.stopping is not None
+        state.stopping.set()  # trickling answers end
+        await stop_task(state.publisher)
+        await asyncio.gather(*(hang_up(ws) for ws in list(state.open)))
 
     async def cleanup(app: web.Application) -> None:
-        if state.worker:
-            state.worker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await state.worker
+        await stop_task(state.worker)
 
     app.on_startup.append(startup)
     app.on_shutdown.append(shutdown)
@@ -1110,6 +1285,10 @@ class SimComfyUI:
         self.root = Path(tempfile.mkdtemp(prefix="sim-comfyui-")) if root is None else Path(root)
         self.state = State(self.knobs, self.root)
         self.server: Server | None = None
+        # A test, its teardown and a restart's timer may start and stop it from different threads.
+        self.lock = threading.RLock()
+        self.up = threading.Event()
+        self.comeback: threading.Timer | None = None
 
     @property
     def url(self) -> str:
@@ -1121,22 +1300,60 @@ class SimComfyUI:
 
     def start(self) -> SimComfyUI:
         """Listen (again, on the same port after a stop: between the two, connections are refused)."""
-        state = self.state
-        self.server = Server(lambda: make_app(state), self.host, self.port).start()
-        self.port = self.server.port
+        with self.lock:
+            self.cancel_comeback()
+            state = self.state
+            self.server = Server(lambda: make_app(state), self.host, self.port).start()
+            self.port = self.server.port
+            self.up.set()
         return self
 
     def stop(self) -> None:
-        self.knobs.hang = False  # let hanging requests finish so the server can stop
-        if self.server:
-            self.server.stop()
-            self.server = None
+        with self.lock:
+            self.cancel_comeback()
+            self.up.clear()
+            self.knobs.hang = False  # let hanging requests finish so the server can stop
+            if self.server:
+                self.server.stop()
+                self.server = None
 
     def restart(self) -> None:
-        """Like restarting the real process: queue, history and cache are gone, files stay."""
-        self.stop()
-        self.state = State(self.knobs, self.root)
-        self.start()
+        """Like restarting the real process: queue, history and cache are gone, files stay.
+
+        With the down_after_restart knob nothing listens for that many seconds, as a real one
+        loading its node classes (surprise 15): this returns at once and the server comes back
+        by itself; wait_up() waits for it."""
+        with self.lock:
+            self.stop()
+            self.state = State(self.knobs, self.root)
+            delay = self.knobs.down_after_restart
+            if delay <= 0:
+                self.start()
+                return
+            self.comeback = threading.Timer(delay, self.come_back)
+            self.comeback.daemon = True
+            self.comeback.start()
+
+    def come_back(self) -> None:
+        with self.lock:
+            # A stop() or start() since the restart cancelled this timer, perhaps too late.
+            if self.comeback is threading.current_thread():
+                try:
+                    self.start()
+                except Exception:
+                    log.exception("simulated ComfyUI on %s: could not come back after a restart", self.url)
+
+    def cancel_comeback(self) -> None:
+        if self.comeback is not None:
+            self.comeback.cancel()
+            self.comeback = None
+
+    def wait_up(self, timeout: float = 10) -> SimComfyUI:
+        """Wait until the server listens: at once when it does, else for the rest of a restart's
+        down_after_restart."""
+        if not self.up.wait(timeout):
+            raise TimeoutError(f"the simulated ComfyUI on {self.url} was not up within {timeout:g} s")
+        return self
 
     def close(self) -> None:
         self.stop()
@@ -1152,8 +1369,7 @@ class SimComfyUI:
         """Close every WebSocket from the server side, as a crash or a proxy timeout would."""
 
         async def drop(state: State) -> None:
-            for ws in list(state.open):
-                await ws.close()
+            await asyncio.gather(*(hang_up(ws) for ws in list(state.open)))
 
         self.run(drop)
 

@@ -1,0 +1,351 @@
+"""The simulated ComfyUI's fault knobs, seen from a client's side over real HTTP and WebSockets:
+what a real ComfyUI and hostile or slow nodes do (../shared/comfyui/PROTOCOL.md, "Surprises
+worth testing against"), so that the engine's tests can reproduce it."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+import websocket
+
+from nodes.sim.comfyui import SimComfyUI
+from tests.conftest import wait_until
+from tests.test_comfyui import workflow
+
+HOST = "127.0.50.21"
+MB = 1024 * 1024
+
+Message = dict[str, Any]
+
+
+@pytest.fixture
+def sim(tmp_path: Path) -> Iterator[SimComfyUI]:
+    with SimComfyUI(HOST, root=tmp_path / "sim", seconds_per_node=0.01, max_side=64) as server:
+        yield server
+
+
+def http(sim: SimComfyUI, method: str, path: str, **kwargs: Any) -> requests.Response:
+    """Like requests.request (a session of its own, closed after), with no proxy from the
+    environment."""
+    with requests.Session() as s:
+        s.trust_env = False
+        return s.request(method, sim.url + path, **{"timeout": 5, **kwargs})
+
+
+def submit(sim: SimComfyUI, wf: dict[str, Any], client_id: str | None = None) -> str:
+    prompt_id = uuid.uuid4().hex
+    body: dict[str, Any] = {"prompt": wf, "prompt_id": prompt_id}
+    if client_id:
+        body["client_id"] = client_id
+    answer = http(sim, "POST", "/prompt", json=body)
+    assert answer.status_code == 200, answer.text
+    return prompt_id
+
+
+def history(sim: SimComfyUI, prompt_id: str) -> dict[str, Any]:
+    answer: dict[str, Any] = http(sim, "GET", f"/history/{prompt_id}").json()
+    return answer
+
+
+def finished(sim: SimComfyUI, prompt_id: str, timeout: float = 10) -> dict[str, Any]:
+    answer = wait_until(lambda: history(sim, prompt_id), timeout, f"{prompt_id} in /history")
+    entry: dict[str, Any] = answer[prompt_id]
+    return entry
+
+
+def connect(sim: SimComfyUI, client_id: str) -> websocket.WebSocket:
+    """A socket as a client opens it; its first message, the status with its sid, is read."""
+    ws = websocket.create_connection(f"ws://{sim.host}:{sim.port}/ws?clientId={client_id}", timeout=5)
+    first = json.loads(ws.recv())
+    assert first["type"] == "status" and first["data"]["sid"] == client_id
+    return ws
+
+
+def receive(ws: websocket.WebSocket, until: Callable[[Message], bool], timeout: float = 5) -> list[Message]:
+    """Text messages up to and including the first that `until` accepts; binary frames skipped."""
+    deadline = time.monotonic() + timeout
+    seen: list[Message] = []
+    while True:
+        ws.settimeout(max(deadline - time.monotonic(), 0.01))
+        try:
+            raw = ws.recv()
+        except websocket.WebSocketTimeoutException:
+            raise AssertionError(f"timed out after {timeout:g} s; saw {[m['type'] for m in seen]}") from None
+        if isinstance(raw, bytes):
+            continue
+        seen.append(json.loads(raw))
+        if until(seen[-1]):
+            return seen
+
+
+def silent(ws: websocket.WebSocket, quiet: float = 0.5) -> bool:
+    """Whether nothing arrives for `quiet` seconds (only after what would have been sent is known
+    to have been sent, so the wait is for a message that is late, not one that is coming)."""
+    ws.settimeout(quiet)
+    try:
+        ws.recv()
+    except websocket.WebSocketTimeoutException:
+        return True
+    return False
+
+
+def kind(name: str, prompt_id: str) -> Callable[[Message], bool]:
+    return lambda m: m["type"] == name and m["data"].get("prompt_id") == prompt_id
+
+
+def done(prompt_id: str) -> Callable[[Message], bool]:
+    return lambda m: m["type"] == "executing" and m["data"]["node"] is None and m["data"]["prompt_id"] == prompt_id
+
+
+# History lag (surprise 12).
+
+
+def test_history_can_lag_behind_execution_success_while_the_next_prompt_starts(sim: SimComfyUI) -> None:
+    sim.knobs.history_lag = 0.6
+    ws = connect(sim, "lag")
+    first = submit(sim, workflow("still_image", **{"1.color": 1}), "lag")
+    second = submit(sim, workflow("still_image", **{"1.color": 2}), "lag")
+    seen = receive(ws, kind("execution_success", first))
+    succeeded = time.monotonic()
+    assert history(sim, first) == {}
+    queue = http(sim, "GET", "/queue").json()
+    assert first not in json.dumps(queue) and first not in http(sim, "GET", "/history").json()
+    seen += receive(ws, kind("execution_start", second))
+    assert [m["type"] for m in seen].count("status") >= 1 and any(done(first)(m) for m in seen)
+    assert history(sim, first) == {}  # neither queued nor in history, and the next one runs
+    entry = finished(sim, first, timeout=3)
+    assert time.monotonic() - succeeded >= 0.4
+    assert entry["status"]["status_str"] == "success"
+    ws.close()
+
+
+# A client that stops reading (surprise 13).
+
+
+def stall_a_client(sim: SimComfyUI) -> tuple[websocket.WebSocket, str]:
+    """A socket that stopped reading while its SaveImageWebsocket run sent it 8 binary frames of
+    about 1.5 MB (1024² PNGs), far more than the kernel buffers hold; its run still ends."""
+    sim.knobs.max_side = 1024
+    reader = connect(sim, "stops-reading")
+    prompt_id = submit(sim, workflow("progress_ws", **{"1.batch_size": 8}), "stops-reading")
+    finished(sim, prompt_id)
+    return reader, prompt_id
+
+
+def test_a_client_that_stops_reading_stalls_every_client_until_it_closes(sim: SimComfyUI) -> None:
+    sim.knobs.stall_unread = True
+    stalled, _ = stall_a_client(sim)
+    other = connect(sim, "other")  # a socket's first status is sent by its own handler
+    prompt_id = submit(sim, workflow("still_image"), "other")
+    assert finished(sim, prompt_id)["status"]["status_str"] == "success"  # prompts still run
+    assert silent(other)
+    stalled.shutdown()  # closed without reading what it was sent
+    seen = receive(other, done(prompt_id))
+    assert any(kind("execution_success", prompt_id)(m) for m in seen)
+    other.close()
+
+
+def test_a_client_that_reads_again_releases_the_others(sim: SimComfyUI) -> None:
+    sim.knobs.stall_unread = True
+    stalled, stalled_id = stall_a_client(sim)
+    other = connect(sim, "other")
+    prompt_id = submit(sim, workflow("still_image"), "other")
+    finished(sim, prompt_id)
+    assert silent(other)
+    receive(stalled, done(stalled_id))
+    receive(other, done(prompt_id))
+    stalled.close()
+    other.close()
+
+
+def test_a_stalled_client_does_not_keep_the_server_from_stopping(sim: SimComfyUI) -> None:
+    sim.knobs.stall_unread = True
+    stalled, _ = stall_a_client(sim)
+    started = time.monotonic()
+    sim.stop()
+    assert time.monotonic() - started < 3
+    stalled.settimeout(5)  # what the kernel holds for it arrives, then the end
+    with pytest.raises((websocket.WebSocketConnectionClosedException, ConnectionError)):
+        while True:
+            stalled.recv()
+
+
+def test_without_the_knob_a_client_that_stops_reading_stalls_nobody(sim: SimComfyUI) -> None:
+    stalled, _ = stall_a_client(sim)
+    other = connect(sim, "other")
+    prompt_id = submit(sim, workflow("still_image"), "other")
+    receive(other, done(prompt_id))
+    stalled.shutdown()
+    other.close()
+
+
+# Down after a restart (surprise 15).
+
+
+def test_a_restart_refuses_connections_for_a_while_then_answers_again(sim: SimComfyUI) -> None:
+    sim.knobs.down_after_restart = 1.0
+    prompt_id = submit(sim, workflow("still_image"), "c")
+    finished(sim, prompt_id)
+    port = sim.port
+    started = time.monotonic()
+    sim.restart()
+    assert time.monotonic() - started < 0.8  # the caller does not wait for the node to come back
+    with pytest.raises(requests.ConnectionError, match="refused"):
+        http(sim, "GET", "/system_stats")
+    with pytest.raises(ConnectionRefusedError):
+        websocket.create_connection(f"ws://{sim.host}:{port}/ws?clientId=c", timeout=2)
+    sim.wait_up(timeout=5)
+    assert time.monotonic() - started >= 1.0
+    assert sim.port == port and http(sim, "GET", "/system_stats").status_code == 200
+    assert history(sim, prompt_id) == {}  # forgotten, as after any restart
+    # Stopping while it is down cancels its coming back.
+    sim.knobs.down_after_restart = 30
+    sim.restart()
+    started = time.monotonic()
+    sim.close()
+    assert time.monotonic() - started < 1
+    with pytest.raises(TimeoutError):
+        sim.wait_up(timeout=0.1)
+
+
+# Slow answers.
+
+
+def read_with_deadline(sim: SimComfyUI, path: str, deadline: float) -> tuple[int, int]:
+    """(bytes read, Content-Length) of an answer read a byte at a time until a total deadline."""
+    started = time.monotonic()
+    with http(sim, "GET", path, stream=True, timeout=(2, 2)) as answer:
+        length = int(answer.headers["Content-Length"])
+        got = 0
+        for chunk in answer.iter_content(1):
+            got += len(chunk)
+            if time.monotonic() - started > deadline:
+                break
+    return got, length
+
+
+def test_a_trickling_answer_is_cut_only_by_the_clients_own_deadline(sim: SimComfyUI) -> None:
+    sim.knobs.trickle = {"/system_stats": 0.05}
+    assert http(sim, "GET", "/queue", timeout=1).json() == {"queue_running": [], "queue_pending": []}
+    # A read timeout between bytes never fires; only the total deadline gives up.
+    started = time.monotonic()
+    got, length = read_with_deadline(sim, "/system_stats", 1.0)
+    assert 1.0 <= time.monotonic() - started < 2
+    assert 5 < got < length
+    # A client that keeps reading keeps getting bytes, and the server still stops at once.
+    progress: list[int] = []
+    ended: list[BaseException] = []
+
+    def keep_reading() -> None:
+        try:
+            with http(sim, "GET", "/system_stats", stream=True, timeout=(2, 5)) as answer:
+                for chunk in answer.iter_content(1):
+                    progress.append(len(chunk))
+        except requests.RequestException as e:
+            ended.append(e)
+
+    reader = threading.Thread(target=keep_reading, daemon=True)
+    reader.start()
+    wait_until(lambda: len(progress) >= 5, 3, "a few bytes")
+    started = time.monotonic()
+    sim.stop()
+    assert time.monotonic() - started < 2
+    reader.join(timeout=5)
+    assert not reader.is_alive() and ended and len(progress) < length
+
+
+def test_views_and_history_can_trickle_too(sim: SimComfyUI) -> None:
+    prompt_id = submit(sim, workflow("still_image"), "c")
+    (image,) = finished(sim, prompt_id)["outputs"]["2"]["images"]
+    sim.knobs.trickle = {"/view": 0.05, "/history": 0.05}
+    got, length = read_with_deadline(sim, f"/view?filename={image['filename']}&subfolder=peer", 0.3)
+    assert got < length == (sim.output_dir / "peer" / image["filename"]).stat().st_size
+    got, length = read_with_deadline(sim, f"/history/{prompt_id}", 0.3)
+    assert got < length
+
+
+# Big answers and many or big files.
+
+
+def test_history_answers_can_be_padded_to_many_megabytes(sim: SimComfyUI) -> None:
+    ids = [submit(sim, workflow("still_image", **{"1.color": c}), "c") for c in (1, 2)]
+    for prompt_id in ids:
+        finished(sim, prompt_id)
+    sim.knobs.history_padding_mb = 3
+    one = http(sim, "GET", f"/history/{ids[0]}")
+    assert 3 * MB <= len(one.content) < 3 * MB + 64 * 1024
+    entry = one.json()[ids[0]]
+    assert entry["status"]["status_str"] == "success" and entry["prompt"][3]["client_id"] == "c"
+    everything = http(sim, "GET", "/history")
+    assert 3 * MB <= len(everything.content) < 3 * MB + 64 * 1024 and set(everything.json()) == set(ids)
+    sim.knobs.history_padding_mb = 0
+    assert len(http(sim, "GET", "/history").content) < 64 * 1024  # what is stored stays small
+
+
+def test_a_save_node_can_list_thousands_of_files(sim: SimComfyUI) -> None:
+    sim.knobs.output_files = 5000
+    prompt_id = submit(sim, workflow("still_image"), "c")
+    images = finished(sim, prompt_id)["outputs"]["2"]["images"]
+    assert len(images) == 5001
+    assert images[0]["filename"] == "still_00001_.png" and images[-1]["filename"] == "still_05001_.png"
+    first = http(sim, "GET", "/view", params=images[0]).content
+    assert first.startswith(b"\x89PNG") and http(sim, "GET", "/view", params=images[-1]).content == first
+    assert (sim.output_dir / "peer" / "still_00001_.png").stat().st_nlink == 5001  # links, not copies
+    sim.knobs.output_files = 0
+    again = finished(sim, submit(sim, workflow("still_image", **{"1.color": 7}), "c"))
+    assert [i["filename"] for i in again["outputs"]["2"]["images"]] == ["still_05002_.png"]
+
+
+def test_a_save_node_can_write_a_gibibyte_of_zeros(sim: SimComfyUI) -> None:
+    sim.knobs.output_bytes = 1024 * MB
+    prompt_id = submit(sim, workflow("still_image"), "c")
+    (image,) = finished(sim, prompt_id)["outputs"]["2"]["images"]
+    path = sim.output_dir / image["subfolder"] / image["filename"]
+    assert path.stat().st_size == 1024 * MB and path.stat().st_blocks * 512 < MB  # sparse on disk
+    with http(sim, "GET", "/view", params=image, stream=True) as answer:
+        assert int(answer.headers["Content-Length"]) == 1024 * MB
+        assert answer.raw.read(8) == b"\x89PNG\r\n\x1a\n"  # the image's own bytes, then zeros
+    with path.open("rb") as f:
+        f.seek(1024 * MB - 4096)
+        assert f.read() == bytes(4096)
+
+
+# Surprises 10 and 6, as PROTOCOL.md describes them.
+
+
+def test_a_second_socket_with_the_same_client_id_goes_silent_when_the_first_closes(sim: SimComfyUI) -> None:
+    older, newer, witness = connect(sim, "same"), connect(sim, "same"), connect(sim, "witness")
+    prompt_id = submit(sim, workflow("still_image", **{"1.color": 1}), "same")
+    seen = receive(newer, done(prompt_id))
+    assert any(kind("execution_success", prompt_id)(m) for m in seen)
+    receive(witness, lambda m: m["type"] == "status" and m["data"]["status"]["exec_info"]["queue_remaining"] == 0)
+    assert silent(older, 0.2)  # replaced: not even the status broadcasts
+    older.close()  # returns once the server answered the close
+    prompt_id = submit(sim, workflow("still_image", **{"1.color": 2}), "same")
+    finished(sim, prompt_id)
+    receive(witness, lambda m: m["type"] == "status" and m["data"]["status"]["exec_info"]["queue_remaining"] == 0)
+    assert silent(newer, 0.2)  # still open, but its clientId's entry went with the older one
+    newer.close()
+    witness.close()
+
+
+def test_a_prompt_with_one_invalid_branch_is_accepted_and_runs_the_valid_one(sim: SimComfyUI) -> None:
+    answer = http(sim, "POST", "/prompt", json={"prompt": workflow("validation_partial"), "client_id": "c"})
+    assert answer.status_code == 200
+    body = answer.json()
+    errors = body["node_errors"]
+    assert list(errors) == ["3"] and errors["3"]["dependent_outputs"] == ["4"]
+    assert errors["3"]["class_type"] == "EmptyImage"
+    assert errors["3"]["errors"][0]["type"] == "value_smaller_than_min"
+    entry = finished(sim, body["prompt_id"])
+    assert entry["status"]["status_str"] == "success" and entry["prompt"][4] == ["2"]
+    assert list(entry["outputs"]) == ["2"]
+    assert sorted(p.name for p in (sim.output_dir / "peer").iterdir()) == ["partial_00001_.png"]
