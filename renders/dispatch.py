@@ -30,6 +30,9 @@ from django.utils import timezone
 
 from nodes.clients import ServiceError
 from nodes.clients.comfyui import (
+    GONE,
+    QUEUED,
+    RUNNING,
     ComfyUI,
     Events,
     Executing,
@@ -302,6 +305,12 @@ class Runner(threading.Thread):
             log.exception("runner for capability %s stopped", self.cap_id)
         finally:
             self.copiers.shutdown(wait=True)
+            if self.stopping.is_set():
+                # A clean stop hands its jobs back (no heartbeat): whoever adopts them next asks
+                # the node where they stand, and counts no crash against them.
+                RenderJob.objects.filter(
+                    prompt_id__in=list(self.flights), status__in=(RenderJob.ASSIGNED, RenderJob.RENDERING)
+                ).update(heartbeat=None)
             if self.events:
                 self.events.close()
             Capability.objects.filter(pk=self.cap_id, runner=self.owner).update(runner="", runner_beat=None)
@@ -480,19 +489,24 @@ class Runner(threading.Thread):
         self.resting_until = now + BEAT * 2
 
     def finish(self, flight: Flight) -> None:
-        """The node says the prompt ended (or is gone): settle the job from /history."""
+        """The prompt ended, or left the node's queue: settle the job as the node says it stands
+        (its history entry may come a moment after the run ends: see ComfyUI.standing)."""
         job = flight.job
         try:
-            entry = self.client.history(job.prompt_id)
+            where = self.client.standing(job.prompt_id)
         except ServiceError:
             return  # try again at the next poll
+        if where.where in (QUEUED, RUNNING):
+            return  # still on the node: go on following it
         self.flights.pop(job.prompt_id, None)
         job.refresh_from_db()
         if job.status == RenderJob.CANCELLED:
             job.release()
             return
+        entry = where.entry
         if entry is None:
-            # Neither queued nor in history: the server restarted and forgot it. Lost, not done.
+            # In neither /queue nor /history, for longer than an entry can lag: the server
+            # restarted and forgot it. Lost, not done.
             job.fail(f"{self.cap.node.name} lost the run (restarted?); it will be rendered again", permanent=False)
             return
         failed = failure(entry)
@@ -572,21 +586,22 @@ class Runner(threading.Thread):
                 )
 
     def withdraw(self, job: RenderJob, *, interrupt: bool) -> bool:
-        """Take a job back from the node. True if it never started there."""
+        """Take a job back from the node: True only when the node says it never ran there (taken
+        off its queue, and not in its history). One that started, or even finished, meanwhile is
+        followed to its end and collected: never sent again."""
         try:
             self.client.delete_queued([job.prompt_id])
-            queue = self.client.queue()
-            running = job.prompt_id in queue and queue.position(job.prompt_id) == 0
-            if running and interrupt:
+            where = self.client.standing(job.prompt_id).where
+            if where == RUNNING and interrupt:
                 self.client.interrupt(job.prompt_id)
         except ServiceError:
-            return False
-        if running and not interrupt:
-            return False  # it started meanwhile: let it finish
+            return False  # a node that cannot be asked proves nothing: ask again later
+        if where == QUEUED or (where != GONE and not interrupt):
+            return False  # still queued there, or it ran: follow it
         self.flights.pop(job.prompt_id, None)
         if interrupt:
             job.release()
-        return not running
+        return where == GONE
 
     # --- re-attaching --------------------------------------------------------------------------
 
@@ -602,7 +617,8 @@ class Runner(threading.Thread):
             .select_related("template")
         )
         for job in orphans:
-            crashes = job.crashes + 1
+            # Only a heartbeat that stopped is a crash: a job handed back by a clean stop is not.
+            crashes = job.crashes + (job.heartbeat is not None)
             if crashes >= QUARANTINE_AFTER:
                 job.fail(f"quarantined: a dispatcher died {crashes} times while running this job", permanent=True)
                 continue

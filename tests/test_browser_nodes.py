@@ -112,15 +112,20 @@ def test_a_node_added_in_the_browser_goes_online_renders_goes_offline_and_is_rem
 
     # The Ollama goes away. One failed check is a blip; the third in a row marks it offline.
     ollama.stop()
+    page.evaluate(
+        "() => { window.__pushes = 0; document.addEventListener('htmx:wsAfterMessage', () => window.__pushes++); }"
+    )
     for n in range(1, 4):
         done = checks_done() + 1
         page.evaluate("document.getElementById('messages').replaceChildren()")  # this click's own message
-        # The card is swapped in live after every check: a mouse press and release that straddle
-        # the swap land on two elements and make no click. The button's click itself is what counts.
-        card.get_by_role("button", name="Check now").dispatch_event("click")
+        pushes = page.evaluate("window.__pushes")
+        card.get_by_role("button", name="Check now").click()
         expect(page.locator("#messages")).to_contain_text("Checking Lab GPU")
-        # One check at a time, as a person waiting for each answer would click.
+        # One check at a time, as a person waiting for each answer would click: the card is swapped
+        # in live once the check is done, and a press and release that straddled that swap would
+        # land on two buttons and make no click.
         wait_for_checks(done, f"check {n} to finish")
+        page.wait_for_function("seen => window.__pushes > seen", arg=pushes, timeout=10_000)
         if n < 3:
             expect(badge(page, code, "ollama")).to_have_text("online")
             expect(page.locator(f"#cap-{code}-ollama .error")).to_be_visible()

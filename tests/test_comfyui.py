@@ -18,6 +18,10 @@ from PIL import Image
 
 from nodes.clients import ServiceError
 from nodes.clients.comfyui import (
+    FINISHED,
+    GONE,
+    QUEUED,
+    RUNNING,
     ComfyUI,
     Events,
     Executed,
@@ -391,6 +395,26 @@ def test_history_is_empty_until_the_prompt_ends(client: ComfyUI, sim: SimComfyUI
     assert client.queue().position(prompt_id) == 0 and client.queue_remaining() == 1
     assert succeeded(client.wait(prompt_id, "c", 5))
     assert prompt_id not in client.queue()
+
+
+def test_where_a_prompt_stands_is_asked_of_the_node_and_a_late_history_entry_is_waited_for(
+    client: ComfyUI, sim: SimComfyUI
+) -> None:
+    sim.knobs.seconds_per_node = 0.3
+    first, second = new_id(), new_id()
+    for prompt_id in (first, second):
+        client.submit(workflow("still_image", **{"1.color": len(prompt_id)}), prompt_id=prompt_id, client_id="c")
+    eventually(lambda: client.queue().running)
+    assert client.standing(first).where == RUNNING and client.standing(second).where == QUEUED
+    client.delete_queued([second])  # taken off the queue before it ran
+    # The run ends; its history entry comes 3 s later: in neither /queue nor /history meanwhile.
+    sim.knobs.history_lag = 3.0
+    eventually(lambda: first not in client.queue())
+    assert client.history(first) is None
+    found = client.standing(first)
+    assert found.where == FINISHED and found.entry is not None and succeeded(found.entry)
+    assert client.standing(second, settle=1.5).where == GONE
+    assert client.standing(new_id(), settle=0).where == GONE  # never sent
 
 
 def test_the_queue_runs_by_number_and_front_jumps_it(client: ComfyUI, sim: SimComfyUI) -> None:

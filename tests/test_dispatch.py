@@ -4,13 +4,17 @@ crash re-attach, with real dispatcher threads (and a real dispatcher process whe
 from __future__ import annotations
 
 import os
+import random
 import signal
 import threading
+import time
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from django.utils import timezone
 from PIL import Image
 
 from nodes.models import Capability, Node
@@ -175,6 +179,46 @@ def test_moving_a_job_to_the_top_pulls_back_the_one_waiting_on_the_node(dispatch
     assert order == ["job 0", "job 2", "job 1"]
 
 
+def test_a_history_entry_seconds_behind_execution_success_is_waited_for_not_rendered_again(
+    dispatcher: Dispatcher, node: Any
+) -> None:
+    _, sim = node
+    sim.knobs.history_lag = 2.0
+    first, second = queue(n=2)
+    for job in (first, second):
+        wait_status(job, "completed", timeout=30)
+        assert (executions(sim, job), job.attempts, job.error) == (1, 1, "")
+
+
+def test_pause_resume_and_reorder_storms_over_prefetched_short_jobs_render_each_job_once(
+    dispatcher: Dispatcher, node: Any
+) -> None:
+    """Jobs that start and even finish on the node between two looks at its queue (short jobs,
+    the next one prefetched, a history entry that comes a moment after the run ends, as on a
+    loaded real ComfyUI) are never taken for never started and sent again."""
+    _, sim = node
+    sim.knobs.seconds_per_node = 0.01
+    sim.knobs.history_lag = 0.2
+    jobs = queue(n=24)
+    rng = random.Random(24)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and RenderJob.objects.exclude(status__in=RenderJob.ENDED).exists():
+        action = rng.choice(("pause", "resume", "resume", "top", "bottom"))
+        if action in ("pause", "resume"):
+            Queue.set_paused(action == "pause")
+        else:
+            queued = list(RenderJob.objects.filter(status=RenderJob.QUEUED).values_list("pk", flat=True))
+            if queued:
+                RenderJob.objects.get(pk=rng.choice(queued)).move(action)
+        time.sleep(rng.uniform(0.01, 0.15))  # the storm's pace, not a wait for anything
+    Queue.set_paused(False)
+    for job in jobs:
+        wait_status(job, "completed", timeout=60)
+    runs = {job.prompt: executions(sim, job) for job in jobs}
+    assert all(n == 1 for n in runs.values()), runs
+    assert not RenderJob.objects.exclude(error="").exists()
+
+
 def test_two_dispatchers_never_drive_one_node_at_once(node: Any, tmp_path: Path) -> None:
     _, sim = node
     ds = [Dispatcher(media_root=tmp_path / "media") for _ in range(2)]
@@ -243,10 +287,40 @@ def test_a_node_that_dies_mid_render_has_its_job_retried_on_another(
         other_sim.close()
 
 
+def test_a_clean_restart_of_the_dispatcher_mid_render_counts_no_crash(node: Any, tmp_path: Path) -> None:
+    _, sim = node
+    sim.knobs.seconds_per_node = 1.0
+    [job] = queue()
+
+    def dispatcher() -> tuple[Dispatcher, threading.Thread]:
+        d = Dispatcher(media_root=tmp_path / "media")
+        thread = threading.Thread(target=d.run, kwargs={"tick": 0.1}, daemon=True)
+        thread.start()
+        return d, thread
+
+    for _ in range(3):  # three routine restarts while the node renders
+        d, thread = dispatcher()
+        wait_status(job, "rendering")
+        d.stopping.set()
+        thread.join(timeout=20)
+        job.refresh_from_db()
+        if job.status == RenderJob.COMPLETED:
+            break
+        assert job.heartbeat is None  # handed back
+    d, thread = dispatcher()
+    try:
+        wait_status(job, "completed", timeout=30)
+    finally:
+        d.stopping.set()
+        thread.join(timeout=20)
+    assert (job.crashes, job.attempts, executions(sim, job)) == (0, 1, 1)
+
+
 def test_a_job_that_keeps_killing_its_dispatcher_is_quarantined(node: Any) -> None:
     gpu, _ = node
     [job] = queue()
-    RenderJob.objects.filter(pk=job.pk).update(status="rendering", node=gpu, prompt_id="p-1", crashes=2, heartbeat=None)
+    gone = timezone.now() - timedelta(minutes=1)  # its dispatcher died: the heartbeat stopped
+    RenderJob.objects.filter(pk=job.pk).update(status="rendering", node=gpu, prompt_id="p-1", crashes=2, heartbeat=gone)
     runner = Runner(gpu.capabilities.get().pk, "me")
     runner.cap = gpu.capabilities.select_related("node").get()
     runner.adopt()

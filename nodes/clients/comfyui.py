@@ -155,6 +155,20 @@ class Queue:
         return None
 
 
+# Where a prompt of ours stands on its node (Standing.where).
+QUEUED, RUNNING, FINISHED, GONE = "queued", "running", "finished", "gone"
+# How long "in neither /queue nor /history" must last before it means the node no longer has the
+# prompt: the history entry can come after execution_success (PROTOCOL.md, surprise 12: 8-16 ms
+# on an idle machine, longer under load), so a prompt that just ended can be in neither for a while.
+HISTORY_SETTLE = 5.0
+
+
+@dataclass(frozen=True)
+class Standing:
+    where: str  # QUEUED, RUNNING, FINISHED (with its history entry) or GONE
+    entry: HistoryEntry | None = None
+
+
 def outputs_of(entry: HistoryEntry) -> list[FileRef]:
     """Every file a finished prompt wrote, in node order."""
     files: list[FileRef] = []
@@ -575,6 +589,26 @@ class ComfyUI:
         if not isinstance(answer, dict):
             raise ServiceError(f"{self.url('/queue')}: not a ComfyUI answer", permanent=True)
         return Queue(running=items("queue_running"), pending=items("queue_pending"))
+
+    def standing(self, prompt_id: str, *, settle: float = HISTORY_SETTLE) -> Standing:
+        """Where our prompt stands, as the node itself says: queued, running, finished (with its
+        history entry), or gone: in neither /queue nor /history, and still in neither after
+        `settle` seconds (never received, deleted before it ran, or forgotten by a restart). The
+        node decides whether a job ran; one that cannot be asked raises ServiceError, which
+        proves nothing either way."""
+        deadline = time.monotonic() + settle
+        while True:
+            entry = self.history(prompt_id)
+            if entry is not None:
+                return Standing(FINISHED, entry)
+            queue = self.queue()
+            if any(item.prompt_id == prompt_id for item in queue.running):
+                return Standing(RUNNING)
+            if prompt_id in queue:
+                return Standing(QUEUED)
+            if time.monotonic() >= deadline:
+                return Standing(GONE)
+            time.sleep(min(0.05, max(deadline - time.monotonic(), 0)))
 
     def queue_remaining(self) -> int:
         return int(self.get("/prompt").get("exec_info", {}).get("queue_remaining", 0))
