@@ -60,6 +60,10 @@ POLL = 2.0  # seconds between /history checks of in-flight jobs, socket or not
 CONTROLS = 0.3  # seconds between looks at the user's cancel, pause and reorder
 QUARANTINE_AFTER = 3  # dispatcher deaths while holding one job
 PROGRESS_EVERY = 0.2  # seconds between progress writes of one job
+MAX_REST = 60.0  # the longest a node that keeps failing is left without new jobs, in seconds
+# Seconds a runner waits for one answer of its node: a node that hangs holds up its own runner
+# for no longer than this at a time, and is then treated as silent.
+NODE_TIMEOUT = 5.0
 
 
 def params_of(job: RenderJob) -> dict[str, Any]:
@@ -262,6 +266,7 @@ class Runner(threading.Thread):
         # Since when the node has not answered (monotonic), and until when not to send it work.
         self.silent_since: float | None = None
         self.resting_until = 0.0
+        self.faults = 0  # the node's faults in a row, for its back-off
         # Finished jobs whose outputs are being copied off the node, off the sending path: the
         # node already has its next job, and we keep it fed meanwhile.
         self.copying: dict[str, RenderJob] = {}
@@ -282,7 +287,7 @@ class Runner(threading.Thread):
     def run(self) -> None:
         try:
             self.cap = Capability.objects.select_related("node").get(pk=self.cap_id)
-            self.client = ComfyUI(self.cap.url)
+            self.client = ComfyUI(self.cap.url, timeout=NODE_TIMEOUT)
             self.client_id = f"spoonfeeder-{self.owner}-{self.cap.node.code}"
             self.adopt()
             next_beat = next_controls = 0.0
@@ -319,7 +324,7 @@ class Runner(threading.Thread):
     # --- sending -------------------------------------------------------------------------------
 
     def fill(self) -> None:
-        while len(self.flights) < self.cap.limit + PREFETCH:
+        while len(self.flights) < self.cap.limit + PREFETCH and time.monotonic() >= self.resting_until:
             job = next_job(self.cap)
             if job is None:
                 return
@@ -335,7 +340,7 @@ class Runner(threading.Thread):
             job.fail(str(e), permanent=True)
             return
         except ServiceError as e:
-            job.fail(f"could not send the input image to {self.cap.node.name}: {e}", permanent=e.permanent)
+            self.node_fault(job, f"could not send the input image to {self.cap.node.name}: {e}")
             return
         except (workflows.WorkflowError, KeyError, ValueError) as e:
             job.fail(f"the settings do not fit the template: {e}", permanent=True)
@@ -350,11 +355,43 @@ class Runner(threading.Thread):
             job.fail(f"ComfyUI refused the workflow: {e}", permanent=True)
             return
         except ServiceError as e:
-            job.fail(f"could not send the job to {self.cap.node.name}: {e}", permanent=e.permanent)
-            if not e.permanent:
-                self.resting_until = time.monotonic() + BEAT * 2  # do not burn the queue's attempts
-            return
+            if not e.reached:
+                self.node_fault(job, f"could not send the job to {self.cap.node.name}: {e}")
+                return
+            # It may have reached the node all the same: follow it, and let the node say (standing)
+            # whether it runs, ran or never arrived.
+            self.rest(f"could not send a job to it: {e}")
+        else:
+            self.faults = 0
         self.flights[job.prompt_id] = Flight(job, last_poll=time.monotonic())
+
+    def node_fault(self, job: RenderJob, error: str) -> None:
+        """The node, not the job, failed before the job reached it (refused, down): the job goes
+        back to the queue with this attempt not counted (to another node if one can take it), and
+        this node rests."""
+        job.transition(
+            RenderJob.QUEUED,
+            expect=(RenderJob.ASSIGNED,),
+            node_id=None,
+            avoid_id=self.cap.node_id,
+            attempts=max(job.attempts - 1, 0),
+            heartbeat=None,
+            error=f"{error}; it went back to the queue (not counted as an attempt)",
+            **RenderJob.NOT_STARTED,
+        )
+        self.rest(error)
+
+    def rest(self, error: str) -> None:
+        """Send this node nothing for a while, twice as long at each fault in a row (up to
+        MAX_REST), and say so on its card."""
+        self.faults += 1
+        seconds = min(BEAT * 2 ** (self.faults - 1), MAX_REST)
+        self.resting_until = time.monotonic() + seconds
+        with transaction.atomic():
+            Capability.objects.filter(pk=self.cap_id).update(
+                last_error=f"{error}; no new jobs for it for {seconds:.0f} s"[:2000]
+            )
+            self.cap.node.changed("node.resting")
 
     def upload_input(self, job: RenderJob, relative: str) -> str:
         """Put the job's input image (a file in our media folder) on the node, under a name of
@@ -471,18 +508,30 @@ class Runner(threading.Thread):
             self.finish(flight)
 
     def silent(self, error: str) -> None:
-        """The node does not answer. After a while its jobs are retried, on another node if any."""
+        """The node does not answer. That proves nothing about our jobs there (a node that hangs
+        may go on rendering): after a while they say so and the node gets no new work, but they
+        stay its until it answers again and says where they stand (see finish)."""
         now = time.monotonic()
         if self.silent_since is None:
             self.silent_since = now
             return
         if now - self.silent_since < settings.RENDER_NODE_TIMEOUT:
             return
-        for flight in list(self.flights.values()):
-            flight.job.refresh_from_db()
-            if flight.job.status in (RenderJob.ASSIGNED, RenderJob.RENDERING):
-                flight.job.fail(f"{self.cap.node.name} stopped answering ({error})", permanent=False)
-        self.flights.clear()
+        since = now - self.silent_since
+        note = (
+            f"{self.cap.node.name} has not answered for {since:.0f} s ({error}); the job is followed again "
+            "when it answers (cancel it to render it elsewhere)"
+        )
+        waiting = [f.job.pk for f in self.flights.values() if not f.job.error.startswith(f"{self.cap.node.name} has")]
+        if waiting:
+            with transaction.atomic():
+                RenderJob.objects.filter(pk__in=waiting, status__in=(RenderJob.ASSIGNED, RenderJob.RENDERING)).update(
+                    error=note[:5000]
+                )
+                for flight in self.flights.values():
+                    if flight.job.pk in waiting:
+                        flight.job.error = note
+                        flight.job.changed("job.silent")
         if self.events:
             self.events.close()
             self.events = None

@@ -179,6 +179,31 @@ def test_moving_a_job_to_the_top_pulls_back_the_one_waiting_on_the_node(dispatch
     assert order == ["job 0", "job 2", "job 1"]
 
 
+def test_a_node_that_answers_html_for_a_while_fails_no_job(dispatcher: Dispatcher, node: Any) -> None:
+    gpu, sim = node
+    sim.knobs.garbage = True  # a proxy's error page, or a half-started server
+    jobs = queue(n=6)
+    wait_until(lambda: "no new jobs for it" in gpu.capabilities.get().last_error, 20, "the node to rest")
+    sim.knobs.garbage = False
+    for job in jobs:
+        wait_status(job, "completed", timeout=60)
+    assert all(executions(sim, job) == 1 for job in jobs)
+
+
+def test_a_node_that_refuses_connections_while_it_restarts_uses_up_no_attempts(
+    dispatcher: Dispatcher, node: Any
+) -> None:
+    gpu, sim = node
+    sim.stop()  # restarting: nothing listens for a while
+    jobs = queue(n=3)
+    wait_until(lambda: "connection refused" in gpu.capabilities.get().last_error, 20, "the refusal seen")
+    assert all(status(job) == "queued" and job.attempts == 0 for job in jobs)
+    sim.start()
+    for job in jobs:
+        wait_status(job, "completed", timeout=90)
+        assert (job.attempts, executions(sim, job)) == (1, 1)
+
+
 def test_a_history_entry_seconds_behind_execution_success_is_waited_for_not_rendered_again(
     dispatcher: Dispatcher, node: Any
 ) -> None:
@@ -266,7 +291,7 @@ def test_a_dropped_websocket_falls_back_to_polling(dispatcher: Dispatcher, node:
     assert job.attempts == 1 and executions(sim, job) == 1
 
 
-def test_a_node_that_dies_mid_render_has_its_job_retried_on_another(
+def test_a_node_that_restarts_mid_render_has_its_job_rendered_again_on_another(
     dispatcher: Dispatcher, node: Any, settings: Any
 ) -> None:
     settings.RENDER_NODE_TIMEOUT = 1
@@ -280,9 +305,36 @@ def test_a_node_that_dies_mid_render_has_its_job_retried_on_another(
         other = Node.objects.create(name="other", host=f"127.0.{NET}.2")
         Capability.objects.create(node=other, kind="comfyui", port=other_sim.port, status="online")
         sim.stop()
+        # Gone silent: that proves nothing, so the job waits for the node and says so.
+        wait_until(lambda: "has not answered" in RenderJob.objects.get(pk=job.pk).error, 20, "the job to say so")
+        assert status(job) == "rendering" and executions(other_sim, job) == 0
+        sim.restart()  # back, having forgotten the run: now it is known to be lost
         wait_status(job, "completed", timeout=40)
         assert job.node.name == "other" and job.attempts == 2
-        assert "stopped answering" not in job.error  # a success clears the last error
+        assert job.error == ""  # a success clears the last error
+        assert executions(other_sim, job) == 1
+    finally:
+        other_sim.close()
+
+
+def test_a_node_that_hangs_but_goes_on_rendering_keeps_its_job(
+    dispatcher: Dispatcher, node: Any, settings: Any
+) -> None:
+    settings.RENDER_NODE_TIMEOUT = 1
+    first, sim = node
+    sim.knobs.seconds_per_node = 1.5
+    [job] = queue()
+    wait_until(lambda: status(job) == "rendering" and job.node_id == first.pk, 20, "the job to start on gpu")
+    other_sim = SimComfyUI(f"127.0.{NET}.2", 0, seconds_per_node=0.05).start()
+    try:
+        other = Node.objects.create(name="other", host=f"127.0.{NET}.2")
+        Capability.objects.create(node=other, kind="comfyui", port=other_sim.port, status="online")
+        sim.knobs.hang = True  # its HTTP answers nothing for a while; its GPU goes on
+        wait_until(lambda: "has not answered" in RenderJob.objects.get(pk=job.pk).error, 40, "the job to say so")
+        sim.knobs.hang = False
+        wait_status(job, "completed", timeout=40)
+        assert (job.node_id, job.attempts, job.error) == (first.pk, 1, "")
+        assert (executions(sim, job), executions(other_sim, job)) == (1, 0)
     finally:
         other_sim.close()
 

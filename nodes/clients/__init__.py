@@ -8,12 +8,17 @@ from __future__ import annotations
 
 
 class ServiceError(Exception):
-    def __init__(self, message: str, *, permanent: bool = False, status: int | None = None) -> None:
+    def __init__(
+        self, message: str, *, permanent: bool = False, status: int | None = None, reached: bool = True
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.permanent = permanent
         # The HTTP status the server answered with, when it answered at all.
         self.status = status
+        # False only when the request cannot have reached the server (no connection was made):
+        # then nothing it asked for can have happened there.
+        self.reached = reached
 
     def __str__(self) -> str:
         return self.message

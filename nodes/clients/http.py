@@ -46,13 +46,13 @@ def describe(e: requests.RequestException, url: str) -> ServiceError:
     if isinstance(e, requests.exceptions.SSLError):
         return ServiceError(f"{url}: TLS error ({e.__class__.__name__})", permanent=True)
     if isinstance(e, requests.exceptions.ConnectTimeout):
-        return ServiceError(f"{url}: no answer within {CONNECT_TIMEOUT:g} s (is the machine on?)")
+        return ServiceError(f"{url}: no answer within {CONNECT_TIMEOUT:g} s (is the machine on?)", reached=False)
     if isinstance(e, requests.exceptions.ReadTimeout):
         return ServiceTimeout(f"{url}: connected, but no answer in time (busy or loading a model?)")
     if isinstance(e, requests.exceptions.ConnectionError):
         text = str(e)
         if "Connection refused" in text:
-            return ServiceError(f"{url}: connection refused (is the server running on that port?)")
+            return ServiceError(f"{url}: connection refused (is the server running on that port?)", reached=False)
         if "RemoteDisconnected" in text:
             return ServiceError(f"{url}: the server closed the connection without answering (did it crash?)")
         if "BadStatusLine" in text or "wrong version number" in text:
