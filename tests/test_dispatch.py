@@ -291,20 +291,26 @@ def test_a_dropped_websocket_falls_back_to_polling(dispatcher: Dispatcher, node:
     assert job.attempts == 1 and executions(sim, job) == 1
 
 
+def started_beside_another(node: Any, seconds_per_node: float) -> tuple[RenderJob, SimComfyUI]:
+    """A job rendering on the first node, and a second machine that joined meanwhile."""
+    first, sim = node
+    sim.knobs.seconds_per_node = seconds_per_node
+    [job] = queue()
+    wait_until(lambda: status(job) == "rendering" and job.node_id == first.pk, 20, "the job to start on gpu")
+    other_sim = SimComfyUI(f"127.0.{NET}.2", 0, seconds_per_node=0.05).start()
+    other = Node.objects.create(name="other", host=f"127.0.{NET}.2")
+    Capability.objects.create(node=other, kind="comfyui", port=other_sim.port, status="online")
+    return job, other_sim
+
+
 def test_a_node_that_restarts_mid_render_has_its_job_rendered_again_on_another(
     dispatcher: Dispatcher, node: Any, settings: Any
 ) -> None:
     settings.RENDER_NODE_TIMEOUT = 1
-    first, sim = node
-    sim.knobs.seconds_per_node = 3
-    [job] = queue()
-    wait_until(lambda: status(job) == "rendering" and job.node_id == first.pk, 20, "the job to start on gpu")
-    # A second machine joins while the first renders; then the first goes away mid-render.
-    other_sim = SimComfyUI(f"127.0.{NET}.2", 0, seconds_per_node=0.05).start()
+    _, sim = node
+    job, other_sim = started_beside_another(node, 3)
     try:
-        other = Node.objects.create(name="other", host=f"127.0.{NET}.2")
-        Capability.objects.create(node=other, kind="comfyui", port=other_sim.port, status="online")
-        sim.stop()
+        sim.stop()  # the first goes away mid-render
         # Gone silent: that proves nothing, so the job waits for the node and says so.
         wait_until(lambda: "has not answered" in RenderJob.objects.get(pk=job.pk).error, 20, "the job to say so")
         assert status(job) == "rendering" and executions(other_sim, job) == 0
@@ -322,13 +328,8 @@ def test_a_node_that_hangs_but_goes_on_rendering_keeps_its_job(
 ) -> None:
     settings.RENDER_NODE_TIMEOUT = 1
     first, sim = node
-    sim.knobs.seconds_per_node = 1.5
-    [job] = queue()
-    wait_until(lambda: status(job) == "rendering" and job.node_id == first.pk, 20, "the job to start on gpu")
-    other_sim = SimComfyUI(f"127.0.{NET}.2", 0, seconds_per_node=0.05).start()
+    job, other_sim = started_beside_another(node, 1.5)
     try:
-        other = Node.objects.create(name="other", host=f"127.0.{NET}.2")
-        Capability.objects.create(node=other, kind="comfyui", port=other_sim.port, status="online")
         sim.knobs.hang = True  # its HTTP answers nothing for a while; its GPU goes on
         wait_until(lambda: "has not answered" in RenderJob.objects.get(pk=job.pk).error, 40, "the job to say so")
         sim.knobs.hang = False

@@ -36,4 +36,10 @@
     }
   });
   window.addEventListener("offline", function () { show("offline", "This computer is offline."); });
+  // A pushed element that is the same as the one the page shows is not swapped in: swapping it
+  // would only throw away what the user is doing with it (a button being pressed, a selection).
+  document.addEventListener("htmx:oobBeforeSwap", function (e) {
+    var fresh = e.detail.fragment && e.detail.fragment.firstElementChild;
+    if (fresh && e.detail.target && fresh.isEqualNode(e.detail.target)) e.detail.shouldSwap = false;
+  });
 })();
