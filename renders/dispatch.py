@@ -30,7 +30,9 @@ from django.utils import timezone
 
 from nodes.clients import ServiceError
 from nodes.clients.comfyui import (
+    FINISHED,
     GONE,
+    HISTORY_SETTLE,
     QUEUED,
     RUNNING,
     ComfyUI,
@@ -250,6 +252,10 @@ class Flight:
     last_poll: float = 0.0
     # What the node reported last, written to the row at most every PROGRESS_EVERY seconds.
     report: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # When it was taken off the node's queue to go back to ours (monotonic), while the node is
+    # asked whether it ran after all: only HISTORY_SETTLE seconds of "never heard of it" prove
+    # that it did not (see Runner.settle_pulled_back).
+    pulled: float | None = None
 
 
 class Runner(threading.Thread):
@@ -324,7 +330,7 @@ class Runner(threading.Thread):
     # --- sending -------------------------------------------------------------------------------
 
     def fill(self) -> None:
-        while len(self.flights) < self.cap.limit + PREFETCH and time.monotonic() >= self.resting_until:
+        while self.on_node() < self.cap.limit + PREFETCH and time.monotonic() >= self.resting_until:
             job = next_job(self.cap)
             if job is None:
                 return
@@ -364,6 +370,10 @@ class Runner(threading.Thread):
         else:
             self.faults = 0
         self.flights[job.prompt_id] = Flight(job, last_poll=time.monotonic())
+
+    def on_node(self) -> int:
+        """Jobs of ours the node has, as far as it says (not those taken off its queue)."""
+        return sum(f.pulled is None for f in self.flights.values())
 
     def node_fault(self, job: RenderJob, error: str) -> None:
         """The node, not the job, failed before the job reached it (refused, down): the job goes
@@ -446,6 +456,8 @@ class Runner(threading.Thread):
         flight = self.flights.get(message.prompt_id or "")
         if flight is None:
             return
+        if flight.pulled is not None:  # it started after all before it was taken off: follow it
+            self.keep(flight)
         job = flight.job
         if isinstance(message, ExecutionStart):
             job.transition(RenderJob.RENDERING, expect=(RenderJob.ASSIGNED,), started=timezone.now())
@@ -490,7 +502,10 @@ class Runner(threading.Thread):
     def poll(self) -> None:
         """Ask the node about jobs whose socket is quiet or down: the fallback the seed asks for."""
         now = time.monotonic()
-        due = [f for f in self.flights.values() if now - f.last_poll >= (POLL if self.events else 0.5)]
+        self.settle_pulled_back()
+        due = [
+            f for f in self.flights.values() if f.pulled is None and now - f.last_poll >= (POLL if self.events else 0.5)
+        ]
         if not due:
             return
         try:
@@ -562,9 +577,9 @@ class Runner(threading.Thread):
         if failed:
             kind = str(failed.get("exception_type") or failed["type"])
             message = str(failed.get("exception_message", "")).strip()
-            where = f"node {failed.get('node_id', '?')} ({failed.get('node_type', '?')})"
+            at = f"node {failed.get('node_id', '?')} ({failed.get('node_type', '?')})"
             retry = "OutOfMemory" in kind or failed["type"] == "execution_interrupted"
-            job.fail(f"{kind} at {where}: {message}".strip(": "), permanent=not retry)
+            job.fail(f"{kind} at {at}: {message}".strip(": "), permanent=not retry)
             return
         job.release()  # the GPU is free: the node may take the next job while we copy
         self.copying[job.prompt_id] = job
@@ -621,11 +636,48 @@ class Runner(threading.Thread):
                 continue
             flight.job = job
             if job.status == RenderJob.CANCELLED:
-                self.withdraw(job, interrupt=True)
+                self.take_off(job)
                 continue
-            waiting = job.status == RenderJob.ASSIGNED
+            waiting = job.status == RenderJob.ASSIGNED and flight.pulled is None
             outranked = best is not None and (best.priority, -best.position) > (job.priority, -job.position)
-            if waiting and (paused or outranked) and self.withdraw(job, interrupt=False):
+            if waiting and (paused or outranked):
+                self.pull_back(flight)
+
+    def pull_back(self, flight: Flight) -> None:
+        """Take a job waiting in the node's queue back to ours (paused, or a better job came). It
+        goes back only once the node has shown, for HISTORY_SETTLE seconds, that it never ran it:
+        meanwhile the runner goes on with its other work, and the node's unit is free for another."""
+        job = flight.job
+        try:
+            self.client.delete_queued([job.prompt_id])
+            where = self.client.standing(job.prompt_id, settle=0).where
+        except ServiceError:
+            return  # a node that cannot be asked proves nothing: try again later
+        if where == GONE:
+            flight.pulled = time.monotonic()
+            RenderJob.objects.filter(pk=job.pk, status=RenderJob.ASSIGNED).update(capability=None)
+        # Still queued there (try again), running or finished: it is followed as before.
+
+    def keep(self, flight: Flight) -> None:
+        """A job taken off the node's queue that ran there after all: followed to its end."""
+        flight.pulled = None
+        RenderJob.objects.filter(pk=flight.job.pk, status__in=(RenderJob.ASSIGNED, RenderJob.RENDERING)).update(
+            capability=self.cap_id
+        )
+
+    def settle_pulled_back(self) -> None:
+        for flight in [f for f in self.flights.values() if f.pulled is not None]:
+            job = flight.job
+            try:
+                where = self.client.standing(job.prompt_id, settle=0).where
+            except ServiceError:
+                continue
+            if where != GONE:
+                self.keep(flight)
+                if where == FINISHED:
+                    self.finish(flight)
+            elif time.monotonic() - (flight.pulled or 0.0) >= HISTORY_SETTLE:
+                self.flights.pop(job.prompt_id, None)
                 job.transition(
                     RenderJob.QUEUED,
                     expect=(RenderJob.ASSIGNED,),
@@ -634,23 +686,19 @@ class Runner(threading.Thread):
                     heartbeat=None,
                 )
 
-    def withdraw(self, job: RenderJob, *, interrupt: bool) -> bool:
-        """Take a job back from the node: True only when the node says it never ran there (taken
-        off its queue, and not in its history). One that started, or even finished, meanwhile is
-        followed to its end and collected: never sent again."""
+    def take_off(self, job: RenderJob) -> None:
+        """A cancelled job comes off the node: taken off its queue, or interrupted if it runs."""
         try:
             self.client.delete_queued([job.prompt_id])
-            where = self.client.standing(job.prompt_id).where
-            if where == RUNNING and interrupt:
+            where = self.client.standing(job.prompt_id, settle=0).where
+            if where == RUNNING:
                 self.client.interrupt(job.prompt_id)
         except ServiceError:
-            return False  # a node that cannot be asked proves nothing: ask again later
-        if where == QUEUED or (where != GONE and not interrupt):
-            return False  # still queued there, or it ran: follow it
+            return  # a node that cannot be asked proves nothing: ask again later
+        if where == QUEUED:
+            return  # the delete has not taken yet: again at the next look
         self.flights.pop(job.prompt_id, None)
-        if interrupt:
-            job.release()
-        return where == GONE
+        job.release()
 
     # --- re-attaching --------------------------------------------------------------------------
 
