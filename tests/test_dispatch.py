@@ -171,12 +171,19 @@ def test_moving_a_job_to_the_top_pulls_back_the_one_waiting_on_the_node(dispatch
     sim.knobs.seconds_per_node = 0.8
     first, second, third = queue(n=3)
     wait_status(second, "assigned")
+    sent = second.prompt_id
     assert third.move("top")
     wait_status(third, "assigned")
-    wait_status(second, "queued")  # once the node has shown it never ran it
+    # Back in our queue once the node has shown it never ran it (and soon sent again, as a new run).
+    wait_until(
+        lambda: (j := RenderJob.objects.get(pk=second.pk)).status == "queued" or j.prompt_id != sent,
+        20,
+        "the job waiting on the node to come back to the queue",
+    )
     wait_status(second, "completed", timeout=30)
     order = list(RenderJob.objects.order_by("finished").values_list("prompt", flat=True))
     assert order == ["job 0", "job 2", "job 1"]
+    assert all(executions(sim, job) == 1 for job in (first, second, third))
 
 
 def test_a_node_that_answers_html_for_a_while_fails_no_job(dispatcher: Dispatcher, node: Any) -> None:
