@@ -117,6 +117,24 @@ def shown(page: Page, name: str) -> int:
     return int(page.locator(f"#count-{name}").inner_text())
 
 
+def settled(page: Page, quiet_ms: int = 500) -> None:
+    """Wait until the page has had no live push for `quiet_ms`, as a person waits for what they
+    are about to click to stop changing: a press and release that straddle a live swap of the
+    element land on two elements and make no click."""
+    page.evaluate(
+        """() => {
+          if (window.__pushed !== undefined) return;
+          window.__pushed = performance.now();
+          window.__pushes = 0;
+          document.addEventListener("htmx:wsAfterMessage", () => {
+            window.__pushed = performance.now();
+            window.__pushes++;
+          });
+        }"""
+    )
+    page.wait_for_function("quiet => performance.now() - window.__pushed > quiet", arg=quiet_ms, timeout=20_000)
+
+
 def watch_navigation(page: Page) -> list[str]:
     """Every main-frame navigation from now on, and a marker that a reload would wipe."""
     navigations: list[str] = []

@@ -25,7 +25,7 @@ from nodes.sim.comfyui import SimComfyUI
 from nodes.sim.ollama import SimOllama
 from tests import test_browser
 from tests.conftest import Stack, free_port, wait_until
-from tests.test_browser import SCREENSHOTS, assert_not_reloaded, expect_live, log_in, watch_navigation
+from tests.test_browser import SCREENSHOTS, assert_not_reloaded, expect_live, log_in, settled, watch_navigation
 
 # The browser tests' fixtures: headless chromium, and a loopback-only page on the stack's address.
 browser, page = test_browser.browser, test_browser.page
@@ -112,26 +112,15 @@ def test_a_node_added_in_the_browser_goes_online_renders_goes_offline_and_is_rem
 
     # The Ollama goes away. One failed check is a blip; the third in a row marks it offline.
     ollama.stop()
-    page.evaluate(
-        """() => {
-          window.__pushes = 0;
-          window.__pushed = performance.now();
-          document.addEventListener("htmx:wsAfterMessage", () => {
-            window.__pushes++;
-            window.__pushed = performance.now();
-          });
-        }"""
-    )
     for n in range(1, 4):
         done = checks_done() + 1
         page.evaluate("document.getElementById('messages').replaceChildren()")  # this click's own message
-        # As a person would, click once the card has stopped changing: a press and release that
-        # straddle a live swap of the card land on two buttons and make no click.
-        page.wait_for_function("quiet => performance.now() - window.__pushed > quiet", arg=500, timeout=20_000)
+        settled(page)  # click once the card has stopped changing, as a person would
         pushes = page.evaluate("window.__pushes")
         card.get_by_role("button", name="Check now").click()
         expect(page.locator("#messages")).to_contain_text("Checking Lab GPU")
-        # One check at a time, as a person waiting for each answer would click.
+        # One check at a time, as a person waiting for each answer would click: the check done,
+        # and the page told of it.
         wait_for_checks(done, f"check {n} to finish")
         page.wait_for_function("seen => window.__pushes > seen", arg=pushes, timeout=10_000)
         if n < 3:

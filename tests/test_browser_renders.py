@@ -25,7 +25,7 @@ from renders.management.commands.load_templates import load
 from renders.models import RenderJob
 from tests import test_browser
 from tests.conftest import Stack, free_port
-from tests.test_browser import SCREENSHOTS, assert_not_reloaded, expect_live, log_in, watch_navigation
+from tests.test_browser import SCREENSHOTS, assert_not_reloaded, expect_live, log_in, settled, watch_navigation
 
 # The browser tests' fixtures: headless chromium, and a loopback-only page on the stack's address.
 browser, page = test_browser.browser, test_browser.page
@@ -90,6 +90,7 @@ def test_videos_queued_in_the_browser_render_live_reorder_cancel_and_play(
     expect_live(page, "connected", 10)
     navigations = watch_navigation(page)
 
+    settled(page)
     page.locator(f"#job-{third}").get_by_title("To the top").click()
     expect(page.locator("#messages")).to_contain_text("Moved top.")
     expect(page.locator("#queued .job").first).to_have_id(f"job-{third}", timeout=10_000)

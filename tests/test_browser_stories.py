@@ -27,7 +27,7 @@ from renders.models import RenderJob
 from stories.models import Story
 from tests import test_browser
 from tests.conftest import Stack
-from tests.test_browser import SCREENSHOTS, assert_not_reloaded, expect_live, log_in, watch_navigation
+from tests.test_browser import SCREENSHOTS, assert_not_reloaded, expect_live, log_in, settled, watch_navigation
 
 browser, page = test_browser.browser, test_browser.page
 
@@ -134,6 +134,7 @@ def test_a_story_written_and_rendered_live_on_its_page(page: Page, stack: Stack,
     # Re-run from the characters: after a confirmation, they and what follows run again, live,
     # and the run they replace is listed as an earlier version.
     page.once("dialog", lambda dialog: dialog.accept())
+    settled(page)
     page.locator("#story-steps select[name=step]").select_option("characters")
     page.get_by_role("button", name="Re-run", exact=True).click()
     expect(page.locator("#messages")).to_contain_text("Re-running from Characters")
