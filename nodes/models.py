@@ -55,7 +55,7 @@ class Node(models.Model):
 
     def busy_reason(self) -> str:
         """Why the node cannot be removed now, or "" if it can."""
-        held = sum(cap.holders() for cap in Capability.objects.filter(node=self))
+        held = sum(cap.busy() for cap in Capability.objects.filter(node=self).with_load())  # one query
         if held:
             return f"{held} job{'s' if held != 1 else ''} running on it; wait for them or cancel them first"
         return ""

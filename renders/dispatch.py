@@ -63,6 +63,7 @@ CONTROLS = 0.3  # seconds between looks at the user's cancel, pause and reorder
 QUARANTINE_AFTER = 3  # dispatcher deaths while holding one job
 PROGRESS_EVERY = 0.2  # seconds between progress writes of one job
 MAX_REST = 60.0  # the longest a node that keeps failing is left without new jobs, in seconds
+SETTLE_LOOK = 0.25  # seconds between asks about a job taken off a node's queue
 # Seconds a runner waits for one answer of its node: a node that hangs holds up its own runner
 # for no longer than this at a time, and is then treated as silent.
 NODE_TIMEOUT = 5.0
@@ -666,7 +667,10 @@ class Runner(threading.Thread):
         )
 
     def settle_pulled_back(self) -> None:
-        for flight in [f for f in self.flights.values() if f.pulled is not None]:
+        now = time.monotonic()
+        # Asked at most every SETTLE_LOOK seconds each, not at every turn of the runner's loop.
+        for flight in [f for f in self.flights.values() if f.pulled is not None and now - f.last_poll >= SETTLE_LOOK]:
+            flight.last_poll = now
             job = flight.job
             try:
                 where = self.client.standing(job.prompt_id, settle=0).where
