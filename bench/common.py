@@ -325,6 +325,55 @@ SIM_NAMES = {"comfyui": "ComfyUI", "ollama": "Ollama"}
 SIM_CHILD = "from bench.common import serve_sim; serve_sim()"
 
 
+@contextmanager
+def worker_cluster(logs: Path, workers: int, *, first_free: bool = False) -> Iterator[Child]:
+    """The real worker cluster (`qcluster`, as `run` starts it) in a child process, on the data
+    folder this process set up (SPOONFEEDER_DATA_DIR), for the duration of the block: it runs
+    every render attempt, story step and the sweeper, as in production. Stopped as `run` stops
+    it (SIGTERM: its workers hand their work back)."""
+    from django_q.status import Stat
+
+    argv = [PYTHON, str(ROOT / "bench" / "cluster.py"), *(["--first-free"] if first_free else [])]
+    env = {**os.environ, "SPOONFEEDER_WORKERS": str(workers), "LOG_LEVEL": "WARNING"}
+    child = Child("the worker cluster", argv, env, logs / f"cluster-{time.monotonic_ns()}.log")
+    try:
+
+        def up() -> bool:
+            child.check_alive()
+            return any(s.status == "Idle" or s.workers for s in Stat.get_all())
+
+        wait_until(up, 60, "the worker cluster to start")
+        yield child
+    finally:
+        child.stop(grace=30)
+
+
+def executions(histories: list[dict[str, Any]], codes: list[str]) -> dict[str, int]:
+    """How many times the ComfyUI nodes really ran each job (by its code, from the nodes' own
+    /history: every run of a job writes outputs under its code), for every code given."""
+    ran = dict.fromkeys(codes, 0)
+    for history in histories:
+        for entry in history.values():
+            names = [
+                str(image.get("filename", "")) + str(image.get("subfolder", ""))
+                for node in entry.get("outputs", {}).values()
+                for image in node.get("images", [])
+            ]
+            for code in {c for c in ran if any(c in n for n in names)}:
+                ran[code] += 1
+    return ran
+
+
+def executions_line(ran: dict[str, int]) -> str:
+    """Executions per job, as the rendering benchmarks print them."""
+    twice = sum(n > 1 for n in ran.values())
+    never = sum(n == 0 for n in ran.values())
+    return (
+        f"{verdict(not twice and not never)}: executions per job, from the nodes' own history: {len(ran)} jobs, "
+        f"{sum(n == 1 for n in ran.values())} ran once, {twice} more than once, {never} never"
+    )
+
+
 class Sim:
     """A simulated ComfyUI or Ollama (`kind`) in a child process of its own, as a real node is
     another machine: its clock and event loop do not compete with the code under test for this

@@ -10,11 +10,11 @@
 4. page: the Render queue page with 10,000 jobs: median server time of 20 renders <= 150 ms with a
    constant number of queries.
 
-Runs the dispatcher (real Runner threads) in this process on the embedded default (SQLite in a
-temporary data folder); each simulated ComfyUI runs in a child process of its own on its own
-127.0.42.x address, so its clock does not compete with the dispatcher for one GIL, as a real node
-is another machine. Node-side times come from the node's own /history (execution_start and
-execution_success timestamps, ms resolution). Loopback only.
+Runs the real worker cluster (`qcluster`, bench/cluster.py) on the embedded default (SQLite in a
+temporary data folder, the ORM broker); each simulated ComfyUI runs in a child process of its own
+on its own 127.0.42.x address, as a real node is another machine. Every part also prints how many
+times each job ran on the nodes (their own /history). Node-side times come from the node's own
+/history (execution_start and execution_success timestamps, ms resolution). Loopback only.
 """
 
 from __future__ import annotations
@@ -23,20 +23,20 @@ import os
 import random
 import statistics
 import sys
-import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from unittest import mock
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import (  # noqa: E402
     BenchError,
     Sim,
     django_on_sqlite,
+    executions,
+    executions_line,
     machine,
     main,
     percentile,
@@ -45,11 +45,11 @@ from bench.common import (  # noqa: E402
     time_page,
     verdict,
     wait_until,
+    worker_cluster,
 )
 
 if TYPE_CHECKING:
     from nodes.models import Capability
-    from renders.dispatch import Dispatcher
     from renders.models import RenderJob, Template
 
 NET = "127.0.42"
@@ -105,32 +105,29 @@ def pool(knobs: list[dict[str, Any]], logs: Path) -> Iterator[list[tuple[Capabil
         Node.objects.filter(host__startswith=f"{NET}.").delete()
 
 
-@contextmanager
-def dispatching(media: Path) -> Iterator[Dispatcher]:
-    """A real dispatcher (one Runner thread per node) for the duration of the block."""
-    from renders.dispatch import Dispatcher
-
-    dispatcher = Dispatcher(media_root=media)
-    thread = threading.Thread(target=dispatcher.run, kwargs={"tick": 0.2}, daemon=True)
-    thread.start()
-    try:
-        yield dispatcher
-    finally:
-        dispatcher.stopping.set()
-        thread.join(timeout=30)
+WORKERS = 12  # the pool's slots (4 nodes x limit 1 + prefetch 1) and a few for short tasks
 
 
 def queue(target: str, specs: list[tuple[Template, float]], **fields: Any) -> list[int]:
-    """Queue one job per (template, work) in this order; their primary keys."""
+    """Queue one job per (template, work) in this order, as the queue's form does (the cluster
+    is told once they commit); their primary keys."""
+    from django.db import transaction
+
     from renders.models import RenderJob
 
-    start = RenderJob.last_position()
-    jobs = [
-        RenderJob(template=t, work=work, prompt=f"{target} {i}", position=start + i, target=target, **fields)
-        for i, (t, work) in enumerate(specs)
-    ]
-    RenderJob.objects.bulk_create(jobs)
+    with transaction.atomic():
+        start = RenderJob.last_position()
+        jobs = [
+            RenderJob(template=t, work=work, prompt=f"{target} {i}", position=start + i, target=target, **fields)
+            for i, (t, work) in enumerate(specs)
+        ]
+        RenderJob.objects.bulk_create(jobs)
+        RenderJob.announce_queued()
     return list(RenderJob.objects.filter(target=target).values_list("pk", flat=True))
+
+
+def ran_once(sims: list[Sim], jobs: list[RenderJob]) -> None:
+    print(f"  {executions_line(executions([sim.history() for sim in sims], [str(j.code) for j in jobs]))}")
 
 
 def wait_done(ids: list[int], timeout: float) -> list[RenderJob]:
@@ -166,9 +163,10 @@ def idle_gap(media: Path, logs: Path) -> None:
     still = Template.objects.get(name="test-still-image")
     with pool([{"run_seconds": GAP_RUN_SECONDS}], logs) as [(_, sim)]:
         ids = queue("bench:gap", [(still, 1.0)] * GAP_JOBS)
-        with dispatching(media):
+        with worker_cluster(logs, WORKERS):
             jobs = wait_done(ids, 60)
         history = sim.history()
+        ran_once([sim], jobs)
     spans = sorted(node_clock(history, j.prompt_id) for j in jobs)
     gaps = sorted((spans[k + 1][0] - spans[k][1]) * 1000 for k in range(len(spans) - 1))
     median, p95 = statistics.median(gaps), percentile(gaps, 95)
@@ -210,7 +208,6 @@ def chain(length: int) -> dict[str, Any]:
 
 
 def makespan(media: Path, logs: Path) -> None:
-    import renders.dispatch as dispatch
     from renders.models import RenderJob, Speed, Template
 
     templates = {
@@ -231,9 +228,6 @@ def makespan(media: Path, logs: Path) -> None:
     bound = max(total / sum(SPEEDS), max(lengths) * BASE / max(SPEEDS))
     knobs = [{"seconds_per_node": BASE / s} for s in SPEEDS]
 
-    def always(cap: Any, job: Any, view: Any = None) -> bool:
-        return True
-
     with pool(knobs, logs) as caps:
         sims = {cap.node_id: sim for cap, sim in caps}
         # Warm-up: two jobs of every length pinned to every node, so each has measured speeds.
@@ -241,7 +235,7 @@ def makespan(media: Path, logs: Path) -> None:
         warm: list[int] = []
         for cap, _ in caps:
             warm += queue(f"bench:warm:{cap.pk}", specs, pin_id=cap.node_id)
-        with mock.patch.object(dispatch, "worth_it", always), dispatching(media):
+        with worker_cluster(logs, WORKERS, first_free=True):
             wait_done(warm, 60)
         RenderJob.objects.filter(pk__in=warm).delete()
         learned = []
@@ -257,9 +251,9 @@ def makespan(media: Path, logs: Path) -> None:
         print(f"  speeds learned in the warm-up (nominal {BASE * 1000:.0f} ms/unit at 1x): {'; '.join(learned)}")
         for label, patch in (("speed-aware (ours)", False), ("first-free (worth_it always True)", True)):
             ids = queue(f"bench:mix:{label}", [(templates[n], float(n)) for n in lengths])
-            plain = mock.patch.object(dispatch, "worth_it", always) if patch else nullcontext()
-            with plain, dispatching(media):
+            with worker_cluster(logs, WORKERS, first_free=patch):
                 jobs = wait_done(ids, 120)
+            ran_once([sim for _, sim in caps], jobs)
             histories = {node: sim.history() for node, sim in sims.items()}
             spans = {j.pk: node_clock(histories[j.node_id], j.prompt_id) for j in jobs if j.node_id}
             first = min(s for s, _ in spans.values())
@@ -292,16 +286,15 @@ def makespan(media: Path, logs: Path) -> None:
 
 
 def overhead(media: Path, logs: Path) -> None:
-    from nodes.models import Capability
     from renders.models import Template
 
     still = Template.objects.get(name="test-still-image")
-    with pool([{"seconds_per_node": 0}], logs) as [(cap, _)], dispatching(media):
-        wait_until(lambda: Capability.objects.exclude(runner="").filter(pk=cap.pk).exists(), 10, "a runner")
+    with pool([{"seconds_per_node": 0}], logs) as [(_, sim)], worker_cluster(logs, WORKERS):
         started = time.monotonic()
         ids = queue("bench:overhead", [(still, 1.0)] * OVERHEAD_JOBS)
         jobs = wait_done(ids, 60)
         took = time.monotonic() - started
+        ran_once([sim], jobs)
     missing = [j for j in jobs if not j.outputs or not (media / j.outputs[0]["thumbnail"]).is_file()]
     if missing:
         raise BenchError(f"{len(missing)} completed jobs have no output or thumbnail on disk")

@@ -1,7 +1,7 @@
 """The story pipeline's figures (issue 5, "How fast"):
 
 1. overhead per step: stories on one simulated Ollama that answers at once (answer_seconds 0, a
-   capacity limit no step waits for), run by a real Pipeline thread: 10 stories one after another
+   capacity limit no step waits for), run by the engine's tasks: 10 stories one after another
    (each with its own branches and prompt parts side by side), then 10 at once. For every
    language-model step run (each prompt part counted on its own) that needs another step:
 
@@ -10,7 +10,7 @@
    where "inputs ready" is the latest `finished` of the runs of the steps it needs, and the node's
    two times come from the node's own clock of that answer. So it is everything between "this
    step could start" and "this step's objects are written" that is not the node working:
-   advancing the story, waking the pipeline, claiming the run and a lease, building the prompt,
+   advancing the story, queueing the feed and step tasks, claiming the run and a lease, building the prompt,
    the HTTP round trip, checking the answer and writing it. Median (<= 50 ms) and p95, with the
    phases; a story's first step (created -> started) apart, as it waits for no other step. With 10
    stories at once every step also queues behind the others' for this process's one GIL, so that
@@ -27,24 +27,36 @@
    3-shot story's; its Shots, Renders and Gallery tabs for information.
 
 Auto-render is off, so no ComfyUI is needed: a story is done when its language-model steps are
-(its renders step waits for the user). Runs the Pipeline in this process on the embedded default
-(SQLite in a temporary data folder); each simulated Ollama runs in a child process of its own on its
-own 127.0.44.x address, as a real node is another machine, and keeps a clock of its answers
+(its renders step waits for the user). The engine's tasks (stories.tasks.feed and .step, and the
+sweeper) run in threads of this process, as the tests' `cluster` fixture runs them (`Tasks`
+below): every task queued runs in a thread of its own once the queuing transaction commits, so
+the figures are the engine's own, without a broker's latency; on the embedded default (SQLite in a
+temporary data folder). Each simulated Ollama runs in a child process of its own on its own
+127.0.44.x address, as a real node is another machine, and keeps a clock of its answers
 (bench.common.clock_answers). Loopback only.
+
+    python bench/stories.py                    # every part
+    BENCH_ONLY=parallelism python bench/stories.py   # just these parts (a comma list: overhead,
+                                                      # parallelism, page), for profiling one
 """
 
 from __future__ import annotations
 
 import json
 import os
+import pydoc
 import statistics
 import sys
+import threading
 import time
+import uuid
 from collections.abc import Iterator
+from concurrent.futures import Future
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from unittest import mock
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import (  # noqa: E402
@@ -120,26 +132,88 @@ def lab(count: int, limit: int, logs: Path, **knobs: Any) -> Iterator[list[tuple
         Node.objects.filter(host__startswith=f"{NET}.").delete()
 
 
+class Tasks:
+    """The worker cluster's tasks in this process, as the tests' Cluster (tests/conftest.py) runs
+    them: every task queued (spoonfeeder.tasks.enqueue) runs in a thread of its own once the
+    queuing transaction commits; `stop()` stops them as SIGTERM stops a worker (work.STOP) and
+    raises BenchError if any task raised."""
+
+    # What django-q2 reads from a task's keyword arguments itself: not the function's.
+    OPTIONS = ("timeout", "save", "group", "hook", "cluster", "q_options", "ack_failure", "task_name", "broker", "sync")
+
+    def __init__(self) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.pool = ThreadPoolExecutor(max_workers=64, thread_name_prefix="task")
+        self.futures: list[tuple[str, Future[Any]]] = []
+        self.lock = threading.Lock()
+
+    def async_task(self, func: str, *args: Any, **kwargs: Any) -> str:
+        from django.db import transaction
+
+        for option in self.OPTIONS:
+            kwargs.pop(option, None)
+        transaction.on_commit(lambda: self.submit(func, *args, **kwargs))
+        return uuid.uuid4().hex
+
+    def submit(self, func: str, *args: Any, **kwargs: Any) -> None:
+        from django.db import connection
+
+        target = pydoc.locate(func)
+        if not callable(target):
+            raise BenchError(f"no task {func}")
+
+        def run() -> Any:
+            try:
+                return target(*args, **kwargs)
+            finally:
+                connection.close()
+
+        with self.lock:
+            self.futures.append((func, self.pool.submit(run)))
+
+    def stop(self) -> None:
+        from concurrent.futures import wait
+
+        from spoonfeeder import work
+
+        work.STOP.set()
+        try:
+            with self.lock:
+                futures = list(self.futures)
+            wait([f for _, f in futures], timeout=30)
+        finally:
+            work.STOP.clear()
+            self.pool.shutdown(wait=False, cancel_futures=True)
+        failed = [(name, f.exception()) for name, f in futures if f.done() and f.exception()]
+        failed = [(name, e) for name, e in failed if not isinstance(e, SystemExit)]
+        if failed:
+            raise BenchError(f"tasks raised: {failed}")
+
+
 @contextmanager
-def piping() -> Iterator[None]:
-    """A real Pipeline thread (claims, places, runs and advances steps) for the block."""
+def piping() -> Iterator[Tasks]:
+    """The engine's tasks (placing, running and advancing steps, and the sweeper) in this process
+    for the block; a sweeper starts as when a worker starts."""
     from django.db import close_old_connections
 
-    from stories.runner import Pipeline
+    from spoonfeeder import tasks
 
-    pipeline = Pipeline()
-    pipeline.start()
-    try:
-        yield
-    finally:
-        pipeline.stop()
-        pipeline.join(timeout=30)
-        close_old_connections()
+    cluster = Tasks()
+    with mock.patch.object(tasks, "async_task", cluster.async_task):
+        tasks.ensure_sweeping()
+        try:
+            yield cluster
+        finally:
+            cluster.stop()
+            close_old_connections()
 
 
-def start_stories(count: int, first: int = 0) -> list[int]:
-    """`count` stories (auto-render off), all created, then all advanced: their first steps pending.
-    Story i has idea i (from `first`): the same ideas get the same answers, the same shots."""
+def start_stories(count: int, first: int = 0, wake: bool = True) -> list[int]:
+    """`count` stories (auto-render off), all created, then all advanced: their first steps pending
+    (and, with `wake`, a feed task queued for each, as the web page's start does; without, they
+    wait for the sweeper's first pass). Story i has idea i (from `first`): the same ideas get the
+    same answers, the same shots."""
     from stories import graph
     from stories.models import Story
 
@@ -153,7 +227,7 @@ def start_stories(count: int, first: int = 0) -> list[int]:
         for i in range(first, first + count)
     ]
     for pk in ids:
-        graph.advance(pk)
+        graph.advance(pk, wake=wake)
     return ids
 
 
@@ -240,8 +314,6 @@ def ms(values: list[float]) -> str:
 
 
 def overhead(logs: Path) -> None:
-    from stories.runner import LOOK
-
     with lab(1, 1000, logs, answer_seconds=0) as [(_, sim)], piping():
         asks_done(start_stories(1), 60)  # connections, caches and the node's first answer
         alone: list[int] = []
@@ -271,8 +343,8 @@ def overhead(logs: Path) -> None:
     ):
         print(f"    {label}: {ms(figures[name])}")
     print(
-        f"    a new story's first step, created -> started: {ms(figures['first'])} (the pipeline looks every "
-        f"{LOOK:g} s, and nothing wakes it when a story is created: the web process creates stories)"
+        f"    a new story's first step, created -> started: {ms(figures['first'])} (starting a story queues a "
+        "feed task once it commits, which claims the step and queues its step task)"
     )
     busy = phases(runs_together, clock)
     per_run = cpu * 1000 / len(runs_together)
@@ -322,7 +394,7 @@ def makespan(label: str, nodes: int, logs: Path) -> tuple[float, float, int]:
     """(seconds from the first step started to the last finished, the ideal, answers) for
     PARALLEL_STORIES stories on `nodes` nodes, with the nodes' idle time printed."""
     with lab(nodes, 1, logs, answer_seconds=ANSWER_SECONDS) as caps:
-        ids = start_stories(PARALLEL_STORIES)
+        ids = start_stories(PARALLEL_STORIES, wake=False)  # placed by the sweeper's first pass
         cpu = time.process_time()
         with piping():
             runs = asks_done(ids, 120)

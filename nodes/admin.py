@@ -6,7 +6,7 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from nodes.models import Capability, Discovery, Node, TestRender
+from nodes.models import Capability, Discovery, Node
 from spoonfeeder.tasks import enqueue
 
 
@@ -23,7 +23,7 @@ class NodeAdmin(admin.ModelAdmin):
     list_filter = ("enabled", "simulated")
     search_fields = ("name", "host")
     inlines = [CapabilityInline]
-    actions = ["check_now", "enable", "disable", "test_render", "remove"]
+    actions = ["check_now", "enable", "disable", "remove"]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Node]:
         return super().get_queryset(request).prefetch_related("capabilities")
@@ -51,17 +51,6 @@ class NodeAdmin(admin.ModelAdmin):
     def disable(self, request: HttpRequest, queryset: QuerySet[Node]) -> None:
         self.set_enabled(request, queryset, False)
 
-    @admin.action(description="Test render")
-    def test_render(self, request: HttpRequest, queryset: QuerySet[Node]) -> None:
-        started = 0
-        for node in queryset:
-            if node.comfyui is None:
-                self.message_user(request, f"{node.name} has no ComfyUI.", messages.WARNING)
-                continue
-            TestRender.queue(node)
-            started += 1
-        self.message_user(request, f"Test render queued on {started} node(s); see the Nodes page.")
-
     def get_actions(self, request: HttpRequest) -> dict[str, Any]:
         # Our "remove" refuses busy nodes and says so; the stock bulk delete would not.
         actions = super().get_actions(request)
@@ -88,9 +77,3 @@ class NodeAdmin(admin.ModelAdmin):
 class DiscoveryAdmin(admin.ModelAdmin):
     list_display = ("targets", "created", "finished", "probed", "error")
     readonly_fields = ("targets", "ollama_port", "comfyui_port", "created", "finished", "probed", "found", "error")
-
-
-@admin.register(TestRender)
-class TestRenderAdmin(admin.ModelAdmin):
-    list_display = ("node", "status", "created", "finished", "error")
-    readonly_fields = ("node", "prompt_id", "status", "created", "finished", "image", "error")

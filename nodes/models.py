@@ -3,13 +3,12 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 from django.conf import settings
 from django.db import models, transaction
-from django.db.models import Count, IntegerField, OuterRef, Subquery, Value
-from django.db.models.functions import Coalesce
+from django.db.models import Count, IntegerField, OuterRef, Q, Subquery, Value
+from django.db.models.functions import Coalesce, Now
 from django.utils import timezone
 
 from spoonfeeder.models import Event
@@ -19,10 +18,16 @@ COMFYUI_PORT = 8188
 # A capability is marked offline after this many failed checks in a row, not at the first blip.
 OFFLINE_AFTER = 3
 # The rows that hold a unit of a capability, by the reverse name of their `capability` field: a
-# render job (renders.RenderJob), a story step run (stories.StepRun) and a test render. A row
+# render job (renders.RenderJob: a node's test render is one) and a story step run (stories.StepRun). A row
 # says it holds the capability from its claim to the transition that ends it; a capability's
 # load is the number of rows holding it.
-HOLDERS = ("held_renders", "held_steps", "held_tests")
+HOLDERS = ("held_renders", "held_steps")
+# Renders a ComfyUI holds beyond its limit: the next job already waits in its own queue while one
+# runs, so the GPU never waits for us between jobs.
+PREFETCH = 1
+# Workers of the cluster beyond the pool's slots, for the short tasks (the sweeper, feeding,
+# checks, discovery).
+SPARE_WORKERS = 2
 
 
 class Node(models.Model):
@@ -89,10 +94,12 @@ class CapabilityQuerySet(models.QuerySet["Capability"]):
             holder: Any = Capability._meta.get_field(name).related_model
             held = holder.objects.filter(capability=OuterRef("pk")).values("capability").annotate(n=Count("pk"))
             counts.append(Coalesce(Subquery(held.values("n"), output_field=IntegerField()), Value(0)))
-        return self.annotate(load=counts[0] + counts[1] + counts[2])
+        return self.annotate(load=sum(counts[1:], counts[0]))
 
     def usable(self, kind: str) -> CapabilityQuerySet:
-        return self.filter(kind=kind, node__enabled=True, status__in=Capability.ANSWERING)
+        """Enabled, answering, and not resting after a fault: may be given new work."""
+        rested = Q(resting_until=None) | Q(resting_until__lte=Now())
+        return self.filter(rested, kind=kind, node__enabled=True, status__in=Capability.ANSWERING)
 
 
 class Capability(models.Model):
@@ -123,9 +130,10 @@ class Capability(models.Model):
     failures = models.PositiveSmallIntegerField(default=0)
     # Smoothed answer time of health checks, in milliseconds: "the faster node" is measured.
     latency = models.FloatField(null=True, blank=True)
-    # The render dispatcher that drives this ComfyUI (one at a time), and when it last said so.
-    runner = models.CharField(max_length=64, blank=True)
-    runner_beat = models.DateTimeField(null=True, blank=True)
+    # Work that failed on it in a row (a refused or garbled answer), and until when it gets no
+    # new work for that (renders.dispatch.rest: the one back-off rule).
+    faults = models.PositiveSmallIntegerField(default=0)
+    resting_until = models.DateTimeField(null=True, blank=True)
 
     objects = CapabilityQuerySet.as_manager()
 
@@ -235,6 +243,39 @@ class Capability(models.Model):
         return self.status != before
 
 
+def slots() -> int:
+    """Units of work the pool can hold at once, each a worker of the cluster while it runs: every
+    enabled ComfyUI's limit plus PREFETCH, every enabled Ollama's limit."""
+    caps = Capability.objects.filter(node__enabled=True).values_list("kind", "limit")
+    return sum(limit + (PREFETCH if kind == Capability.COMFYUI else 0) for kind, limit in caps)
+
+
+def cluster_workers() -> int:
+    """Worker processes of the running clusters, as they report themselves (this machine's
+    SPOONFEEDER_WORKERS when none reports)."""
+    from django_q.status import Stat
+
+    try:
+        running = sum(len(s.workers) for s in Stat.get_all())
+    except Exception:
+        running = 0
+    return running or int(settings.Q_WORKERS)
+
+
+def worker_shortfall() -> str:
+    """What to set when the pool has more slots than the cluster has workers (beyond a few for
+    short tasks), in words; "" when it has enough."""
+    needed = slots() + SPARE_WORKERS
+    workers = cluster_workers()
+    if workers >= needed:
+        return ""
+    return (
+        f"The pool can run {needed - SPARE_WORKERS} jobs at once, but the worker cluster has {workers} "
+        f"workers (and keeps {SPARE_WORKERS} for short tasks): work beyond that waits for a worker. "
+        f"Set SPOONFEEDER_WORKERS={needed} and restart, or start another cluster (manage.py qcluster)."
+    )
+
+
 class Requirements:
     """What a job needs of a capability: an Ollama model, ComfyUI node classes and model files."""
 
@@ -263,72 +304,6 @@ class Discovery(models.Model):
 
     def __str__(self) -> str:
         return f"discovery of {self.targets}"
-
-
-class TestRender(models.Model):
-    """A model-free workflow rendered on a node's ComfyUI to prove it works end to end."""
-
-    __test__ = False  # not a test class, whatever pytest guesses from the name
-
-    QUEUED, RUNNING, DONE, FAILED = "queued", "running", "done", "failed"
-    STATUSES = [(QUEUED, "Queued"), (RUNNING, "Rendering"), (DONE, "Done"), (FAILED, "Failed")]
-
-    code = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
-    node = models.ForeignKey(Node, on_delete=models.CASCADE, related_name="test_renders")
-    # Chosen by us and stored before the workflow is sent, so a crash can be re-attached.
-    prompt_id = models.CharField(max_length=64, unique=True, default=uuid.uuid4)
-    status = models.CharField(max_length=10, choices=STATUSES, default=QUEUED)
-    # The node's ComfyUI while this test renders on it (its load counts this row).
-    capability = models.ForeignKey(
-        Capability, on_delete=models.SET_NULL, null=True, blank=True, related_name="held_tests"
-    )
-    created = models.DateTimeField(default=timezone.now)
-    finished = models.DateTimeField(null=True, blank=True)
-    # Relative to MEDIA_ROOT; the name is ours, never the node's.
-    image = models.CharField(max_length=200, blank=True)
-    error = models.TextField(blank=True)
-
-    class Meta:
-        ordering = ["-created"]
-
-    def __str__(self) -> str:
-        return f"test render on {self.node}"
-
-    @property
-    def seconds(self) -> float | None:
-        return (self.finished - self.created).total_seconds() if self.finished else None
-
-    @classmethod
-    def start(cls, node: Node) -> TestRender:
-        """A new test render; the node's earlier ones (and their images) are dropped."""
-        for old in node.test_renders.all():
-            if old.image:
-                (Path(settings.MEDIA_ROOT) / old.image).unlink(missing_ok=True)
-        node.test_renders.all().delete()
-        run = cls.objects.create(node=node)
-        node.changed("node.test_render")
-        return run
-
-    @classmethod
-    def queue(cls, node: Node) -> TestRender:
-        """Start a test render and hand it to the worker, in one transaction."""
-        from spoonfeeder.tasks import enqueue
-
-        with transaction.atomic():
-            run = cls.start(node)
-            enqueue("nodes.tasks.test_render", str(run.code))
-        return run
-
-    def finish(self, *, image: str = "", error: str = "") -> None:
-        with transaction.atomic():
-            TestRender.objects.filter(pk=self.pk, status=self.RUNNING).update(
-                status=self.FAILED if error else self.DONE,
-                image=image,
-                error=error,
-                finished=timezone.now(),
-                capability=None,
-            )
-            self.node.changed("node.test_render")
 
 
 def placement_order(cap: Capability, *, story_node: int | None = None, model: str = "") -> tuple[Any, ...]:

@@ -6,12 +6,23 @@ from typing import Any
 
 from django.db.models import Prefetch
 
-from nodes.models import Capability, Discovery, Node
+from nodes.models import Capability, Discovery, Node, worker_shortfall
+
+# A node's test render is a render job pinned to it with this target (renders.RenderJob).
+TEST_TARGET = "test"
 
 
 def nodes() -> list[Node]:
+    """Every node with its capabilities and their load, and its latest test render
+    (`node.test_jobs`), in a constant number of queries."""
     caps = Capability.objects.with_load().order_by("kind")
-    return list(Node.objects.prefetch_related(Prefetch("capabilities", queryset=caps), "test_renders"))
+    jobs: Any = Node._meta.get_field("pinned_jobs").related_model
+    tests = jobs.objects.filter(target=TEST_TARGET).order_by("-created")
+    return list(
+        Node.objects.prefetch_related(
+            Prefetch("capabilities", queryset=caps), Prefetch("pinned_jobs", queryset=tests, to_attr="test_jobs")
+        )
+    )
 
 
 def summary(all_nodes: list[Node]) -> dict[str, int]:
@@ -27,4 +38,9 @@ def summary(all_nodes: list[Node]) -> dict[str, int]:
 
 def context() -> dict[str, Any]:
     all_nodes = nodes()
-    return {"nodes": all_nodes, "pool": summary(all_nodes), "discoveries": list(Discovery.objects.all()[:5])}
+    return {
+        "nodes": all_nodes,
+        "pool": summary(all_nodes),
+        "discoveries": list(Discovery.objects.all()[:5]),
+        "shortfall": worker_shortfall(),
+    }

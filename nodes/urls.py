@@ -11,5 +11,4 @@ urlpatterns = [
     path("<uuid:code>/toggle/", views.toggle, name="toggle"),
     path("<uuid:code>/remove/", views.remove, name="remove"),
     path("<uuid:code>/check/", views.check, name="check"),
-    path("<uuid:code>/test-render/", views.test_render, name="test-render"),
 ]

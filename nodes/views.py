@@ -8,7 +8,7 @@ from django.views.decorators.http import require_POST
 
 from nodes import pool
 from nodes.forms import DiscoverForm, NodeForm
-from nodes.models import Discovery, Node, TestRender
+from nodes.models import Discovery, Node
 from spoonfeeder.tasks import enqueue
 from spoonfeeder.views import HtmxHttpRequest, done
 
@@ -70,12 +70,3 @@ def discover(request: HttpRequest) -> HttpResponse:
         enqueue("nodes.tasks.run_discovery", str(run.code))
     messages.success(request, f"Discovering {len(form.hosts)} address(es); results appear below.")
     return redirect("nodes:index")
-
-
-@require_POST
-def test_render(request: HtmxHttpRequest, code: str) -> HttpResponse:
-    node = get_object_or_404(Node, code=code)
-    if node.comfyui is None:
-        return done(request, f"{node.name} has no ComfyUI to render on.", "nodes:index", error=True)
-    TestRender.queue(node)
-    return done(request, f"Test render queued on {node.name}; the image appears on its card.", "nodes:index")

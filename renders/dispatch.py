@@ -1,12 +1,16 @@
-"""Driving renders on the pool's ComfyUI servers.
+"""Driving renders on the pool's ComfyUI servers, as tasks of the worker cluster.
 
-A dispatcher process (`manage.py dispatcher`, started by `run`) owns the ComfyUI nodes it can reach,
-one at a time each (a guarded claim on the capability's `runner`, refreshed by a heartbeat). For
-every owned node a Runner thread keeps one WebSocket open, keeps the node's own queue filled with
-up to `limit + PREFETCH` jobs (so the GPU never waits for us between jobs), follows progress,
-collects outputs and records every change on the job's row. Whatever a dead dispatcher left
-behind is found by its stale heartbeats and re-attached by asking the node about our prompt_id:
-a job is never rendered twice and never lost.
+`feed()` claims, for every ComfyUI with room (its limit plus PREFETCH: the next job already waits
+in the node's own queue, so the GPU never waits for us between jobs), the best runnable job (the
+plan by measured speeds: see PoolView) and queues one `attempt` task for it. The claim is a
+guarded update of the job's row, which from then on holds the node's unit: the row is the lease.
+
+An attempt (`Attempt.run`, one task, one worker) sends the job under the prompt_id stored before
+the POST, follows it on a WebSocket of its own, beats its row, acts on the user's controls
+(cancel, pause, a better job first), collects the outputs and records every change on the row.
+It feeds the pool again when the node's unit comes free. A worker that dies leaves a heartbeat
+that stops; the sweeper (`sweep()`) finds it and queues the attempt again, which asks the node
+about the prompt_id before anything else: a job is never rendered twice and never lost.
 """
 
 from __future__ import annotations
@@ -14,18 +18,17 @@ from __future__ import annotations
 import dataclasses
 import logging
 import random
-import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from django.conf import settings
-from django.db import close_old_connections, transaction
+from django.db import transaction
 from django.db.models import Q
+from django.db.models.functions import Now
 from django.utils import timezone
 
 from nodes.clients import ServiceError
@@ -50,23 +53,26 @@ from nodes.clients.comfyui import (
     node_seconds,
     outputs_of,
 )
-from nodes.models import Capability
+from nodes.models import PREFETCH, Capability
 from renders import media, workflows
 from renders.models import Queue, RenderJob, Speed
+from spoonfeeder import work
+from spoonfeeder.tasks import enqueue
 
 log = logging.getLogger(__name__)
 
-PREFETCH = 1
-BEAT = 2.0  # seconds between heartbeats
-POLL = 2.0  # seconds between /history checks of in-flight jobs, socket or not
+POLL = 2.0  # seconds between looks at the node's queue for a job, socket or not
 CONTROLS = 0.3  # seconds between looks at the user's cancel, pause and reorder
-QUARANTINE_AFTER = 3  # dispatcher deaths while holding one job
+QUARANTINE_AFTER = 3  # worker deaths while running one job
 PROGRESS_EVERY = 0.2  # seconds between progress writes of one job
-MAX_REST = 60.0  # the longest a node that keeps failing is left without new jobs, in seconds
 SETTLE_LOOK = 0.25  # seconds between asks about a job taken off a node's queue
-# Seconds a runner waits for one answer of its node: a node that hangs holds up its own runner
+SEND_IN_ORDER = 2.0  # seconds a job waits for the ones claimed ahead of it on its node to be sent
+SILENCE = 10.0  # seconds without a socket message while the job runs before the socket is reopened
+# Seconds an attempt waits for one answer of its node: a node that hangs holds up that attempt
 # for no longer than this at a time, and is then treated as silent.
 NODE_TIMEOUT = 5.0
+# The longest an attempt follows one job, in seconds: the task's own deadline.
+RENDER_DEADLINE = 6 * 3600.0
 
 
 def params_of(job: RenderJob) -> dict[str, Any]:
@@ -79,9 +85,26 @@ def params_of(job: RenderJob) -> dict[str, Any]:
     return params
 
 
-def next_job(cap: Capability) -> RenderJob | None:
-    """The best queued job this node can run, claimed for it: the job's row takes a unit of the
-    node's capacity (guarded, within its limit plus the prefetch)."""
+def feed() -> int:
+    """Claim the best runnable job for every ComfyUI with room and queue an attempt for each;
+    the number queued."""
+    if Queue.get().paused or not RenderJob.objects.runnable().exists():
+        return 0
+    queued = 0
+    for cap in Capability.objects.usable(Capability.COMFYUI).with_load().select_related("node"):
+        while cap.busy() < cap.limit + PREFETCH:
+            job = next_job(cap)
+            if job is None:
+                break
+            queued += 1
+            cap.load = cap.busy() + 1  # type: ignore[attr-defined]
+    return queued
+
+
+def next_job(cap: Capability, worker: str = "") -> RenderJob | None:
+    """The best queued job this node can run, claimed for it (the job's row takes a unit of the
+    node's capacity: guarded, within its limit plus the prefetch), with its attempt queued in
+    the same transaction; or, given a `worker`, claimed for that worker to send at once."""
     if Queue.get().paused:
         return None
     tried: set[int] = set()
@@ -99,13 +122,17 @@ def next_job(cap: Capability) -> RenderJob | None:
                 capability=cap,
                 prompt_id=str(uuid.uuid4()),
                 client_id="",
+                sent=None,
+                worker=worker,
                 attempts=job.attempts + 1,
-                heartbeat=timezone.now(),
+                heartbeat=Now(),
                 error="",
             )
             if claimed:
                 job.refresh_from_db()
                 job.changed("job.assigned")
+                if not worker:
+                    enqueue("renders.tasks.attempt", job.pk, job.prompt_id, timeout=RENDER_DEADLINE)
                 return job
         # another runner took that job first
 
@@ -135,7 +162,8 @@ def fitting(
         .select_related("template")
     )
     if Capability.objects.usable(Capability.COMFYUI).exclude(pk=cap.pk).exists():
-        queued = queued.exclude(avoid=cap.node_id)  # a retry goes to another node when there is one
+        # A retry goes to another node when there is one; a job pinned here may go nowhere else.
+        queued = queued.exclude(Q(avoid=cap.node_id) & ~Q(pin=cap.node_id))
     # Most often the first job fits: fetch a few rows first, more only when they do not.
     ordered = queued.in_dispatch_order()
     for batch in (ordered[:5], ordered[5:50]):
@@ -155,7 +183,8 @@ class PoolView:
     rates: dict[tuple[int, int], float]  # (capability, template) -> seconds per unit of work
     usable: set[int]
     backlog: dict[int, float]  # capability -> seconds of work already sent to it
-    queued: Sequence[tuple[int, int, float, int | None]]  # (job, template, work, pinned node) in order
+    # (job, template, work, pinned node, node to avoid), in dispatch order
+    queued: Sequence[tuple[int, int, float, int | None, int | None]]
     node_of: dict[int, int]  # capability -> its node
     plans: dict[int, set[int]] = dataclasses.field(default_factory=dict)
 
@@ -172,12 +201,12 @@ class PoolView:
             node__capabilities__pk__in=list(node_of), node__capabilities__kind=Capability.COMFYUI
         )
         mean = mean_rates(rates)
-        for c, t, work, progress in active.values_list("node__capabilities__pk", "template_id", "work", "progress"):
-            backlog[c] += work * (1 - progress) * rates.get((c, t), mean.get(c, 0.0))
+        for c, t, units, progress in active.values_list("node__capabilities__pk", "template_id", "work", "progress"):
+            backlog[c] += units * (1 - progress) * rates.get((c, t), mean.get(c, 0.0))
         queued = list(
             RenderJob.objects.runnable()
             .in_dispatch_order()
-            .values_list("pk", "template_id", "work", "pin_id")[:PLAN_AHEAD]
+            .values_list("pk", "template_id", "work", "pin_id", "avoid_id")[:PLAN_AHEAD]
         )
         return cls(rates, set(node_of), backlog, queued, node_of)
 
@@ -185,19 +214,23 @@ class PoolView:
         """The queued jobs this node would render if every job, in dispatch order, went to the
         node that would finish it first (earliest finish time, by measured speeds and the work
         each node already has). A node that has never rendered a template is not planned for it,
-        so a job only some nodes can run is never planned onto one that cannot."""
+        so a job only some nodes can run is never planned onto one that cannot; nor is a retry
+        planned onto the node it failed on while another can take it (as `fitting` honours)."""
         if cap.pk not in self.plans:
             free = dict(self.backlog)
             free.setdefault(cap.pk, 0.0)
             mine: set[int] = set()
             by_node = {node: c for c, node in self.node_of.items()}
-            for pk, template, work, pin in self.queued:
+            for pk, template, work, pin, avoid in self.queued:
                 if pin is not None:
                     if pin in by_node:
                         c = by_node[pin]
                         free[c] += work * self.rates.get((c, template), 0.0)
                     continue
-                finish = {c: free[c] + work * self.rates[(c, template)] for c in free if (c, template) in self.rates}
+                able = [c for c in free if (c, template) in self.rates]
+                if len(self.node_of) > 1:
+                    able = [c for c in able if self.node_of.get(c) != avoid]
+                finish = {c: free[c] + work * self.rates[(c, template)] for c in able}
                 if not finish:
                     continue
                 best = min(finish, key=lambda c: (finish[c], c != cap.pk))
@@ -244,167 +277,185 @@ def fits(job: RenderJob, classes: set[str], files: dict[str, list[str]]) -> bool
     return all(name in files.get(folder, []) for folder, names in needs.get("files", {}).items() for name in names)
 
 
-@dataclasses.dataclass
-class Flight:
-    """A job this runner has sent to its node and follows."""
-
-    job: RenderJob
-    last_progress: float = 0.0
-    last_poll: float = 0.0
-    # What the node reported last, written to the row at most every PROGRESS_EVERY seconds.
-    report: dict[str, Any] = dataclasses.field(default_factory=dict)
-    # When it was taken off the node's queue to go back to ours (monotonic), while the node is
-    # asked whether it ran after all: only HISTORY_SETTLE seconds of "never heard of it" prove
-    # that it did not (see Runner.settle_pulled_back).
-    pulled: float | None = None
+MAX_OUTPUTS = 200  # files kept of one job; the rest are left on the node, and the job says so
+MAX_OUTPUT_BYTES = 4 * 1024**3  # bytes kept of one job's outputs in all
+COPY_RETRY = (2.0, 60.0)  # first and longest wait between tries of a copy that failed on our side
+COPY_DEADLINE = 900.0  # seconds to keep trying a copy our disk refuses before the job fails
 
 
-class Runner(threading.Thread):
-    """Drives one ComfyUI node for one dispatcher."""
+HAND_ON_SPAN = 3600.0  # seconds one attempt task goes on from job to job on its node
 
-    def __init__(self, cap_id: int, owner: str, media_root: Path | None = None) -> None:
-        super().__init__(name=f"runner-{cap_id}", daemon=True)
-        self.cap_id = cap_id
-        self.owner = owner
+
+def attempt(job_pk: int, prompt_id: str, media_root: Path | None = None) -> str:
+    """One attempt at one job (the task): nothing if the row is no longer this attempt's. When
+    the job has finished on the node, the task goes on with the node's next job (claimed and sent
+    at once, before this one's outputs are copied), as long as there is one, within HAND_ON_SPAN."""
+    run = Attempt.take(job_pk, prompt_id, media_root)
+    if run is None:
+        return "not this attempt's any more"
+    ends = time.monotonic() + HAND_ON_SPAN
+    outcomes: list[str] = []
+    while run is not None:
+        outcomes.append(run.run())
+        if time.monotonic() >= ends:
+            run.let_go()
+        run = run.next
+    return f"{len(outcomes)} job(s): {outcomes[-1]}" if len(outcomes) > 1 else outcomes[0]
+
+
+class Attempt:
+    """One worker following one job on its node, from the POST (or the re-attach) to its end."""
+
+    def __init__(self, job: RenderJob, cap: Capability, me: str, media_root: Path | None = None) -> None:
+        self.job = job
+        self.cap = cap
+        self.me = me
         self.media_root = media_root or Path(settings.MEDIA_ROOT)
-        self.stopping = threading.Event()
-        self.flights: dict[str, Flight] = {}  # by prompt_id
+        self.client = ComfyUI(cap.url, timeout=NODE_TIMEOUT)
         self.events: Events | None = None
-        # Since when the node has not answered (monotonic), and until when not to send it work.
+        self.next_socket = 0.0  # when to try opening the socket again after it failed
+        self.heard = time.monotonic()  # when the socket last said anything
+        self.ended = False  # the socket said the prompt ended: ask the node now
+        self.report: dict[str, Any] = {}  # what the node reported, written every PROGRESS_EVERY s
+        self.last_progress = 0.0
+        # When it was taken off the node's queue to go back to ours (monotonic): only
+        # HISTORY_SETTLE seconds of "never heard of it" prove that it did not run.
+        self.pulled: float | None = None
         self.silent_since: float | None = None
-        self.resting_until = 0.0
-        self.faults = 0  # the node's faults in a row, for its back-off
-        # Finished jobs whose outputs are being copied off the node, off the sending path: the
-        # node already has its next job, and we keep it fed meanwhile.
-        self.copying: dict[str, RenderJob] = {}
-        self.copiers = ThreadPoolExecutor(max_workers=2, thread_name_prefix=f"copy-{cap_id}")
+        self.dropped = ""  # outputs ComfyUI refused to run (node_errors), said on the job
+        self.next: Attempt | None = None  # the node's next job, handed on to this worker
 
-    # --- ownership -----------------------------------------------------------------------------
+    @classmethod
+    def take(cls, job_pk: int, prompt_id: str, media_root: Path | None = None) -> Attempt | None:
+        """The job's row made this worker's (guarded: no other worker follows it)."""
+        me = work.worker_id()
+        mine = RenderJob.objects.active().filter(pk=job_pk, prompt_id=prompt_id, worker="")
+        if not mine.update(worker=me, heartbeat=Now()):
+            return None
+        job = RenderJob.objects.select_related("template", "node").get(pk=job_pk)
+        cap = Capability.objects.select_related("node").filter(node=job.node_id, kind=Capability.COMFYUI).first()
+        if cap is None:
+            job.transition(
+                RenderJob.QUEUED,
+                expect=(RenderJob.ASSIGNED, RenderJob.RENDERING),
+                node_id=None,
+                worker="",
+                attempts=max(job.attempts - 1, 0),
+                heartbeat=None,
+                error="its node's ComfyUI was removed; it went back to the queue",
+                **RenderJob.NOT_STARTED,
+            )
+            return None
+        return cls(job, cap, me, media_root)
 
-    def beat(self) -> bool:
-        """Refresh our claim on the node and the heartbeats of our jobs; False if we lost it."""
-        now = timezone.now()
-        owned = Capability.objects.filter(pk=self.cap_id, runner=self.owner).update(runner_beat=now)
-        if self.flights:
-            RenderJob.objects.filter(
-                prompt_id__in=list(self.flights), status__in=(RenderJob.ASSIGNED, RenderJob.RENDERING)
-            ).update(heartbeat=now)
-        return bool(owned)
-
-    def run(self) -> None:
+    def run(self) -> str:
+        # The heartbeat comes from a thread of its own: a node that hangs (each of its answers
+        # waited for up to NODE_TIMEOUT) does not make the job look orphaned.
+        beat = work.beating(RenderJob.objects.filter(pk=self.job.pk, worker=self.me))
         try:
-            self.cap = Capability.objects.select_related("node").get(pk=self.cap_id)
-            self.client = ComfyUI(self.cap.url, timeout=NODE_TIMEOUT)
-            self.client_id = f"spoonfeeder-{self.owner}-{self.cap.node.code}"
-            self.adopt()
-            next_beat = next_controls = 0.0
-            while not self.stopping.is_set():
-                now = time.monotonic()
-                if now >= next_beat:
-                    if not self.beat():
-                        break
-                    self.cap.refresh_from_db()
-                    self.adopt()
-                    next_beat = now + BEAT
-                if now >= next_controls:
-                    self.controls()
-                    next_controls = now + CONTROLS
-                if self.cap.node.enabled and self.cap.status in Capability.ANSWERING and now >= self.resting_until:
-                    self.fill()
-                self.listen(0.05 if self.flights else 0.2)
-                self.poll()
-        except Exception:
-            log.exception("runner for capability %s stopped", self.cap_id)
+            with work.stop_on_sigterm(), beat:
+                work.stopping()  # taken by a cluster that is stopping: leave it to the next one
+                if not self.job.client_id:  # never sent: send it (else the node says where it is)
+                    sent = self.send()
+                    if sent:
+                        return sent
+                return self.follow()
+        except work.Stopped:
+            # A clean stop hands the job back (no heartbeat): the attempt queued for it again
+            # asks the node where it stands, and counts no crash.
+            mine = [self.job.pk] + ([self.next.job.pk] if self.next else [])
+            RenderJob.objects.filter(pk__in=mine, worker=self.me).update(worker="", heartbeat=None)
+            self.next = None
+            work.leave()
+            return "stopped: handed back"
         finally:
-            self.copiers.shutdown(wait=True)
-            if self.stopping.is_set():
-                # A clean stop hands its jobs back (no heartbeat): whoever adopts them next asks
-                # the node where they stand, and counts no crash against them.
-                RenderJob.objects.filter(
-                    prompt_id__in=list(self.flights), status__in=(RenderJob.ASSIGNED, RenderJob.RENDERING)
-                ).update(heartbeat=None)
             if self.events:
                 self.events.close()
-            Capability.objects.filter(pk=self.cap_id, runner=self.owner).update(runner="", runner_beat=None)
-            close_old_connections()
+
+    def done(self, outcome: str) -> str:
+        """The attempt is over: the pool is fed (this node's unit may be free)."""
+        feed()
+        return outcome
 
     # --- sending -------------------------------------------------------------------------------
 
-    def fill(self) -> None:
-        while self.on_node() < self.cap.limit + PREFETCH and time.monotonic() >= self.resting_until:
-            job = next_job(self.cap)
-            if job is None:
-                return
-            self.send(job)
-
-    def send(self, job: RenderJob) -> None:
+    def send(self) -> str:
+        """POST the job under its prompt_id; an outcome if the attempt ended here, else ""."""
+        job = self.job
         params = params_of(job)
         try:
             if job.settings.get("input_image"):
-                params["image"] = self.upload_input(job, str(job.settings["input_image"]))
+                params["image"] = self.upload_input(str(job.settings["input_image"]))
             workflow = workflows.apply(job.template.workflow, job.template.mapping, params)
         except media.MediaError as e:
             job.fail(str(e), permanent=True)
-            return
+            return self.done("failed: input")
         except ServiceError as e:
-            self.node_fault(job, f"could not send the input image to {self.cap.node.name}: {e}")
-            return
+            return self.node_fault(f"could not send the input image to {self.cap.node.name}: {e}")
         except (workflows.WorkflowError, KeyError, ValueError) as e:
             job.fail(f"the settings do not fit the template: {e}", permanent=True)
-            return
-        self.ensure_socket()
+            return self.done("failed: settings")
+        client_id = f"spoonfeeder-{job.prompt_id}"
         # Stored before the POST: after a crash, the node is asked about this prompt_id.
-        RenderJob.objects.filter(pk=job.pk).update(workflow=workflow, client_id=self.client_id)
-        job.workflow = workflow
+        if not RenderJob.objects.filter(pk=job.pk, worker=self.me).update(workflow=workflow, client_id=client_id):
+            return "not this attempt's any more"
+        job.workflow, job.client_id = workflow, client_id
+        self.open_socket()  # before the POST: a quick job's first messages are not missed
+        self.after_better_ones()
         try:
-            self.client.submit(workflow, prompt_id=job.prompt_id, client_id=self.client_id)
+            submitted = self.client.submit(workflow, prompt_id=job.prompt_id, client_id=client_id, number=rank(job))
         except WorkflowRejected as e:
             job.fail(f"ComfyUI refused the workflow: {e}", permanent=True)
-            return
+            return self.done("failed: refused")
         except ServiceError as e:
             if not e.reached:
-                self.node_fault(job, f"could not send the job to {self.cap.node.name}: {e}")
-                return
+                return self.node_fault(f"could not send the job to {self.cap.node.name}: {e}")
             # It may have reached the node all the same: follow it, and let the node say (standing)
             # whether it runs, ran or never arrived.
-            self.rest(f"could not send a job to it: {e}")
-        else:
-            self.faults = 0
-        self.flights[job.prompt_id] = Flight(job, last_poll=time.monotonic())
+            rest(self.cap, f"could not send a job to it: {e}")
+            return ""
+        RenderJob.objects.filter(pk=job.pk).update(sent=timezone.now())
+        Capability.objects.filter(pk=self.cap.pk, faults__gt=0).update(faults=0, resting_until=None)
+        if submitted["node_errors"]:
+            self.dropped = "ComfyUI dropped part of the workflow: " + "; ".join(
+                f"node {node}: {dropped_reason(errors)}" for node, errors in submitted["node_errors"].items()
+            )
+        return ""
 
-    def on_node(self) -> int:
-        """Jobs of ours the node has, as far as it says (not those taken off its queue)."""
-        return sum(f.pulled is None for f in self.flights.values())
+    def after_better_ones(self) -> None:
+        """Wait (briefly) until the jobs claimed for this node ahead of this one are sent: an idle
+        node starts whatever arrives first, and jobs claimed together are sent by several workers
+        at once."""
+        job = self.job
+        ahead = (
+            RenderJob.objects.filter(capability=self.cap, status=RenderJob.ASSIGNED, sent=None)
+            .filter(Q(priority__gt=job.priority) | Q(priority=job.priority, position__lt=job.position))
+            .exclude(pk=job.pk)
+        )
+        deadline = time.monotonic() + SEND_IN_ORDER
+        while ahead.exists() and time.monotonic() < deadline:
+            time.sleep(0.005)
 
-    def node_fault(self, job: RenderJob, error: str) -> None:
+    def node_fault(self, error: str) -> str:
         """The node, not the job, failed before the job reached it (refused, down): the job goes
         back to the queue with this attempt not counted (to another node if one can take it), and
-        this node rests."""
-        job.transition(
+        the node rests."""
+        self.job.transition(
             RenderJob.QUEUED,
             expect=(RenderJob.ASSIGNED,),
             node_id=None,
             avoid_id=self.cap.node_id,
-            attempts=max(job.attempts - 1, 0),
+            worker="",
+            client_id="",
+            attempts=max(self.job.attempts - 1, 0),
             heartbeat=None,
             error=f"{error}; it went back to the queue (not counted as an attempt)",
             **RenderJob.NOT_STARTED,
         )
-        self.rest(error)
+        rest(self.cap, error)
+        return self.done("node fault: back in the queue")
 
-    def rest(self, error: str) -> None:
-        """Send this node nothing for a while, twice as long at each fault in a row (up to
-        MAX_REST), and say so on its card."""
-        self.faults += 1
-        seconds = min(BEAT * 2 ** (self.faults - 1), MAX_REST)
-        self.resting_until = time.monotonic() + seconds
-        with transaction.atomic():
-            Capability.objects.filter(pk=self.cap_id).update(
-                last_error=f"{error}; no new jobs for it for {seconds:.0f} s"[:2000]
-            )
-            self.cap.node.changed("node.resting")
-
-    def upload_input(self, job: RenderJob, relative: str) -> str:
+    def upload_input(self, relative: str) -> str:
         """Put the job's input image (a file in our media folder) on the node, under a name of
         ours; the name the node gave it, for the workflow's image input."""
         path = media.inside(self.media_root, relative)
@@ -414,166 +465,195 @@ class Runner(threading.Thread):
             raise media.MediaError(f"the input image {relative!r} is over {media.MAX_INPUT // 1048576} MB")
         suffix = path.suffix.lower() if path.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp") else ".png"
         # In the input folder itself, where LoadImage lists its choices.
-        uploaded = self.client.upload_image(f"spoonfeeder-{job.code}{suffix}", path.read_bytes(), overwrite=True)
+        name = f"spoonfeeder-{self.job.code}{suffix}"
+        uploaded = self.client.upload_image(name, path.read_bytes(), overwrite=True)
         return f"{uploaded['subfolder']}/{uploaded['name']}" if uploaded["subfolder"] else uploaded["name"]
 
-    def ensure_socket(self) -> None:
-        if self.events is not None:
+    def open_socket(self) -> None:
+        if self.events is not None or time.monotonic() < self.next_socket:
             return
         try:
-            events = self.client.events(self.client_id)
+            events = self.client.events(self.job.client_id)
             events.open()
-            self.events = events
         except ServiceError as e:
             log.info("no WebSocket to %s (%s); polling instead", self.cap.url, e)
+            self.next_socket = time.monotonic() + POLL
+            return
+        self.events = events
+        self.heard = time.monotonic()
+
+    def close_socket(self) -> None:
+        if self.events:
+            self.events.close()
             self.events = None
 
     # --- following -----------------------------------------------------------------------------
 
+    def follow(self) -> str:
+        """Until the job has ended: listen, beat, act on the controls, and ask the node."""
+        now = time.monotonic()
+        next_controls = now
+        next_poll = now  # a re-attached job is asked about at once
+        while True:
+            work.stopping()
+            now = time.monotonic()
+            if now >= next_controls:
+                outcome = self.controls()
+                if outcome:
+                    return outcome
+                next_controls = now + CONTROLS
+            if self.pulled is not None:
+                outcome = self.settle_pulled_back()
+                if outcome:
+                    return outcome
+            elif self.ended or now >= next_poll:
+                outcome = self.check()
+                if outcome:
+                    return outcome
+                next_poll = time.monotonic() + (POLL if self.events else 0.5)
+            self.listen(max(min(next_controls, next_poll) - time.monotonic(), 0.01))
+
     def listen(self, timeout: float) -> None:
-        if not self.flights:
-            time.sleep(timeout)
-            return
-        self.ensure_socket()
+        self.open_socket()
         if self.events is None:
-            time.sleep(timeout)
+            time.sleep(min(timeout, 0.1))
             return
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and not self.ended:
             try:
                 message = self.events.receive(max(deadline - time.monotonic(), 0.001))
             except ServiceError:
-                self.events.close()
-                self.events = None  # polling takes over until the socket is back
+                self.close_socket()  # polling takes over until the socket is back
                 return
             if message is None:
                 return
-            in_flight = len(self.flights)
+            self.heard = time.monotonic()
             self.handle(message)
-            if len(self.flights) < in_flight:
-                return  # a slot came free: fill it before the node runs dry
 
     def handle(self, message: Any) -> None:
-        flight = self.flights.get(message.prompt_id or "")
-        if flight is None:
-            return
-        if flight.pulled is not None:  # it started after all before it was taken off: follow it
-            self.keep(flight)
-        job = flight.job
+        job = self.job
+        if getattr(message, "prompt_id", None) != job.prompt_id:
+            return  # the node's status, or another client's prompt
+        if self.pulled is not None:  # it started after all before it was taken off: follow it
+            self.keep()
         if isinstance(message, ExecutionStart):
             job.transition(RenderJob.RENDERING, expect=(RenderJob.ASSIGNED,), started=timezone.now())
         elif isinstance(message, Executing) and message.node:
             node = (job.workflow or {}).get(message.node, {})
-            flight.report["current"] = f"{message.node} {node.get('class_type', '')}".strip()
-            self.progressed(flight)
+            self.report["current"] = f"{message.node} {node.get('class_type', '')}".strip()
+            self.progressed()
         elif isinstance(message, Progress):
             # Step x/y of the node that counts steps (a sampler); the bar follows the whole graph.
-            flight.report.update(step=message.value, steps=message.max)
-            self.progressed(flight)
+            self.report.update(step=message.value, steps=message.max)
+            self.progressed()
         elif isinstance(message, ProgressState) and message.nodes:
             total = max(len(job.workflow or {}), len(message.nodes))
             done = sum(
                 min(float(n.get("value") or 0) / max(float(n.get("max") or 1), 1e-9), 1.0)
                 for n in message.nodes.values()
             )
-            flight.report["progress"] = done / total
-            self.progressed(flight)
+            self.report["progress"] = done / total
+            self.progressed()
         elif isinstance(message, Preview):
-            self.save_preview(job, message.image)
+            self.save_preview(message.image)
         elif isinstance(message, (ExecutionSuccess, ExecutionError, ExecutionInterrupted)):
-            self.finish(flight)
+            self.ended = True
 
-    def progressed(self, flight: Flight) -> None:
-        """Write what the node reported, at most every PROGRESS_EVERY seconds per job."""
+    def progressed(self) -> None:
+        """Write what the node reported, at most every PROGRESS_EVERY seconds."""
         now = time.monotonic()
-        if flight.report and now - flight.last_progress >= PROGRESS_EVERY:
-            flight.last_progress = now
+        if self.report and now - self.last_progress >= PROGRESS_EVERY:
+            self.last_progress = now
             with transaction.atomic():
-                RenderJob.objects.filter(pk=flight.job.pk, status=RenderJob.RENDERING).update(**flight.report)
-                flight.job.changed("job.progress")
-            flight.report = {}
+                RenderJob.objects.filter(pk=self.job.pk, status=RenderJob.RENDERING).update(**self.report)
+                self.job.changed("job.progress")
+            self.report = {}
 
-    def save_preview(self, job: RenderJob, image: bytes) -> None:
-        relative = Path("renders") / str(job.code)[:2] / str(job.code) / "preview.img"
+    def save_preview(self, image: bytes) -> None:
+        relative = Path("renders") / str(self.job.code)[:2] / str(self.job.code) / "preview.img"
         path = self.media_root / relative
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(image[: 20 * 1024 * 1024])
-        RenderJob.objects.filter(pk=job.pk).update(preview=str(relative))
+        RenderJob.objects.filter(pk=self.job.pk).update(preview=str(relative))
 
-    def poll(self) -> None:
-        """Ask the node about jobs whose socket is quiet or down: the fallback the seed asks for."""
-        now = time.monotonic()
-        self.settle_pulled_back()
-        due = [
-            f for f in self.flights.values() if f.pulled is None and now - f.last_poll >= (POLL if self.events else 0.5)
-        ]
-        if not due:
-            return
-        try:
-            queue = self.client.queue()
-        except ServiceError as e:
-            self.silent(str(e))
-            return
-        self.silent_since = None
-        for flight in due:
-            flight.last_poll = now
-            if flight.job.prompt_id in queue:
-                if queue.position(flight.job.prompt_id) == 0 and flight.job.status == RenderJob.ASSIGNED:
-                    flight.job.transition(RenderJob.RENDERING, expect=(RenderJob.ASSIGNED,), started=timezone.now())
-                continue
-            self.finish(flight)
+    def check(self) -> str:
+        """Ask the node's queue about the job (the fallback when the socket is quiet or down)."""
+        if not self.ended:
+            try:
+                queue = self.client.queue()
+            except ServiceError as e:
+                self.silent(str(e))
+                return ""
+            self.heard_from_node()
+            if self.job.prompt_id in queue:
+                running = queue.position(self.job.prompt_id) == 0
+                if running and self.job.status == RenderJob.ASSIGNED:
+                    self.job.transition(RenderJob.RENDERING, expect=(RenderJob.ASSIGNED,), started=timezone.now())
+                if running and time.monotonic() - self.heard > SILENCE:
+                    self.close_socket()  # silenced (another socket took our client id?): reopen it
+                return ""
+        return self.finish()
+
+    def heard_from_node(self) -> None:
+        if self.silent_since is not None:
+            self.silent_since = None
+            if self.job.error.startswith(f"{self.cap.node.name} has not answered"):
+                with transaction.atomic():
+                    RenderJob.objects.filter(pk=self.job.pk).update(error="")
+                    self.job.error = ""
+                    self.job.changed("job.heard")
 
     def silent(self, error: str) -> None:
-        """The node does not answer. That proves nothing about our jobs there (a node that hangs
-        may go on rendering): after a while they say so and the node gets no new work, but they
-        stay its until it answers again and says where they stand (see finish)."""
+        """The node does not answer. That proves nothing about the job (a node that hangs may go
+        on rendering): after a while it says so and the node gets no new work, but the job stays
+        its until it answers again and says where the job stands."""
         now = time.monotonic()
         if self.silent_since is None:
             self.silent_since = now
             return
-        if now - self.silent_since < settings.RENDER_NODE_TIMEOUT:
-            return
         since = now - self.silent_since
+        if since < settings.RENDER_NODE_TIMEOUT or self.job.error.startswith(f"{self.cap.node.name} has not"):
+            return
         note = (
             f"{self.cap.node.name} has not answered for {since:.0f} s ({error}); the job is followed again "
             "when it answers (cancel it to render it elsewhere)"
         )
-        waiting = [f.job.pk for f in self.flights.values() if not f.job.error.startswith(f"{self.cap.node.name} has")]
-        if waiting:
-            with transaction.atomic():
-                RenderJob.objects.filter(pk__in=waiting, status__in=(RenderJob.ASSIGNED, RenderJob.RENDERING)).update(
-                    error=note[:5000]
-                )
-                for flight in self.flights.values():
-                    if flight.job.pk in waiting:
-                        flight.job.error = note
-                        flight.job.changed("job.silent")
-        if self.events:
-            self.events.close()
-            self.events = None
-        self.resting_until = now + BEAT * 2
+        with transaction.atomic():
+            RenderJob.objects.filter(pk=self.job.pk, status__in=(RenderJob.ASSIGNED, RenderJob.RENDERING)).update(
+                error=note[:5000]
+            )
+            self.job.error = note
+            self.job.changed("job.silent")
+        self.close_socket()
+        rest(self.cap, f"it has not answered for {since:.0f} s")
 
-    def finish(self, flight: Flight) -> None:
+    def finish(self) -> str:
         """The prompt ended, or left the node's queue: settle the job as the node says it stands
         (its history entry may come a moment after the run ends: see ComfyUI.standing)."""
-        job = flight.job
+        self.ended = False
+        job = self.job
         try:
             where = self.client.standing(job.prompt_id)
-        except ServiceError:
-            return  # try again at the next poll
+        except ServiceError as e:
+            self.silent(str(e))
+            return ""  # the node proves nothing: ask again at the next look
         if where.where in (QUEUED, RUNNING):
-            return  # still on the node: go on following it
-        self.flights.pop(job.prompt_id, None)
+            return ""  # still on the node: go on following it
         job.refresh_from_db()
         if job.status == RenderJob.CANCELLED:
             job.release()
-            return
+            return self.done("cancelled")
         entry = where.entry
         if entry is None:
-            # In neither /queue nor /history, for longer than an entry can lag: the server
-            # restarted and forgot it. Lost, not done.
-            job.fail(f"{self.cap.node.name} lost the run (restarted?); it will be rendered again", permanent=False)
-            return
+            # In neither /queue nor /history, for longer than an entry can lag: it never ran (taken
+            # off the node's queue), or the server restarted and forgot it. Not done, either way.
+            lost = (
+                f"{self.cap.node.name} lost the run (restarted?)"
+                if job.status == RenderJob.RENDERING
+                else f"it was no longer in {self.cap.node.name}'s queue (taken off it, or the node restarted)"
+            )
+            job.fail(f"{lost}; it will be rendered again", permanent=False)
+            return self.done("lost on the node")
         failed = failure(entry)
         if failed:
             kind = str(failed.get("exception_type") or failed["type"])
@@ -581,30 +661,69 @@ class Runner(threading.Thread):
             at = f"node {failed.get('node_id', '?')} ({failed.get('node_type', '?')})"
             retry = "OutOfMemory" in kind or failed["type"] == "execution_interrupted"
             job.fail(f"{kind} at {at}: {message}".strip(": "), permanent=not retry)
-            return
-        job.release()  # the GPU is free: the node may take the next job while we copy
-        self.copying[job.prompt_id] = job
-        self.copiers.submit(self.collect, job, entry)
+            return self.done("failed on the node")
+        job.release()  # the GPU is free: the node takes its next job while we copy
+        self.hand_on()
+        feed()
+        return self.collect(entry)
 
-    def collect(self, job: RenderJob, entry: Any) -> None:
-        try:
-            self.copy_outputs(job, entry)
-        except Exception:
-            log.exception("copying the outputs of %s failed", job)
-        finally:
-            self.copying.pop(job.prompt_id, None)
-            close_old_connections()
-
-    def copy_outputs(self, job: RenderJob, entry: Any) -> None:
-        outputs = []
-        try:
-            for index, ref in enumerate(outputs_of(entry)):
-                out = media.collect(self.client, ref, str(job.code), index, media_root=self.media_root)
-                outputs.append(dataclasses.asdict(out))
-        except (ServiceError, media.MediaError) as e:
-            job.fail(f"could not copy the output off {self.cap.node.name}: {e}", permanent=False)
+    def hand_on(self) -> None:
+        """Claim the node's next job for this worker and send it now: the node gets it without
+        waiting for a task to be queued and picked up."""
+        if work.STOP.is_set() or not Capability.objects.usable(Capability.COMFYUI).filter(pk=self.cap.pk).exists():
             return
+        self.cap.refresh_from_db()
+        job = next_job(self.cap, worker=self.me)
+        if job is None:
+            return
+        following = Attempt(
+            RenderJob.objects.select_related("template", "node").get(pk=job.pk), self.cap, self.me, self.media_root
+        )
+        if not following.send():  # sent: followed once this job's outputs are in
+            self.next = following
+
+    def let_go(self) -> None:
+        """The task has gone on long enough: the job handed on gets a task of its own."""
+        if self.next is not None:
+            with transaction.atomic():
+                if RenderJob.objects.filter(pk=self.next.job.pk, worker=self.me).update(worker="", heartbeat=Now()):
+                    enqueue("renders.tasks.attempt", self.next.job.pk, self.next.job.prompt_id, timeout=RENDER_DEADLINE)
+            self.next.close_socket()
+            self.next = None
+
+    def collect(self, entry: Any) -> str:
+        """Copy the outputs off the node and complete the job (beating it, and the job handed on,
+        meanwhile: a copy may take long)."""
+        mine = [self.job.pk] + ([self.next.job.pk] if self.next else [])
+        with work.beating(RenderJob.objects.filter(pk__in=mine, worker=self.me)):
+            return self.copy_and_complete(entry)
+
+    def copy_and_complete(self, entry: Any) -> str:
+        """A copy our side cannot write (a full disk) is tried again, with the job still
+        rendering, until COPY_DEADLINE."""
+        wait, deadline = COPY_RETRY[0], time.monotonic() + COPY_DEADLINE
+        while True:
+            try:
+                outputs, note = self.copy_outputs(entry)
+                break
+            except (ServiceError, media.MediaError) as e:
+                self.job.fail(f"could not copy the output off {self.cap.node.name}: {e}", permanent=True)
+                return "failed: copy"
+            except OSError as e:
+                if time.monotonic() + wait > deadline:
+                    self.job.fail(
+                        f"could not store the outputs ({e.strerror or e}) for {COPY_DEADLINE:.0f} s", permanent=True
+                    )
+                    return "failed: storage"
+                with transaction.atomic():
+                    RenderJob.objects.filter(pk=self.job.pk).update(
+                        error=f"could not store the outputs ({e.strerror or e}); trying again in {wait:.0f} s"
+                    )
+                    self.job.changed("job.storage")
+                time.sleep(wait)
+                wait = min(wait * 2, COPY_RETRY[1])
         now = timezone.now()
+        job = self.job
         # The node's own clock, not ours: our row times include sending and copying.
         seconds = node_seconds(entry) or (now - (job.started or job.created)).total_seconds()
         if job.transition(
@@ -616,164 +735,174 @@ class Runner(threading.Thread):
             seconds=seconds,
             heartbeat=None,
             current="",
-            error="",
+            error="; ".join(n for n in (self.dropped, note) if n)[:5000],
         ):
-            Speed.record(self.cap_id, job.template_id, seconds, job.work)
+            Speed.record(self.cap.pk, job.template_id, seconds, job.work)
+        return "completed"
+
+    def copy_outputs(self, entry: Any) -> tuple[list[dict[str, Any]], str]:
+        """The outputs copied, and what was left on the node (over the caps), in words."""
+        refs = outputs_of(entry)
+        outputs: list[dict[str, Any]] = []
+        total = 0
+        left = ""
+        for index, ref in enumerate(refs):
+            if index >= MAX_OUTPUTS:
+                left = f"only the first {MAX_OUTPUTS} of its {len(refs)} outputs were kept"
+                break
+            out = media.collect(
+                self.client,
+                ref,
+                str(self.job.code),
+                index,
+                media_root=self.media_root,
+                limit=min(media.DOWNLOAD_LIMIT, MAX_OUTPUT_BYTES - total),
+            )
+            total += out.size
+            outputs.append(dataclasses.asdict(out))
+            if total >= MAX_OUTPUT_BYTES:
+                left = f"outputs beyond {MAX_OUTPUT_BYTES // 1024**3} GB in all were left on the node"
+                break
+        return outputs, left
 
     # --- the user's controls, acted on at the node ---------------------------------------------
 
-    def controls(self) -> None:
-        """Cancelled jobs are interrupted or taken out of the node's queue; a job still waiting in
-        the node's queue is pulled back when the queue is paused or a better job was queued."""
-        if not self.flights:
-            return
-        rows = {j.prompt_id: j for j in RenderJob.objects.filter(prompt_id__in=list(self.flights))}
-        paused = Queue.get().paused
-        best = best_fit(self.cap)
-        for prompt_id, flight in list(self.flights.items()):
-            job = rows.get(prompt_id)
-            if job is None:
-                self.flights.pop(prompt_id)
-                continue
-            flight.job = job
-            if job.status == RenderJob.CANCELLED:
-                self.take_off(job)
-                continue
-            waiting = job.status == RenderJob.ASSIGNED and flight.pulled is None
-            outranked = best is not None and (best.priority, -best.position) > (job.priority, -job.position)
-            if waiting and (paused or outranked):
-                self.pull_back(flight)
+    def controls(self) -> str:
+        """A cancelled job is interrupted or taken off the node's queue; one still waiting in the
+        node's queue is pulled back when the queue is paused or a better job was queued."""
+        row = RenderJob.objects.filter(pk=self.job.pk).values("status", "priority", "position", "worker").first()
+        if row is None:
+            return self.done("the job was deleted")
+        if row["worker"] != self.me:
+            return "the job is no longer this worker's"
+        self.job.status, self.job.priority, self.job.position = row["status"], row["priority"], row["position"]
+        if row["status"] == RenderJob.CANCELLED:
+            return self.take_off()
+        if row["status"] != RenderJob.ASSIGNED or self.pulled is not None:
+            return ""
+        if Queue.get().paused or self.outranked():
+            self.pull_back()
+        return ""
 
-    def pull_back(self, flight: Flight) -> None:
-        """Take a job waiting in the node's queue back to ours (paused, or a better job came). It
-        goes back only once the node has shown, for HISTORY_SETTLE seconds, that it never ran it:
-        meanwhile the runner goes on with its other work, and the node's unit is free for another."""
-        job = flight.job
+    def outranked(self) -> bool:
+        """Whether a runnable job that this node should take comes before this one."""
+        job = self.job
+        ahead = RenderJob.objects.runnable().filter(
+            Q(priority__gt=job.priority) | Q(priority=job.priority, position__lt=job.position)
+        )
+        if not ahead.exists():
+            return False
+        best = best_fit(self.cap)
+        return best is not None and (best.priority, -best.position) > (job.priority, -job.position)
+
+    def pull_back(self) -> None:
+        """Take the job waiting in the node's queue back to ours (paused, or a better job came).
+        It goes back only once the node has shown, for HISTORY_SETTLE seconds, that it never ran
+        it; meanwhile the node's unit is free for another job."""
         try:
-            self.client.delete_queued([job.prompt_id])
-            where = self.client.standing(job.prompt_id, settle=0).where
+            self.client.delete_queued([self.job.prompt_id])
+            where = self.client.standing(self.job.prompt_id, settle=0).where
         except ServiceError:
             return  # a node that cannot be asked proves nothing: try again later
         if where == GONE:
-            flight.pulled = time.monotonic()
-            RenderJob.objects.filter(pk=job.pk, status=RenderJob.ASSIGNED).update(capability=None)
+            self.pulled = time.monotonic()
+            RenderJob.objects.filter(pk=self.job.pk, status=RenderJob.ASSIGNED).update(capability=None)
+            feed()
         # Still queued there (try again), running or finished: it is followed as before.
 
-    def keep(self, flight: Flight) -> None:
+    def keep(self) -> None:
         """A job taken off the node's queue that ran there after all: followed to its end."""
-        flight.pulled = None
-        RenderJob.objects.filter(pk=flight.job.pk, status__in=(RenderJob.ASSIGNED, RenderJob.RENDERING)).update(
-            capability=self.cap_id
+        self.pulled = None
+        RenderJob.objects.filter(pk=self.job.pk, status__in=(RenderJob.ASSIGNED, RenderJob.RENDERING)).update(
+            capability=self.cap.pk
         )
 
-    def settle_pulled_back(self) -> None:
-        now = time.monotonic()
-        # Asked at most every SETTLE_LOOK seconds each, not at every turn of the runner's loop.
-        for flight in [f for f in self.flights.values() if f.pulled is not None and now - f.last_poll >= SETTLE_LOOK]:
-            flight.last_poll = now
-            job = flight.job
-            try:
-                where = self.client.standing(job.prompt_id, settle=0).where
-            except ServiceError:
-                continue
-            if where != GONE:
-                self.keep(flight)
-                if where == FINISHED:
-                    self.finish(flight)
-            elif time.monotonic() - (flight.pulled or 0.0) >= HISTORY_SETTLE:
-                self.flights.pop(job.prompt_id, None)
-                job.transition(
-                    RenderJob.QUEUED,
-                    expect=(RenderJob.ASSIGNED,),
-                    node_id=None,
-                    attempts=max(job.attempts - 1, 0),
-                    heartbeat=None,
-                )
-
-    def take_off(self, job: RenderJob) -> None:
-        """A cancelled job comes off the node: taken off its queue, or interrupted if it runs."""
+    def settle_pulled_back(self) -> str:
+        time.sleep(SETTLE_LOOK)
         try:
-            self.client.delete_queued([job.prompt_id])
-            where = self.client.standing(job.prompt_id, settle=0).where
-            if where == RUNNING:
-                self.client.interrupt(job.prompt_id)
+            where = self.client.standing(self.job.prompt_id, settle=0).where
         except ServiceError:
-            return  # a node that cannot be asked proves nothing: ask again later
-        if where == QUEUED:
-            return  # the delete has not taken yet: again at the next look
-        self.flights.pop(job.prompt_id, None)
-        job.release()
-
-    # --- re-attaching --------------------------------------------------------------------------
-
-    def adopt(self) -> None:
-        """Take over this node's jobs that no live dispatcher follows (we restarted, or another
-        dispatcher died) and find out from the node where they stand."""
-        stale = timezone.now() - timedelta(seconds=settings.RENDER_STALE)
-        orphans = (
-            RenderJob.objects.active()
-            .filter(node=self.cap.node_id)
-            .exclude(prompt_id__in=[*self.flights, *self.copying])
-            .filter(Q(heartbeat=None) | Q(heartbeat__lt=stale))
-            .select_related("template")
+            return ""
+        if where != GONE:
+            self.keep()
+            if where == FINISHED:
+                return self.finish()
+            return ""
+        if time.monotonic() - (self.pulled or 0.0) < HISTORY_SETTLE:
+            return ""
+        self.job.transition(
+            RenderJob.QUEUED,
+            expect=(RenderJob.ASSIGNED,),
+            node_id=None,
+            worker="",
+            client_id="",
+            attempts=max(self.job.attempts - 1, 0),
+            heartbeat=None,
         )
-        for job in orphans:
-            # Only a heartbeat that stopped is a crash: a job handed back by a clean stop is not.
-            crashes = job.crashes + (job.heartbeat is not None)
-            if crashes >= QUARANTINE_AFTER:
-                job.fail(f"quarantined: a dispatcher died {crashes} times while running this job", permanent=True)
-                continue
-            if not RenderJob.objects.filter(pk=job.pk, heartbeat=job.heartbeat).update(
-                crashes=crashes, heartbeat=timezone.now()
-            ):
-                continue  # someone else adopted it
-            self.flights[job.prompt_id] = Flight(job)
-            with transaction.atomic():
-                job.changed("job.adopted")
+        return self.done("pulled back to the queue")
+
+    def take_off(self) -> str:
+        """The cancelled job comes off the node: taken off its queue, or interrupted if it runs."""
+        try:
+            self.client.delete_queued([self.job.prompt_id])
+            where = self.client.standing(self.job.prompt_id, settle=0).where
+            if where == RUNNING:
+                self.client.interrupt(self.job.prompt_id)
+        except ServiceError:
+            return ""  # a node that cannot be asked proves nothing: ask again later
+        if where == QUEUED:
+            return ""  # the delete has not taken yet: again at the next look
+        self.job.release()
+        return self.done("cancelled")
 
 
-class Dispatcher:
-    """Owns every ComfyUI node it can, one Runner thread each."""
+def rank(job: RenderJob) -> float:
+    """Where the job goes in its node's queue: ComfyUI runs prompts by this number, so jobs sent
+    at once by several workers run in our dispatch order (priority, then position), after any
+    prompt someone queued there directly (its counter counts from 0)."""
+    return 1e12 - job.priority * 1e9 + job.position
 
-    def __init__(self, media_root: Path | None = None) -> None:
-        self.owner = uuid.uuid4().hex[:12]
-        self.media_root = media_root
-        self.runners: dict[int, Runner] = {}
-        self.stopping = threading.Event()
 
-    def claim_nodes(self) -> None:
-        stale = timezone.now() - timedelta(seconds=settings.RENDER_STALE)
-        caps = Capability.objects.filter(kind=Capability.COMFYUI, node__enabled=True)
-        for cap in caps:
-            runner = self.runners.get(cap.pk)
-            if runner and runner.is_alive():
-                continue
-            taken = (
-                Capability.objects.filter(pk=cap.pk)
-                .filter(Q(runner="") | Q(runner=self.owner) | Q(runner_beat=None) | Q(runner_beat__lt=stale))
-                .update(runner=self.owner, runner_beat=timezone.now())
-            )
-            if taken:
-                self.runners[cap.pk] = Runner(cap.pk, self.owner, self.media_root)
-                self.runners[cap.pk].start()
+def dropped_reason(errors: Any) -> str:
+    found = errors.get("errors", []) if isinstance(errors, dict) else []
+    reasons = [str(e.get("message") or e.get("type") or "") for e in found if isinstance(e, dict)]
+    return ", ".join(r for r in reasons if r) or "refused"
 
-    def run_once(self) -> None:
-        self.claim_nodes()
 
-    def run(self, tick: float = 1.0) -> None:
-        while not self.stopping.is_set():
-            try:
-                self.run_once()
-            except Exception:
-                log.exception("dispatcher pass failed")
-            finally:
-                close_old_connections()
-            self.stopping.wait(tick)
-        self.stop()
+def rest(cap: Capability, error: str) -> None:
+    """Send this node nothing for a while, twice as long at each fault in a row (up to MAX_REST),
+    and say so on its card. The one back-off rule, shared by every worker (it is on the row)."""
+    faults = (Capability.objects.filter(pk=cap.pk).values_list("faults", flat=True).first() or 0) + 1
+    seconds = min(settings.BEAT * 2 ** (faults - 1), settings.MAX_REST)
+    with transaction.atomic():
+        Capability.objects.filter(pk=cap.pk).update(
+            faults=faults,
+            resting_until=timezone.now() + timedelta(seconds=seconds),
+            last_error=f"{error}; no new jobs for it for {seconds:.0f} s"[:2000],
+        )
+        cap.node.changed("node.resting")
 
-    def stop(self) -> None:
-        self.stopping.set()
-        for runner in self.runners.values():
-            runner.stopping.set()
-        for runner in self.runners.values():
-            runner.join(timeout=10)
+
+# --- the sweeper's part ----------------------------------------------------------------------------
+
+
+def sweep() -> bool:
+    """Re-drive every job whose worker stopped (queue its attempt again: it asks the node first),
+    quarantine one whose workers keep dying while running it, and feed the pool; True while
+    any job is queued or on a node."""
+    active = RenderJob.objects.active()
+    workers = active.exclude(worker="").values_list("worker", flat=True)
+    for job in active.filter(work.orphaned(workers)).only("pk", "prompt_id", "worker", "heartbeat", "crashes"):
+        crashes = job.crashes + work.crashed(job.worker, job.heartbeat)
+        if crashes >= QUARANTINE_AFTER:
+            full = RenderJob.objects.select_related("template").get(pk=job.pk)
+            full.fail(f"quarantined: the worker running this job died {crashes} times", permanent=True)
+            continue
+        # Guarded: still that worker's, and still orphaned (a heartbeat written by the database's
+        # clock is compared by the same clock, never matched as a value).
+        still = active.filter(work.orphaned([job.worker]), pk=job.pk, worker=job.worker)
+        with transaction.atomic():
+            if still.update(worker="", heartbeat=Now(), crashes=crashes):
+                enqueue("renders.tasks.attempt", job.pk, job.prompt_id, timeout=RENDER_DEADLINE)
+    feed()
+    return RenderJob.objects.filter(status__in=(RenderJob.QUEUED, RenderJob.ASSIGNED, RenderJob.RENDERING)).exists()

@@ -74,6 +74,18 @@ def inside(root: Path, relative: str) -> Path | None:
     return path if path.is_relative_to(base) and path != base else None
 
 
+def forget(outputs: list[dict[str, object]], media_root: Path | None = None) -> None:
+    """Delete a job's output files and their thumbnails (only inside the media folder)."""
+    from django.conf import settings
+
+    root = Path(media_root or settings.MEDIA_ROOT)
+    for out in outputs:
+        for key in ("path", "thumbnail"):
+            path = inside(root, str(out.get(key) or ""))
+            if path is not None and path.is_file():
+                path.unlink(missing_ok=True)
+
+
 def extension(remote_filename: str) -> str:
     """The lowercased extension of a remote name, if it is one we keep."""
     base = remote_filename.replace("\\", "/").rsplit("/", 1)[-1]

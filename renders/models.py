@@ -61,6 +61,14 @@ class Queue(models.Model):
             cls.get()
             cls.objects.filter(pk=1).update(paused=paused, changed=timezone.now())
             Event.emit("renders", "queue.paused" if paused else "queue.resumed")
+            if not paused:
+                wake()
+
+
+# A node's test render: the shipped model-free template, pinned to the node, ahead of every job.
+TEST_TEMPLATE = "test-still-image"
+TEST_TARGET = "test"  # nodes.pool.TEST_TARGET
+TEST_PRIORITY = 1000
 
 
 class JobQuerySet(models.QuerySet["RenderJob"]):
@@ -122,7 +130,7 @@ class RenderJob(models.Model):
         Capability, on_delete=models.SET_NULL, null=True, blank=True, related_name="held_renders"
     )
     # Render only on this node (the user asked for it); None: wherever fits best.
-    pin = models.ForeignKey(Node, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    pin = models.ForeignKey(Node, on_delete=models.SET_NULL, null=True, blank=True, related_name="pinned_jobs")
     # The node its last attempt failed on: a retry goes elsewhere if another node can take it.
     avoid = models.ForeignKey(Node, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
     # Chosen by us and stored before the workflow is sent, so a crash can be re-attached.
@@ -134,11 +142,15 @@ class RenderJob(models.Model):
     error = models.TextField(blank=True)
     attempts = models.PositiveSmallIntegerField(default=0)
     max_attempts = models.PositiveSmallIntegerField(default=3)
-    # Times a dispatcher died while it held this job: past a limit it is quarantined.
+    # The worker following this job (spoonfeeder.work.worker_id), "" while none has taken it, and
+    # times a worker died while running it: past a limit it is quarantined.
+    worker = models.CharField(max_length=100, blank=True)
     crashes = models.PositiveSmallIntegerField(default=0)
     not_before = models.DateTimeField(null=True, blank=True)
     heartbeat = models.DateTimeField(null=True, blank=True)
     created = models.DateTimeField(default=timezone.now)
+    # When its node accepted the workflow (this attempt), when it began there, when it ended.
+    sent = models.DateTimeField(null=True, blank=True)
     started = models.DateTimeField(null=True, blank=True)
     finished = models.DateTimeField(null=True, blank=True)
     # Seconds the node spent on it and units of work (frames x steps x megapixels), for speed.
@@ -163,6 +175,8 @@ class RenderJob(models.Model):
         topics = ["renders"]
         if finished:  # the list of finished jobs changes only when one ends or is retried
             topics.append("renders-done")
+        if self.target == TEST_TARGET:
+            topics.append("nodes")  # a node's test render is shown on its card
         if kind != "job.progress":
             topics.append("dashboard")
             if self.story:  # the story's page shows its renders (progress it polls for)
@@ -178,6 +192,8 @@ class RenderJob(models.Model):
             done = RenderJob.objects.filter(pk=self.pk, status__in=expect).update(status=to, **fields)
             if done:
                 self.changed(f"job.{to}", finished=to in self.ENDED or any(e in self.ENDED for e in expect))
+                if to == self.QUEUED:
+                    wake()
         if done:  # the row now holds exactly these values: no need to read it back
             self.status = to
             for name, value in fields.items():
@@ -246,6 +262,45 @@ class RenderJob(models.Model):
         return cls(template=template, settings=settings, kind=kind, work=work_of(settings), **fields)
 
     @classmethod
+    def test_render(cls, node: Node) -> RenderJob:
+        """Queue the shipped model-free test template on `node` alone, ahead of every other job:
+        an ordinary render job, shown on the node's card. The node's earlier ended test renders
+        (and their files) go."""
+        from renders import media
+
+        template = Template.objects.filter(name=TEST_TEMPLATE).first()
+        if template is None:
+            raise Template.DoesNotExist(
+                f"the test template {TEST_TEMPLATE!r} is not loaded: run `manage.py load_templates`"
+            )
+        with transaction.atomic():
+            old = cls.objects.filter(pin=node, target=TEST_TARGET, status__in=cls.ENDED)
+            for job in old:
+                media.forget(job.outputs)
+            old.delete()
+            job = cls.build(
+                template,
+                {},
+                prompt=f"Spoon Feeder test render on {node.name}",
+                target=TEST_TARGET,
+                pin=node,
+                priority=TEST_PRIORITY,
+                position=cls.last_position(),
+            )
+            job.save()
+            cls.announce_queued()
+            node.changed("node.test_render")
+        return job
+
+    @staticmethod
+    def announce_queued() -> None:
+        """New jobs were saved (call inside their transaction): the pages are told, and the
+        pool is fed once it commits."""
+        Event.emit("renders", "job.queued")
+        Event.emit("dashboard", "job.queued")
+        wake()
+
+    @classmethod
     def last_position(cls) -> float:
         last = cls.objects.filter(status=cls.QUEUED).aggregate(m=models.Max("position"))["m"]
         return (last or 0) + 1
@@ -303,6 +358,14 @@ class RenderJob(models.Model):
         return bool(moved)
 
 
+def wake() -> None:
+    """Once the caller's transaction commits, the cluster feeds the pool (and a sweeper runs)."""
+    from spoonfeeder.tasks import enqueue, ensure_sweeping
+
+    enqueue("renders.tasks.feed", timeout=60, routine=True)
+    ensure_sweeping()
+
+
 class Speed(models.Model):
     """How fast a node renders a template: a moving average of seconds per unit of work."""
 
@@ -321,10 +384,11 @@ class Speed(models.Model):
     def record(cls, capability_id: int, template_id: int, seconds: float, work: float) -> None:
         rate = seconds / max(work, 1e-9)
         with transaction.atomic():
-            row = cls.objects.select_for_update().filter(capability_id=capability_id, template_id=template_id).first()
-            if row is None:
-                cls.objects.create(capability_id=capability_id, template_id=template_id, seconds_per_unit=rate)
-            else:
+            # Two jobs of one template may end on one node at once: get_or_create makes one row.
+            row, made = cls.objects.select_for_update().get_or_create(
+                capability_id=capability_id, template_id=template_id, defaults={"seconds_per_unit": rate}
+            )
+            if not made:
                 row.seconds_per_unit = 0.7 * row.seconds_per_unit + 0.3 * rate
                 row.samples += 1
                 row.save(update_fields=["seconds_per_unit", "samples"])

@@ -8,10 +8,10 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
+from nodes.models import Node
 from renders import queue
 from renders.forms import RenderForm, TemplateForm
 from renders.models import Queue, RenderJob, Template
-from spoonfeeder.models import Event
 from spoonfeeder.views import HtmxHttpRequest, done
 
 
@@ -47,8 +47,7 @@ def queue_jobs(form: RenderForm) -> int:
                 position=position + i,
                 pin=data.get("node"),
             ).save()
-        Event.emit("renders", "job.queued")
-        Event.emit("dashboard", "job.queued")
+        RenderJob.announce_queued()
     return int(data["count"])
 
 
@@ -126,3 +125,16 @@ def template_edit(request: HttpRequest, code: str | None = None) -> HttpResponse
     return render(
         request, "renders/template_form.html", {"form": form, "template": template}, status=400 if form.errors else 200
     )
+
+
+@require_POST
+def test_render(request: HtmxHttpRequest, code: str) -> HttpResponse:
+    """A node's Test render button: the shipped test template, rendered on that node alone."""
+    node = get_object_or_404(Node, code=code)
+    if node.comfyui is None:
+        return done(request, f"{node.name} has no ComfyUI to render on.", "nodes:index", error=True)
+    try:
+        RenderJob.test_render(node)
+    except Template.DoesNotExist as e:
+        return done(request, f"No test render: {e}.", "nodes:index", error=True)
+    return done(request, f"Test render queued on {node.name}; the image appears on its card.", "nodes:index")

@@ -13,7 +13,7 @@ class SpoonfeederConfig(AppConfig):
     verbose_name = "Spoon Feeder"
 
     def ready(self) -> None:
-        from django_q.signals import post_execute, pre_enqueue, pre_execute
+        from django_q.signals import post_execute, post_spawn, pre_enqueue, pre_execute
 
         from spoonfeeder import checks  # noqa: F401 - registers the system checks
 
@@ -22,6 +22,8 @@ class SpoonfeederConfig(AppConfig):
         pre_enqueue.connect(task_queued, dispatch_uid="spoonfeeder.task_queued")
         pre_execute.connect(task_started, dispatch_uid="spoonfeeder.task_started")
         post_execute.connect(task_finished, dispatch_uid="spoonfeeder.task_finished")
+        # A worker (re)started: the one before it may have died with work; the sweeper finds it.
+        post_spawn.connect(worker_started, dispatch_uid="spoonfeeder.worker_started")
 
 
 def task_queued(sender: Any, task: dict[str, Any], **kwargs: Any) -> None:
@@ -40,9 +42,21 @@ def task_finished(sender: Any, task: dict[str, Any], **kwargs: Any) -> None:
 def task_event(kind: str, task: dict[str, Any]) -> None:
     from spoonfeeder.models import Event
 
+    if task.get("save") is False and kind != "task.failed":
+        return  # the engine's routine upkeep (spoonfeeder.tasks.enqueue): shown only if it fails
+
     try:
         Event.emit("dashboard", kind, task["id"])
     except Exception:
         # An event is a notification; the relay's periodic re-render covers a lost one.
         # Raising here would kill django-q2's monitor or fail the enqueue.
         log.exception("could not record %s for task %s", kind, task.get("id"))
+
+
+def worker_started(sender: Any, **kwargs: Any) -> None:
+    from spoonfeeder.tasks import ensure_sweeping
+
+    try:
+        ensure_sweeping()
+    except Exception:
+        log.exception("could not start the sweeper")

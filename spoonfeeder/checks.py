@@ -54,3 +54,17 @@ def check_redis(**kwargs: Any) -> list[Error]:
             )
         ]
     return []
+
+
+@register("spoonfeeder")
+def check_heartbeats(**kwargs: Any) -> list[Error]:
+    if settings.STALE >= 3 * settings.BEAT:
+        return []
+    return [
+        Error(
+            f"SPOONFEEDER_STALE ({settings.STALE:g} s) is not at least three heartbeats "
+            f"(SPOONFEEDER_BEAT {settings.BEAT:g} s): live work would be taken for orphaned and run again.",
+            hint=f"Set SPOONFEEDER_STALE to {3 * settings.BEAT:g} or more, or SPOONFEEDER_BEAT lower.",
+            id="spoonfeeder.E004",
+        )
+    ]

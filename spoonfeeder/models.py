@@ -56,3 +56,14 @@ class Event(models.Model):
     @classmethod
     def emit(cls, topic: str, kind: str, ref: str = "") -> Event:
         return cls.objects.create(topic=topic, kind=kind, ref=str(ref)[:64])
+
+
+class Sweeper(models.Model):
+    """The sweeper running now (one row): its worker and heartbeat. One sweeper at a time looks
+    for orphaned work and feeds the pool; another that starts meanwhile leaves at once."""
+
+    worker = models.CharField(max_length=100, blank=True)
+    heartbeat = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"sweeper {self.worker or '(none)'}"

@@ -100,7 +100,9 @@ else:
 # The worker cluster. `retry` must outlast the longest a task can wait in the cluster's prefetch
 # plus run (STACK-NOTES.md), or a second copy starts while the first still runs; the system check
 # spoonfeeder.E002 refuses a configuration that breaks this.
-Q_WORKERS = int(config.env_number("SPOONFEEDER_WORKERS", 2, minimum=1))
+# A render holds a worker while it waits in or runs on its node, a story step while its model
+# answers: the pool's slots plus a few (nodes.models.worker_shortfall says when it is short).
+Q_WORKERS = int(config.env_number("SPOONFEEDER_WORKERS", 8, minimum=1))
 Q_TIMEOUT = int(config.env_number("SPOONFEEDER_TASK_TIMEOUT", 1800, minimum=10))
 Q_QUEUE_LIMIT = Q_WORKERS
 Q_RETRY = int(
@@ -140,10 +142,17 @@ TASK_RETENTION = config.env_number("SPOONFEEDER_TASK_RETENTION", 7 * 86400, mini
 # A cluster whose heartbeat is older than this is shown as down.
 WORKER_STALE_AFTER = config.env_number("SPOONFEEDER_WORKER_STALE_AFTER", 6, minimum=2)
 
-# Renders: a job or node heartbeat older than this means its dispatcher died; a failed attempt
-# waits this many seconds (doubling with each attempt) before it is tried again.
-RENDER_STALE = config.env_number("SPOONFEEDER_RENDER_STALE", 15, minimum=1)
+# Work on the cluster (spoonfeeder/work.py): a row that holds work beats every BEAT seconds; one
+# whose heartbeat is older than STALE seconds (on the database's clock) lost its worker, and the
+# sweeper, looking every SWEEP_EVERY seconds while there is work, re-drives it. A failed render
+# attempt waits RENDER_BACKOFF seconds (doubling with each attempt) before it is tried again.
+BEAT = config.env_number("SPOONFEEDER_BEAT", 2, minimum=0.1)
+STALE = config.env_number("SPOONFEEDER_STALE", 10, minimum=1)
+SWEEP_EVERY = config.env_number("SPOONFEEDER_SWEEP_EVERY", 1, minimum=0.05)
 RENDER_BACKOFF = config.env_number("SPOONFEEDER_RENDER_BACKOFF", 5, minimum=0)
+# A node that fails (refuses a job, answers garbage) gets no new work for a while: twice as long
+# at each fault in a row, from BEAT seconds up to MAX_REST.
+MAX_REST = config.env_number("SPOONFEEDER_MAX_REST", 60, minimum=1)
 # A node that does not answer for this long has its running jobs retried elsewhere.
 RENDER_NODE_TIMEOUT = config.env_number("SPOONFEEDER_RENDER_NODE_TIMEOUT", 30, minimum=1)
 

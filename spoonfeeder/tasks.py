@@ -2,26 +2,41 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Q
+from django.db.models.functions import Now
 from django.utils import timezone
 from django_q.conf import Conf
 from django_q.models import Task
 from django_q.tasks import async_task
 
-from spoonfeeder.models import Event
+from spoonfeeder import work
+from spoonfeeder.models import Event, Sweeper
+
+log = logging.getLogger(__name__)
+
+SWEEP_SPAN = 50.0  # seconds one sweeper task runs before it hands on to a fresh one
+IDLE_PASSES = 3  # passes with nothing to watch before the sweeper leaves
 
 
-def enqueue(func: str, *args: Any, **kwargs: Any) -> None:
+def enqueue(func: str, *args: Any, timeout: float | None = None, routine: bool = False, **kwargs: Any) -> None:
     """Queue a task so that the worker sees the caller's rows when it starts.
 
     With the ORM broker the queue row (and its event) joins the caller's transaction; another
     broker is not transactional, so the message is sent once the transaction commits.
     """
+    if timeout is not None:
+        kwargs["timeout"] = int(timeout) + 1  # the cluster's own deadline, behind the task's
+    if routine:
+        # The engine's own upkeep (feeding the pool, sweeping): no result row or event when it
+        # succeeds, so the dashboard counts the work people asked for; a failure is kept.
+        kwargs["save"] = False
     if Conf.ORM:
         with transaction.atomic():
             async_task(func, *args, **kwargs)
@@ -41,3 +56,70 @@ def prune() -> str:
     cutoff = timezone.now() - timedelta(seconds=settings.TASK_RETENTION)
     tasks, _ = Task.objects.filter(stopped__lt=cutoff).delete()
     return f"pruned {events} events and {tasks} task results"
+
+
+# --- the sweeper ---------------------------------------------------------------------------------
+
+
+def sweep() -> str:
+    """The sweeper: while the pool has work, every SWEEP_EVERY seconds, each app re-drives its
+    orphaned work and feeds the pool what became runnable with time (a retry's wait over, a
+    node back from its rest). One at a time; it hands on to a fresh task every SWEEP_SPAN
+    seconds (within any task deadline), and leaves when there is nothing to watch."""
+    me = work.worker_id()
+    if not take_sweeper(me):
+        return "another sweeper is running"
+    passes = idle = 0
+    ends = time.monotonic() + SWEEP_SPAN
+    try:
+        with work.stop_on_sigterm():
+            while True:
+                work.stopping()
+                passes += 1
+                idle = 0 if handle_one_sweep() else idle + 1
+                if idle >= IDLE_PASSES:
+                    return f"swept {passes} times; nothing to watch"
+                if time.monotonic() >= ends:
+                    release_sweeper(me)
+                    enqueue("spoonfeeder.tasks.sweep", timeout=SWEEP_SPAN + 30, routine=True)
+                    return f"swept {passes} times; handed on"
+                if not Sweeper.objects.filter(pk=1, worker=me).update(heartbeat=Now()):
+                    return "another sweeper took over"
+                time.sleep(settings.SWEEP_EVERY)
+    except work.Stopped:
+        release_sweeper(me)
+        work.leave()
+        return f"swept {passes} times; stopped"
+    finally:
+        release_sweeper(me)
+
+
+def handle_one_sweep() -> bool:
+    """One pass of every app's sweep; True if any has something to watch."""
+    busy = False
+    for one in work.sweeps():
+        try:
+            busy = one() or busy
+        except Exception:
+            log.exception("sweep %s failed", one.__qualname__)
+            busy = True  # try again at the next pass
+    return busy
+
+
+def take_sweeper(me: str) -> bool:
+    Sweeper.objects.get_or_create(pk=1)
+    current = Sweeper.objects.filter(pk=1).values_list("worker", flat=True).first() or ""
+    free = Q(worker="") | work.orphaned([current])
+    return bool(Sweeper.objects.filter(free, pk=1).update(worker=me, heartbeat=Now()))
+
+
+def release_sweeper(me: str) -> None:
+    Sweeper.objects.filter(pk=1, worker=me).update(worker="", heartbeat=None)
+
+
+def ensure_sweeping() -> None:
+    """Start a sweeper unless one runs (its heartbeat is fresh): called when work is queued, by
+    the schedule every minute and when a worker (re)starts."""
+    live = Sweeper.objects.filter(pk=1, heartbeat__gte=work.stale_before()).exclude(worker="")
+    if not live.exists():
+        enqueue("spoonfeeder.tasks.sweep", timeout=SWEEP_SPAN + 30, routine=True)

@@ -85,9 +85,11 @@ def pieces(story: Story) -> list[int]:
 # --- moving a story along -------------------------------------------------------------------
 
 
-def advance(story_id: int) -> list[StepRun]:
+def advance(story_id: int, *, wake: bool = True) -> list[StepRun]:
     """Start every step whose inputs are complete, gather fanned-out steps whose parts ended, and
-    keep the story's summary (state, progress) up to date. Returns the runs it made pending."""
+    keep the story's summary (state, progress) up to date. Returns the runs it made pending.
+    With `wake`, a story with steps ready to start has them placed once this commits (the step
+    tasks and the sweeper, which place what they make ready themselves, say wake=False)."""
     with transaction.atomic():
         # The lock serialises advancers on PostgreSQL; SQLite's write lock does it there.
         story = Story.objects.select_for_update().get(pk=story_id)
@@ -115,6 +117,10 @@ def advance(story_id: int) -> list[StepRun]:
 
                 gather_references(story, run)
         summarise(story, ordered, whole, parts)
+        if wake and not story.stopped and story.runs.filter(status=StepRun.PENDING, held=False).exists():
+            from stories.runner import wake as place_soon
+
+            place_soon()
     return made
 
 

@@ -229,8 +229,12 @@ class StepRun(models.Model):
         "nodes.Capability", on_delete=models.SET_NULL, null=True, blank=True, related_name="held_steps"
     )
     model = models.CharField(max_length=200, blank=True)
-    owner = models.CharField(max_length=40, blank=True)
+    # The worker running it (spoonfeeder.work.worker_id); "" while its task is on the way. Its
+    # heartbeat, and times a worker died while running it (not attempts: past a limit it is
+    # quarantined).
+    owner = models.CharField(max_length=100, blank=True)
     heartbeat = models.DateTimeField(null=True, blank=True)
+    crashes = models.PositiveSmallIntegerField(default=0)
     created = models.DateTimeField(default=timezone.now)
     started = models.DateTimeField(null=True, blank=True)
     finished = models.DateTimeField(null=True, blank=True)

@@ -10,7 +10,6 @@ from django.db import transaction
 from django.utils import timezone
 
 from renders.models import RenderJob
-from spoonfeeder.models import Event
 from stories.models import Character, StepRun, Story
 
 REFERENCE_SETTINGS = {"width": 768, "height": 768, "frames": 1, "steps": 20, "cfg": 5.0, "seed": "random"}
@@ -64,8 +63,7 @@ def queue_renders(story: Story, run: StepRun) -> None:
         if not done:
             transaction.set_rollback(True)  # stopped or re-run meanwhile: queue nothing
             return
-        Event.emit("renders", "job.queued")
-        Event.emit("dashboard", "job.queued")
+        RenderJob.announce_queued()
     run.note(f"queued {queued} render job{'s' if queued != 1 else ''}; kept {kept} that would render the same")
 
 
@@ -99,7 +97,7 @@ def queue_references(story: Story, run: StepRun) -> None:
         if not mine.update(output={"characters": len(characters)}, owner="", heartbeat=None):
             transaction.set_rollback(True)  # stopped or re-run meanwhile: queue nothing
             return
-        Event.emit("renders", "job.queued")
+        RenderJob.announce_queued()
     run.note(f"queued {queued} reference image{'s' if queued != 1 else ''}; kept {kept} already queued or done")
 
 

@@ -1,40 +1,41 @@
-"""Running the steps of stories on the pool's Ollama nodes.
+"""Running the steps of stories on the pool's Ollama nodes, as tasks of the worker cluster.
 
-The pipeline runner lives in the dispatcher process beside the render runners. It claims pending
-step runs by a guarded update, places each on an Ollama node (the story's last node preferred, the
-model required), the run's row taking a unit of the node's capacity, and runs it in a thread of
-its own: a step is a wait on a language model, and as many run at once as the pool has room for.
-When a step ends, its thread advances the story and goes straight on, on the same node, to the
-oldest ready step that node can take (often the story's next), so a node does not idle between
-steps waiting for a pass of the runner; what more became ready wakes the runner to place it
-elsewhere.
-A step queued behind busy nodes shows no reason: it is next in line. One that no node could take
-(none online, none with its model) says why.
+`feed()` places each ready step run on an Ollama node (the story's last node preferred, the
+model required) and claims it there: a guarded update of the run's row, which from then on holds
+a unit of the node's capacity (the row is the lease), with its `step` task queued in the same
+transaction. Steps that need no node (queueing renders) are claimed the same way, without one.
 
-A runner that dies leaves its runs `running` with a heartbeat that stops; any runner finds them
-and starts them again, and advances any story it left between two steps. A step writes its
-objects in the transaction that completes it, so a run cut short wrote nothing, and a completed
-step is never run again.
+A step task (`execute`) takes the run for its worker, beats it while the model answers, writes
+the step's objects in the transaction that completes it, advances the story, and goes straight
+on, on the same node, to the oldest ready step that node can take (often the story's next), so a
+node does not idle between steps waiting for another task. A step queued behind busy nodes shows
+no reason: it is next in line. One that no node could take (none online, none with its model)
+says why.
+
+A worker that dies leaves its run `running` with a heartbeat that stops; the sweeper (`sweep()`)
+puts it back to pending (the crash is counted on the run, not as an attempt), and advances any
+story left between two steps. A run cut short wrote nothing, and a completed step never runs
+again.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
-import uuid
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import close_old_connections, transaction
+from django.db import transaction
 from django.db.models import Q
+from django.db.models.functions import Now
 from django.utils import timezone
 
 from nodes.clients import ServiceError
 from nodes.clients.ollama import Ollama
 from nodes.models import Capability, Requirements, place_and_claim
+from spoonfeeder import work
+from spoonfeeder.tasks import enqueue, ensure_sweeping
 from stories import graph, steps
 from stories.models import RunQuerySet, StepRun, Story
 from stories.rendering import queue_references, queue_renders
@@ -42,296 +43,86 @@ from stories.rendering import queue_references, queue_renders
 log = logging.getLogger(__name__)
 
 ANSWERS = 3  # answers asked of the model per attempt before the step fails
-BEAT = 2.0  # seconds between heartbeats of running steps (and looks for stale ones)
-MAX_PARALLEL = 32  # steps running at once in one runner, at most
 ANSWER_TIMEOUT = 600.0
-LOOK = 0.2  # seconds between looks for ready steps when nothing wakes the runner
 HAND_ON_LOOK = 20  # ready runs a freed node looks through for one it can take
-SCAN = 64  # ready runs a pass of the runner looks through, at most
-REASONS = 1.0  # seconds between updates of why steps no node can take wait, while every node is busy
+SCAN = 64  # ready runs one feed looks through, at most
+QUARANTINE_AFTER = 3  # worker deaths while running one step
+# How long one step task goes on from step to step on its node before it leaves the rest to
+# new tasks (within its deadline, STEP_DEADLINE).
+HAND_ON_SPAN = 300.0
+STEP_DEADLINE = ANSWERS * ANSWER_TIMEOUT + HAND_ON_SPAN + 120
 ASKS = [name for name, step in graph.STEPS.items() if step.kind == graph.ASK]
 
 
-class Pipeline(threading.Thread):
-    """Claims and runs ready steps until stopped."""
+def wake() -> None:
+    """Once the caller's transaction commits, place the ready steps (and keep a sweeper)."""
+    enqueue("stories.tasks.feed", timeout=60, routine=True)
+    ensure_sweeping()
 
-    def __init__(self, owner: str | None = None, parallel: int = MAX_PARALLEL) -> None:
-        super().__init__(name="pipeline", daemon=True)
-        self.owner = owner or f"steps-{uuid.uuid4().hex[:12]}"
-        self.parallel = parallel
-        self.stopping = threading.Event()
-        self.wake = threading.Event()
-        self.active: set[int] = set()
-        self.lock = threading.Lock()
-        self.next_reasons = 0.0
-        self.pool = ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="step")
 
-    def run(self) -> None:
-        next_beat = 0.0
-        try:
-            while not self.stopping.is_set():
-                try:
-                    if time.monotonic() >= next_beat:
-                        self.beat()
-                        # Well inside the stale window, or other runners take live runs over.
-                        next_beat = time.monotonic() + min(BEAT, settings.RENDER_STALE / 3)
-                    self.start_ready()
-                except Exception:
-                    log.exception("pipeline pass failed")
-                finally:
-                    close_old_connections()
-                self.wake.wait(LOOK)
-                self.wake.clear()
-        finally:
-            self.pool.shutdown(wait=True)
-            close_old_connections()
+# --- placing -------------------------------------------------------------------------------------
 
-    def stop(self) -> None:
-        self.stopping.set()
-        self.wake.set()
 
-    # --- keeping runs alive, and taking over dead runners' runs ----------------------------------
-
-    def beat(self) -> None:
-        now = timezone.now()
-        with self.lock:
-            mine = list(self.active)
-        if mine:
-            StepRun.objects.filter(pk__in=mine, owner=self.owner, status=StepRun.RUNNING).update(heartbeat=now)
-        stale = now - timedelta(seconds=settings.RENDER_STALE)
-        # A runner that died leaves its runs' heartbeats stale: they start again, and the capacity
-        # they held comes back with the transition.
-        dead = StepRun.objects.filter(status=StepRun.RUNNING, heartbeat__lt=stale).exclude(owner="")
-        for run in dead.exclude(owner=self.owner).select_related("story"):
-            run.transition(
-                StepRun.PENDING,
-                expect=(StepRun.RUNNING,),
-                by=run.owner,
-                note="the worker running this step stopped; it starts again",
-                owner="",
-                heartbeat=None,
+def feed() -> int:
+    """Place the ready runs on free nodes and queue their step tasks; the number queued. The pool
+    is read once; a model no free node has is tried once, not once a run; and while every node is
+    busy only the steps that need no node are looked at."""
+    free = [c for c in Capability.objects.usable(Capability.OLLAMA).with_load() if c.busy() < c.limit]
+    rows = ready()
+    blocked: dict[str, str] = {}  # model -> why no node takes it now ("" when all are busy)
+    queued = 0
+    for run in rows[:SCAN]:
+        if graph.STEPS[run.step].kind != graph.ASK:
+            queued += claim(run, None, "")
+            continue
+        model = run.story.model_for(run.step)
+        cap = None
+        if model not in blocked and any(model in c.model_names() for c in free):
+            cap = place_and_claim(
+                Capability.OLLAMA,
+                lambda c, run=run, model=model: claim(run, c, model),  # type: ignore[misc]
+                Requirements(model=model),
+                story_node=run.story.node_id,
             )
-        # Reference images render in the render queue: look whether they are done.
-        waiting = StepRun.objects.filter(step="references", status=StepRun.RUNNING, owner="")
-        for story_id in waiting.values_list("story_id", flat=True):
-            graph.advance(story_id)
-        # A runner that died between a step's end and the story's advance left a story that says
-        # it runs with nothing live: move it on.
-        idle = Story.objects.filter(state=Story.RUNNING, stopped=False).exclude(runs__status__in=graph.ACTIVE)
-        for story_id in idle.values_list("pk", flat=True):
-            graph.advance(story_id)
+        if cap is None:
+            if model not in blocked:
+                blocked[model] = why_waiting(model)
+            waiting(run, blocked[model])
+            continue
+        queued += 1
+    return queued
 
-    # --- starting ------------------------------------------------------------------------------
 
-    def start_ready(self) -> None:
-        """Place the ready runs on free nodes and start them. The pool is read once a pass; a
-        model no free node has is tried once a pass, not once a run; and while every node is
-        busy only the steps that need no node are looked at (with the reasons of the others
-        brought up to date every REASONS seconds)."""
-        with self.lock:
-            busy = set(self.active)
-        room = self.parallel - len(busy)
-        if room <= 0:
-            return
-        free = [c for c in Capability.objects.usable(Capability.OLLAMA).with_load() if c.busy() < c.limit]
-        rows = ready().exclude(pk__in=busy)
-        if free or time.monotonic() >= self.next_reasons:
-            self.next_reasons = time.monotonic() + REASONS
-        else:
-            rows = rows.exclude(step__in=ASKS)
-        blocked: dict[str, str] = {}  # model -> why no node takes it now ("" when all are busy)
-        for run in rows[: min(room * 4, SCAN)]:
-            if room <= 0:
-                break
-            cap = None
-            model = ""
-            if graph.STEPS[run.step].kind == graph.ASK:
-                model = run.story.model_for(run.step)
-                if model not in blocked and any(model in c.model_names() for c in free):
-                    cap = place_and_claim(
-                        Capability.OLLAMA,
-                        lambda c, run=run, model=model: self.claim(run, c, model),  # type: ignore[misc]
-                        Requirements(model=model),
-                        story_node=run.story.node_id,
-                    )
-                if cap is None:
-                    if model not in blocked:
-                        blocked[model] = why_waiting(model)
-                    self.waiting(run, blocked[model])
-                    continue
-            elif not self.claim(run, None, ""):
-                continue
-            self.started(run)
-            room -= 1
-            self.pool.submit(self.execute, run, cap)
-
-    def claim(self, run: StepRun, cap: Capability | None, model: str) -> bool:
-        """Take `run` for this runner, its row holding `cap` (called inside `cap.room()`)."""
-        now = timezone.now()
-        node = cap.node if cap else None
-        return run.transition(
+def claim(run: StepRun, cap: Capability | None, model: str) -> bool:
+    """Claim `run` (holding `cap`, inside `cap.room()`) and queue its step task."""
+    node = cap.node if cap else None
+    with transaction.atomic():
+        claimed = run.transition(
             StepRun.RUNNING,
             expect=(StepRun.PENDING,),
             note=f"asked {model} on {node.name} (answer 1 of at most {ANSWERS})" if node else "",
-            owner=self.owner,
-            heartbeat=now,
-            started=now,
+            owner="",
+            heartbeat=Now(),
+            started=timezone.now(),
             attempts=run.attempts + 1,
             node_id=node.pk if node else None,
             capability=cap,
             model=model,
             waiting="",
         )
+        if claimed:
+            enqueue("stories.tasks.step", run.pk, timeout=STEP_DEADLINE)
+    if claimed and run.story.state == Story.WAITING:
+        graph.advance(run.story_id)  # the story showed it waits: now it runs
+    return claimed
 
-    def started(self, run: StepRun) -> None:
-        if run.story.state == Story.WAITING:
-            graph.advance(run.story_id)  # the story showed it waits: now it runs
-        with self.lock:
-            self.active.add(run.pk)
 
-    def hand_on(self, cap_id: int) -> StepRun | None:
-        """The oldest ready run the node that just answered can take, claimed there: a node that
-        answered goes straight on to the next step, without a pass of the runner."""
-        cap = Capability.objects.usable(Capability.OLLAMA).select_related("node").filter(pk=cap_id).first()
-        if cap is None or self.stopping.is_set():
-            return None  # disabled, offline or removed meanwhile
-        models = set(cap.model_names())
-        with self.lock:
-            busy = set(self.active)
-        for run in ready().filter(step__in=ASKS).exclude(pk__in=busy)[:HAND_ON_LOOK]:
-            model = run.story.model_for(run.step)
-            if model not in models:
-                continue
-            with cap.room() as free:
-                if not free:
-                    return None  # another runner took the unit it freed
-                claimed = self.claim(run, cap, model)
-            if claimed:
-                self.started(run)
-                return run
-        return None
-
-    def waiting(self, run: StepRun, why: str) -> None:
-        if run.waiting != why:
-            with transaction.atomic():
-                StepRun.objects.filter(pk=run.pk, status=StepRun.PENDING).update(waiting=why)
-                run.story.changed("step.waiting")
-            graph.advance(run.story_id)
-
-    # --- running -------------------------------------------------------------------------------
-
-    def execute(self, run: StepRun, cap: Capability | None) -> None:
-        """Run `run`, then, on the same node, whatever is ready next, until nothing is."""
-        next_run: StepRun | None = run
-        try:
-            with Ollama(cap.url) if cap else nullcontext() as client:
-                answering = True  # the node answered the last request (well or not)
-                while next_run is not None:
-                    run, next_run = next_run, None
-                    try:
-                        run.story = Story.objects.get(pk=run.story_id)
-                        kind = graph.STEPS[run.step].kind
-                        if kind == graph.ASK:
-                            assert cap is not None and client is not None
-                            answering = self.ask(run, cap, client)
-                        elif kind == graph.RENDERS:
-                            queue_renders(run.story, run)
-                        else:
-                            queue_references(run.story, run)
-                    except Exception as e:
-                        log.exception("step %s failed", run)
-                        self.failed(run, f"{type(e).__name__}: {e}")
-                    finally:
-                        with self.lock:
-                            self.active.discard(run.pk)
-                    made = graph.advance(run.story_id)
-                    if cap and answering:  # a node that failed to answer is not handed more
-                        next_run = self.hand_on(cap.pk)
-                    if len(made) > (next_run is not None and next_run.story_id == run.story_id):
-                        self.wake.set()  # more became ready than this node took: place the rest
-        except Exception:
-            log.exception("step %s: handing the node on failed", run)
-        finally:
-            if cap:
-                self.wake.set()  # a node is free
-            close_old_connections()
-
-    def ask(self, run: StepRun, cap: Capability, client: Ollama) -> bool:
-        """Ask the model until an answer fits (or the answers run out); False if the node did
-        not answer."""
-        story: Story = run.story
-        asking = steps.ASKING[run.step]
-        messages = [
-            {"role": "system", "content": steps.SYSTEM},
-            {"role": "user", "content": asking.prompt(story, run)},
-        ]
-        schema = asking.schema(story)
-        reasons: list[str] = []
-        for number in range(1, ANSWERS + 1):
-            if number > 1:
-                run.note(f"asked {run.model} on {cap.node.name} (answer {number} of at most {ANSWERS})")
-            try:
-                reply = client.chat(run.model, messages, format=schema, timeout=ANSWER_TIMEOUT)
-            except ServiceError as e:
-                self.node_failed(run, cap, e)
-                return False
-            text = reply["text"]
-            try:
-                answer = asking.read(story, text)
-            except steps.Unfit as e:
-                reasons = e.reasons
-                cut = " (cut short: the model ran out of tokens)" if reply.get("done_reason") == "length" else ""
-                run.note(f"the answer did not fit{cut}: {e}\n--- the answer ---\n{text[:50_000]}\n---")
-                messages += [
-                    {"role": "assistant", "content": text[:50_000]},
-                    {"role": "user", "content": f"That answer does not fit: {e}. Answer again, fixing that."},
-                ]
-                continue
-            self.complete(run, cap, answer)
-            return True
-        self.failed(run, f"the model's answers did not fit, {ANSWERS} times; the last: {'; '.join(reasons)}")
-        return True
-
-    def complete(self, run: StepRun, cap: Capability, answer: steps.BaseModel) -> None:
+def waiting(run: StepRun, why: str) -> None:
+    if run.waiting != why:
         with transaction.atomic():
-            done = run.transition(
-                StepRun.COMPLETED,
-                expect=(StepRun.RUNNING,),
-                by=self.owner,
-                note="completed",
-                finished=timezone.now(),
-                output=answer.model_dump(mode="json"),
-                error="",
-                heartbeat=None,
-            )
-            if not done:
-                run.note("the answer came after the step was stopped or re-run: not used")
-                return
-            steps.ASKING[run.step].write(run.story, run, answer)
-            if run.story.node_id != cap.node_id:
-                Story.objects.filter(pk=run.story_id).update(node=cap.node_id)
-
-    def node_failed(self, run: StepRun, cap: Capability, e: ServiceError) -> None:
-        """The node did not answer well: try again later (elsewhere if it is down), unless the
-        error is permanent or the attempts are used up."""
-        error = f"{cap.node.name}: {e}"
-        if e.permanent or run.attempts >= run.max_attempts:
-            self.failed(run, error)
-            return
-        wait = settings.RENDER_BACKOFF * 2 ** (run.attempts - 1)
-        run.transition(
-            StepRun.PENDING,
-            expect=(StepRun.RUNNING,),
-            by=self.owner,
-            note=f"{error}; trying again in {wait:g} s (attempt {run.attempts} of {run.max_attempts} done)",
-            owner="",
-            heartbeat=None,
-            error=error,
-            not_before=timezone.now() + timedelta(seconds=wait),
-        )
-
-    def failed(self, run: StepRun, error: str) -> None:
-        run.fail(error, self.owner)
+            StepRun.objects.filter(pk=run.pk, status=StepRun.PENDING).update(waiting=why)
+            run.story.changed("step.waiting")
+        graph.advance(run.story_id)
 
 
 def ready() -> RunQuerySet:
@@ -348,8 +139,7 @@ def ready() -> RunQuerySet:
 
 def why_waiting(model: str) -> str:
     """Why no usable Ollama takes a step for `model` now, read as the pool is when the step is
-    looked at (not as it was at the start of the pass: a node added meanwhile is not reported
-    missing); "" when the nodes that could are busy (the step is queued, and a node goes on to
+    looked at; "" when the nodes that could are busy (the step is queued, and a node goes on to
     it when it is free: not a reason to show)."""
     pool = list(Capability.objects.usable(Capability.OLLAMA))
     if not pool:
@@ -357,3 +147,242 @@ def why_waiting(model: str) -> str:
     if not any(model in c.model_names() for c in pool):
         return f"No online Ollama node has the model {model}: pull it on a node, or choose another model."
     return ""
+
+
+# --- running ---------------------------------------------------------------------------------------
+
+
+def execute(run_pk: int) -> str:
+    """The step task: run the claimed run, then, on the same node, whatever is ready next."""
+    me = work.worker_id()
+    if (
+        not StepRun.objects.filter(pk=run_pk, status=StepRun.RUNNING, owner="")
+        .exclude(heartbeat=None)
+        .update(owner=me, heartbeat=Now())
+    ):
+        return "not this task's any more"
+    run: StepRun | None = StepRun.objects.select_related("capability__node").get(pk=run_pk)
+    assert run is not None
+    cap = run.capability
+    ends = time.monotonic() + HAND_ON_SPAN
+    done = 0
+    try:
+        with work.stop_on_sigterm(), Ollama(cap.url) if cap else nullcontext() as client:
+            while run is not None:
+                work.stopping()
+                answering, made = one(run, me, cap, client)
+                done += 1
+                run = hand_on(cap.pk, me) if cap and answering and time.monotonic() < ends else None
+                if made > (run is not None):
+                    # More became ready than this node took: a feed task places the rest
+                    # elsewhere while this one goes on (placing them here first, a claim and a
+                    # queued task each, would hold up the step this node was just handed).
+                    wake()
+    except work.Stopped:
+        if run is not None:
+            run.transition(
+                StepRun.PENDING,
+                expect=(StepRun.RUNNING,),
+                by=me,
+                note="the worker was stopped; the step starts again",
+                owner="",
+                heartbeat=None,
+                attempts=max(run.attempts - 1, 0),
+            )
+        work.leave()
+        return f"stopped after {done} step(s)"
+    feed()  # what more became ready than this node took, and the unit it frees
+    return f"ran {done} step(s)"
+
+
+def one(run: StepRun, me: str, cap: Capability | None, client: Ollama | None) -> tuple[bool, int]:
+    """Run one step: whether the node answered (one that did not is handed no more), and how
+    many runs became ready."""
+    answering = True
+    with work.beating(StepRun.objects.filter(pk=run.pk, owner=me)):
+        try:
+            run.story = Story.objects.get(pk=run.story_id)
+            kind = graph.STEPS[run.step].kind
+            if kind == graph.ASK:
+                assert cap is not None and client is not None
+                answering = ask(run, me, cap, client)
+            elif kind == graph.RENDERS:
+                queue_renders(run.story, run)
+            else:
+                queue_references(run.story, run)
+        except work.Stopped:
+            raise
+        except Exception as e:
+            log.exception("step %s failed", run)
+            run.fail(f"{type(e).__name__}: {e}", me)
+    return answering, len(graph.advance(run.story_id, wake=False))
+
+
+def hand_on(cap_id: int, me: str) -> StepRun | None:
+    """The oldest ready run the node that just answered can take, claimed there for this task:
+    a node that answered goes straight on to the next step."""
+    cap = Capability.objects.usable(Capability.OLLAMA).select_related("node").filter(pk=cap_id).first()
+    if cap is None:
+        return None  # disabled, offline, resting or removed meanwhile
+    models = set(cap.model_names())
+    for run in ready().filter(step__in=ASKS)[:HAND_ON_LOOK]:
+        model = run.story.model_for(run.step)
+        if model not in models:
+            continue
+        with cap.room() as free:
+            if not free:
+                return None  # another task took the unit it freed
+            claimed = run.transition(
+                StepRun.RUNNING,
+                expect=(StepRun.PENDING,),
+                note=f"asked {model} on {cap.node.name} (answer 1 of at most {ANSWERS})",
+                owner=me,
+                heartbeat=Now(),
+                started=timezone.now(),
+                attempts=run.attempts + 1,
+                node_id=cap.node_id,
+                capability=cap,
+                model=model,
+                waiting="",
+            )
+        if claimed:
+            if run.story.state == Story.WAITING:
+                graph.advance(run.story_id)
+            run.capability = cap
+            return run
+    return None
+
+
+def ask(run: StepRun, me: str, cap: Capability, client: Ollama) -> bool:
+    """Ask the model until an answer fits (or the answers run out); False if the node did
+    not answer."""
+    story: Story = run.story
+    asking = steps.ASKING[run.step]
+    messages = [
+        {"role": "system", "content": steps.SYSTEM},
+        {"role": "user", "content": asking.prompt(story, run)},
+    ]
+    schema = asking.schema(story)
+    reasons: list[str] = []
+    for number in range(1, ANSWERS + 1):
+        if number > 1:
+            run.note(f"asked {run.model} on {cap.node.name} (answer {number} of at most {ANSWERS})")
+        try:
+            reply = client.chat(run.model, messages, format=schema, timeout=ANSWER_TIMEOUT)
+        except ServiceError as e:
+            node_failed(run, me, cap, e)
+            return False
+        text = reply["text"]
+        try:
+            answer = asking.read(story, text)
+        except steps.Unfit as e:
+            reasons = e.reasons
+            cut = " (cut short: the model ran out of tokens)" if reply.get("done_reason") == "length" else ""
+            run.note(f"the answer did not fit{cut}: {e}\n--- the answer ---\n{text[:50_000]}\n---")
+            messages += [
+                {"role": "assistant", "content": text[:50_000]},
+                {"role": "user", "content": f"That answer does not fit: {e}. Answer again, fixing that."},
+            ]
+            continue
+        complete(run, me, cap, answer)
+        return True
+    run.fail(f"the model's answers did not fit, {ANSWERS} times; the last: {'; '.join(reasons)}", me)
+    return True
+
+
+def complete(run: StepRun, me: str, cap: Capability, answer: steps.BaseModel) -> None:
+    with transaction.atomic():
+        done = run.transition(
+            StepRun.COMPLETED,
+            expect=(StepRun.RUNNING,),
+            by=me,
+            note="completed",
+            finished=timezone.now(),
+            output=answer.model_dump(mode="json"),
+            error="",
+            heartbeat=None,
+        )
+        if not done:
+            run.note("the answer came after the step was stopped or re-run: not used")
+            return
+        steps.ASKING[run.step].write(run.story, run, answer)
+        if run.story.node_id != cap.node_id:
+            Story.objects.filter(pk=run.story_id).update(node=cap.node_id)
+
+
+def node_failed(run: StepRun, me: str, cap: Capability, e: ServiceError) -> None:
+    """The node did not answer well: try again later (elsewhere if it is down), unless the
+    error is permanent or the attempts are used up. A node that did not answer at all (down,
+    refused) is the node's fault: the attempt is not counted, and the node rests."""
+    from renders.dispatch import rest
+
+    error = f"{cap.node.name}: {e}"
+    if not e.reached:
+        rest(cap, f"a step could not reach it: {e}")
+        run.transition(
+            StepRun.PENDING,
+            expect=(StepRun.RUNNING,),
+            by=me,
+            note=f"{error}; it waits for a node (not counted as an attempt)",
+            owner="",
+            heartbeat=None,
+            error=error,
+            attempts=max(run.attempts - 1, 0),
+        )
+        return
+    if e.permanent or run.attempts >= run.max_attempts:
+        run.fail(error, me)
+        return
+    wait = settings.RENDER_BACKOFF * 2 ** (run.attempts - 1)
+    run.transition(
+        StepRun.PENDING,
+        expect=(StepRun.RUNNING,),
+        by=me,
+        note=f"{error}; trying again in {wait:g} s (attempt {run.attempts} of {run.max_attempts} done)",
+        owner="",
+        heartbeat=None,
+        error=error,
+        not_before=timezone.now() + timedelta(seconds=wait),
+    )
+
+
+# --- the sweeper's part ----------------------------------------------------------------------------
+
+
+def sweep() -> bool:
+    """Runs whose worker died go back to pending (the crash counted on the run, not as an
+    attempt; quarantined after QUARANTINE_AFTER); stories waiting on their reference images and
+    stories left between two steps move on; ready runs are placed. True while any story has a
+    run pending (and not held for the user) or running."""
+    # Running with a heartbeat: a worker runs it, or its task is on the way (parts of a step and
+    # a step waiting on its reference images run with none, followed by graph.advance).
+    running = StepRun.objects.filter(status=StepRun.RUNNING).exclude(heartbeat=None)
+    workers = running.exclude(owner="").values_list("owner", flat=True)
+    for run in running.filter(work.orphaned(workers, field="owner")).select_related("story"):
+        crashes = run.crashes + bool(run.owner)
+        if crashes >= QUARANTINE_AFTER:
+            run.fail(f"quarantined: the worker running this step died {crashes} times", run.owner)
+            continue
+        run.transition(
+            StepRun.PENDING,
+            expect=(StepRun.RUNNING,),
+            by=run.owner,
+            note="the worker running this step stopped; it starts again" if run.owner else "",
+            owner="",
+            heartbeat=None,
+            crashes=crashes,
+            attempts=max(run.attempts - 1, 0),
+        )
+    # Reference images render in the render queue: look whether they are done.
+    waiting_refs = StepRun.objects.filter(step="references", status=StepRun.RUNNING, owner="", heartbeat=None)
+    for story_id in waiting_refs.values_list("story_id", flat=True):
+        graph.advance(story_id, wake=False)
+    # A worker that died between a step's end and the story's advance left a story that says it
+    # runs with nothing live: move it on.
+    idle = Story.objects.filter(state=Story.RUNNING, stopped=False).exclude(runs__status__in=graph.ACTIVE)
+    for story_id in idle.values_list("pk", flat=True):
+        graph.advance(story_id, wake=False)
+    feed()
+    # A run held for the user (renders without auto-render) needs no watching: releasing it
+    # wakes the pipeline.
+    return StepRun.objects.filter(status__in=graph.ACTIVE, held=False, story__stopped=False).exists()

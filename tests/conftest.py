@@ -4,14 +4,17 @@ deadline, and real Spoon Feeder processes (web, worker, the whole `run`) on the 
 from __future__ import annotations
 
 import os
+import pydoc
 import re
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
@@ -37,15 +40,19 @@ class TimedOut(AssertionError):
     """What a test waited for did not happen in time: the test fails, saying what it waited for."""
 
 
-def wait_until(check: Callable[[], T], timeout: float, what: str, interval: float = 0.05) -> T:
-    """Poll `check` until it returns something truthy (and return that); fail after `timeout` s."""
+def wait_until(
+    check: Callable[[], T], timeout: float, what: str, interval: float = 0.05, describe: Callable[[], Any] = str
+) -> T:
+    """Poll `check` until it returns something truthy (and return that); fail after `timeout` s,
+    saying what was waited for (and how things stand, as `describe` says)."""
     deadline = time.monotonic() + timeout
     while True:
         result = check()
         if result:
             return result
         if time.monotonic() > deadline:
-            raise TimedOut(f"timed out after {timeout:g} s waiting for {what}")
+            said = describe()
+            raise TimedOut(f"timed out after {timeout:g} s waiting for {what}" + (f"; {said}" if said else ""))
         time.sleep(interval)
 
 
@@ -171,8 +178,9 @@ class Stack:
         self.wait_for_http(proc)
         return proc
 
-    def worker(self) -> Process:
-        return self.spawn("worker", "manage.py", "qcluster")
+    def worker(self, **env: str) -> Process:
+        """A worker cluster (`qcluster`), as `run` starts it."""
+        return self.spawn("worker", "manage.py", "qcluster", **env)
 
     def run(self, *args: str, **env: str) -> Process:
         return self.spawn("run", "manage.py", "run", "--port", str(self.port), *args, **env)
@@ -229,6 +237,70 @@ class Socket:
 
     def close(self) -> None:
         self.ws.close()
+
+
+class Cluster:
+    """The worker cluster, in this process: every task queued (spoonfeeder.tasks.enqueue) runs
+    in a thread of its own once the queuing transaction commits, as a django-q2 worker would run
+    it. Tests of process faults (kills, restarts) start a real `qcluster` instead (Stack.worker).
+    At the end every task is stopped as SIGTERM stops a worker, and any task that raised fails
+    the test."""
+
+    def __init__(self) -> None:
+        self.pool = ThreadPoolExecutor(max_workers=64, thread_name_prefix="task")
+        self.futures: list[tuple[str, Future[Any]]] = []
+        self.lock = threading.Lock()
+
+    def async_task(self, func: str, *args: Any, timeout: float | None = None, save: bool = True, **kwargs: Any) -> str:
+        """django-q2's async_task: its options (timeout, save) are the cluster's, not the task's."""
+        transaction.on_commit(lambda: self.submit(func, *args, **kwargs))
+        return uuid.uuid4().hex
+
+    def submit(self, func: str, *args: Any, **kwargs: Any) -> None:
+        from django.db import connection
+
+        target = pydoc.locate(func)
+        assert callable(target), func
+
+        def run() -> Any:
+            try:
+                return target(*args, **kwargs)
+            finally:
+                connection.close()
+
+        with self.lock:
+            self.futures.append((func, self.pool.submit(run)))
+
+    def ran(self, func: str) -> int:
+        with self.lock:
+            return sum(f == func for f, _ in self.futures)
+
+    def stop(self) -> None:
+        from spoonfeeder import work
+
+        work.STOP.set()
+        try:
+            with self.lock:
+                futures = list(self.futures)
+            wait([f for _, f in futures], timeout=30)
+        finally:
+            work.STOP.clear()
+            self.pool.shutdown(wait=False, cancel_futures=True)
+        failed = [(name, f.exception()) for name, f in futures if f.done() and f.exception()]
+        failed = [(name, e) for name, e in failed if not isinstance(e, SystemExit)]
+        assert not failed, f"tasks raised: {failed}"
+
+
+@pytest.fixture
+def cluster(transactional_db: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cluster]:
+    """Tasks run in this process (see Cluster), and a sweeper starts as when a worker starts."""
+    from spoonfeeder import tasks
+
+    c = Cluster()
+    monkeypatch.setattr(tasks, "async_task", c.async_task)
+    tasks.ensure_sweeping()
+    yield c
+    c.stop()
 
 
 @pytest.fixture

@@ -20,9 +20,10 @@ from django.contrib.auth.models import User
 from django_q.models import Task
 from playwright.sync_api import Locator, Page, expect
 
-from nodes.models import Capability, Node, TestRender
+from nodes.models import Capability, Node
 from nodes.sim.comfyui import SimComfyUI
 from nodes.sim.ollama import SimOllama
+from renders.models import RenderJob
 from tests import test_browser
 from tests.conftest import Stack, free_port, wait_until
 from tests.test_browser import SCREENSHOTS, assert_not_reloaded, expect_live, log_in, settled, watch_navigation
@@ -66,6 +67,9 @@ def test_a_node_added_in_the_browser_goes_online_renders_goes_offline_and_is_rem
     sims: tuple[SimOllama, SimComfyUI],
     tmp_path: Path,
 ) -> None:
+    from renders.management.commands.load_templates import load
+
+    load()  # as `run` does: the shipped test template a test render renders
     ollama, comfyui = sims
     stack.web()
     stack.worker()
@@ -107,8 +111,8 @@ def test_a_node_added_in_the_browser_goes_online_renders_goes_offline_and_is_rem
     page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=image.element_handle(), timeout=10_000)
     print(f"test render click to image shown: {time.monotonic() - started:.2f} s")
     expect(page.locator(f"#test-render-{code}")).to_contain_text("Test render: done")
-    run = TestRender.objects.get(node=node)
-    assert run.status == TestRender.DONE and run.image, (run.status, run.error)
+    run = RenderJob.objects.get(pin=node, target="test")
+    assert (run.status, run.node_id, len(run.outputs)) == ("completed", node.pk, 1), (run.status, run.error)
 
     # The Ollama goes away. One failed check is a blip; the third in a row marks it offline.
     ollama.stop()

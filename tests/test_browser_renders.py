@@ -1,5 +1,5 @@
-"""The Render queue page in headless chromium against real processes (daphne and a render
-dispatcher on the test database) and a simulated ComfyUI that takes about a second per graph node:
+"""The Render queue page in headless chromium against real processes (daphne and the worker
+cluster on the test database) and a simulated ComfyUI that takes about a second per graph node:
 queueing test videos through the render settings form, reordering and cancelling, a progress bar
 that moves without a reload, finished jobs with thumbnails, and a finished video that plays.
 
@@ -61,7 +61,7 @@ def test_videos_queued_in_the_browser_render_live_reorder_cancel_and_play(
     page: Page, stack: Stack, user: User, comfyui: SimComfyUI, tmp_path: Path
 ) -> None:
     stack.web()
-    stack.spawn("dispatcher", "manage.py", "dispatcher", SPOONFEEDER_RENDER_STALE="2")
+    stack.worker()
     log_in(page)
     page.goto("/renders/")
     expect_live(page, "connected", 10)

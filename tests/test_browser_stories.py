@@ -1,4 +1,4 @@
-"""StoryDetail in headless chromium against real processes (daphne, and the dispatcher that runs
+"""StoryDetail in headless chromium against real processes (daphne, and the worker cluster that runs
 story steps and renders) with a simulated Ollama and a simulated ComfyUI: a story made through the
 form, its steps completing on the page without a reload, and its first shot in the gallery.
 
@@ -89,7 +89,7 @@ def test_a_story_written_and_rendered_live_on_its_page(page: Page, stack: Stack,
     navigations = watch_navigation(page)
 
     started = time.monotonic()
-    stack.spawn("dispatcher", "manage.py", "dispatcher", SPOONFEEDER_RENDER_STALE="2")
+    stack.worker()
     seen: dict[str, list[str]] = {}
     pictured = False
     deadline = time.monotonic() + 60
@@ -105,7 +105,7 @@ def test_a_story_written_and_rendered_live_on_its_page(page: Page, stack: Stack,
             page.screenshot(path=SCREENSHOT, full_page=True)  # mid-way, for a person to look at
             pictured = True
         page.wait_for_timeout(50)
-    print(f"dispatcher start to every step completed: {time.monotonic() - started:.2f} s; seen: {seen}")
+    print(f"worker start to every step completed: {time.monotonic() - started:.2f} s; seen: {seen}")
     for s in steps:
         expect(page.locator(f"#step-{s}")).to_have_attribute("data-status", "completed", timeout=1)
     # Each step was seen waiting on the page, then completed, without a reload.
@@ -118,7 +118,7 @@ def test_a_story_written_and_rendered_live_on_its_page(page: Page, stack: Stack,
     # The first shot's render appears in the gallery, on the same page.
     first = page.locator("#gallery-1 video")
     expect(first).to_be_visible(timeout=60_000)
-    print(f"dispatcher start to the first shot in the gallery: {time.monotonic() - started:.2f} s")
+    print(f"worker start to the first shot in the gallery: {time.monotonic() - started:.2f} s")
     job = RenderJob.objects.get(story=str(story.code), target="shot:1", status=RenderJob.COMPLETED)
     expect(page.locator("#gallery-1")).to_contain_text("Download")
     # Once every render has landed the gallery stops changing (and so is no longer swapped): the

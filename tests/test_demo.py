@@ -51,7 +51,7 @@ def test_the_demo_runs_two_simulated_nodes_that_come_online_and_stops_them(stack
         assert f"Simulated ComfyUI at http://{host}:{COMFYUI_PORT}" in out
     assert run.popen
     kids = children(run.popen.pid)
-    assert len(kids) == 5, f"expected web, worker, dispatcher and two simulated nodes, found {kids}"
+    assert len(kids) == 4, f"expected web, worker and two simulated nodes, found {kids}"
     print(f"banner after {time.monotonic() - started:.2f} s")
 
     browser = log_in(stack.url, "admin", PASSWORD)

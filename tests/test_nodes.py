@@ -12,7 +12,7 @@ from django.test import Client
 from django.urls import reverse
 
 from nodes.discovery import TargetError, expand
-from nodes.models import Capability, Discovery, Node, Requirements, TestRender, place, place_and_claim
+from nodes.models import Capability, Discovery, Node, Requirements, place, place_and_claim
 from renders.models import RenderJob
 from spoonfeeder import relay
 from spoonfeeder.dashboard import broker
@@ -246,6 +246,9 @@ def test_discover_from_the_page_queues_a_run_or_says_what_is_wrong(
 def test_htmx_buttons_answer_with_a_message_and_change_the_rows(
     logged_in: Client, django_capture_on_commit_callbacks: Any
 ) -> None:
+    from renders.management.commands.load_templates import load
+
+    load()
     broker().purge_queue()
     gpu = node("gpu", comfyui={})
     htmx = {"HX-Request": "true"}
@@ -257,10 +260,12 @@ def test_htmx_buttons_answer_with_a_message_and_change_the_rows(
     assert not gpu.enabled
     with django_capture_on_commit_callbacks(execute=True):
         logged_in.post(reverse("nodes:check", args=[gpu.code]), headers=htmx)
-        answer = logged_in.post(reverse("nodes:test-render", args=[gpu.code]), headers=htmx)
+        answer = logged_in.post(reverse("renders:test-render", args=[gpu.code]), headers=htmx)
     assert "Test render queued on gpu" in answer.content.decode()
-    assert TestRender.objects.get(node=gpu).status == "queued"
-    assert broker().queue_size() == 2
+    test = RenderJob.objects.get(pin=gpu, target="test")  # an ordinary render job, on that node alone
+    assert (test.status, test.template.name, test.priority) == ("queued", "test-still-image", 1000)
+    # The check, and the cluster told to feed the pool (a sweeper with it: none runs here).
+    assert broker().queue_size() == 3
     assert Event.objects.filter(topic="nodes").exists()
     broker().purge_queue()
 

@@ -1,16 +1,15 @@
 """The story pipeline against simulated Ollama and ComfyUI nodes: graph order, failures and retry,
 crash resume, model answers that do not fit, re-runs, parallel branches, waiting for a node, stop
-and resume, character references and HoloCine scenes, with a real Pipeline thread (and a real
-dispatcher process where one dies)."""
+and resume, character references and HoloCine scenes, with the worker cluster's tasks run in this
+process (the `cluster` fixture: story steps and renders alike), and a real `qcluster` where a
+worker dies."""
 
 from __future__ import annotations
 
 import json
 import os
 import signal
-import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
@@ -22,14 +21,13 @@ from django.utils import timezone
 from nodes.models import Capability, Node
 from nodes.sim.comfyui import SimComfyUI
 from nodes.sim.ollama import MARKUP, SimOllama
-from renders.dispatch import Dispatcher
 from renders.management.commands.load_templates import load
 from renders.models import RenderJob, Template
-from stories import graph, steps
+from spoonfeeder.models import Sweeper
+from stories import graph, runner, steps
 from stories.models import Character, Segment, Shot, StepRun, Story
-from stories.runner import Pipeline
 from stories.steps import Unfit
-from tests.conftest import Stack, TimedOut, wait_until
+from tests.conftest import Cluster, Stack, TimedOut, wait_until
 
 NET = 81 if os.environ.get("DATABASE_URL") else 80
 MODEL = "llama3.2:3b"
@@ -39,7 +37,8 @@ IDEA = "A lighthouse keeper finds a door in the sea that opens onto her childhoo
 
 @pytest.fixture
 def fast(settings: Any, tmp_path: Path) -> None:
-    settings.RENDER_STALE = 2
+    settings.STALE = 2
+    settings.BEAT = 0.25  # well inside STALE: a step that waits long on its node is not taken for dead
     settings.RENDER_BACKOFF = 0.05
     settings.MEDIA_ROOT = tmp_path / "media"
 
@@ -102,48 +101,25 @@ def lab(transactional_db: None, fast: None) -> Iterator[Lab]:
 
 
 @pytest.fixture
-def pipeline(lab: Lab) -> Iterator[Pipeline]:
-    with running_pipeline(lab) as p:
-        yield p
+def pipeline(lab: Lab, cluster: Cluster) -> Iterator[Cluster]:
+    """The cluster's tasks in this process, on the lab's nodes (stopped before the nodes close)."""
+    yield cluster
+    lab.unhang()  # a test that failed while a node held its answers: let the steps end
 
 
-@contextmanager
-def running_pipeline(lab: Lab) -> Iterator[Pipeline]:
-    p = Pipeline(parallel=8)
-
-    def stop() -> None:
-        lab.unhang()  # a test that failed while a node held its answers: let the steps end
-        p.stop()
-
-    with running(p, stop):
-        yield p
+def no_sweeps(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sweeper's part for stories does nothing from now on: no pass places a ready step, so
+    only the tasks themselves move the stories on."""
+    monkeypatch.setattr(runner, "sweep", lambda: False)
 
 
-@pytest.fixture
-def dispatcher(lab: Lab, tmp_path: Path) -> Iterator[Dispatcher]:
-    d = Dispatcher(media_root=tmp_path / "media")
-    with running(threading.Thread(target=d.run, kwargs={"tick": 0.2}, daemon=True), d.stop):
-        yield d
-
-
-@contextmanager
-def running(thread: threading.Thread, stop: Callable[[], None]) -> Iterator[None]:
-    """Run `thread` through a test, then stop it and wait for it."""
-    thread.start()
-    try:
-        yield
-    finally:
-        stop()
-        thread.join(timeout=30)
-
-
-def new_story(template: str | None = "test-video-mp4", **fields: Any) -> Story:
-    """A story as the new-story form makes it, started."""
+def new_story(template: str | None = "test-video-mp4", wake: bool = True, **fields: Any) -> Story:
+    """A story as the new-story form makes it, started (without `wake`, no task is told)."""
     fields = {"idea": IDEA, "target_seconds": 15, "model": MODEL, **fields}
     if template:
         fields["template"] = Template.objects.get(name=template)
     story = Story.objects.create(**fields)
-    graph.advance(story.pk)
+    graph.advance(story.pk, wake=wake)
     return story
 
 
@@ -248,7 +224,7 @@ def overlap(a: StepRun, b: StepRun) -> bool:
 # --- order, failure, retry -------------------------------------------------------------------
 
 
-def test_a_story_runs_every_step_once_in_graph_order(pipeline: Pipeline, lab: Lab) -> None:
+def test_a_story_runs_every_step_once_in_graph_order(pipeline: Cluster, lab: Lab) -> None:
     sim = lab.ollama("llm")
     story = wait_state(new_story(), Story.COMPLETED)
     assert_graph_order(story)
@@ -270,7 +246,7 @@ def test_a_story_runs_every_step_once_in_graph_order(pipeline: Pipeline, lab: La
 
 
 def test_a_failing_step_holds_back_its_dependents_until_retried_and_other_branches_finish(
-    pipeline: Pipeline, lab: Lab
+    pipeline: Cluster, lab: Lab
 ) -> None:
     llm = lab.ollama("llm")
     cast = lab.ollama("cast", models=("cast:7b",), bad_json=True)
@@ -307,7 +283,7 @@ def test_a_failing_step_holds_back_its_dependents_until_retried_and_other_branch
     ]
 
 
-def test_retrying_one_failed_part_finishes_the_step_and_what_follows(pipeline: Pipeline, lab: Lab) -> None:
+def test_retrying_one_failed_part_finishes_the_step_and_what_follows(pipeline: Cluster, lab: Lab) -> None:
     lab.ollama("llm")
     # Parts run one at a time on this node, in order: the first takes the three bad answers.
     writer = lab.ollama("writer", models=("writer:7b",), bad_answers=3, bad_kind="schema")
@@ -326,7 +302,7 @@ def test_retrying_one_failed_part_finishes_the_step_and_what_follows(pipeline: P
 
 
 def test_a_node_that_answers_with_a_web_page_fails_the_step_at_once_naming_the_node(
-    pipeline: Pipeline, lab: Lab
+    pipeline: Cluster, lab: Lab
 ) -> None:
     sim = lab.ollama("llm", garbage=True)
     story = wait_state(new_story(), Story.FAILED)
@@ -336,7 +312,7 @@ def test_a_node_that_answers_with_a_web_page_fails_the_step_at_once_naming_the_n
     assert len([p for _, p, _ in sim.state.seen if p == "/api/chat"]) == 1
 
 
-def test_a_node_error_is_retried_with_backoff_then_fails_after_the_attempts(pipeline: Pipeline, lab: Lab) -> None:
+def test_a_node_error_is_retried_with_backoff_then_fails_after_the_attempts(pipeline: Cluster, lab: Lab) -> None:
     sim = lab.ollama("llm", fail="oom")
     story = wait_state(new_story(), Story.FAILED)
     run = run_of(story, "story")
@@ -353,31 +329,44 @@ def test_a_node_error_is_retried_with_backoff_then_fails_after_the_attempts(pipe
 # --- resuming after a crash ------------------------------------------------------------------
 
 
-def test_a_killed_dispatcher_mid_step_is_taken_over_and_every_step_completes_once(lab: Lab, stack: Stack) -> None:
+def worker_pid(run: StepRun) -> int:
+    """The pid of the worker process running `run`, as its row names it ("host:pid:token")."""
+    return int(run.owner.split(":")[1])
+
+
+def test_a_killed_worker_mid_step_is_replaced_and_every_step_completes_once(lab: Lab, stack: Stack) -> None:
     llm = lab.ollama("llm")
     cast = lab.ollama("cast", models=("cast:7b",), hang=True)  # holds its answer until told
-    env = {"SPOONFEEDER_RENDER_STALE": "2", "SPOONFEEDER_RENDER_BACKOFF": "0.05"}
+    # The dead worker is found by its pid, long before its heartbeat would be stale.
+    stack.worker(SPOONFEEDER_STALE="30", SPOONFEEDER_RENDER_BACKOFF="0.05")
     story = new_story(models_by_step={"characters": "cast:7b"})
-    first = stack.spawn("dispatcher", "manage.py", "dispatcher", **env)
     for step in ("narration", "music"):
-        wait_run(story, step, StepRun.COMPLETED, timeout=30)
-    wait_until(lambda: asked(cast) == ["CharactersAnswer"], 10, "the node to be asked for the characters")
-    assert run_of(story, "characters").status == StepRun.RUNNING
-    first.signal(signal.SIGKILL, group=True)
-    first.wait(10)
+        wait_run(story, step, StepRun.COMPLETED, timeout=60)
+    wait_until(lambda: asked(cast) == ["CharactersAnswer"], 30, "the node to be asked for the characters")
+    running = wait_for(
+        story,
+        lambda: r if (r := run_of(story, "characters")).status == StepRun.RUNNING and r.owner else None,
+        "a worker to run the characters",
+    )
+    killed = worker_pid(running)
+    os.kill(killed, signal.SIGKILL)
     before = snapshot(story, "story", "segments", "narration", "music")
     segments = list(story.segments.values_list("pk", "title", "summary", "narration"))
+    # The run goes back to pending once the sweeper finds its worker gone, then starts again.
+    wait_until(lambda: run_of(story, "characters").crashes == 1, 30, "the crash to be found")
 
     cast.set(hang=False)
-    stack.spawn("dispatcher", "manage.py", "dispatcher", **env)
-    story = wait_state(story, Story.COMPLETED, timeout=40)
+    story = wait_state(story, Story.COMPLETED, timeout=60)
 
     runs = list(StepRun.objects.filter(story=story))
     assert all(r.status == StepRun.COMPLETED and r.version == 1 for r in runs)
     assert len({(r.step, r.part) for r in runs}) == len(runs)  # one run per step and part
     characters = run_of(story, "characters")
-    assert characters.attempts == 2
+    assert (characters.attempts, characters.crashes) == (1, 1)  # the crash is not an attempt
+    assert worker_pid(characters) != killed  # another worker ran it again
     assert "the worker running this step stopped; it starts again" in characters.log
+    others = [r for r in runs if r.pk != characters.pk and not (r.step == "prompts" and r.part == 0)]
+    assert all((r.attempts, r.crashes) == (1, 0) for r in others)
     assert snapshot(story, "story", "segments", "narration", "music") == before
     assert list(story.segments.values_list("pk", "title", "summary", "narration")) == segments
     assert asked(cast) == ["CharactersAnswer", "CharactersAnswer"]
@@ -388,14 +377,89 @@ def test_a_killed_dispatcher_mid_step_is_taken_over_and_every_step_completes_onc
     assert not held()
 
 
+ANSWERS = {
+    "story": "StoryAnswer",
+    "segments": "SegmentsAnswer",
+    "characters": "CharactersAnswer",
+    "shots": "ShotsAnswer",
+    "prompts": "PromptAnswer",
+    "narration": "NarrationAnswer",
+    "music": "MusicAnswer",
+}
+
+
+def test_a_story_with_worker_kills_mid_step_completes(lab: Lab, stack: Stack) -> None:
+    """Workers killed one after another, each while it runs a step (each time another step):
+    every step completes once, the kills are counted as crashes of the runs they cut short and
+    not as attempts, and the node answered each step no more often than the pipeline asked."""
+    sim = lab.ollama("llm", answer_seconds=1.0)  # a step takes a second on the node: time to kill
+    stack.worker(SPOONFEEDER_STALE="30", SPOONFEEDER_RENDER_BACKOFF="0.05")
+    story = new_story()
+    hit: set[int] = set()  # the runs a kill cut short
+    kills = tries = 0
+
+    def crashes() -> dict[int, int]:
+        return dict(StepRun.objects.filter(story=story, crashes__gt=0).values_list("pk", "crashes"))
+
+    def next_step() -> StepRun | str | None:
+        """The next step running on a worker (not one a kill cut short before), or "done"."""
+        if fresh(story).state == Story.COMPLETED:
+            return "done"
+        running = StepRun.objects.filter(story=story, status=StepRun.RUNNING).exclude(owner="").exclude(pk__in=hit)
+        return running.order_by("started").first()
+
+    while kills < 4 and tries < 10:
+        tries += 1
+        run = wait_for(story, next_step, "the next step running on a worker", timeout=60)
+        if run == "done":
+            break
+        assert isinstance(run, StepRun)
+        before = crashes()
+
+        def handled(owner: str = run.owner) -> bool:
+            return not StepRun.objects.filter(status=StepRun.RUNNING, owner=owner).exists()
+
+        os.kill(worker_pid(run), signal.SIGKILL)
+        # The worker is gone: its rows stay as it left them until the sweeper finds it dead and
+        # starts them again. A kill between two steps (or in a claim it had not committed yet)
+        # cut no run short.
+        wait_until(handled, 30, "the sweeper to start the cut-short step again")
+        cut = {pk for pk, n in crashes().items() if n > before.get(pk, 0)}
+        assert len(cut) <= 1, cut
+        hit |= cut
+        kills += len(cut)
+    assert kills >= 3, f"only {kills} of {tries} kills landed mid-step"
+
+    story = wait_state(story, Story.COMPLETED, timeout=120)
+    runs = list(StepRun.objects.filter(story=story))
+    assert all(r.status == StepRun.COMPLETED and r.version == 1 for r in runs), table(story)
+    assert len({(r.step, r.part) for r in runs}) == len(runs)  # one run per step and part
+    claimed = [r for r in runs if not (r.step == "prompts" and r.part == 0)]  # the prompts' parts run
+    assert all(r.attempts == 1 for r in claimed), [(str(r), r.attempts) for r in claimed]  # kills are no attempts
+    asking = [r for r in claimed if r.step in ANSWERS]
+    assert {r.pk: r.crashes for r in runs if r.crashes} == dict.fromkeys(hit, 1)
+    for r in runs:
+        if r.pk in hit:
+            assert "the worker running this step stopped; it starts again" in r.log, r.log
+    # What the node answered, by step: never more often than the pipeline asked for (one answer
+    # per claim, each noted "asked … (answer 1 of at most 3)"), so each kill cost at most one answer.
+    answered = asked(sim)
+    for step, title in ANSWERS.items():
+        these = [r for r in asking if r.step == step]
+        assert len(these) <= answered.count(title) <= sum(r.log.count(" asked ") for r in these), (step, answered)
+    assert len(answered) <= len(asking) + kills
+    assert_graph_order(story)
+    assert not held()
+
+
 def held() -> int:
     """Units of the pool's capacity that rows hold now."""
     return sum(c.holders() for c in Capability.objects.all())
 
 
-def test_a_story_left_between_two_steps_by_a_dead_runner_goes_on(lab: Lab) -> None:
+def test_a_story_left_between_two_steps_by_a_dead_worker_goes_on(lab: Lab, request: pytest.FixtureRequest) -> None:
     sim = lab.ollama("llm")
-    # A runner wrote the first step's answer and died before it moved the story on.
+    # A worker wrote the first step's answer and died before it moved the story on.
     now = timezone.now()
     story = Story.objects.create(
         idea=IDEA,
@@ -408,33 +472,41 @@ def test_a_story_left_between_two_steps_by_a_dead_runner_goes_on(lab: Lab) -> No
     )
     StepRun.objects.create(story=story, step="story", status=StepRun.COMPLETED, started=now, finished=now)
 
-    with running_pipeline(lab):  # a runner starts
-        wait_run(story, "segments", StepRun.COMPLETED)
+    request.getfixturevalue("cluster")  # a worker starts (and with it a sweeper)
+    wait_run(story, "segments", StepRun.COMPLETED)
     assert asked(sim)[0] == "SegmentsAnswer" and "StoryAnswer" not in asked(sim)
 
 
-def test_the_node_a_dead_runner_held_comes_back_with_its_step(lab: Lab) -> None:
+def test_the_node_a_dead_worker_held_comes_back_with_its_step(lab: Lab, request: pytest.FixtureRequest) -> None:
     sim = lab.ollama("llm", limit=1)
     cap = Capability.objects.get()
-    # A runner was asking the only node for a story's first step and died: its run's row still
-    # holds the node, with a heartbeat that stopped.
+    # A worker was asking the only node for a story's first step and died: its run's row still
+    # holds the node, with a heartbeat that stopped (a worker of another machine: found by that).
     gone = timezone.now() - timedelta(seconds=5)
-    story = new_story()
+    story = new_story(wake=False)
     StepRun.objects.filter(story=story, step="story").update(
-        status=StepRun.RUNNING, owner="dead", heartbeat=gone, started=gone, attempts=1, node=cap.node, capability=cap
+        status=StepRun.RUNNING,
+        owner="elsewhere:1:dead",
+        heartbeat=gone,
+        started=gone,
+        attempts=1,
+        node=cap.node,
+        capability=cap,
     )
     assert cap.holders() == 1 and cap.display_status == "busy"
 
-    with running_pipeline(lab):
-        wait_run(story, "story", StepRun.COMPLETED)
+    request.getfixturevalue("cluster")  # a worker starts (and with it a sweeper)
+    story = wait_state(story, Story.COMPLETED)
     assert asked(sim)[0] == "StoryAnswer" and cap.holders() == 0
-    assert run_of(story, "story").attempts == 2
+    run = run_of(story, "story")
+    assert (run.attempts, run.crashes) == (1, 1)  # the crash is counted, not as an attempt
+    assert "the worker running this step stopped; it starts again" in run.log
 
 
 # --- model answers that do not fit -----------------------------------------------------------
 
 
-def test_an_answer_that_does_not_fit_is_sent_back_and_the_second_one_is_used(pipeline: Pipeline, lab: Lab) -> None:
+def test_an_answer_that_does_not_fit_is_sent_back_and_the_second_one_is_used(pipeline: Cluster, lab: Lab) -> None:
     sim = lab.ollama("llm", bad_answers=1, bad_kind="broken")
     story = new_story()
     run = wait_run(story, "story", StepRun.COMPLETED)
@@ -454,7 +526,7 @@ def test_an_answer_that_does_not_fit_is_sent_back_and_the_second_one_is_used(pip
     ("kind", "reason"), [("broken", "the answer is not JSON"), ("schema", "the answer: Input should be")]
 )
 def test_answers_that_never_fit_fail_the_step_after_three_with_the_raw_answers_kept(
-    pipeline: Pipeline, lab: Lab, kind: str, reason: str
+    pipeline: Cluster, lab: Lab, kind: str, reason: str
 ) -> None:
     sim = lab.ollama("llm", bad_json=kind)
     story = wait_state(new_story(), Story.FAILED)
@@ -469,7 +541,7 @@ def test_answers_that_never_fit_fail_the_step_after_three_with_the_raw_answers_k
     assert current(story, "segments") is None and fresh(story).title == ""
 
 
-def test_model_text_with_markup_is_stored_as_text(pipeline: Pipeline, lab: Lab) -> None:
+def test_model_text_with_markup_is_stored_as_text(pipeline: Cluster, lab: Lab) -> None:
     lab.ollama("llm", bad_json="html")
     story = wait_state(new_story(), Story.COMPLETED)
     assert MARKUP in story.title and story.text.endswith(MARKUP)
@@ -513,7 +585,7 @@ TINY = {"width": 64, "height": 64, "frames": 4}  # quick to render
 
 
 @pytest.fixture
-def rendered(pipeline: Pipeline, dispatcher: Dispatcher, lab: Lab) -> tuple[Story, SimOllama]:
+def rendered(pipeline: Cluster, lab: Lab) -> tuple[Story, SimOllama]:
     """A completed story whose shots have rendered."""
     sim = lab.ollama("llm")
     lab.comfyui()
@@ -627,7 +699,7 @@ def test_a_character_edited_by_hand_reruns_only_the_shots_and_what_follows(rende
     assert "a red raincoat and a brass lantern" in shots_asked[-1]["messages"][1]["content"]
 
 
-def test_rerun_renders_keep_only_jobs_that_would_render_the_same(pipeline: Pipeline, lab: Lab) -> None:
+def test_rerun_renders_keep_only_jobs_that_would_render_the_same(pipeline: Cluster, lab: Lab) -> None:
     lab.ollama("llm")  # no ComfyUI node: the renders wait in the queue
     story = wait_state(new_story(), Story.COMPLETED)
     before = jobs_by_target(story)
@@ -665,7 +737,7 @@ def test_rerun_renders_keep_only_jobs_that_would_render_the_same(pipeline: Pipel
     assert run_of(story, "renders").output == {"queued": len(kept), "kept": 0}
 
 
-def test_queued_renders_of_prompts_being_written_again_are_cancelled_at_once(pipeline: Pipeline, lab: Lab) -> None:
+def test_queued_renders_of_prompts_being_written_again_are_cancelled_at_once(pipeline: Cluster, lab: Lab) -> None:
     sim = lab.ollama("llm")
     story = wait_state(new_story(), Story.COMPLETED)  # no ComfyUI: the renders wait in the queue
     queued = {t: js[-1] for t, js in jobs_by_target(story).items()}
@@ -685,7 +757,7 @@ def test_queued_renders_of_prompts_being_written_again_are_cancelled_at_once(pip
 
 
 def test_characters_cannot_be_corrected_while_they_or_their_inputs_are_written_again(
-    pipeline: Pipeline, lab: Lab
+    pipeline: Cluster, lab: Lab
 ) -> None:
     sim = lab.ollama("llm")
     story = wait_state(new_story(), Story.COMPLETED)
@@ -705,13 +777,16 @@ def test_characters_cannot_be_corrected_while_they_or_their_inputs_are_written_a
     assert run_of(story, "characters").edited
 
 
-def test_without_auto_render_the_renders_wait_for_the_user(pipeline: Pipeline, lab: Lab) -> None:
+def test_without_auto_render_the_renders_wait_for_the_user(pipeline: Cluster, lab: Lab) -> None:
     lab.ollama("llm")
     story = new_story(auto_render=False)
     held = wait_run(story, "renders", StepRun.PENDING)
     assert held.held and held.waiting.startswith("Waiting for you: press Render")
     assert fresh(story).state == Story.WAITING
     assert not jobs_by_target(story)
+    # Nothing left to watch while the story waits for the user: the sweeper leaves (and pressing
+    # Render wakes the pipeline).
+    wait_until(lambda: not Sweeper.objects.exclude(worker="").exists(), 20, "the sweeper to leave")
 
     assert graph.render_now(fresh(story))
     story = wait_state(story, Story.COMPLETED)
@@ -722,7 +797,7 @@ def test_without_auto_render_the_renders_wait_for_the_user(pipeline: Pipeline, l
 # --- parallel branches -----------------------------------------------------------------------
 
 
-def test_branches_and_prompt_parts_run_at_the_same_time_on_two_nodes(pipeline: Pipeline, lab: Lab) -> None:
+def test_branches_and_prompt_parts_run_at_the_same_time_on_two_nodes(pipeline: Cluster, lab: Lab) -> None:
     for name in ("a", "b"):
         lab.ollama(name, limit=1, answer_seconds=0.3)  # one answer at a time: overlaps are on two nodes
     story = wait_state(new_story(), Story.COMPLETED, timeout=30)
@@ -734,24 +809,30 @@ def test_branches_and_prompt_parts_run_at_the_same_time_on_two_nodes(pipeline: P
     assert_graph_order(story)
 
 
-def test_a_node_that_answered_goes_straight_on_to_the_next_ready_step(lab: Lab) -> None:
-    """One pass of the runner starts the first step; every later step is handed on by the thread
-    whose node just answered (the runner's own loop never runs here)."""
+def test_a_node_that_answered_goes_straight_on_to_the_next_ready_step(
+    pipeline: Cluster, lab: Lab, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One feed starts the first step; every later step is handed on by the step task whose node
+    just answered (no other feed, nor a pass of the sweeper, places a step here): one step task
+    runs them all."""
+    no_sweeps(monkeypatch)
+    feeds: list[int] = []
+    first_feed = runner.feed
+
+    def only_the_first() -> int:
+        feeds.append(1)
+        return first_feed() if len(feeds) == 1 else 0
+
+    monkeypatch.setattr(runner, "feed", only_the_first)
     sim = lab.ollama("llm", limit=1)
     story = new_story(auto_render=False)
-    p = Pipeline(parallel=4)
-    try:
-        p.start_ready()
-        asks = [s.name for s in graph.steps_for(story) if s.kind == graph.ASK]
+    asks = [s.name for s in graph.steps_for(story) if s.kind == graph.ASK]
 
-        def answered() -> bool:
-            done = StepRun.objects.current().filter(story=story, part=0, status=StepRun.COMPLETED)
-            return set(asks) <= set(done.values_list("step", flat=True))
+    def answered() -> bool:
+        done = StepRun.objects.current().filter(story=story, part=0, status=StepRun.COMPLETED)
+        return set(asks) <= set(done.values_list("step", flat=True))
 
-        wait_for(story, lambda: answered() or None, "every language-model step answered")
-    finally:
-        p.stop()
-        p.pool.shutdown(wait=True)
+    wait_for(story, lambda: answered() or None, "every language-model step answered")
     seen = asked(sim)
     assert seen[:2] == ["StoryAnswer", "SegmentsAnswer"]
     assert sorted(set(seen)) == sorted(
@@ -760,34 +841,34 @@ def test_a_node_that_answered_goes_straight_on_to_the_next_ready_step(lab: Lab) 
     )
     shots = fresh(story).shots.count()
     assert seen.count("PromptAnswer") == shots and len(seen) == 6 + shots  # each step asked once
+    assert pipeline.ran("stories.tasks.step") == 1
+    asking = StepRun.objects.filter(story=story, step__in=asks).exclude(step="prompts", part=0)
+    assert len(set(asking.values_list("owner", flat=True))) == 1  # one task, from step to step
     assert_graph_order(story)
     assert not held()  # the node's capacity went back when nothing was left for it
 
 
-def test_a_node_that_failed_to_answer_is_not_handed_the_next_step(lab: Lab) -> None:
-    """Without a pass of the runner, a node that errored gives its lease back instead of going on
-    to the next ready step (which a dead node would fail too, burning its attempts)."""
+def test_a_node_that_failed_to_answer_is_not_handed_the_next_step(pipeline: Cluster, lab: Lab) -> None:
+    """A node that errored gives its lease back and its step task ends, instead of going on to
+    the next ready step (which a failing node would fail too, burning its attempts): each answer
+    it failed was asked by a step task of its own, the next step placed anew."""
     sim = lab.ollama("llm", limit=1, fail="oom")
     first, second = new_story(idea="The first story's idea, long enough."), new_story()
-    p = Pipeline(parallel=4)
-    try:
-        p.start_ready()
-        wait_until(lambda: "trying again" in run_of(first, "story").log, 10, "the first step to fail once")
-        wait_until(lambda: not held(), 10, "the node's capacity given back")
-    finally:
-        p.stop()
-        p.pool.shutdown(wait=True)
-    assert len([path for _, path, _ in sim.state.seen if path == "/api/chat"]) == 1
-    waiting = run_of(second, "story")
-    assert (waiting.status, waiting.attempts) == (StepRun.PENDING, 0)
+    for story in (first, second):
+        wait_state(story, Story.FAILED)
+        run = run_of(story, "story")
+        assert run.attempts == run.max_attempts == 3 and "out of memory" in run.error
+    chats = [path for _, path, _ in sim.state.seen if path == "/api/chat"]
+    assert len(chats) == 6 == pipeline.ran("stories.tasks.step")
+    assert not held()
 
 
-def test_steps_queued_behind_a_busy_node_wait_without_a_reason_and_run_in_turn(pipeline: Pipeline, lab: Lab) -> None:
+def test_steps_queued_behind_a_busy_node_wait_without_a_reason_and_run_in_turn(pipeline: Cluster, lab: Lab) -> None:
     sim = lab.ollama("llm", limit=1, hang=True)
     first, second = new_story(idea="The first story's idea, long enough."), new_story()
     wait_until(lambda: asked(sim) == ["StoryAnswer"], 10, "the first story to be asked")
     wait_until(lambda: run_of(first, "story").status == StepRun.RUNNING, 10, "the first step running")
-    pipeline.start_ready()  # a pass while the only node is busy
+    runner.feed()  # a pass while the only node is busy
     queued = run_of(second, "story")
     assert (queued.status, queued.waiting) == (StepRun.PENDING, "")
     assert fresh(second).state == Story.RUNNING
@@ -808,7 +889,7 @@ def waiting_reason(story: Story) -> str:
     return run.waiting
 
 
-def test_the_first_step_waits_for_an_ollama_node_and_starts_when_one_is_online(pipeline: Pipeline, lab: Lab) -> None:
+def test_the_first_step_waits_for_an_ollama_node_and_starts_when_one_is_online(pipeline: Cluster, lab: Lab) -> None:
     sim = lab.ollama("llm", status=Capability.OFFLINE, hang=True)
     story = new_story()
     assert waiting_reason(story) == "No Ollama node is online; the step starts when one is."
@@ -821,7 +902,7 @@ def test_the_first_step_waits_for_an_ollama_node_and_starts_when_one_is_online(p
     wait_run(story, "story", StepRun.COMPLETED)
 
 
-def test_a_step_whose_model_no_node_has_says_which_model_it_waits_for(pipeline: Pipeline, lab: Lab) -> None:
+def test_a_step_whose_model_no_node_has_says_which_model_it_waits_for(pipeline: Cluster, lab: Lab) -> None:
     lab.ollama("llm", models=(MODEL, "mistral:7b"))
     Capability.objects.update(inventory={"models": [{"name": MODEL}], "loaded": []})
     story = new_story(model="mistral:7b")
@@ -837,7 +918,7 @@ def test_a_step_whose_model_no_node_has_says_which_model_it_waits_for(pipeline: 
 
 
 def test_stop_cancels_the_running_step_and_throws_away_its_late_answer_and_resume_goes_on(
-    pipeline: Pipeline, lab: Lab
+    pipeline: Cluster, lab: Lab
 ) -> None:
     llm = lab.ollama("llm")
     slow = lab.ollama("slow", models=("slow:7b",), hang=True)  # holds its answers until told
@@ -853,7 +934,7 @@ def test_stop_cancels_the_running_step_and_throws_away_its_late_answer_and_resum
     wait_until(lambda: "not used" in run_of(story, "segments").log, 10, "the late answer")
     assert not story.segments.exists()
     graph.advance(story.pk)
-    pipeline.start_ready()  # a pass of the runner: nothing is ready
+    runner.feed()  # a pass of the feed: nothing is ready
     assert sorted(StepRun.objects.filter(story=story).values_list("step", "status")) == [
         ("segments", StepRun.CANCELLED),
         ("story", StepRun.COMPLETED),
@@ -873,9 +954,7 @@ def test_stop_cancels_the_running_step_and_throws_away_its_late_answer_and_resum
 # --- references and scenes -------------------------------------------------------------------
 
 
-def test_character_references_render_first_and_the_shots_use_them(
-    pipeline: Pipeline, dispatcher: Dispatcher, lab: Lab
-) -> None:
+def test_character_references_render_first_and_the_shots_use_them(pipeline: Cluster, lab: Lab) -> None:
     lab.ollama("llm")
     lab.comfyui()
     story = new_story(
@@ -905,7 +984,7 @@ def test_character_references_render_first_and_the_shots_use_them(
 
 
 def test_resuming_a_story_stopped_while_its_references_wait_does_not_queue_them_twice(
-    pipeline: Pipeline, dispatcher: Dispatcher, lab: Lab
+    pipeline: Cluster, lab: Lab
 ) -> None:
     lab.ollama("llm")  # no ComfyUI node yet: the reference images wait in the queue
     story = new_story(references=True, reference_template=Template.objects.get(name="test-still-image"))
@@ -926,7 +1005,7 @@ def test_resuming_a_story_stopped_while_its_references_wait_does_not_queue_them_
     assert all(c.reference for c in story.characters.all())
 
 
-def test_a_holocine_story_queues_one_render_per_scene(pipeline: Pipeline, lab: Lab) -> None:
+def test_a_holocine_story_queues_one_render_per_scene(pipeline: Cluster, lab: Lab) -> None:
     sim = lab.ollama("llm")
     story = wait_state(new_story(template="holocine-t2v", mode=Story.SCENES), Story.COMPLETED)
     scenes = list(story.scenes.all())

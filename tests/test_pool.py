@@ -11,12 +11,11 @@ from collections.abc import Iterator
 import pytest
 from django.core.management import CommandError, call_command
 
-from nodes import health, tasks
+from nodes import health
 from nodes.discovery import discover
-from nodes.models import Capability, Node, TestRender
+from nodes.models import Capability, Node
 from nodes.sim.comfyui import SimComfyUI
 from nodes.sim.ollama import SimOllama
-from tests.conftest import holding
 
 
 def shared_port(hosts: list[str]) -> int:
@@ -134,47 +133,6 @@ def test_commands_refuse_bad_input_with_a_reason() -> None:
     with pytest.raises(CommandError, match="Give the Ollama port"):
         call_command("add_node", "box", "127.0.0.1")
     assert not Node.objects.exists()
-
-
-@pytest.fixture
-def comfy_node() -> Iterator[tuple[Node, SimComfyUI]]:
-    host = f"127.0.{pytest_net()}.20"
-    sim = SimComfyUI(host, 0, run_seconds=0.2).start()
-    node = Node.objects.create(name="gpu", host=host)
-    Capability.objects.create(node=node, kind=Capability.COMFYUI, port=sim.port)
-    yield node, sim
-    sim.close()
-
-
-@pytest.mark.django_db
-def test_a_test_render_keeps_the_image_under_a_name_of_ours(comfy_node, settings, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    settings.MEDIA_ROOT = tmp_path
-    node, _ = comfy_node
-    run = TestRender.start(node)
-    assert tasks.test_render(str(run.code)).startswith("rendered")
-    run.refresh_from_db()
-    assert (run.status, run.error) == ("done", "")
-    assert run.image == f"test-renders/{run.code}.png"
-    assert (tmp_path / run.image).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert run.capability is None and node.comfyui.holders() == 0  # the capacity it took is given back
-    assert tasks.test_render(str(run.code)) == "not queued any more"  # a repeated message does nothing
-
-
-@pytest.mark.django_db
-def test_a_failed_test_render_says_why_and_a_busy_node_is_not_overbooked(comfy_node, settings, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    settings.MEDIA_ROOT = tmp_path
-    node, sim = comfy_node
-    sim.knobs.fail = "oom"
-    run = TestRender.start(node)
-    tasks.test_render(str(run.code))
-    run.refresh_from_db()
-    assert run.status == "failed" and "OutOfMemory" in run.error
-
-    holding(node.comfyui)
-    run = TestRender.start(node)
-    assert tasks.test_render(str(run.code)) == "busy"
-    run.refresh_from_db()
-    assert "busy" in run.error
 
 
 @pytest.mark.django_db

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import re
-import threading
 from collections.abc import Iterator
 from datetime import timedelta
 from io import StringIO
@@ -23,9 +22,9 @@ from django.utils import timezone
 
 from nodes.models import Capability, Node
 from nodes.sim.comfyui import SimComfyUI
-from renders.dispatch import Dispatcher
 from renders.management.commands.load_templates import load
 from renders.models import Queue, RenderJob, Template
+from tests.conftest import Cluster
 
 NET = 51 if os.environ.get("DATABASE_URL") else 50
 HTMX = {"HTTP_HX_REQUEST": "true"}
@@ -494,7 +493,8 @@ def test_the_render_command_refuses_bad_settings(templates: None) -> None:
 
 @pytest.fixture
 def sim_node(transactional_db: None, settings: Any, tmp_path: Path) -> Iterator[tuple[Node, SimComfyUI]]:
-    settings.RENDER_STALE = 2
+    settings.STALE = 2
+    settings.BEAT = 0.3
     settings.RENDER_BACKOFF = 0.05
     settings.MEDIA_ROOT = tmp_path / "media"
     sim = SimComfyUI(f"127.0.{NET}.1", 0, seconds_per_node=0.05).start()
@@ -505,16 +505,9 @@ def sim_node(transactional_db: None, settings: Any, tmp_path: Path) -> Iterator[
     sim.close()
 
 
-def test_render_wait_follows_a_job_to_its_output(sim_node: Any, tmp_path: Path) -> None:
-    dispatcher = Dispatcher(media_root=tmp_path / "media")
-    thread = threading.Thread(target=dispatcher.run, kwargs={"tick": 0.2}, daemon=True)
-    thread.start()
+def test_render_wait_follows_a_job_to_its_output(sim_node: Any, cluster: Cluster, tmp_path: Path) -> None:
     out = StringIO()
-    try:
-        call_command("render", "test-still-image", "--prompt", "x", "--wait", "--timeout", "30", stdout=out)
-    finally:
-        dispatcher.stopping.set()
-        thread.join(timeout=20)
+    call_command("render", "test-still-image", "--prompt", "x", "--wait", "--timeout", "30", stdout=out)
     job = RenderJob.objects.get()
     assert job.status == "completed"
     lines = out.getvalue().splitlines()

@@ -53,7 +53,7 @@ def test_it_starts_serves_the_login_page_and_stops_cleanly_on_sigterm(stack: Sta
     assert "Log in as admin with the password from SPOONFEEDER_ADMIN_PASSWORD" in run.output()
     assert run.popen
     kids = children(run.popen.pid)
-    assert len(kids) == 3  # web server, worker cluster, dispatcher (renders and story steps)
+    assert len(kids) == 2  # the web server and the worker cluster: nothing else runs work
 
     dashboard = log_in(stack.url, "admin", "correct-horse-battery").get(f"{stack.url}/", timeout=5)
     assert 'id="tasks"' in dashboard.text

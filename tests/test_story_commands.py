@@ -1,5 +1,6 @@
 """`manage.py story` (create, follow, resume, retry, re-run, list, show) and the stories admin:
-commands against a real pipeline thread and a simulated Ollama, admin pages as a superuser."""
+commands against the worker cluster's tasks run in this process and a simulated Ollama, admin
+pages as a superuser."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from renders.models import RenderJob
 from stories import graph
 from stories.management.commands import story as command
 from stories.models import Character, MusicCue, Scene, Segment, Shot, StepRun, Story
-from stories.runner import Pipeline
+from tests.conftest import Cluster
 
 NET = 91 if os.environ.get("DATABASE_URL") else 90
 MODEL = "llama3.2:3b"
@@ -60,18 +61,20 @@ def pool(db: None) -> Node:
 
 
 @pytest.fixture
-def lab(transactional_db: None, settings: Any) -> Iterator[SimOllama]:
-    """A simulated Ollama on a node of the pool, and a pipeline thread running the steps."""
+def ollama(transactional_db: None, settings: Any) -> Iterator[SimOllama]:
+    """A simulated Ollama on a node of the pool (that takes four steps at once)."""
     settings.RENDER_BACKOFF = 0.05
     load()
     sim = SimOllama(f"127.0.{NET}.1", 0, models=[MODEL]).start()
     ollama_node(port=sim.port, limit=4, inventory={"models": [{"name": MODEL}]})
-    pipeline = Pipeline()
-    pipeline.start()
     yield sim
-    pipeline.stop()
-    pipeline.join(timeout=30)
     sim.close()
+
+
+@pytest.fixture
+def lab(ollama: SimOllama, cluster: Cluster) -> SimOllama:
+    """The simulated Ollama, and the cluster's tasks running the steps (stopped before it closes)."""
+    return ollama
 
 
 def created(lines: list[str]) -> Story:
@@ -151,10 +154,12 @@ def test_a_failed_step_ends_wait_with_its_error_and_retry_goes_on(lab: SimOllama
     assert lines[-1] == f"Story {story.code} completed."
 
 
-def test_wait_says_why_a_step_waits_once_and_does_not_blame_the_dispatcher(
+def test_wait_says_why_a_step_waits_once_and_does_not_say_nothing_runs_the_steps(
     lab: SimOllama, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(command, "IDLE", 1.5)  # the runner says why it waits within 0.25 s
+    """The cluster is running: a step no node can take says why, and that is not taken for a
+    missing worker cluster."""
+    monkeypatch.setattr(command, "IDLE", 1.5)  # the cluster's feed says why it waits at once
     Capability.objects.update(status=Capability.OFFLINE)
 
     out = StringIO()

@@ -540,14 +540,19 @@ class ComfyUI:
         prompt_id: str,
         client_id: str,
         front: bool = False,
+        number: float | None = None,
         extra_data: dict[str, Any] | None = None,
     ) -> Submitted:
         """Queue an API-format workflow under our own prompt_id (so a retry cannot run it twice
-        unnoticed). Non-empty node_errors in the answer means only some outputs will run."""
+        unnoticed). ComfyUI runs its queue in order of `number` (its own counter when none is
+        given), whatever order the prompts arrived in. Non-empty node_errors in the answer means
+        only some outputs will run."""
         url = self.url("/prompt")
         body: dict[str, Any] = {"prompt": workflow, "client_id": client_id, "prompt_id": prompt_id}
         if front:
             body["front"] = True
+        if number is not None:
+            body["number"] = number
         if extra_data:
             body["extra_data"] = extra_data
         response = request(self.session, "POST", url, timeout=self.timeout, json=body)

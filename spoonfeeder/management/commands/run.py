@@ -121,7 +121,6 @@ class Command(BaseCommand):
                 ]
             ),
             "worker (qcluster)": self.spawn([python, manage, "qcluster"]),
-            "dispatcher": self.spawn([python, manage, "dispatcher"]),
         }
         if demo:
             for address in DEMO_NODES:
@@ -194,6 +193,9 @@ class Command(BaseCommand):
     def stop(self, children: dict[str, subprocess.Popen[bytes]], grace: float) -> None:
         for child in children.values():
             if child.poll() is None:
+                # The cluster stops gracefully: its workers see it stopping and hand their work
+                # back within seconds (a render goes on on its node, and is followed again at
+                # the next start).
                 child.terminate()
         deadline = time.monotonic() + grace
         for name, child in children.items():

@@ -1,7 +1,7 @@
 """`manage.py story create "<idea>"`: start a story from the command line, and follow it, resume
 it, retry or re-run a step of it, list the stories and show one.
 
-The steps run in the dispatcher process (`make run` starts one, or `manage.py dispatcher`); this
+The steps run on the worker cluster (`make run` starts one, or `manage.py qcluster`); this
 command only writes rows and reads them. `--wait` polls the story's step runs and prints a line
 whenever a step's state changes, until the story completes, fails or stops.
 """
@@ -30,10 +30,10 @@ OPTIONS = {f: f"--{f}" for f in ("model", "template", "genre", "style", "mode")}
     "step_models": "--step-model",
 }
 POLL = 0.2  # seconds between looks at the rows while following a story
-# A step ready this long that no runner has taken (nor said why it waits) means none is running:
-# a runner claims a ready step or notes why it waits within a fraction of a second.
+# A step ready this long that no worker has taken (nor said why it waits) means none is running:
+# the cluster claims a ready step or notes why it waits within a fraction of a second.
 IDLE = 10.0
-NO_RUNNER = "Nothing is running the steps: start Spoon Feeder (make run) or `manage.py dispatcher`."
+NO_RUNNER = "Nothing is running the steps: start Spoon Feeder (make run) or the worker cluster (`manage.py qcluster`)."
 # Control characters a model or a user wrote (ESC sequences can clear or rewrite the terminal, CR
 # overwrite a line, BEL ring) and the bidirectional overrides that reorder what is shown, each as
 # a visible escape; newline and tab stay as they are.
@@ -338,7 +338,7 @@ class Follower:
         return False
 
     def check_runner(self, runs: list[StepRun]) -> None:
-        """Say once if steps are ready but nothing takes them (no dispatcher running)."""
+        """Say once if steps are ready but nothing takes them (no worker cluster running)."""
         now, clock = timezone.now(), time.monotonic()
         ready = {
             r.pk
@@ -351,8 +351,8 @@ class Follower:
         self.ready_since = {pk: self.ready_since.get(pk, clock) for pk in ready}
         if self.warned or not any(clock - t >= IDLE for t in self.ready_since.values()):
             return
-        # A runner busy with other stories keeps the heartbeats of its steps fresh.
-        alive = now - timedelta(seconds=settings.RENDER_STALE)
+        # A cluster busy with other stories keeps the heartbeats of its steps fresh.
+        alive = now - timedelta(seconds=settings.STALE)
         if StepRun.objects.filter(status=StepRun.RUNNING, heartbeat__gte=alive).exclude(owner="").exists():
             return
         self.command.write(NO_RUNNER)

@@ -1,0 +1,176 @@
+"""What every unit of work on the cluster shares: who runs it, its heartbeat, when it is stale,
+and how a stopped worker hands its work back. It knows no app: the apps' tasks use it on their
+own rows (a render job, a step run), and register what the sweeper does for them.
+
+A row that holds work names its worker (`worker_id()`: the machine, the process and the task
+run) and beats every BEAT seconds on the database's clock. It is an orphan when its heartbeat is
+older than STALE seconds by that same clock, when the worker is a process of this machine that
+no longer exists, or when it was handed back (no heartbeat). Only the first two count as a crash
+of the worker that was running it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from importlib import import_module
+from typing import Any
+
+from django.conf import settings
+from django.db import connection
+from django.db.models import DateTimeField, ExpressionWrapper, Q, QuerySet
+from django.db.models.functions import Now
+
+log = logging.getLogger(__name__)
+
+HOST = socket.gethostname()
+
+# What the sweeper does each pass, by dotted path: each returns True while it has something to
+# watch (work queued, running or waiting for a time). Apps add theirs in AppConfig.ready().
+SWEEPS: list[str] = []
+
+
+# Set when every task of this process is to stop: the tests' in-process cluster sets it to stop
+# its threads. Loops that wait on a node call stopping().
+STOP = threading.Event()
+_signalled = threading.Event()  # SIGTERM came: the process ends once its work is handed back
+_looked = [0.0, False]  # when the cluster's status was last read, and whether it was stopping
+
+
+class Stopped(BaseException):
+    """The task is to stop (SIGTERM, or its cluster stopping): hand the work back, then leave()."""
+
+
+def leave() -> None:
+    """After the work is handed back: a worker that got SIGTERM ends (django-q2 lets SystemExit
+    through: the process ends) before it takes another task; one whose cluster stops gracefully
+    goes on to the tasks the cluster had taken, which see the stop and leave their rows alone."""
+    if _signalled.is_set():
+        raise SystemExit(0)
+
+
+def stopping() -> None:
+    """Raise Stopped if this task is to stop: this process's tasks are stopped, or its cluster is
+    stopping (a graceful stop of django-q2 waits for the running task, which would be a whole
+    render: its status is read at most every BEAT seconds)."""
+    if STOP.is_set() or _signalled.is_set() or cluster_stopping():
+        raise Stopped
+
+
+def cluster_stopping() -> bool:
+    now = time.monotonic()
+    if now - _looked[0] < settings.BEAT:
+        return bool(_looked[1])
+    _looked[0] = now
+    try:
+        from django_q.conf import Conf
+        from django_q.status import Stat
+
+        parent = os.getppid()
+        _looked[1] = any(s.host == HOST and s.sentinel == parent and s.status == Conf.STOPPING for s in Stat.get_all())
+    except Exception:
+        log.exception("could not read the cluster's status")
+    return bool(_looked[1])
+
+
+def worker_id() -> str:
+    """Who runs this task: the machine, the process, and this run of the task (a redelivered
+    copy of a task in the same process is someone else)."""
+    return f"{HOST}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def alive(worker: str) -> bool:
+    """False when `worker` is a process of this machine that is gone; True otherwise (another
+    machine's worker is judged by its heartbeat alone)."""
+    host, _, rest = worker.partition(":")
+    pid = rest.partition(":")[0]
+    if host != HOST or not pid.isdigit():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def stale_before() -> ExpressionWrapper:
+    """The database's now minus STALE seconds: heartbeats older than this have stopped."""
+    return ExpressionWrapper(Now() - timedelta(seconds=settings.STALE), output_field=DateTimeField())
+
+
+def orphaned(workers: Iterable[str], field: str = "worker") -> Q:
+    """Rows whose worker stopped: no heartbeat (handed back), a stale one, or a dead process of
+    this machine among `workers` (the workers named in `field` of the rows looked at)."""
+    dead = [w for w in set(workers) if w and not alive(w)]
+    return Q(heartbeat=None) | Q(heartbeat__lt=stale_before()) | Q(**{f"{field}__in": dead})
+
+
+def crashed(worker: str, heartbeat: Any) -> bool:
+    """Whether an orphan's worker died while running it (not handed back, not never started)."""
+    return bool(worker) and heartbeat is not None
+
+
+@contextmanager
+def stop_on_sigterm() -> Iterator[None]:
+    """Inside the block, SIGTERM raises Stopped in this (the worker's main) thread, so the task
+    hands its work back before the process ends; elsewhere (a thread) it does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: Any) -> None:
+        _signalled.set()
+        raise Stopped
+
+    before = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
+@contextmanager
+def beating(rows: QuerySet[Any]) -> Iterator[None]:
+    """Inside the block, a thread beats `rows` (heartbeat = the database's now) every BEAT
+    seconds: for work that blocks on one long call (a model's answer)."""
+    stop = threading.Event()
+    main = threading.current_thread() is threading.main_thread()
+
+    def beat() -> None:
+        try:
+            while not stop.wait(settings.BEAT):
+                rows.update(heartbeat=Now())
+                if main and (STOP.is_set() or cluster_stopping()):
+                    # The blocking call is cut short by the SIGTERM handler (stop_on_sigterm).
+                    signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGTERM)
+                    return
+        except Exception:
+            log.exception("heartbeat failed")
+        finally:
+            connection.close()  # this thread's own connection
+
+    thread = threading.Thread(target=beat, name="heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+
+
+def sweeps() -> list[Callable[[], bool]]:
+    found = []
+    for path in SWEEPS:
+        module, _, name = path.rpartition(".")
+        found.append(getattr(import_module(module), name))
+    return found

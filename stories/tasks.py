@@ -1,0 +1,15 @@
+"""Worker tasks of the story pipeline. Their dotted paths are stored in the database: keep them."""
+
+from __future__ import annotations
+
+from stories import runner
+
+
+def feed() -> str:
+    """Place the ready steps of every story on the Ollama nodes with room."""
+    return f"queued {runner.feed()} step(s)"
+
+
+def step(run_pk: int) -> str:
+    """Run one claimed step (and, on its node, what is ready next)."""
+    return runner.execute(run_pk)
