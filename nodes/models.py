@@ -3,6 +3,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
@@ -131,7 +132,7 @@ class Capability(models.Model):
     # Smoothed answer time of health checks, in milliseconds: "the faster node" is measured.
     latency = models.FloatField(null=True, blank=True)
     # Work that failed on it in a row (a refused or garbled answer), and until when it gets no
-    # new work for that (renders.dispatch.rest: the one back-off rule).
+    # new work for that (Capability.rest: the one back-off rule).
     faults = models.PositiveSmallIntegerField(default=0)
     resting_until = models.DateTimeField(null=True, blank=True)
 
@@ -200,6 +201,21 @@ class Capability(models.Model):
         with transaction.atomic():
             limit = Capability.objects.select_for_update().filter(pk=self.pk).values_list("limit", flat=True).first()
             yield limit is not None and self.holders() < limit + extra
+
+    def rest(self, error: str) -> None:
+        """Give this capability no new work for a while after a fault (a refused or garbled
+        answer), twice as long at each fault in a row (from BEAT up to MAX_REST seconds), and say
+        so on its card: the one back-off rule, shared by every worker (it is on the row). A
+        success clears it (faults=0)."""
+        faults = (Capability.objects.filter(pk=self.pk).values_list("faults", flat=True).first() or 0) + 1
+        seconds = min(settings.BEAT * 2 ** (faults - 1), settings.MAX_REST)
+        with transaction.atomic():
+            Capability.objects.filter(pk=self.pk).update(
+                faults=faults,
+                resting_until=timezone.now() + timedelta(seconds=seconds),
+                last_error=f"{error}; no new jobs for it for {seconds:.0f} s"[:2000],
+            )
+            self.node.changed("node.resting")
 
     def record_check(
         self,

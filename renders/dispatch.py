@@ -21,7 +21,6 @@ import random
 import time
 import uuid
 from collections.abc import Iterator, Sequence
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +65,7 @@ CONTROLS = 0.3  # seconds between looks at the user's cancel, pause and reorder
 QUARANTINE_AFTER = 3  # worker deaths while running one job
 PROGRESS_EVERY = 0.2  # seconds between progress writes of one job
 SETTLE_LOOK = 0.25  # seconds between asks about a job taken off a node's queue
-SEND_IN_ORDER = 2.0  # seconds a job waits for the ones claimed ahead of it on its node to be sent
+SEND_IN_ORDER = 5.0  # seconds a job waits for the ones claimed ahead of it on its node to be sent
 SILENCE = 10.0  # seconds without a socket message while the job runs before the socket is reopened
 # Seconds an attempt waits for one answer of its node: a node that hangs holds up that attempt
 # for no longer than this at a time, and is then treated as silent.
@@ -412,7 +411,7 @@ class Attempt:
                 return self.node_fault(f"could not send the job to {self.cap.node.name}: {e}")
             # It may have reached the node all the same: follow it, and let the node say (standing)
             # whether it runs, ran or never arrived.
-            rest(self.cap, f"could not send a job to it: {e}")
+            self.cap.rest(f"could not send a job to it: {e}")
             return ""
         RenderJob.objects.filter(pk=job.pk).update(sent=timezone.now())
         Capability.objects.filter(pk=self.cap.pk, faults__gt=0).update(faults=0, resting_until=None)
@@ -452,7 +451,7 @@ class Attempt:
             error=f"{error}; it went back to the queue (not counted as an attempt)",
             **RenderJob.NOT_STARTED,
         )
-        rest(self.cap, error)
+        self.cap.rest(error)
         return self.done("node fault: back in the queue")
 
     def upload_input(self, relative: str) -> str:
@@ -625,7 +624,7 @@ class Attempt:
             self.job.error = note
             self.job.changed("job.silent")
         self.close_socket()
-        rest(self.cap, f"it has not answered for {since:.0f} s")
+        self.cap.rest(f"it has not answered for {since:.0f} s")
 
     def finish(self) -> str:
         """The prompt ended, or left the node's queue: settle the job as the node says it stands
@@ -668,12 +667,16 @@ class Attempt:
         return self.collect(entry)
 
     def hand_on(self) -> None:
-        """Claim the node's next job for this worker and send it now: the node gets it without
-        waiting for a task to be queued and picked up."""
+        """Take the node's next job for this worker and send it now: the node gets it without
+        waiting for a task to be queued and picked up. First one already claimed for this node
+        whose own task has not started (it goes first: it came first), else the best queued one."""
         if work.STOP.is_set() or not Capability.objects.usable(Capability.COMFYUI).filter(pk=self.cap.pk).exists():
             return
         self.cap.refresh_from_db()
-        job = next_job(self.cap, worker=self.me)
+        unsent = RenderJob.objects.filter(capability=self.cap, status=RenderJob.ASSIGNED, worker="", client_id="")
+        job = unsent.in_dispatch_order().first()
+        if job is None or not unsent.filter(pk=job.pk).update(worker=self.me, heartbeat=Now()):
+            job = next_job(self.cap, worker=self.me)  # its own task, when it comes, finds it taken
         if job is None:
             return
         following = Attempt(
@@ -867,20 +870,6 @@ def dropped_reason(errors: Any) -> str:
     found = errors.get("errors", []) if isinstance(errors, dict) else []
     reasons = [str(e.get("message") or e.get("type") or "") for e in found if isinstance(e, dict)]
     return ", ".join(r for r in reasons if r) or "refused"
-
-
-def rest(cap: Capability, error: str) -> None:
-    """Send this node nothing for a while, twice as long at each fault in a row (up to MAX_REST),
-    and say so on its card. The one back-off rule, shared by every worker (it is on the row)."""
-    faults = (Capability.objects.filter(pk=cap.pk).values_list("faults", flat=True).first() or 0) + 1
-    seconds = min(settings.BEAT * 2 ** (faults - 1), settings.MAX_REST)
-    with transaction.atomic():
-        Capability.objects.filter(pk=cap.pk).update(
-            faults=faults,
-            resting_until=timezone.now() + timedelta(seconds=seconds),
-            last_error=f"{error}; no new jobs for it for {seconds:.0f} s"[:2000],
-        )
-        cap.node.changed("node.resting")
 
 
 # --- the sweeper's part ----------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from django.db import transaction
 from django.db.models import Max
 from django.utils import timezone
 
+from spoonfeeder.tasks import enqueue, ensure_sweeping
 from stories.models import StepRun, Story
 
 ASK, REFERENCES, RENDERS = "ask", "references", "renders"
@@ -118,10 +119,15 @@ def advance(story_id: int, *, wake: bool = True) -> list[StepRun]:
                 gather_references(story, run)
         summarise(story, ordered, whole, parts)
         if wake and not story.stopped and story.runs.filter(status=StepRun.PENDING, held=False).exists():
-            from stories.runner import wake as place_soon
-
-            place_soon()
+            place_ready()
     return made
+
+
+def place_ready() -> None:
+    """Once the caller's transaction commits, the cluster places the ready steps (stories.runner.feed,
+    as a task), and a sweeper runs."""
+    enqueue("stories.tasks.feed", timeout=60, routine=True)
+    ensure_sweeping()
 
 
 def done(run: StepRun | None) -> bool:

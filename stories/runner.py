@@ -24,6 +24,7 @@ import logging
 import time
 from contextlib import nullcontext
 from datetime import timedelta
+from typing import Any
 
 from django.conf import settings
 from django.db import transaction
@@ -35,7 +36,7 @@ from nodes.clients import ServiceError
 from nodes.clients.ollama import Ollama
 from nodes.models import Capability, Requirements, place_and_claim
 from spoonfeeder import work
-from spoonfeeder.tasks import enqueue, ensure_sweeping
+from spoonfeeder.tasks import enqueue
 from stories import graph, steps
 from stories.models import RunQuerySet, StepRun, Story
 from stories.rendering import queue_references, queue_renders
@@ -52,12 +53,6 @@ QUARANTINE_AFTER = 3  # worker deaths while running one step
 HAND_ON_SPAN = 300.0
 STEP_DEADLINE = ANSWERS * ANSWER_TIMEOUT + HAND_ON_SPAN + 120
 ASKS = [name for name, step in graph.STEPS.items() if step.kind == graph.ASK]
-
-
-def wake() -> None:
-    """Once the caller's transaction commits, place the ready steps (and keep a sweeper)."""
-    enqueue("stories.tasks.feed", timeout=60, routine=True)
-    ensure_sweeping()
 
 
 # --- placing -------------------------------------------------------------------------------------
@@ -177,7 +172,7 @@ def execute(run_pk: int) -> str:
                     # More became ready than this node took: a feed task places the rest
                     # elsewhere while this one goes on (placing them here first, a claim and a
                     # queued task each, would hold up the step this node was just handed).
-                    wake()
+                    graph.place_ready()
     except work.Stopped:
         if run is not None:
             run.transition(
@@ -314,35 +309,20 @@ def node_failed(run: StepRun, me: str, cap: Capability, e: ServiceError) -> None
     """The node did not answer well: try again later (elsewhere if it is down), unless the
     error is permanent or the attempts are used up. A node that did not answer at all (down,
     refused) is the node's fault: the attempt is not counted, and the node rests."""
-    from renders.dispatch import rest
-
     error = f"{cap.node.name}: {e}"
-    if not e.reached:
-        rest(cap, f"a step could not reach it: {e}")
-        run.transition(
-            StepRun.PENDING,
-            expect=(StepRun.RUNNING,),
-            by=me,
-            note=f"{error}; it waits for a node (not counted as an attempt)",
-            owner="",
-            heartbeat=None,
-            error=error,
-            attempts=max(run.attempts - 1, 0),
-        )
-        return
-    if e.permanent or run.attempts >= run.max_attempts:
+    if e.reached and (e.permanent or run.attempts >= run.max_attempts):
         run.fail(error, me)
         return
-    wait = settings.RENDER_BACKOFF * 2 ** (run.attempts - 1)
+    if e.reached:
+        wait = settings.RENDER_BACKOFF * 2 ** (run.attempts - 1)
+        note = f"{error}; trying again in {wait:g} s (attempt {run.attempts} of {run.max_attempts} done)"
+        again: dict[str, Any] = {"not_before": timezone.now() + timedelta(seconds=wait)}
+    else:
+        cap.rest(f"a step could not reach it: {e}")
+        note = f"{error}; it waits for a node (not counted as an attempt)"
+        again = {"attempts": max(run.attempts - 1, 0)}
     run.transition(
-        StepRun.PENDING,
-        expect=(StepRun.RUNNING,),
-        by=me,
-        note=f"{error}; trying again in {wait:g} s (attempt {run.attempts} of {run.max_attempts} done)",
-        owner="",
-        heartbeat=None,
-        error=error,
-        not_before=timezone.now() + timedelta(seconds=wait),
+        StepRun.PENDING, expect=(StepRun.RUNNING,), by=me, note=note, owner="", heartbeat=None, error=error, **again
     )
 
 
