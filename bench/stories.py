@@ -44,14 +44,10 @@ from __future__ import annotations
 
 import json
 import os
-import pydoc
 import statistics
 import sys
-import threading
 import time
-import uuid
 from collections.abc import Iterator
-from concurrent.futures import Future
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -72,6 +68,7 @@ from bench.common import (  # noqa: E402
     verdict,
     wait_until,
 )
+from tests.cluster import Cluster  # noqa: E402
 
 if TYPE_CHECKING:
     from nodes.models import Capability
@@ -132,74 +129,15 @@ def lab(count: int, limit: int, logs: Path, **knobs: Any) -> Iterator[list[tuple
         Node.objects.filter(host__startswith=f"{NET}.").delete()
 
 
-class Tasks:
-    """The worker cluster's tasks in this process, as the tests' Cluster (tests/conftest.py) runs
-    them: every task queued (spoonfeeder.tasks.enqueue) runs in a thread of its own once the
-    queuing transaction commits; `stop()` stops them as SIGTERM stops a worker (work.STOP) and
-    raises BenchError if any task raised."""
-
-    # What django-q2 reads from a task's keyword arguments itself: not the function's.
-    OPTIONS = ("timeout", "save", "group", "hook", "cluster", "q_options", "ack_failure", "task_name", "broker", "sync")
-
-    def __init__(self) -> None:
-        from concurrent.futures import ThreadPoolExecutor
-
-        self.pool = ThreadPoolExecutor(max_workers=64, thread_name_prefix="task")
-        self.futures: list[tuple[str, Future[Any]]] = []
-        self.lock = threading.Lock()
-
-    def async_task(self, func: str, *args: Any, **kwargs: Any) -> str:
-        from django.db import transaction
-
-        for option in self.OPTIONS:
-            kwargs.pop(option, None)
-        transaction.on_commit(lambda: self.submit(func, *args, **kwargs))
-        return uuid.uuid4().hex
-
-    def submit(self, func: str, *args: Any, **kwargs: Any) -> None:
-        from django.db import connection
-
-        target = pydoc.locate(func)
-        if not callable(target):
-            raise BenchError(f"no task {func}")
-
-        def run() -> Any:
-            try:
-                return target(*args, **kwargs)
-            finally:
-                connection.close()
-
-        with self.lock:
-            self.futures.append((func, self.pool.submit(run)))
-
-    def stop(self) -> None:
-        from concurrent.futures import wait
-
-        from spoonfeeder import work
-
-        work.STOP.set()
-        try:
-            with self.lock:
-                futures = list(self.futures)
-            wait([f for _, f in futures], timeout=30)
-        finally:
-            work.STOP.clear()
-            self.pool.shutdown(wait=False, cancel_futures=True)
-        failed = [(name, f.exception()) for name, f in futures if f.done() and f.exception()]
-        failed = [(name, e) for name, e in failed if not isinstance(e, SystemExit)]
-        if failed:
-            raise BenchError(f"tasks raised: {failed}")
-
-
 @contextmanager
-def piping() -> Iterator[Tasks]:
+def piping() -> Iterator[Cluster]:
     """The engine's tasks (placing, running and advancing steps, and the sweeper) in this process
     for the block; a sweeper starts as when a worker starts."""
     from django.db import close_old_connections
 
     from spoonfeeder import tasks
 
-    cluster = Tasks()
+    cluster = Cluster()
     with mock.patch.object(tasks, "async_task", cluster.async_task):
         tasks.ensure_sweeping()
         try:

@@ -62,7 +62,6 @@ log = logging.getLogger(__name__)
 
 POLL = 2.0  # seconds between looks at the node's queue for a job, socket or not
 CONTROLS = 0.3  # seconds between looks at the user's cancel, pause and reorder
-QUARANTINE_AFTER = 3  # worker deaths while running one job
 PROGRESS_EVERY = 0.2  # seconds between progress writes of one job
 SETTLE_LOOK = 0.25  # seconds between asks about a job taken off a node's queue
 SEND_IN_ORDER = 5.0  # seconds a job waits for the ones claimed ahead of it on its node to be sent
@@ -883,7 +882,7 @@ def sweep() -> bool:
     workers = active.exclude(worker="").values_list("worker", flat=True)
     for job in active.filter(work.orphaned(workers)).only("pk", "prompt_id", "worker", "heartbeat", "crashes"):
         crashes = job.crashes + work.crashed(job.worker, job.heartbeat)
-        if crashes >= QUARANTINE_AFTER:
+        if crashes >= work.QUARANTINE_AFTER:
             full = RenderJob.objects.select_related("template").get(pk=job.pk)
             full.fail(f"quarantined: the worker running this job died {crashes} times", permanent=True)
             continue

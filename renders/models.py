@@ -10,6 +10,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from nodes.models import Capability, Node, Requirements
+from nodes.pool import TEST_TARGET
 from spoonfeeder.models import Event
 
 
@@ -67,7 +68,6 @@ class Queue(models.Model):
 
 # A node's test render: the shipped model-free template, pinned to the node, ahead of every job.
 TEST_TEMPLATE = "test-still-image"
-TEST_TARGET = "test"  # nodes.pool.TEST_TARGET
 TEST_PRIORITY = 1000
 
 
@@ -359,11 +359,10 @@ class RenderJob(models.Model):
 
 
 def wake() -> None:
-    """Once the caller's transaction commits, the cluster feeds the pool (and a sweeper runs)."""
-    from spoonfeeder.tasks import enqueue, ensure_sweeping
+    """Once the caller's transaction commits, the cluster feeds the pool its runnable jobs."""
+    from spoonfeeder.tasks import wake as feed_soon
 
-    enqueue("renders.tasks.feed", timeout=60, routine=True)
-    ensure_sweeping()
+    feed_soon("renders.tasks.feed")
 
 
 class Speed(models.Model):

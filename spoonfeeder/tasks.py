@@ -117,6 +117,13 @@ def release_sweeper(me: str) -> None:
     Sweeper.objects.filter(pk=1, worker=me).update(worker="", heartbeat=None)
 
 
+def wake(feed: str) -> None:
+    """Once the caller's transaction commits, the cluster runs `feed` (an app's task that places
+    what became runnable), and a sweeper runs: called by every change that makes work runnable."""
+    enqueue(feed, timeout=60, routine=True)
+    ensure_sweeping()
+
+
 def ensure_sweeping() -> None:
     """Start a sweeper unless one runs (its heartbeat is fresh): called when work is queued, by
     the schedule every minute and when a worker (re)starts."""

@@ -115,6 +115,11 @@ def orphaned(workers: Iterable[str], field: str = "worker") -> Q:
     return Q(heartbeat=None) | Q(heartbeat__lt=stale_before()) | Q(**{f"{field}__in": dead})
 
 
+# Deaths of the worker running one job or step, after which it is quarantined (failed, saying so)
+# rather than run again: work that kills its worker every time.
+QUARANTINE_AFTER = 3
+
+
 def crashed(worker: str, heartbeat: Any) -> bool:
     """Whether an orphan's worker died while running it (not handed back, not never started)."""
     return bool(worker) and heartbeat is not None

@@ -18,7 +18,7 @@ from django.db import transaction
 from django.db.models import Max
 from django.utils import timezone
 
-from spoonfeeder.tasks import enqueue, ensure_sweeping
+from spoonfeeder.tasks import wake
 from stories.models import StepRun, Story
 
 ASK, REFERENCES, RENDERS = "ask", "references", "renders"
@@ -124,10 +124,8 @@ def advance(story_id: int, *, wake: bool = True) -> list[StepRun]:
 
 
 def place_ready() -> None:
-    """Once the caller's transaction commits, the cluster places the ready steps (stories.runner.feed,
-    as a task), and a sweeper runs."""
-    enqueue("stories.tasks.feed", timeout=60, routine=True)
-    ensure_sweeping()
+    """Once the caller's transaction commits, the cluster places the ready steps (stories.runner.feed)."""
+    wake("stories.tasks.feed")
 
 
 def done(run: StepRun | None) -> bool:

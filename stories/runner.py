@@ -47,7 +47,6 @@ ANSWERS = 3  # answers asked of the model per attempt before the step fails
 ANSWER_TIMEOUT = 600.0
 HAND_ON_LOOK = 20  # ready runs a freed node looks through for one it can take
 SCAN = 64  # ready runs one feed looks through, at most
-QUARANTINE_AFTER = 3  # worker deaths while running one step
 # How long one step task goes on from step to step on its node before it leaves the rest to
 # new tasks (within its deadline, STEP_DEADLINE).
 HAND_ON_SPAN = 300.0
@@ -331,7 +330,7 @@ def node_failed(run: StepRun, me: str, cap: Capability, e: ServiceError) -> None
 
 def sweep() -> bool:
     """Runs whose worker died go back to pending (the crash counted on the run, not as an
-    attempt; quarantined after QUARANTINE_AFTER); stories waiting on their reference images and
+    attempt; quarantined after work.QUARANTINE_AFTER); stories waiting on their reference images and
     stories left between two steps move on; ready runs are placed. True while any story has a
     run pending (and not held for the user) or running."""
     # Running with a heartbeat: a worker runs it, or its task is on the way (parts of a step and
@@ -339,8 +338,8 @@ def sweep() -> bool:
     running = StepRun.objects.filter(status=StepRun.RUNNING).exclude(heartbeat=None)
     workers = running.exclude(owner="").values_list("owner", flat=True)
     for run in running.filter(work.orphaned(workers, field="owner")).select_related("story"):
-        crashes = run.crashes + bool(run.owner)
-        if crashes >= QUARANTINE_AFTER:
+        crashes = run.crashes + work.crashed(run.owner, run.heartbeat)
+        if crashes >= work.QUARANTINE_AFTER:
             run.fail(f"quarantined: the worker running this step died {crashes} times", run.owner)
             continue
         run.transition(

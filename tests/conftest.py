@@ -4,17 +4,14 @@ deadline, and real Spoon Feeder processes (web, worker, the whole `run`) on the 
 from __future__ import annotations
 
 import os
-import pydoc
 import re
 import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor, wait
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
@@ -30,6 +27,7 @@ from django.utils import timezone
 from django_q.models import Task
 
 from spoonfeeder.models import Event
+from tests.cluster import Cluster
 
 ROOT = Path(__file__).resolve().parent.parent
 PASSWORD = "a-long-test-password"
@@ -237,58 +235,6 @@ class Socket:
 
     def close(self) -> None:
         self.ws.close()
-
-
-class Cluster:
-    """The worker cluster, in this process: every task queued (spoonfeeder.tasks.enqueue) runs
-    in a thread of its own once the queuing transaction commits, as a django-q2 worker would run
-    it. Tests of process faults (kills, restarts) start a real `qcluster` instead (Stack.worker).
-    At the end every task is stopped as SIGTERM stops a worker, and any task that raised fails
-    the test."""
-
-    def __init__(self) -> None:
-        self.pool = ThreadPoolExecutor(max_workers=64, thread_name_prefix="task")
-        self.futures: list[tuple[str, Future[Any]]] = []
-        self.lock = threading.Lock()
-
-    def async_task(self, func: str, *args: Any, timeout: float | None = None, save: bool = True, **kwargs: Any) -> str:
-        """django-q2's async_task: its options (timeout, save) are the cluster's, not the task's."""
-        transaction.on_commit(lambda: self.submit(func, *args, **kwargs))
-        return uuid.uuid4().hex
-
-    def submit(self, func: str, *args: Any, **kwargs: Any) -> None:
-        from django.db import connection
-
-        target = pydoc.locate(func)
-        assert callable(target), func
-
-        def run() -> Any:
-            try:
-                return target(*args, **kwargs)
-            finally:
-                connection.close()
-
-        with self.lock:
-            self.futures.append((func, self.pool.submit(run)))
-
-    def ran(self, func: str) -> int:
-        with self.lock:
-            return sum(f == func for f, _ in self.futures)
-
-    def stop(self) -> None:
-        from spoonfeeder import work
-
-        work.STOP.set()
-        try:
-            with self.lock:
-                futures = list(self.futures)
-            wait([f for _, f in futures], timeout=30)
-        finally:
-            work.STOP.clear()
-            self.pool.shutdown(wait=False, cancel_futures=True)
-        failed = [(name, f.exception()) for name, f in futures if f.done() and f.exception()]
-        failed = [(name, e) for name, e in failed if not isinstance(e, SystemExit)]
-        assert not failed, f"tasks raised: {failed}"
 
 
 @pytest.fixture

@@ -218,6 +218,17 @@ def test_a_history_entry_seconds_behind_execution_success_is_waited_for_not_rend
         assert (executions(sim, job), job.attempts, job.error) == (1, 1, "")
 
 
+def stir(action: str, rng: random.Random) -> None:
+    """What a user does to the queue in a storm: pause, resume, or move a random queued job to
+    the "top" or "bottom"."""
+    if action in ("pause", "resume"):
+        Queue.set_paused(action == "pause")
+        return
+    queued = list(RenderJob.objects.filter(status=RenderJob.QUEUED).values_list("pk", flat=True))
+    if queued:
+        RenderJob.objects.get(pk=rng.choice(queued)).move(action)
+
+
 def test_pause_resume_and_reorder_storms_over_prefetched_short_jobs_render_each_job_once(
     cluster: Cluster, node: Any
 ) -> None:
@@ -232,12 +243,7 @@ def test_pause_resume_and_reorder_storms_over_prefetched_short_jobs_render_each_
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and RenderJob.objects.exclude(status__in=RenderJob.ENDED).exists():
         action = rng.choice(("pause", "resume", "resume", "top", "bottom"))
-        if action in ("pause", "resume"):
-            Queue.set_paused(action == "pause")
-        else:
-            queued = list(RenderJob.objects.filter(status=RenderJob.QUEUED).values_list("pk", flat=True))
-            if queued:
-                RenderJob.objects.get(pk=rng.choice(queued)).move(action)
+        stir(action, rng)
         time.sleep(rng.uniform(0.01, 0.15))  # the storm's pace, not a wait for anything
     Queue.set_paused(False)
     for job in jobs:
@@ -497,12 +503,8 @@ def test_kills_pauses_and_reorders_at_once_render_every_job_exactly_once(node: A
                         kills += 1
                     except (ProcessLookupError, FileNotFoundError):
                         pass  # that worker just ended
-            elif action in ("pause", "resume"):
-                Queue.set_paused(action == "pause")
             else:
-                queued = list(RenderJob.objects.filter(status=RenderJob.QUEUED).values_list("pk", flat=True))
-                if queued:
-                    RenderJob.objects.get(pk=rng.choice(queued)).move(action)
+                stir(action, rng)
             time.sleep(rng.uniform(0.1, 0.4))  # the storm's pace, not a wait for anything
         Queue.set_paused(False)
         assert kills == 20, f"only {kills} kills landed"
@@ -599,3 +601,33 @@ def test_a_retry_is_planned_onto_another_node_than_the_one_it_failed_on(
     [retry] = queue(work=100, avoid=fast.node)  # the plan would give it to the fast node
     assert best_fit(fast) is None  # which must not take it
     assert best_fit(slow) == retry  # so the slow one does, not nobody
+
+
+def cluster_of(worker: str) -> int:
+    """The `qcluster` process a worker (as named on a row) belongs to: its parent's parent (the
+    worker's parent is the cluster's sentinel)."""
+    pid = int(worker.split(":")[1])
+    for _ in range(2):
+        pid = int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1])
+    return pid
+
+
+def test_a_second_cluster_takes_its_share_and_no_job_runs_twice(node: Any, stack: Stack) -> None:
+    from django_q.status import Stat
+
+    first, sim = node
+    other_sim = SimComfyUI(f"127.0.{NET}.2", 0, seconds_per_node=0.1).start()
+    try:
+        other = Node.objects.create(name="other", host=f"127.0.{NET}.2")
+        Capability.objects.create(node=other, kind="comfyui", port=other_sim.port, status="online")
+        sim.knobs.seconds_per_node = 0.1
+        clusters = [stack.worker(SPOONFEEDER_WORKERS="4") for _ in range(2)]
+        wait_until(lambda: len(Stat.get_all()) >= 2, 30, "both clusters to report")
+        jobs = queue(n=16)
+        for job in jobs:
+            wait_status(job, "completed", timeout=60)
+        by = {cluster_of(job.worker) for job in jobs}
+        assert by == {c.popen.pid for c in clusters if c.popen}, by  # both did work
+        assert all(executions(sim, j) + executions(other_sim, j) == 1 for j in jobs)
+    finally:
+        other_sim.close()
