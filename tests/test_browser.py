@@ -182,6 +182,28 @@ def test_dashboard_counts_change_live_without_a_reload(page: Page, stack: Stack,
 
 
 @pytest.mark.browser
+def test_an_actions_message_shows_when_a_live_update_replaced_its_form_on_the_way(
+    page: Page, stack: Stack, user: User
+) -> None:
+    """A live push that re-renders the part of the page holding a form (a story's steps around its
+    Re-run button) can land between the press and the answer, on a slow machine most of all: the
+    answer's message still shows where messages show."""
+    stack.web()
+    log_in(page)
+    expect_live(page, "connected", 10)
+    # As a push would, the form's section is replaced by a copy the moment its request leaves.
+    page.evaluate(
+        """() => document.addEventListener("htmx:beforeRequest", e => {
+          const section = e.detail.elt.closest("section");
+          section.replaceWith(section.cloneNode(true));
+        }, {once: true})"""
+    )
+    page.get_by_role("button", name="Run a test task").click()
+    expect(page.locator("#messages")).to_contain_text("A test task was queued")
+    assert page.url == f"{stack.url}/"
+
+
+@pytest.mark.browser
 def test_a_page_reconnects_after_the_server_restarts_and_catches_up(page: Page, stack: Stack, user: User) -> None:
     web = stack.web()
     stack.worker()

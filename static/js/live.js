@@ -42,4 +42,12 @@
     var fresh = e.detail.fragment && e.detail.fragment.firstElementChild;
     if (fresh && e.detail.target && fresh.isEqualNode(e.detail.target)) e.detail.shouldSwap = false;
   });
+  // An answer's out-of-band parts (an action's message) are looked for under the element that
+  // asked: when a live update replaced that element (a form in a re-rendered list) while the
+  // answer was on its way, htmx finds nothing there. The page still has the part: it goes there.
+  document.addEventListener("htmx:oobErrorNoTarget", function (e) {
+    var part = e.detail.content;
+    var target = part && part.id && document.getElementById(part.id);
+    if (target) htmx.swap(target, part.outerHTML, { swapStyle: "outerHTML" });
+  });
 })();
