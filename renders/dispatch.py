@@ -412,7 +412,7 @@ class Attempt:
             # whether it runs, ran or never arrived.
             self.cap.rest(f"could not send a job to it: {e}")
             return ""
-        RenderJob.objects.filter(pk=job.pk).update(sent=timezone.now())
+        RenderJob.objects.filter(pk=job.pk).update(sent=Now())
         Capability.objects.filter(pk=self.cap.pk, faults__gt=0).update(faults=0, resting_until=None)
         if submitted["node_errors"]:
             self.dropped = "ComfyUI dropped part of the workflow: " + "; ".join(
@@ -772,12 +772,14 @@ class Attempt:
     def controls(self) -> str:
         """A cancelled job is interrupted or taken off the node's queue; one still waiting in the
         node's queue is pulled back when the queue is paused or a better job was queued."""
-        row = RenderJob.objects.filter(pk=self.job.pk).values("status", "priority", "position", "worker").first()
+        fields = ("status", "priority", "position", "worker", "sent")
+        row = RenderJob.objects.filter(pk=self.job.pk).values(*fields).first()
         if row is None:
             return self.done("the job was deleted")
         if row["worker"] != self.me:
             return "the job is no longer this worker's"
-        self.job.status, self.job.priority, self.job.position = row["status"], row["priority"], row["position"]
+        for name in fields:
+            setattr(self.job, name, row[name])
         if row["status"] == RenderJob.CANCELLED:
             return self.take_off()
         if row["status"] != RenderJob.ASSIGNED or self.pulled is not None:
@@ -787,15 +789,24 @@ class Attempt:
         return ""
 
     def outranked(self) -> bool:
-        """Whether a runnable job that this node should take comes before this one."""
+        """Whether a runnable job that this node should take was put before this one (queued or
+        moved by the user) since this one was sent. A job the plan left for another node when
+        this one was sent does not count: a plan that changes its mind would pull back job after
+        job, and the node would sit idle while they settle."""
         job = self.job
+        if job.sent is None:
+            return False
         ahead = RenderJob.objects.runnable().filter(
-            Q(priority__gt=job.priority) | Q(priority=job.priority, position__lt=job.position)
+            Q(priority__gt=job.priority) | Q(priority=job.priority, position__lt=job.position), moved__gt=job.sent
         )
         if not ahead.exists():
             return False
         best = best_fit(self.cap)
-        return best is not None and (best.priority, -best.position) > (job.priority, -job.position)
+        return (
+            best is not None
+            and best.moved > job.sent
+            and (best.priority, -best.position) > (job.priority, -job.position)
+        )
 
     def pull_back(self) -> None:
         """Take the job waiting in the node's queue back to ours (paused, or a better job came).

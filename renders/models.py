@@ -7,6 +7,7 @@ from typing import Any
 from django.conf import settings
 from django.db import models, transaction
 from django.db.models import Q
+from django.db.models.functions import Now
 from django.utils import timezone
 
 from nodes.models import Capability, Node, Requirements
@@ -149,6 +150,11 @@ class RenderJob(models.Model):
     not_before = models.DateTimeField(null=True, blank=True)
     heartbeat = models.DateTimeField(null=True, blank=True)
     created = models.DateTimeField(default=timezone.now)
+    # When it took its place in the queue: queued, or moved there by the user (not when it went
+    # back by itself). A job waiting in a node's queue is pulled back for a better one only if
+    # that one was moved after this one was sent: the plan changing its mind is not enough. Both
+    # by the database's clock.
+    moved = models.DateTimeField(db_default=Now())
     # When its node accepted the workflow (this attempt), when it began there, when it ended.
     sent = models.DateTimeField(null=True, blank=True)
     started = models.DateTimeField(null=True, blank=True)
@@ -211,6 +217,7 @@ class RenderJob(models.Model):
             not_before=None,
             node_id=None,
             position=RenderJob.last_position(),
+            moved=Now(),
             finished=None,
             **self.NOT_STARTED,
         )
@@ -321,7 +328,7 @@ class RenderJob(models.Model):
         new = (other.position + earlier) / 2 if earlier is not None else other.position - 1
         with transaction.atomic():
             moved = RenderJob.objects.filter(pk=self.pk, status=self.QUEUED).update(
-                position=new, priority=other.priority
+                position=new, priority=other.priority, moved=Now()
             )
             if moved:
                 self.changed("job.moved")
@@ -352,7 +359,7 @@ class RenderJob(models.Model):
         else:
             raise ValueError(where)
         with transaction.atomic():
-            moved = RenderJob.objects.filter(pk=self.pk, status=self.QUEUED).update(position=new)
+            moved = RenderJob.objects.filter(pk=self.pk, status=self.QUEUED).update(position=new, moved=Now())
             if moved:
                 self.changed("job.moved")
         return bool(moved)

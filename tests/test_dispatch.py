@@ -183,6 +183,35 @@ def test_moving_a_job_to_the_top_pulls_back_the_one_waiting_on_the_node(cluster:
     assert all(executions(sim, job) == 1 for job in (first, second, third))
 
 
+def test_a_job_waiting_on_the_node_is_not_pulled_back_for_one_that_was_ahead_before_it_was_sent(
+    cluster: Cluster, node: Any
+) -> None:
+    """Only the user puts a job ahead of one already sent (moving it, queueing it): a job that was
+    ahead all along (the plan had left it for another node, or it came back from a failed
+    attempt) goes after, and the node's queue is left alone."""
+    _, sim = node
+    sim.knobs.seconds_per_node = 0.8
+    first, second = queue(n=2)
+    wait_status(second, "assigned")
+    wait_until(lambda: RenderJob.objects.get(pk=second.pk).sent is not None, 10, "the second job to be sent")
+    second.refresh_from_db()
+    sent_as, sent = second.prompt_id, second.sent
+    assert sent is not None
+    # Ahead of the second job in the queue, and there since before the second was sent.
+    with transaction.atomic():
+        back = RenderJob.objects.create(
+            template=second.template,
+            prompt="ahead all along",
+            position=second.position - 0.5,
+            moved=sent - timedelta(seconds=1),
+        )
+        RenderJob.announce_queued()
+    for job in (first, second, back):
+        wait_status(job, "completed", timeout=30)
+    assert RenderJob.objects.get(pk=second.pk).prompt_id == sent_as  # never taken off the node
+    assert all(executions(sim, job) == 1 for job in (first, second, back))
+
+
 def test_a_node_that_answers_html_for_a_while_fails_no_job(cluster: Cluster, node: Any) -> None:
     gpu, sim = node
     sim.knobs.garbage = True  # a proxy's error page, or a half-started server
