@@ -169,6 +169,15 @@ class Capability(models.Model):
     def model_names(self) -> list[str]:
         return [m["name"] for m in self.inventory.get("models", [])]
 
+    def class_names(self) -> frozenset[str]:
+        """The node classes its inventory lists, as a set made once per inventory (a ComfyUI has
+        thousands, and placement asks about every job it looks at)."""
+        listed = self.inventory.get("classes", [])
+        made = self.__dict__.get("_class_names")
+        if made is None or made[0] is not listed:
+            made = self.__dict__["_class_names"] = (listed, frozenset(listed))
+        return made[1]
+
     def has(self, requires: Requirements) -> bool:
         return not self.lacks(requires)
 
@@ -178,7 +187,7 @@ class Capability(models.Model):
         missing = []
         if requires.model and requires.model not in self.model_names():
             missing.append(f"the model {requires.model}")
-        classes = set(inv.get("classes", []))
+        classes = self.class_names()
         missing += [f"the node class {c}" for c in requires.classes if c not in classes]
         files = inv.get("files", {})
         missing += [f"{folder}/{name}" for folder, name in requires.files if name not in files.get(folder, [])]

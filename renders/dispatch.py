@@ -28,6 +28,7 @@ from django.conf import settings
 from django.db import transaction
 from django.db.models import Q
 from django.db.models.functions import Now
+from django.template.defaultfilters import filesizeformat
 from django.utils import timezone
 
 from nodes.clients import ServiceError
@@ -54,8 +55,9 @@ from nodes.clients.comfyui import (
 )
 from nodes.models import PREFETCH, Capability
 from renders import media, workflows
-from renders.models import Queue, RenderJob, Speed
+from renders.models import Queue, RenderJob, Speed, Template
 from spoonfeeder import work
+from spoonfeeder.models import Event
 from spoonfeeder.tasks import enqueue
 
 log = logging.getLogger(__name__)
@@ -89,14 +91,40 @@ def feed() -> int:
     if Queue.get().paused or not RenderJob.objects.runnable().exists():
         return 0
     queued = 0
-    for cap in Capability.objects.usable(Capability.COMFYUI).with_load().select_related("node"):
+    caps = list(Capability.objects.usable(Capability.COMFYUI).with_load().select_related("node"))
+    room_left = False
+    for cap in caps:
         while cap.busy() < cap.limit + PREFETCH:
             job = next_job(cap)
             if job is None:
+                room_left = True
                 break
             queued += 1
             cap.load = cap.busy() + 1  # type: ignore[attr-defined]
+    if room_left:
+        say_what_no_node_has(caps)
     return queued
+
+
+def say_what_no_node_has(caps: list[Capability]) -> None:
+    """A queued job that no usable ComfyUI can run (each lacks a node class or a model file its
+    template needs) says so, and what each lacks, instead of waiting without a word."""
+    known = [c for c in caps if c.inventory.get("classes")]
+    if not known or len(known) < len(caps):
+        return  # a node whose inventory is not known yet may have it: ComfyUI's validation decides
+    templates = Template.objects.filter(pk__in=RenderJob.objects.runnable().filter(pin=None).values("template"))
+    for template in templates:
+        needs = template.requirements()
+        lacking = {c.node.name: c.lacks(needs) for c in known}
+        if not all(lacking.values()):
+            continue
+        reason = "no online ComfyUI has what its template needs: " + "; ".join(
+            f"{name} lacks {', '.join(missing)}" for name, missing in sorted(lacking.items())
+        )
+        waiting = RenderJob.objects.runnable().filter(pin=None, template=template).exclude(error=reason)
+        with transaction.atomic():
+            if waiting.update(error=reason[:5000]):
+                Event.emit("renders", "job.waiting")
 
 
 def next_job(cap: Capability, worker: str = "") -> RenderJob | None:
@@ -121,6 +149,7 @@ def next_job(cap: Capability, worker: str = "") -> RenderJob | None:
                 prompt_id=str(uuid.uuid4()),
                 client_id="",
                 sent=None,
+                claimed=Now(),
                 worker=worker,
                 attempts=job.attempts + 1,
                 heartbeat=Now(),
@@ -138,10 +167,8 @@ def next_job(cap: Capability, worker: str = "") -> RenderJob | None:
 def best_fit(cap: Capability, exclude: set[int] | None = None) -> RenderJob | None:
     """The first runnable job, in dispatch order, that this node has what it takes to render and
     should render (see worth_it)."""
-    classes = set(cap.inventory.get("classes", []))
-    files = cap.inventory.get("files", {})
     view: PoolView | None = None
-    for job in fitting(cap, classes, files, exclude):
+    for job in fitting(cap, exclude):
         if job.pin_id is not None:
             return job
         view = view or PoolView.read()
@@ -150,9 +177,7 @@ def best_fit(cap: Capability, exclude: set[int] | None = None) -> RenderJob | No
     return None
 
 
-def fitting(
-    cap: Capability, classes: set[str], files: dict[str, list[str]], exclude: set[int] | None
-) -> Iterator[RenderJob]:
+def fitting(cap: Capability, exclude: set[int] | None) -> Iterator[RenderJob]:
     queued = (
         RenderJob.objects.runnable()
         .filter(Q(pin=None) | Q(pin=cap.node_id))
@@ -166,7 +191,7 @@ def fitting(
     ordered = queued.in_dispatch_order()
     for batch in (ordered[:5], ordered[5:50]):
         for job in batch:
-            if fits(job, classes, files):
+            if fits(job, cap):
                 yield job
 
 
@@ -266,13 +291,10 @@ def worth_it(cap: Capability, job: RenderJob, view: PoolView | None = None) -> b
     return job.pk not in view.seen
 
 
-def fits(job: RenderJob, classes: set[str], files: dict[str, list[str]]) -> bool:
-    if not classes:  # inventory not fetched yet: let ComfyUI's validation decide
-        return True
-    needs = job.template.needs
-    if not set(needs.get("classes", [])) <= classes:
-        return False
-    return all(name in files.get(folder, []) for folder, names in needs.get("files", {}).items() for name in names)
+def fits(job: RenderJob, cap: Capability) -> bool:
+    """Whether the node has what the job's template needs; a node whose inventory has not been
+    fetched yet is let try (ComfyUI's validation decides)."""
+    return not cap.inventory.get("classes") or not cap.lacks(job.template.requirements())
 
 
 MAX_OUTPUTS = 200  # files kept of one job; the rest are left on the node, and the job says so
@@ -412,7 +434,7 @@ class Attempt:
             # whether it runs, ran or never arrived.
             self.cap.rest(f"could not send a job to it: {e}")
             return ""
-        RenderJob.objects.filter(pk=job.pk).update(sent=Now())
+        RenderJob.objects.filter(pk=job.pk).update(sent=timezone.now())
         Capability.objects.filter(pk=self.cap.pk, faults__gt=0).update(faults=0, resting_until=None)
         if submitted["node_errors"]:
             self.dropped = "ComfyUI dropped part of the workflow: " + "; ".join(
@@ -752,18 +774,26 @@ class Attempt:
             if index >= MAX_OUTPUTS:
                 left = f"only the first {MAX_OUTPUTS} of its {len(refs)} outputs were kept"
                 break
-            out = media.collect(
-                self.client,
-                ref,
-                str(self.job.code),
-                index,
-                media_root=self.media_root,
-                limit=min(media.DOWNLOAD_LIMIT, MAX_OUTPUT_BYTES - total),
-            )
+            budget = MAX_OUTPUT_BYTES - total
+            try:
+                out = media.collect(
+                    self.client,
+                    ref,
+                    str(self.job.code),
+                    index,
+                    media_root=self.media_root,
+                    limit=min(media.DOWNLOAD_LIMIT, budget),
+                )
+            except ServiceError as e:
+                if not (outputs and budget < media.DOWNLOAD_LIMIT and e.permanent and e.status is None):
+                    raise
+                # Larger than what is left of the job's allowance (not than one file may be).
+                left = f"{len(refs) - index} of its {len(refs)} outputs were left on the node: {over_cap()}"
+                break
             total += out.size
             outputs.append(dataclasses.asdict(out))
-            if total >= MAX_OUTPUT_BYTES:
-                left = f"outputs beyond {MAX_OUTPUT_BYTES // 1024**3} GB in all were left on the node"
+            if total >= MAX_OUTPUT_BYTES and index + 1 < len(refs):
+                left = f"{len(refs) - index - 1} of its {len(refs)} outputs were left on the node: {over_cap()}"
                 break
         return outputs, left
 
@@ -772,7 +802,7 @@ class Attempt:
     def controls(self) -> str:
         """A cancelled job is interrupted or taken off the node's queue; one still waiting in the
         node's queue is pulled back when the queue is paused or a better job was queued."""
-        fields = ("status", "priority", "position", "worker", "sent")
+        fields = ("status", "priority", "position", "worker", "claimed")
         row = RenderJob.objects.filter(pk=self.job.pk).values(*fields).first()
         if row is None:
             return self.done("the job was deleted")
@@ -790,21 +820,21 @@ class Attempt:
 
     def outranked(self) -> bool:
         """Whether a runnable job that this node should take was put before this one (queued or
-        moved by the user) since this one was sent. A job the plan left for another node when
-        this one was sent does not count: a plan that changes its mind would pull back job after
+        moved by the user) since this one's node was claimed for it. A job the plan had left for
+        another node then does not count: a plan that changes its mind would pull back job after
         job, and the node would sit idle while they settle."""
         job = self.job
-        if job.sent is None:
+        if job.claimed is None:
             return False
         ahead = RenderJob.objects.runnable().filter(
-            Q(priority__gt=job.priority) | Q(priority=job.priority, position__lt=job.position), moved__gt=job.sent
+            Q(priority__gt=job.priority) | Q(priority=job.priority, position__lt=job.position), moved__gt=job.claimed
         )
         if not ahead.exists():
             return False
         best = best_fit(self.cap)
         return (
             best is not None
-            and best.moved > job.sent
+            and best.moved > job.claimed
             and (best.priority, -best.position) > (job.priority, -job.position)
         )
 
@@ -867,6 +897,10 @@ class Attempt:
             return ""  # the delete has not taken yet: again at the next look
         self.job.release()
         return self.done("cancelled")
+
+
+def over_cap() -> str:
+    return f"a job keeps at most {filesizeformat(MAX_OUTPUT_BYTES)} of outputs".replace("\xa0", " ")
 
 
 def rank(job: RenderJob) -> float:

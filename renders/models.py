@@ -151,10 +151,11 @@ class RenderJob(models.Model):
     heartbeat = models.DateTimeField(null=True, blank=True)
     created = models.DateTimeField(default=timezone.now)
     # When it took its place in the queue: queued, or moved there by the user (not when it went
-    # back by itself). A job waiting in a node's queue is pulled back for a better one only if
-    # that one was moved after this one was sent: the plan changing its mind is not enough. Both
-    # by the database's clock.
+    # back by itself); and when its node was claimed for it, this attempt. A job waiting in a
+    # node's queue is pulled back for a better one only if that one was moved after this one's
+    # claim: the plan changing its mind is not enough. Both by the database's clock.
     moved = models.DateTimeField(db_default=Now())
+    claimed = models.DateTimeField(null=True, blank=True)
     # When its node accepted the workflow (this attempt), when it began there, when it ended.
     sent = models.DateTimeField(null=True, blank=True)
     started = models.DateTimeField(null=True, blank=True)

@@ -4,9 +4,11 @@ worker dies or stops)."""
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from datetime import timedelta
@@ -14,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import websocket
 from django.db import transaction
 from django.utils import timezone
 from PIL import Image
@@ -186,24 +189,24 @@ def test_moving_a_job_to_the_top_pulls_back_the_one_waiting_on_the_node(cluster:
 def test_a_job_waiting_on_the_node_is_not_pulled_back_for_one_that_was_ahead_before_it_was_sent(
     cluster: Cluster, node: Any
 ) -> None:
-    """Only the user puts a job ahead of one already sent (moving it, queueing it): a job that was
-    ahead all along (the plan had left it for another node, or it came back from a failed
-    attempt) goes after, and the node's queue is left alone."""
+    """Only the user puts a job ahead of one already on its node (moving it, queueing it): a job
+    that was ahead all along (the plan had left it for another node, or it came back from a
+    failed attempt) goes after, and the node's queue is left alone."""
     _, sim = node
     sim.knobs.seconds_per_node = 0.8
     first, second = queue(n=2)
     wait_status(second, "assigned")
     wait_until(lambda: RenderJob.objects.get(pk=second.pk).sent is not None, 10, "the second job to be sent")
     second.refresh_from_db()
-    sent_as, sent = second.prompt_id, second.sent
-    assert sent is not None
-    # Ahead of the second job in the queue, and there since before the second was sent.
+    sent_as, claimed = second.prompt_id, second.claimed
+    assert claimed is not None
+    # Ahead of the second job in the queue, and there since before the second was claimed.
     with transaction.atomic():
         back = RenderJob.objects.create(
             template=second.template,
             prompt="ahead all along",
             position=second.position - 0.5,
-            moved=sent - timedelta(seconds=1),
+            moved=claimed - timedelta(seconds=1),
         )
         RenderJob.announce_queued()
     for job in (first, second, back):
@@ -324,6 +327,124 @@ def test_a_dropped_websocket_falls_back_to_polling(cluster: Cluster, node: Any) 
     sim.drop_websockets()
     wait_status(job, "completed")
     assert job.attempts == 1 and executions(sim, job) == 1
+
+
+def test_a_socket_silenced_by_another_with_its_client_id_is_noticed_and_reopened(
+    cluster: Cluster, node: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Surprise 10: a second socket opened with our clientId, then closed, leaves ours open and
+    told nothing. The job's progress goes on showing once the silence is noticed."""
+    _, sim = node
+    monkeypatch.setattr(dispatch, "SILENCE", 1.0)
+    monkeypatch.setattr(dispatch, "POLL", 0.5)
+    sim.knobs.seconds_per_node = 1.5
+    [job] = queue("test-still-image-slow")
+    wait_until(lambda: status(job) == "rendering" and job.progress > 0, 30, "the job's first progress")
+    intruder = websocket.create_connection(f"ws://{sim.host}:{sim.port}/ws?clientId={job.client_id}", timeout=5)
+    intruder.close()
+    job.refresh_from_db()
+    silenced_at = job.progress
+    wait_until(
+        lambda: status(job) == "rendering" and job.progress > silenced_at or job.status == "completed",
+        30,
+        "progress after the silence",
+    )
+    assert job.status == "rendering", "no progress was heard after the socket was silenced"
+    wait_status(job, "completed")
+    assert (job.attempts, executions(sim, job)) == (1, 1)
+
+
+def test_a_prompt_comfyui_accepts_with_a_branch_dropped_says_so_on_the_job(cluster: Cluster, node: Any) -> None:
+    """Surprise 6: one bad branch is answered 200 with node_errors and the good one runs; the job
+    completes with what ran and says which outputs were dropped and why."""
+    _, sim = node
+    workflow = {  # as PROTOCOL.md's validation_partial.json: node 3's width 0 is below its minimum
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 32, "height": 32, "batch_size": 1, "color": 1}},
+        "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "good"}},
+        "3": {"class_type": "EmptyImage", "inputs": {"width": 0, "height": 32, "batch_size": 1, "color": 1}},
+        "4": {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": "bad"}},
+    }
+    Template.objects.create(
+        name="two branches, one bad",
+        workflow=workflow,
+        mapping={"filename_prefix": [["2", "filename_prefix"], ["4", "filename_prefix"]]},
+    )
+    [job] = queue("two branches, one bad")
+    wait_status(job, "completed")
+    assert len(job.outputs) == 1
+    assert job.error.startswith("ComfyUI dropped part of the workflow: node 3"), job.error
+    assert executions(sim, job) == 1
+
+
+def test_a_full_media_disk_for_a_while_is_waited_out_and_nothing_is_rendered_again(
+    cluster: Cluster, node: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A copy our disk refuses (ENOSPC) is tried again, with the job still on its attempt: when
+    space comes back every job completes, rendered once, none failed or quarantined."""
+    _, sim = node
+    monkeypatch.setattr(dispatch, "COPY_RETRY", (0.1, 0.3))
+    full = threading.Event()
+    full.set()
+    collect = dispatch.media.collect
+
+    def copy(*args: Any, **kwargs: Any) -> Any:
+        if full.is_set():
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return collect(*args, **kwargs)
+
+    monkeypatch.setattr(dispatch.media, "collect", copy)
+    jobs = queue(n=3)
+    wait_until(
+        lambda: "could not store the outputs (No space left on device)" in RenderJob.objects.get(pk=jobs[0].pk).error,
+        30,
+        "the first job to say the disk is full",
+    )
+    assert status(jobs[0]) in ("assigned", "rendering")  # not failed, not back in the queue
+    full.clear()
+    for job in jobs:
+        wait_status(job, "completed", timeout=30)
+        assert (job.attempts, job.crashes, job.error, executions(sim, job)) == (1, 0, "", 1)
+
+
+def test_a_job_no_node_has_the_classes_for_waits_saying_what_each_lacks(
+    cluster: Cluster, node: Any, admin_client: Any
+) -> None:
+    gpu, sim = node
+    cap = gpu.capabilities.get()
+    cap.inventory = {"classes": ["EmptyImage"], "files": {}}  # as its health check found it
+    cap.save()
+    [job] = queue()
+    wait_until(
+        lambda: "gpu lacks the node class SaveImage" in RenderJob.objects.get(pk=job.pk).error,
+        20,
+        "the job to say why it waits",
+    )
+    assert status(job) == "queued" and job.error.startswith("no online ComfyUI has what its template needs")
+    assert "gpu lacks the node class SaveImage" in admin_client.get("/renders/").content.decode()
+    cap.inventory = {"classes": ["EmptyImage", "SaveImage"], "files": {}}  # the class was installed
+    cap.save()
+    wait_status(job, "completed")
+    assert (job.error, executions(sim, job)) == ("", 1)
+
+
+def test_a_job_keeps_at_most_so_many_outputs_and_bytes_and_says_what_it_left(
+    cluster: Cluster, node: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    _, sim = node
+    sim.knobs.output_files, sim.knobs.output_bytes = 4, 1024**2  # 5 files of 1 MB each
+    monkeypatch.setattr(dispatch, "MAX_OUTPUTS", 3)
+    [counted] = queue()
+    wait_status(counted, "completed")
+    assert len(counted.outputs) == 3 and counted.error == "only the first 3 of its 5 outputs were kept"
+    monkeypatch.setattr(dispatch, "MAX_OUTPUTS", 200)
+    monkeypatch.setattr(dispatch, "MAX_OUTPUT_BYTES", 2.5 * 1024**2)
+    [sized] = queue()
+    wait_status(sized, "completed")
+    assert len(sized.outputs) == 2
+    assert sized.error == "3 of its 5 outputs were left on the node: a job keeps at most 2.5 MB of outputs"
+    kept = {p.name for p in (tmp_path / "media" / "renders" / str(sized.code)[:2] / str(sized.code)).iterdir()}
+    assert not any(name.startswith(".part-") for name in kept)  # nothing half-copied left behind
+    assert executions(sim, counted) == 5 and executions(sim, sized) == 5  # one run each, of five files
 
 
 def started_beside_another(node: Any, seconds_per_node: float) -> tuple[RenderJob, SimComfyUI]:
