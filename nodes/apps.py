@@ -6,3 +6,6 @@ class NodesConfig(AppConfig):
 
     def ready(self) -> None:
         from nodes import checks  # noqa: F401 - registers the system checks
+        from nodes.live import register
+
+        register()

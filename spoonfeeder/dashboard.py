@@ -1,7 +1,9 @@
-"""What the dashboard shows: the worker cluster's heartbeat, task counts and recent errors."""
+"""What the dashboard shows: the worker cluster's heartbeat, task counts and recent errors, and
+the sections the apps add (the pool, the render queue)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import cache
@@ -14,9 +16,11 @@ from django_q.humanhash import humanize
 from django_q.models import Task
 from django_q.status import Stat
 
-from nodes import pool
-from renders.queue import counts as render_counts
 from spoonfeeder.models import Event
+
+# Section name (a partial of spoonfeeder/dashboard.html, and its context variable) -> what it
+# shows. Each app adds its own when it is ready.
+SECTIONS: dict[str, Callable[[], Any]] = {}
 
 
 @cache
@@ -88,7 +92,5 @@ def context() -> dict[str, Any]:
         "clusters": clusters(),
         "counts": task_counts(now - timedelta(hours=1)),
         "errors": recent_errors(),
-        "pool": pool.summary(pool.nodes()),
-        "renders": render_counts(),
         "now": now,
-    }
+    } | {name: section() for name, section in SECTIONS.items()}

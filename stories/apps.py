@@ -6,5 +6,8 @@ class StoriesConfig(AppConfig):
 
     def ready(self) -> None:
         from spoonfeeder import work
+        from stories import live
+
+        live.register()
 
         work.SWEEPS.append("stories.runner.sweep")

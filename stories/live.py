@@ -7,6 +7,7 @@ import uuid
 
 from django.template.loader import render_to_string
 
+from spoonfeeder import live
 from stories import context
 from stories.models import Story
 
@@ -25,3 +26,8 @@ def detail_fragments(code: str) -> str:
         return ""
     ctx = context.live(story)
     return "".join(render_to_string(f"stories/detail.html#{name}", ctx) for name in ("head", "steps"))
+
+
+def register() -> None:
+    live.TOPICS["stories"] = list_fragments
+    live.PER_OBJECT["story-"] = detail_fragments

@@ -21,6 +21,7 @@ from tests.test_run import alive, children, log_in
 NET = "127.0.43" if os.environ.get("DATABASE_URL") else "127.0.42"
 DEMO_HOSTS = (f"{NET}.2", f"{NET}.3")
 PASSWORD = "correct-horse-battery-demo"
+SERVICES = (("Ollama", OLLAMA_PORT), ("ComfyUI", COMFYUI_PORT))
 
 
 def article(html: str, name: str) -> str:
@@ -44,11 +45,11 @@ def test_the_demo_runs_two_simulated_nodes_that_come_online_and_stops_them(stack
     run = stack.run("--demo", SPOONFEEDER_ADMIN_PASSWORD=PASSWORD, SPOONFEEDER_DEMO_HOSTS=",".join(DEMO_HOSTS))
     stack.wait_for_http(run)
     wait_until(lambda: "Press Ctrl-C to stop" in run.output(), 30, "the banner")
-    out = run.output()
-    assert f"Demo: simulated nodes at {DEMO_HOSTS[0]} and {DEMO_HOSTS[1]}, labelled as simulated." in out
-    for host in DEMO_HOSTS:
-        assert f"Simulated Ollama at http://{host}:{OLLAMA_PORT}" in out
-        assert f"Simulated ComfyUI at http://{host}:{COMFYUI_PORT}" in out
+    assert f"Demo: simulated nodes at {DEMO_HOSTS[0]} and {DEMO_HOSTS[1]}, labelled as simulated." in run.output()
+    # Each simulated node says where it listens, and adds itself to the pool.
+    said = [f"Simulated {kind} at http://{host}:{port}" for host in DEMO_HOSTS for kind, port in SERVICES]
+    said += ["Added to the pool as Simulated GPU A", "Added to the pool as Simulated GPU B"]
+    wait_until(lambda: all(line in run.output() for line in said), 30, "the simulated nodes to be up and added")
     assert run.popen
     kids = children(run.popen.pid)
     assert len(kids) == 4, f"expected web, worker and two simulated nodes, found {kids}"

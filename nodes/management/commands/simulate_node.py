@@ -8,8 +8,9 @@ import threading
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import transaction
 
-from nodes.models import COMFYUI_PORT, OLLAMA_PORT
+from nodes.models import COMFYUI_PORT, OLLAMA_PORT, Capability, Node
 from nodes.sim.comfyui import SimComfyUI
 from nodes.sim.ollama import SimOllama
 
@@ -25,6 +26,12 @@ class Command(BaseCommand):
         parser.add_argument("--comfyui-port", type=int, default=COMFYUI_PORT)
         parser.add_argument("--run-seconds", type=float, default=3.0, help="How long a simulated render takes.")
         parser.add_argument("--tokens-per-second", type=float, default=60.0, help="Simulated Ollama's speed.")
+        parser.add_argument(
+            "--add-to-pool",
+            metavar="NAME",
+            help="Once listening, add it to the pool under this name (labelled simulated), unless a node "
+            "has its address already, and have it checked.",
+        )
 
     def handle(self, *args: Any, **o: Any) -> None:
         if not (o["ollama"] or o["comfyui"]):
@@ -41,9 +48,23 @@ class Command(BaseCommand):
             raise CommandError(f"cannot listen on {o['host']}: {e.strerror}; is the port taken?") from None
         for server in servers:
             self.stdout.write(f"Simulated {type(server).__name__[3:]} at {server.url}")
+        if o["add_to_pool"]:
+            self.add_to_pool(o["add_to_pool"], o["host"], servers)
         stop = threading.Event()
         signal.signal(signal.SIGINT, lambda *_: stop.set())
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
         stop.wait()
         for server in servers:
             server.close()  # also removes the simulated ComfyUI's output folder
+
+    def add_to_pool(self, name: str, host: str, servers: list[SimOllama | SimComfyUI]) -> None:
+        from spoonfeeder.tasks import enqueue
+
+        with transaction.atomic():
+            node, made = Node.objects.get_or_create(host=host, defaults={"name": name, "simulated": True})
+            for server in servers:
+                kind = Capability.OLLAMA if isinstance(server, SimOllama) else Capability.COMFYUI
+                Capability.objects.get_or_create(node=node, kind=kind, defaults={"port": server.port})
+            node.changed("node.saved")
+            enqueue("nodes.tasks.check_node", str(node.code))
+        self.stdout.write(f"{'Added to the pool as' if made else 'Already in the pool as'} {node.name}")

@@ -8,6 +8,7 @@ and the command fails, saying which one died.
 from __future__ import annotations
 
 import ctypes
+import io
 import os
 import secrets
 import signal
@@ -21,11 +22,9 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from django.db import DatabaseError, connection, transaction
+from django.db import DatabaseError, connection
 
-from renders.management.commands.load_templates import load as load_templates
 from spoonfeeder import config
-from spoonfeeder.tasks import enqueue
 
 PR_SET_PDEATHSIG = 1
 # `make demo`: simulated nodes on their own loopback addresses, at the real services' ports.
@@ -90,7 +89,7 @@ class Command(BaseCommand):
         call_command("migrate", interactive=False, verbosity=0)
         if settings.CACHES["default"]["BACKEND"].endswith("DatabaseCache"):
             call_command("createcachetable", verbosity=0)
-        load_templates()
+        call_command("load_templates", stdout=io.StringIO())
         login = self.ensure_login()
         opened = config.make_private(settings.DATA_DIR)
         if opened:
@@ -123,13 +122,15 @@ class Command(BaseCommand):
             "worker (qcluster)": self.spawn([python, manage, "qcluster"]),
         }
         if demo:
-            for address in DEMO_NODES:
+            for i, address in enumerate(DEMO_NODES):
                 children[f"simulated node {address}"] = self.spawn(
                     [python, manage, "simulate_node", "--ollama", "--comfyui", "--host", address]
+                    + ["--add-to-pool", f"Simulated GPU {chr(65 + i)}"]
                 )
-            self.add_demo_nodes(children)
+            self.stdout.write(f"Demo: simulated nodes at {' and '.join(DEMO_NODES)}, labelled as simulated.")
         else:
-            self.discover_this_machine()
+            # A first run finds this machine's own Ollama and ComfyUI, if they run.
+            call_command("discover_nodes", "127.0.0.1", "--first-run", stdout=io.StringIO())
         web = children["web server (daphne)"]
         address = f"http://{'[' + host + ']' if ':' in host else host}:{port}/"
         if wait_for_port(host, port, web, time.monotonic() + 30):
@@ -141,34 +142,6 @@ class Command(BaseCommand):
         if code:
             sys.exit(code)
         self.stdout.write("Spoon Feeder stopped.")
-
-    def add_demo_nodes(self, children: dict[str, subprocess.Popen[bytes]]) -> None:
-        from nodes.models import COMFYUI_PORT, OLLAMA_PORT, Capability, Node
-
-        for i, address in enumerate(DEMO_NODES):
-            child = children[f"simulated node {address}"]
-            for p in (OLLAMA_PORT, COMFYUI_PORT):
-                if not wait_for_port(address, p, child, time.monotonic() + 20):
-                    return  # watch() reports the child that died
-            with transaction.atomic():
-                node, _ = Node.objects.get_or_create(
-                    host=address, defaults={"name": f"Simulated GPU {chr(65 + i)}", "simulated": True}
-                )
-                for kind, p in ((Capability.OLLAMA, OLLAMA_PORT), (Capability.COMFYUI, COMFYUI_PORT)):
-                    Capability.objects.get_or_create(node=node, kind=kind, defaults={"port": p})
-                node.changed("node.saved")
-            enqueue("nodes.tasks.check_node", str(node.code))
-        self.stdout.write(f"Demo: simulated nodes at {' and '.join(DEMO_NODES)}, labelled as simulated.")
-
-    def discover_this_machine(self) -> None:
-        """A first run finds this machine's own Ollama and ComfyUI, if they run."""
-        from nodes.models import Discovery, Node
-
-        if Node.objects.exists() or Discovery.objects.exists():
-            return
-        with transaction.atomic():
-            run = Discovery.objects.create(targets="127.0.0.1")
-            enqueue("nodes.tasks.run_discovery", str(run.code))
 
     def on_signal(self, signum: int, frame: Any) -> None:
         self.stopping = signum
