@@ -6,8 +6,9 @@ class RendersConfig(AppConfig):
 
     def ready(self) -> None:
         from renders import live
+        from renders.dispatch import RENDER_DEADLINE
         from spoonfeeder import work
 
         live.register()
-
         work.SWEEPS.append("renders.dispatch.sweep")
+        work.DEADLINES["renders.tasks.attempt"] = RENDER_DEADLINE

@@ -71,8 +71,8 @@ SILENCE = 10.0  # seconds without a socket message while the job runs before the
 # Seconds an attempt waits for one answer of its node: a node that hangs holds up that attempt
 # for no longer than this at a time, and is then treated as silent.
 NODE_TIMEOUT = 5.0
-# The longest an attempt follows one job, in seconds: the task's own deadline.
-RENDER_DEADLINE = 6 * 3600.0
+# The longest an attempt follows its jobs, in seconds: the task's own deadline.
+RENDER_DEADLINE = float(settings.LONGEST_TASK)
 
 
 def params_of(job: RenderJob) -> dict[str, Any]:

@@ -13,9 +13,10 @@ from django.core.checks import Error, register
 def check_task_retry(**kwargs: Any) -> list[Error]:
     from django_q.conf import Conf
 
+    from spoonfeeder import work
+
     workers = max(int(Conf.WORKERS or 1), 1)
-    timeout = Conf.TIMEOUT
-    if timeout is None or Conf.QUEUE_LIMIT in (None, 0):
+    if Conf.TIMEOUT is None or Conf.QUEUE_LIMIT in (None, 0):
         return [
             Error(
                 "The worker cluster has no task timeout or an unbounded prefetch queue.",
@@ -23,13 +24,18 @@ def check_task_retry(**kwargs: Any) -> list[Error]:
                 id="spoonfeeder.E001",
             )
         ]
+    # A task that carries its own deadline (enqueue's timeout, one second behind the task's).
+    timeout = max([int(Conf.TIMEOUT), *(math.ceil(d) + 1 for d in work.DEADLINES.values())])
     bound = (1 + math.ceil((Conf.QUEUE_LIMIT + 1) / workers)) * timeout
     if Conf.RETRY is not None and bound >= Conf.RETRY:
+        longest = max(work.DEADLINES, key=work.DEADLINES.__getitem__, default="")
+        which = f"{longest}'s deadline" if longest and timeout > Conf.TIMEOUT else "timeout"
         return [
             Error(
                 f"Task retry ({Conf.RETRY} s) is not larger than the longest a task can wait and run "
-                f"({bound} s with timeout {timeout} s, {workers} workers, queue limit {Conf.QUEUE_LIMIT}): "
-                "a slow task would be started a second time while it still runs.",
+                f"({bound} s with the {which} {timeout} s, {workers} workers, queue limit {Conf.QUEUE_LIMIT}): "
+                "the broker would hand out a task again while it still runs (harmless to renders and "
+                "steps, whose rows decide, but every other task would run twice).",
                 hint=f"Unset SPOONFEEDER_TASK_RETRY or set it above {bound}.",
                 id="spoonfeeder.E002",
             )

@@ -105,10 +105,13 @@ else:
 Q_WORKERS = int(config.env_number("SPOONFEEDER_WORKERS", 8, minimum=1))
 Q_TIMEOUT = int(config.env_number("SPOONFEEDER_TASK_TIMEOUT", 1800, minimum=10))
 Q_QUEUE_LIMIT = Q_WORKERS
+# The longest deadline a task carries of its own (spoonfeeder.work.DEADLINES): a render attempt,
+# which follows its job on the node for up to this long.
+LONGEST_TASK = 6 * 3600
 Q_RETRY = int(
     config.env_number(
         "SPOONFEEDER_TASK_RETRY",
-        (1 + math.ceil((Q_QUEUE_LIMIT + 1) / Q_WORKERS)) * Q_TIMEOUT + 60,
+        (1 + math.ceil((Q_QUEUE_LIMIT + 1) / Q_WORKERS)) * (max(Q_TIMEOUT, LONGEST_TASK) + 1) + 60,
         minimum=1,
     )
 )

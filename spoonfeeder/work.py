@@ -36,6 +36,10 @@ HOST = socket.gethostname()
 # What the sweeper does each pass, by dotted path: each returns True while it has something to
 # watch (work queued, running or waiting for a time). Apps add theirs in AppConfig.ready().
 SWEEPS: list[str] = []
+# Task -> its own deadline in seconds, for the tasks that carry one (a render attempt follows its
+# job for hours; a story step waits for its model's answers): apps add theirs when ready, and the
+# check spoonfeeder.E002 holds the broker's `retry` above the longest.
+DEADLINES: dict[str, float] = {}
 
 
 # Set when every task of this process is to stop: the tests' in-process cluster sets it to stop

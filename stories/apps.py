@@ -7,7 +7,8 @@ class StoriesConfig(AppConfig):
     def ready(self) -> None:
         from spoonfeeder import work
         from stories import live
+        from stories.runner import STEP_DEADLINE
 
         live.register()
-
         work.SWEEPS.append("stories.runner.sweep")
+        work.DEADLINES["stories.tasks.step"] = STEP_DEADLINE

@@ -8,10 +8,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from django.conf import settings
 from django.core.checks import run_checks
 from django_q.conf import Conf
 
-from spoonfeeder import config
+from spoonfeeder import config, work
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -86,12 +87,25 @@ def test_retry_not_longer_than_a_task_can_wait_and_run_is_refused(monkeypatch: p
     monkeypatch.setattr(Conf, "WORKERS", 2)
     monkeypatch.setattr(Conf, "QUEUE_LIMIT", 2)
     monkeypatch.setattr(Conf, "RETRY", 700)
+    monkeypatch.setattr(work, "DEADLINES", {})
     errors = [e for e in run_checks() if e.id == "spoonfeeder.E002"]
     assert errors and "1800 s" in errors[0].msg
     assert "above 1800" in (errors[0].hint or "")
 
     monkeypatch.setattr(Conf, "RETRY", 1801)
     assert not [e for e in run_checks() if e.id == "spoonfeeder.E002"]
+
+    # A task with a deadline of its own longer than the cluster's timeout counts with that.
+    monkeypatch.setattr(work, "DEADLINES", {"renders.tasks.attempt": 3600.0})
+    errors = [e for e in run_checks() if e.id == "spoonfeeder.E002"]
+    assert errors and "renders.tasks.attempt's deadline 3601 s" in errors[0].msg
+    assert "above 10803" in (errors[0].hint or "")
+
+
+def test_the_default_retry_outlasts_every_tasks_own_deadline() -> None:
+    assert work.DEADLINES["renders.tasks.attempt"] == settings.LONGEST_TASK
+    assert "stories.tasks.step" in work.DEADLINES
+    assert not [e for e in run_checks() if e.id in ("spoonfeeder.E001", "spoonfeeder.E002")]
 
 
 def test_an_unbounded_prefetch_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
