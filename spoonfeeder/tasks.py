@@ -125,8 +125,10 @@ def wake(feed: str) -> None:
 
 
 def ensure_sweeping() -> None:
-    """Start a sweeper unless one runs (its heartbeat is fresh): called when work is queued, by
-    the schedule every minute and when a worker (re)starts."""
-    live = Sweeper.objects.filter(pk=1, heartbeat__gte=work.stale_before()).exclude(worker="")
-    if not live.exists():
+    """Start a sweeper unless one runs (its heartbeat is fresh and its process, if of this
+    machine, is alive): called when work is queued, by the schedule every minute and when a
+    worker (re)starts (after a crash of the whole machine, the last sweeper's heartbeat may
+    still look fresh)."""
+    current = Sweeper.objects.filter(pk=1).values_list("worker", flat=True).first() or ""
+    if not current or Sweeper.objects.filter(work.orphaned([current]), pk=1).exists():
         enqueue("spoonfeeder.tasks.sweep", timeout=SWEEP_SPAN + 30, routine=True)

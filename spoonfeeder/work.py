@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 from importlib import import_module
+from pathlib import Path
 from typing import Any
 
 from django.conf import settings
@@ -104,7 +105,13 @@ def alive(worker: str) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    # A process killed with its parent lingers as a zombie where nothing reaps it (a container
+    # whose first process does not): it answers signals, but it is dead.
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state not in ("Z", "X")
 
 
 def stale_before() -> ExpressionWrapper:

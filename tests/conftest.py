@@ -30,6 +30,9 @@ from spoonfeeder.models import Event
 from tests.cluster import Cluster
 
 ROOT = Path(__file__).resolve().parent.parent
+# A real ComfyUI writes a run's history entry a moment after it says the run succeeded (surprise
+# 12 of PROTOCOL.md): every simulated ComfyUI of the tests, in this process or a child, does too.
+os.environ.setdefault("SPOONFEEDER_SIM_HISTORY_LAG", "0.05")
 PASSWORD = "a-long-test-password"
 T = TypeVar("T")
 

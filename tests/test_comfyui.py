@@ -112,7 +112,11 @@ def eventually(check: Callable[[], Any], timeout: float = 5) -> Any:
 
 @pytest.fixture
 def sim(tmp_path: Path) -> Iterator[SimComfyUI]:
-    with SimComfyUI(root=tmp_path / "sim", seconds_per_node=0.01, max_side=64, upscale_steps=5) as server:
+    # These tests read the protocol's messages and the history right after a run: no lag behind
+    # execution_success here (the lag has tests of its own, which set it).
+    with SimComfyUI(
+        root=tmp_path / "sim", seconds_per_node=0.01, max_side=64, upscale_steps=5, history_lag=0.0
+    ) as server:
         yield server
 
 

@@ -4,10 +4,12 @@ worker dies or stops)."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import random
 import signal
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -18,6 +20,8 @@ from typing import Any
 import pytest
 import websocket
 from django.db import transaction
+from django.db.models import Count
+from django.urls import reverse
 from django.utils import timezone
 from PIL import Image
 
@@ -27,7 +31,9 @@ from renders import dispatch
 from renders.dispatch import best_fit
 from renders.management.commands.load_templates import load
 from renders.models import Queue, RenderJob, Speed, Template
+from spoonfeeder import work
 from tests.conftest import Cluster, Stack, wait_until
+from tests.test_run import children
 
 NET = 33 if os.environ.get("DATABASE_URL") else 32
 
@@ -511,6 +517,143 @@ def test_clean_restarts_of_the_cluster_mid_render_count_no_crash(node: Any, stac
         assert (job.worker, job.crashes) == ("", 0)  # handed back, not a crash
     stack.worker()
     wait_status(job, "completed", timeout=40)
+    assert (job.crashes, job.attempts, executions(sim, job)) == (0, 1, 1)
+
+
+def second_node(seconds_per_node: float) -> SimComfyUI:
+    """Another simulated machine in the pool beside the `node` fixture's."""
+    sim = SimComfyUI(f"127.0.{NET}.2", 0, seconds_per_node=seconds_per_node).start()
+    other = Node.objects.create(name="other", host=f"127.0.{NET}.2")
+    Capability.objects.create(node=other, kind=Capability.COMFYUI, port=sim.port, status=Capability.ONLINE)
+    return sim
+
+
+def ran(sims: list[SimComfyUI], job: RenderJob) -> int:
+    return sum(executions(sim, job) for sim in sims)
+
+
+def test_ctrl_c_of_run_while_two_jobs_render_then_run_again_follows_them_within_30_s(node: Any, stack: Stack) -> None:
+    """As a new user would: Ctrl-C while two jobs render, then start again. The jobs go on on
+    their nodes meanwhile; the next start follows them again by itself, none counted as failed."""
+    _, sim = node
+    sim.knobs.seconds_per_node = 4.0
+    other = second_node(4.0)
+    try:
+        run = stack.run()
+        stack.wait_for_http(run)
+        jobs = queue(n=2)
+        wait_until(lambda: all(status(j) == "rendering" for j in jobs), 30, "both jobs to render")
+        run.signal(signal.SIGINT)
+        assert run.wait(40) == 0, run.output()[-3000:]
+        for job in jobs:
+            job.refresh_from_db()
+            assert job.status in ("assigned", "rendering", "completed") and job.crashes == 0
+        started = time.monotonic()
+        again = stack.run()
+        wait_until(
+            lambda: all(status(j) == "completed" or j.worker for j in jobs),
+            30,
+            "the next start to follow both jobs again",
+            describe=lambda: [(j.status, j.worker, j.error) for j in jobs],
+        )
+        print(f"followed again {time.monotonic() - started:.1f} s after the second start")
+        for job in jobs:
+            wait_status(job, "completed", timeout=40)
+            assert (job.attempts, job.crashes, ran([sim, other], job)) == (1, 0, 1), job.error
+        again.signal(signal.SIGINT)
+        assert again.wait(40) == 0
+    finally:
+        other.close()
+
+
+def stack_tree(pid: int) -> list[int]:
+    """The process and all its descendants."""
+    tree, i = [pid], 0
+    while i < len(tree):
+        try:
+            tree += children(tree[i])
+        except FileNotFoundError:
+            pass
+        i += 1
+    return tree
+
+
+def test_a_killed_worker_nobody_has_reaped_yet_is_dead_to_the_sweeper() -> None:
+    """A process killed with its parent lingers as a zombie where nothing reaps it (as in a
+    container): its rows are orphaned at once, not only when their heartbeat goes stale."""
+    child = subprocess.Popen(["sleep", "60"])
+    try:
+        worker = f"{work.HOST}:{child.pid}:0"
+        assert work.alive(worker)
+        child.kill()
+        wait_until(
+            lambda: Path(f"/proc/{child.pid}/stat").read_text().rpartition(")")[2].split()[0] == "Z",
+            10,
+            "the killed process to be a zombie",
+        )
+        assert not work.alive(worker)
+    finally:
+        child.wait()
+
+
+def test_the_whole_stack_killed_with_100_jobs_then_run_again_renders_each_once(node: Any, stack: Stack) -> None:
+    _, sim = node
+    sim.knobs.seconds_per_node = 0.05
+    other = second_node(0.05)
+    try:
+        run = stack.run()
+        stack.wait_for_http(run)
+        jobs = queue(n=100)
+        ids = [j.pk for j in jobs]
+
+        def completed() -> int:
+            return RenderJob.objects.filter(pk__in=ids, status="completed").count()
+
+        wait_until(lambda: completed() >= 20, 60, "a fifth of the jobs to complete")
+        assert run.popen
+        for pid in stack_tree(run.popen.pid):  # every process at once, as a power cut would
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        run.wait(10)
+        left = 100 - completed()
+        print(f"killed with {left} jobs not completed")
+        stack.run()
+        wait_until(
+            lambda: completed() == 100,
+            120,
+            "every job to complete after the restart",
+            describe=lambda: dict(
+                RenderJob.objects.filter(pk__in=ids).values_list("status").annotate(n=Count("id")).order_by()
+            ),
+        )
+        twice = [j.prompt for j in RenderJob.objects.filter(pk__in=ids) if ran([sim, other], j) != 1]
+        assert not twice, f"{len(twice)} jobs did not run exactly once"
+    finally:
+        other.close()
+
+
+def test_a_render_longer_than_many_lease_windows_keeps_its_node_and_worker(
+    cluster: Cluster, node: Any, admin_client: Any
+) -> None:
+    """The row is the lease, kept by its heartbeat for as long as the render runs (STALE is 2 s
+    here): nobody takes the job over, and the node it runs on cannot be removed."""
+    gpu, sim = node
+    sim.knobs.seconds_per_node = 5.0
+    [job] = queue()
+    wait_until(lambda: status(job) == "rendering" and job.worker, 20, "the job to render")
+    worker, first_beat = job.worker, job.heartbeat
+    assert first_beat is not None
+    # Three lease windows, by the database's clock, go by while it renders.
+    wait_until(
+        lambda: status(job) != "rendering" or (job.heartbeat or first_beat) - first_beat > timedelta(seconds=3 * 2),
+        20,
+        "the heartbeat to go on for three lease windows",
+    )
+    assert (job.status, job.worker, job.crashes) == ("rendering", worker, 0)
+    answer = admin_client.post(reverse("nodes:remove", args=[gpu.code]), follow=True)
+    assert "was not removed: 1 job running on it" in answer.content.decode()
+    assert Node.objects.filter(pk=gpu.pk).exists()
+    wait_status(job, "completed", timeout=30)
     assert (job.crashes, job.attempts, executions(sim, job)) == (0, 1, 1)
 
 

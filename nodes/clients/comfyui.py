@@ -791,16 +791,14 @@ class ComfyUI:
         return entry
 
     def finished(self, prompt_id: str) -> HistoryEntry | None:
-        """The history entry, None while the prompt is queued, ServiceError when it is lost."""
-        entry = self.history(prompt_id)
-        if entry is None and prompt_id not in self.queue():
-            # It may have finished between the two questions.
-            entry = self.history(prompt_id)
-            if entry is None:
-                raise ServiceError(
-                    f"{self.base_url}: prompt {prompt_id} is neither queued nor finished (was the server restarted?)"
-                )
-        return entry
+        """The history entry, None while the prompt is queued or running, ServiceError when it is
+        lost (as standing() decides, allowing for the entry that comes a moment after the end)."""
+        where = self.standing(prompt_id)
+        if where.where == GONE:
+            raise ServiceError(
+                f"{self.base_url}: prompt {prompt_id} is neither queued nor finished (was the server restarted?)"
+            )
+        return where.entry
 
 
 def check_name(name: str) -> None:

@@ -122,8 +122,9 @@ class Knobs:
     # Megabytes of junk classes added to /object_info (for the "tens of MB" fault).
     bloat_mb: int = 0
     # Seconds between execution_success and the entry appearing in /history (surprise 12);
-    # meanwhile the prompt is in neither /queue nor /history, and the next one may start.
-    history_lag: float = 0.0
+    # meanwhile the prompt is in neither /queue nor /history, and the next one may start. The
+    # tests set SPOONFEEDER_SIM_HISTORY_LAG, so every test meets the lag a real ComfyUI has.
+    history_lag: float = field(default_factory=lambda: float(os.environ.get("SPOONFEEDER_SIM_HISTORY_LAG") or 0))
     # A socket its client stopped reading stalls every message to every client once more than
     # STALL_BYTES wait for it, until it reads again or closes (surprise 13). Prompts still run.
     stall_unread: bool = False
