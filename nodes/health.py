@@ -1,13 +1,15 @@
 """Health checks: ask every enabled node's services how they are, and store the answers.
 
-The network part (probe) runs concurrently and touches no database; the answers are then stored
-in one short transaction, so a check of 50 nodes costs a handful of queries per node.
+The network part (probe) runs concurrently and touches no database; the answers are stored as they
+come in, those that come together in one short transaction, so a check of 50 nodes costs a handful
+of queries per node. Each node's probe ends by its deadline, however slowly the node answers: one
+slow node holds up neither the other nodes' statuses nor the worker running the check.
 """
 
 from __future__ import annotations
 
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -23,6 +25,13 @@ from spoonfeeder.models import Event
 
 # A health check's question must be answered quickly; a server that takes longer is busy.
 CHECK_TIMEOUT = 5.0
+# The longest a node's status questions may take in all (version and loaded models, or
+# system_stats): their answers are a few KB, so a node still sending them by then is trickling
+# and is given up on. Well under the minute between scheduled checks.
+CHECK_DEADLINE = 10.0
+# And its inventory questions, in a full check: a big ComfyUI install takes seconds to build its
+# object_info of several MB.
+INVENTORY_DEADLINE = 30.0
 # How old an inventory may get before a routine check fetches it again.
 INVENTORY_MAX_AGE = timedelta(minutes=10)
 # ComfyUI model folders worth listing for placement; the rest rarely matter to a workflow.
@@ -52,10 +61,13 @@ class Outcome:
 def probe_ollama(url: str, full: bool, previous: dict[str, Any]) -> Outcome:
     with Ollama(url) as client:
         started = time.monotonic()
-        version = client.version(timeout=CHECK_TIMEOUT)
+        deadline = started + CHECK_DEADLINE
+        version = client.version(timeout=CHECK_TIMEOUT, deadline=deadline)
         ms = (time.monotonic() - started) * 1000
-        loaded = [m["name"] for m in client.ps(timeout=CHECK_TIMEOUT)]
-        models = previous.get("models", []) if not full else [describe_model(m) for m in client.tags()]
+        loaded = [m["name"] for m in client.ps(timeout=CHECK_TIMEOUT, deadline=deadline)]
+        models = previous.get("models", [])
+        if full:
+            models = [describe_model(m) for m in client.tags(deadline=time.monotonic() + INVENTORY_DEADLINE)]
     return Outcome(True, ms=ms, version=version, inventory={"models": models, "loaded": loaded})
 
 
@@ -71,30 +83,31 @@ def describe_model(m: Model) -> dict[str, Any]:
 
 
 def probe_comfyui(url: str, full: bool, previous: dict[str, Any]) -> Outcome:
-    client = ComfyUI(url)
-    started = time.monotonic()
-    stats = client.system_stats(timeout=CHECK_TIMEOUT)
-    ms = (time.monotonic() - started) * 1000
-    devices: list[dict[str, Any]] = [
-        {
-            "name": d.get("name", ""),
-            "type": d.get("type", ""),
-            "vram_total": d.get("vram_total") or 0,
-            "vram_free": d.get("vram_free") or 0,
+    with ComfyUI(url) as client:
+        started = time.monotonic()
+        stats = client.system_stats(timeout=CHECK_TIMEOUT, deadline=started + CHECK_DEADLINE)
+        ms = (time.monotonic() - started) * 1000
+        devices: list[dict[str, Any]] = [
+            {
+                "name": d.get("name", ""),
+                "type": d.get("type", ""),
+                "vram_total": d.get("vram_total") or 0,
+                "vram_free": d.get("vram_free") or 0,
+            }
+            for d in stats.get("devices", [])
+        ]
+        inventory: dict[str, Any] = {
+            "devices": devices,
+            "vram_total": sum(d["vram_total"] for d in devices),
+            "vram_free": sum(d["vram_free"] for d in devices),
+            "classes": previous.get("classes", []),
+            "files": previous.get("files", {}),
         }
-        for d in stats.get("devices", [])
-    ]
-    inventory: dict[str, Any] = {
-        "devices": devices,
-        "vram_total": sum(d["vram_total"] for d in devices),
-        "vram_free": sum(d["vram_free"] for d in devices),
-        "classes": previous.get("classes", []),
-        "files": previous.get("files", {}),
-    }
-    if full:
-        inventory["classes"] = sorted(client.object_info())
-        folders = set(client.model_folders())
-        inventory["files"] = {f: client.models(f) for f in MODEL_FOLDERS if f in folders}
+        if full:
+            deadline = time.monotonic() + INVENTORY_DEADLINE
+            inventory["classes"] = sorted(client.object_info(deadline=deadline))
+            folders = set(client.model_folders(deadline=deadline))
+            inventory["files"] = {f: client.models(f, deadline=deadline) for f in MODEL_FOLDERS if f in folders}
     version = str(stats.get("system", {}).get("comfyui_version", ""))
     return Outcome(True, ms=ms, version=version, inventory=inventory)
 
@@ -119,20 +132,32 @@ def needs_inventory(cap: Capability) -> bool:
 
 
 def check(caps: list[Capability], *, full: bool = False) -> list[Capability]:
-    """Check the given capabilities concurrently and store the outcomes. Returns those whose
-    status changed."""
+    """Check the given capabilities concurrently and store each outcome as soon as it is known.
+    Returns those whose status changed."""
     if not caps:
         return []
-    # Slow I/O first, outside any transaction.
+    changed = []
+    # Slow I/O outside any transaction: each probe ends by its deadline, and the outcomes are
+    # stored as they come, so the nodes that answer at once are not left waiting for one that
+    # takes its time.
     with ThreadPoolExecutor(max_workers=min(32, len(caps))) as pool:
-        outcomes = list(pool.map(lambda c: probe(c, full or needs_inventory(c)), caps))
+        asking = {pool.submit(probe, cap, full or needs_inventory(cap)): cap for cap in caps}
+        while asking:
+            done, _ = wait(asking, return_when=FIRST_COMPLETED)
+            changed += store([(asking.pop(future), future.result()) for future in done])
+    return changed
+
+
+def store(answers: list[tuple[Capability, Outcome]]) -> list[Capability]:
+    """Store outcomes in one short transaction; those whose status changed."""
     changed = []
     with transaction.atomic():
         # Count from the rows as they are now, locked: another check of the same capability (the
         # schedule and "check now") may have stored its outcome while we were asking.
-        rows = Capability.objects.select_for_update().filter(pk__in=[c.pk for c in caps]).order_by("pk")
+        pks = [cap.pk for cap, _ in answers]
+        rows = Capability.objects.select_for_update().filter(pk__in=pks).order_by("pk")
         fresh = {row.pk: row for row in rows.only("status", "failures", "latency")}
-        for cap, outcome in zip(caps, outcomes, strict=True):
+        for cap, outcome in answers:
             row = fresh.get(cap.pk)
             if row is None:
                 continue  # removed while we asked it
@@ -146,7 +171,7 @@ def check(caps: list[Capability], *, full: bool = False) -> list[Capability]:
                 inventory=outcome.inventory,
             ):
                 changed.append(cap)
-        # One event per page for the whole check: the pages re-render from the rows anyway.
+        # One event per page for what was stored together: the pages re-render from the rows.
         Event.objects.bulk_create([Event(topic=topic, kind="nodes.checked") for topic in ("nodes", "dashboard")])
     return changed
 

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any, NotRequired, TypedDict
 from urllib.parse import quote, urlencode, urlsplit
 
-import requests
 import websocket
 
 from nodes.clients import ServiceError
@@ -27,8 +26,10 @@ from nodes.clients.http import (
     MAX_ANSWER_BYTES,
     READ_TIMEOUT,
     TooDeep,
+    amount,
+    body_pieces,
+    deadline_after,
     declared_length,
-    describe,
     http_error,
     json_request,
     loads,
@@ -41,6 +42,10 @@ from nodes.clients.http import (
 OBJECT_INFO_LIMIT = 16 * 1024 * 1024
 # Outputs are images and short videos; a larger file is refused rather than filling the disk.
 DOWNLOAD_LIMIT = 2 * 1024**3
+# Files move to and from a node at least this fast (bytes per second), or the copy is given up: a
+# LAN moves tens of MB a second, a poor Wi-Fi link a few. A file's deadline is the usual one for a
+# call plus a second per MB it declares (or may be, when it declares no length).
+TRANSFER_RATE = 1024 * 1024
 # How long wait() lets the WebSocket stay quiet before it asks /history itself.
 QUIET = 2.0
 POLL = 0.25
@@ -476,54 +481,82 @@ class Events:
 
 
 class ComfyUI:
-    """One ComfyUI server, e.g. ComfyUI("http://10.0.0.5:8188"). Every failure is a ServiceError."""
+    """One ComfyUI server, e.g. ComfyUI("http://10.0.0.5:8188"). Every failure is a ServiceError.
+
+    `timeout` is how long each wait for the answer may last; a call ends by http.DEADLINE_READS
+    times that in all (a file, by more for each MB: TRANSFER_RATE), however slowly it comes."""
 
     def __init__(self, base_url: str, *, timeout: float = READ_TIMEOUT) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
         self.session = session()
 
+    def close(self) -> None:
+        """Close the connections kept for the next question (or use the client as a context manager)."""
+        self.session.close()
+
+    def __enter__(self) -> ComfyUI:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def url(self, path: str) -> str:
         return self.base_url + path
 
-    def get(self, path: str, *, timeout: float | None = None, limit: int = MAX_ANSWER_BYTES, **kwargs: Any) -> Any:
-        return json_request(self.session, "GET", self.url(path), timeout=timeout or self.timeout, limit=limit, **kwargs)
+    def get(
+        self,
+        path: str,
+        *,
+        timeout: float | None = None,
+        deadline: float | None = None,
+        limit: int = MAX_ANSWER_BYTES,
+        **kwargs: Any,
+    ) -> Any:
+        """A JSON answer, complete by `deadline` (a time.monotonic() instant; by default
+        http.DEADLINE_READS read timeouts from now)."""
+        timeout = timeout or self.timeout
+        return json_request(
+            self.session, "GET", self.url(path), timeout=timeout, deadline=deadline, limit=limit, **kwargs
+        )
 
     def post(self, path: str, body: dict[str, Any], *, timeout: float | None = None) -> None:
         """A POST whose answer is an empty 200."""
         url = self.url(path)
-        response = request(self.session, "POST", url, timeout=timeout or self.timeout, json=body)
-        answer = read_limited(response, url, 1024 * 1024)
+        timeout = timeout or self.timeout
+        deadline = deadline_after(timeout)
+        response = request(self.session, "POST", url, timeout=timeout, deadline=deadline, json=body)
+        answer = read_limited(response, url, 1024 * 1024, deadline=deadline)
         if response.status_code != 200:
             raise http_error(url, response.status_code, answer)
 
     # Inventory.
 
-    def system_stats(self, timeout: float | None = None) -> SystemStats:
-        stats = self.get("/system_stats", timeout=timeout)
+    def system_stats(self, timeout: float | None = None, *, deadline: float | None = None) -> SystemStats:
+        stats = self.get("/system_stats", timeout=timeout, deadline=deadline)
         if not isinstance(stats, dict) or not isinstance(stats.get("system"), dict):
             raise ServiceError(f"{self.url('/system_stats')}: not a ComfyUI answer", permanent=True)
         stats.setdefault("devices", [])
         result: SystemStats = stats  # type: ignore[assignment]
         return result
 
-    def version(self, timeout: float | None = None) -> str:
-        return str(self.system_stats(timeout)["system"].get("comfyui_version", ""))
+    def version(self, timeout: float | None = None, *, deadline: float | None = None) -> str:
+        return str(self.system_stats(timeout, deadline=deadline)["system"].get("comfyui_version", ""))
 
-    def object_info(self, node_class: str | None = None) -> dict[str, Any]:
+    def object_info(self, node_class: str | None = None, *, deadline: float | None = None) -> dict[str, Any]:
         """Every node class the server can run, keyed by name; or just one ({} if unknown)."""
         path = "/object_info" if node_class is None else f"/object_info/{quote(node_class, safe='')}"
-        info = self.get(path, limit=OBJECT_INFO_LIMIT)
+        info = self.get(path, deadline=deadline, limit=OBJECT_INFO_LIMIT)
         if not isinstance(info, dict):
             raise ServiceError(f"{self.url(path)}: not a ComfyUI answer", permanent=True)
         return info
 
-    def model_folders(self) -> list[str]:
-        return [str(name) for name in self.get("/models")]
+    def model_folders(self, *, deadline: float | None = None) -> list[str]:
+        return [str(name) for name in self.get("/models", deadline=deadline)]
 
-    def models(self, folder: str) -> list[str]:
+    def models(self, folder: str, *, deadline: float | None = None) -> list[str]:
         """The model files of one folder ("checkpoints", "loras", …)."""
-        return [str(name) for name in self.get(f"/models/{quote(folder, safe='')}")]
+        return [str(name) for name in self.get(f"/models/{quote(folder, safe='')}", deadline=deadline)]
 
     def embeddings(self) -> list[str]:
         return [str(name) for name in self.get("/embeddings")]
@@ -555,8 +588,9 @@ class ComfyUI:
             body["number"] = number
         if extra_data:
             body["extra_data"] = extra_data
-        response = request(self.session, "POST", url, timeout=self.timeout, json=body)
-        raw = read_limited(response, url, MAX_ANSWER_BYTES)
+        deadline = deadline_after(self.timeout)
+        response = request(self.session, "POST", url, timeout=self.timeout, deadline=deadline, json=body)
+        raw = read_limited(response, url, MAX_ANSWER_BYTES, deadline=deadline)
         if response.status_code == 400:
             try:
                 answer = loads(raw)
@@ -658,38 +692,40 @@ class ComfyUI:
 
     def view(self, filename: str, subfolder: str = "", type: str = "output", *, limit: int = MAX_ANSWER_BYTES) -> bytes:
         url = self.file_url(filename, subfolder, type)
-        response = request(self.session, "GET", url, timeout=self.timeout)
-        body = read_limited(response, url, limit)
+        deadline = deadline_after(self.timeout)
+        response = request(self.session, "GET", url, timeout=self.timeout, deadline=deadline)
         if response.status_code != 200:
-            raise http_error(url, response.status_code, body)
-        return body
+            raise http_error(url, response.status_code, read_limited(response, url, 65536, deadline=deadline))
+        deadline += (declared_length(response) or limit) / TRANSFER_RATE
+        return read_limited(response, url, limit, deadline=deadline)
 
     def download(self, filename: str, subfolder: str, type: str, dest: Path, *, limit: int = DOWNLOAD_LIMIT) -> Path:
         """Stream an output to `dest` (a file, or a folder to put it in under its own name).
-        The file appears complete or not at all."""
+        The file appears complete or not at all, by a deadline that grows with its size
+        (TRANSFER_RATE); the connection is closed however the download ends."""
         url = self.file_url(filename, subfolder, type)
         dest = Path(dest)
         if dest.is_dir():
             dest = dest / filename
-        response = request(self.session, "GET", url, timeout=self.timeout)
+        deadline = deadline_after(self.timeout)
+        response = request(self.session, "GET", url, timeout=self.timeout, deadline=deadline)
         if response.status_code != 200:
-            raise http_error(url, response.status_code, read_limited(response, url, 65536))
+            raise http_error(url, response.status_code, read_limited(response, url, 65536, deadline=deadline))
         declared = declared_length(response)
         if declared > limit:
             response.close()
-            raise ServiceError(f"{url}: file too large ({declared // 1048576} MB)", permanent=True)
+            raise ServiceError(f"{url}: file too large ({amount(declared)}, over {amount(limit)})", permanent=True)
+        deadline += (declared or limit) / TRANSFER_RATE
         fd, partial = tempfile.mkstemp(dir=dest.parent, prefix=".part-")
         size = 0
         try:
             with os.fdopen(fd, "wb") as out:
-                for chunk in response.iter_content(1024 * 1024):
+                for chunk in body_pieces(response, url, deadline, 1024 * 1024):
                     size += len(chunk)
                     if size > limit:
-                        raise ServiceError(f"{url}: file too large (over {limit // 1048576} MB)", permanent=True)
+                        raise ServiceError(f"{url}: file too large (over {amount(limit)})", permanent=True)
                     out.write(chunk)
             os.replace(partial, dest)
-        except requests.RequestException as e:
-            raise describe(e, url) from e
         finally:
             response.close()
             if os.path.exists(partial):
@@ -702,8 +738,11 @@ class ComfyUI:
         check_name(name)
         url = self.url("/upload/image")
         form = {"subfolder": subfolder, "type": "input", "overwrite": "true" if overwrite else "false"}
-        response = request(self.session, "POST", url, timeout=self.timeout, files={"image": (name, data)}, data=form)
-        body = read_limited(response, url, 1024 * 1024)
+        deadline = deadline_after(self.timeout) + len(data) / TRANSFER_RATE
+        response = request(
+            self.session, "POST", url, timeout=self.timeout, deadline=deadline, files={"image": (name, data)}, data=form
+        )
+        body = read_limited(response, url, 1024 * 1024, deadline=deadline)
         if response.status_code != 200:
             raise http_error(url, response.status_code, body)
         try:

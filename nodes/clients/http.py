@@ -1,20 +1,33 @@
-"""HTTP plumbing shared by the service clients: timeouts, size limits and errors that say what
-went wrong. Nothing here knows about Ollama or ComfyUI."""
+"""HTTP plumbing shared by the service clients: timeouts, deadlines, size limits and errors that
+say what went wrong. Nothing here knows about Ollama or ComfyUI.
+
+Every call to a node ends by a deadline (a time.monotonic() instant), however its answer comes. A
+read timeout alone does not do it: a server that sends a byte every few seconds never trips one,
+and held a worker for as long as it liked. So a request's waits are cut to the time left, and its
+body is read as it arrives (`body_pieces()`), checking the deadline between reads."""
 
 from __future__ import annotations
 
 import json
 import socket
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import requests
+import urllib3
 
 from nodes.clients import ServiceError, ServiceTimeout
 
 # Connecting is quick on a LAN or it is not happening; reading may wait on a GPU.
 CONNECT_TIMEOUT = 3.0
 READ_TIMEOUT = 30.0
+# A call given no deadline of its own ends this many read timeouts after it starts: a healthy
+# server's first byte comes within one and the rest moments later; the second is room for a slow
+# network, and a trickle is cut off there.
+DEADLINE_READS = 2
+# The most bytes one read asks for.
+CHUNK = 65536
 # Larger answers are refused rather than read into memory (a real /object_info is about 1 MB).
 MAX_ANSWER_BYTES = 64 * 1024 * 1024
 USER_AGENT = "SpoonFeeder/0.1"
@@ -68,23 +81,90 @@ def declared_length(response: requests.Response) -> int:
     return int(declared) if declared.isascii() and declared.isdigit() else 0
 
 
-def read_limited(response: requests.Response, url: str, limit: int = MAX_ANSWER_BYTES) -> bytes:
+def deadline_after(timeout: float) -> float:
+    """The deadline of a call with this read timeout and none of its own (DEADLINE_READS)."""
+    return time.monotonic() + DEADLINE_READS * timeout
+
+
+def amount(size: int) -> str:
+    """A byte count in words: "615 bytes", "1.2 KB", "80 MB"."""
+    if size < 1024:
+        return f"{size} byte{'' if size == 1 else 's'}"
+    if size < 1024 * 1024:
+        return f"{size / 1024:.1f} KB"
+    return f"{size / 1048576:.0f} MB"
+
+
+def too_large(url: str, limit: int, declared: int = 0) -> ServiceError:
+    """Permanent: the same question gets the same answer, and asking again only fetches it again."""
+    what = f"its answer is {amount(declared)}" if declared else "its answer goes on"
+    message = f"{url}: {what}, over the limit of {amount(limit)}: not read (answer too large)"
+    return ServiceError(message, permanent=True)
+
+
+def body_pieces(response: requests.Response, url: str, deadline: float, size: int = CHUNK) -> Iterator[bytes]:
+    """The answer's body, piece by piece as it arrives (decoded, as requests would), until it ends
+    or `deadline` passes: no wait for bytes lasts longer than the read timeout or the time left.
+    ServiceError when it does not end in time or the connection breaks; the connection is closed
+    when the body ends, fails or is given up, so nothing is left open on the node."""
+    started = time.monotonic()
+    connection = response.raw.connection
+    sock = connection.sock if connection is not None else None
+    # What request() gave the socket: min(read timeout, time left then).
+    wait = sock.gettimeout() if sock is not None else None
+    got = 0
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise too_slow(response, url, got, time.monotonic() - started)
+            # The last wait is cut to the time left: its timing out means the deadline came.
+            last = wait is None or left < wait
+            if sock is not None and wait is not None:
+                sock.settimeout(min(wait, left))
+            try:
+                piece = response.raw.read1(size, decode_content=True)
+            except urllib3.exceptions.ReadTimeoutError:
+                if last:
+                    raise too_slow(response, url, got, time.monotonic() - started) from None
+                raise ServiceTimeout(
+                    f"{url}: the answer stopped coming after {amount(got)} (nothing for {wait:g} s)"
+                ) from None
+            except urllib3.exceptions.HTTPError as e:
+                raise ServiceError(f"{url}: the connection broke off in the middle of the answer ({e})") from e
+            if not piece:
+                return
+            got += len(piece)
+            yield piece
+    finally:
+        response.close()
+
+
+def too_slow(response: requests.Response, url: str, got: int, reading: float) -> ServiceError:
+    """Not a ServiceTimeout (a node busy rendering or loading a model still answers at once): a
+    node that answers, but too slowly to be used, counts as failing, and gets no more work."""
+    declared = declared_length(response)
+    of = f" of {amount(declared)}" if declared else ""
+    seconds = response.elapsed.total_seconds() + reading
+    return ServiceError(f"{url}: sent its answer too slowly: {amount(got)}{of} in {seconds:.1f} s; gave up")
+
+
+def read_limited(response: requests.Response, url: str, limit: int = MAX_ANSWER_BYTES, *, deadline: float) -> bytes:
+    """The whole body, by `deadline`, if it is no larger than `limit`."""
     declared = declared_length(response)
     if declared > limit:
         response.close()
-        raise ServiceError(f"{url}: answer too large ({declared // 1048576} MB)", permanent=True)
-    chunks, size = [], 0
+        raise too_large(url, limit, declared)
+    pieces, size = [], 0
     try:
-        for chunk in response.iter_content(65536):
-            size += len(chunk)
+        for piece in body_pieces(response, url, deadline):
+            size += len(piece)
             if size > limit:
-                raise ServiceError(f"{url}: answer too large (over {limit // 1048576} MB)", permanent=True)
-            chunks.append(chunk)
-    except requests.RequestException as e:
-        raise describe(e, url) from e
+                raise too_large(url, limit)
+            pieces.append(piece)
     finally:
         response.close()
-    return b"".join(chunks)
+    return b"".join(pieces)
 
 
 def request(
@@ -93,12 +173,18 @@ def request(
     url: str,
     *,
     timeout: float = READ_TIMEOUT,
+    deadline: float,
     **kwargs: Any,
 ) -> requests.Response:
-    """Send a request, its body left to be streamed; connection failures become ServiceError.
-    The caller checks the status."""
+    """Send a request, its body left to be read by the same deadline (read_limited, body_pieces);
+    connection failures become ServiceError. Connecting and each wait for the answer last no
+    longer than the time left. The caller checks the status."""
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise ServiceTimeout(f"{url}: not asked: its deadline had passed (earlier questions took the time)")
+    wait = min(timeout, left)
     try:
-        return s.request(method, url, timeout=(CONNECT_TIMEOUT, timeout), stream=True, **kwargs)
+        return s.request(method, url, timeout=(min(CONNECT_TIMEOUT, wait), wait), stream=True, **kwargs)
     except requests.RequestException as e:
         raise describe(e, url) from e
 
@@ -163,16 +249,19 @@ def json_request(
     url: str,
     *,
     timeout: float = READ_TIMEOUT,
+    deadline: float | None = None,
     limit: int = MAX_ANSWER_BYTES,
     ok: tuple[int, ...] = (200,),
     **kwargs: Any,
 ) -> Any:
-    """A request whose answer must be JSON with one of the `ok` statuses."""
-    response = request(s, method, url, timeout=timeout, **kwargs)
-    body = read_limited(response, url, limit)
+    """A request whose answer must be JSON with one of the `ok` statuses, complete by `deadline`
+    (by default DEADLINE_READS read timeouts from now)."""
+    deadline = deadline_after(timeout) if deadline is None else deadline
+    response = request(s, method, url, timeout=timeout, deadline=deadline, **kwargs)
+    answer = read_limited(response, url, limit, deadline=deadline)
     if response.status_code not in ok:
-        raise http_error(url, response.status_code, body)
-    return decode_json(body, url, response.status_code)
+        raise http_error(url, response.status_code, answer)
+    return decode_json(answer, url, response.status_code)
 
 
 def http_error(url: str, status: int, body: bytes) -> ServiceError:
@@ -189,13 +278,24 @@ def http_error(url: str, status: int, body: bytes) -> ServiceError:
     return ServiceError(f"{url}: HTTP {status}: {detail}", permanent=permanent, status=status)
 
 
-def ndjson_lines(response: requests.Response, url: str) -> Iterator[Any]:
-    """Each line of a streamed newline-delimited JSON answer, decoded."""
+def ndjson_lines(response: requests.Response, url: str, deadline: float) -> Iterator[Any]:
+    """Each line of a streamed newline-delimited JSON answer, decoded as soon as it is complete,
+    until the answer ends or `deadline` passes (then ServiceError, as body_pieces() says)."""
+    pending = bytearray()
     try:
-        for line in response.iter_lines():
-            if line:
-                yield decode_json(line, url, response.status_code)
-    except requests.RequestException as e:
-        raise describe(e, url) from e
+        for piece in body_pieces(response, url, deadline):
+            *lines, rest = piece.split(b"\n")
+            if lines:
+                lines[0] = bytes(pending) + lines[0]
+                pending = bytearray(rest)
+            else:
+                pending += rest
+            if len(pending) > MAX_ANSWER_BYTES:
+                raise too_large(url, MAX_ANSWER_BYTES)
+            for line in lines:
+                if line.strip():
+                    yield decode_json(line, url, response.status_code)
+        if pending.strip():
+            yield decode_json(bytes(pending), url, response.status_code)
     finally:
         response.close()

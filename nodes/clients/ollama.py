@@ -1,6 +1,9 @@
 """The Ollama client: inventory (version, tags, ps, show) and answers (generate, chat), streamed
 or not, optionally as JSON against a schema.
 
+Every call ends by a deadline: an inventory question by http.DEADLINE_READS times its timeout (or
+the caller's `deadline`), an answer (generate, chat, streamed or not) within its `timeout` in all.
+
 Every failure is a ServiceError. A model the node does not have is permanent (status 404) and the
 message says to pull it; a refused connection, a timeout, a server error or a stream that stops
 before its last chunk can be retried; an answer that is not Ollama's (HTML, garbage) is permanent.
@@ -12,6 +15,7 @@ before its last chunk can be retried; an answer that is not Ollama's (HTML, garb
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any, Literal, NotRequired, TypedDict
 
@@ -22,8 +26,9 @@ from nodes.clients.http import http_error, json_request, ndjson_lines, read_limi
 
 # Inventory answers come at once from a healthy server.
 INFO_TIMEOUT = 5.0
-# Seconds without a byte before giving up on an answer: loading a large model from a slow disk
-# takes minutes, and a non-streamed answer sends nothing until it is complete.
+# Seconds an answer may take in all: loading a large model from a slow disk takes minutes, and a
+# non-streamed answer sends nothing until it is complete. Each answer ends within its timeout, so
+# a caller (stories.runner's STEP_DEADLINE) can count on it.
 GENERATE_TIMEOUT = 600.0
 
 
@@ -115,8 +120,8 @@ class Ollama:
     def url(self, path: str) -> str:
         return f"{self.base_url}{path}"
 
-    def get(self, path: str, timeout: float | None) -> Any:
-        answer = json_request(self.session, "GET", self.url(path), timeout=timeout or INFO_TIMEOUT)
+    def get(self, path: str, timeout: float | None, deadline: float | None = None) -> Any:
+        answer = json_request(self.session, "GET", self.url(path), timeout=timeout or INFO_TIMEOUT, deadline=deadline)
         if not isinstance(answer, dict):
             raise self.unexpected(path, answer)
         return answer
@@ -127,20 +132,20 @@ class Ollama:
             permanent=True,
         )
 
-    def version(self, timeout: float | None = None) -> str:
-        answer = self.get("/api/version", timeout)
+    def version(self, timeout: float | None = None, *, deadline: float | None = None) -> str:
+        answer = self.get("/api/version", timeout, deadline)
         if not isinstance(answer.get("version"), str):
             raise self.unexpected("/api/version", answer)
         return str(answer["version"])
 
-    def tags(self, timeout: float | None = None) -> list[Model]:
-        return self.models("/api/tags", timeout)
+    def tags(self, timeout: float | None = None, *, deadline: float | None = None) -> list[Model]:
+        return self.models("/api/tags", timeout, deadline)
 
-    def ps(self, timeout: float | None = None) -> list[LoadedModel]:
-        return self.models("/api/ps", timeout)
+    def ps(self, timeout: float | None = None, *, deadline: float | None = None) -> list[LoadedModel]:
+        return self.models("/api/ps", timeout, deadline)
 
-    def models(self, path: str, timeout: float | None) -> Any:
-        answer = self.get(path, timeout)
+    def models(self, path: str, timeout: float | None, deadline: float | None) -> Any:
+        answer = self.get(path, timeout, deadline)
         models = answer.get("models")
         # Ollama answers "models": null rather than [] on some versions when none are installed.
         if models is None:
@@ -149,7 +154,7 @@ class Ollama:
             raise self.unexpected(path, answer)
         return models
 
-    def show(self, model: str, timeout: float | None = None) -> dict[str, Any]:
+    def show(self, model: str, timeout: float | None = None, *, deadline: float | None = None) -> dict[str, Any]:
         """Details, parameters, template and model_info of one installed model."""
         try:
             answer = json_request(
@@ -158,6 +163,7 @@ class Ollama:
                 self.url("/api/show"),
                 json={"model": model},
                 timeout=timeout or INFO_TIMEOUT,
+                deadline=deadline,
             )
         except ServiceError as e:
             raise self.missing(model, e) from e
@@ -247,7 +253,14 @@ class Ollama:
 
     def complete(self, path: str, body: dict[str, Any], timeout: float) -> Answer:
         try:
-            answer = json_request(self.session, "POST", self.url(path), json={**body, "stream": False}, timeout=timeout)
+            answer = json_request(
+                self.session,
+                "POST",
+                self.url(path),
+                json={**body, "stream": False},
+                timeout=timeout,
+                deadline=time.monotonic() + timeout,
+            )
         except ServiceError as e:
             raise self.missing(body["model"], e) from e
         if not isinstance(answer, dict) or not answer.get("done"):
@@ -256,15 +269,17 @@ class Ollama:
 
     def stream(self, path: str, body: dict[str, Any], timeout: float) -> Iterator[Chunk]:
         url = self.url(path)
-        response = request(self.session, "POST", url, json={**body, "stream": True}, timeout=timeout)
+        deadline = time.monotonic() + timeout
+        response = request(self.session, "POST", url, json={**body, "stream": True}, timeout=timeout, deadline=deadline)
         if response.status_code != 200:
-            raise self.missing(body["model"], http_error(url, response.status_code, read_limited(response, url)))
-        return self.chunks(path, response)
+            error = http_error(url, response.status_code, read_limited(response, url, deadline=deadline))
+            raise self.missing(body["model"], error)
+        return self.chunks(path, response, deadline)
 
-    def chunks(self, path: str, response: requests.Response) -> Iterator[Chunk]:
+    def chunks(self, path: str, response: requests.Response, deadline: float) -> Iterator[Chunk]:
         url = self.url(path)
         pieces: list[str] = []
-        for part in ndjson_lines(response, url):
+        for part in ndjson_lines(response, url, deadline):
             if not isinstance(part, dict):
                 raise self.unexpected(path, part)
             if part.get("error"):

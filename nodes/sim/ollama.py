@@ -7,6 +7,7 @@ and faults.
         sim.set(hang=True)  # from now on every request hangs until hang is switched off
         sim.set(hang=False, answer_seconds=0.2)  # every answer takes 0.2 s, however long
         sim.set(bad_answers=2, bad_kind="html")  # the next two formatted answers carry <script>
+        sim.set(trickle={"/api/tags": 2.0})  # that answer comes a byte every 2 s (a slow loris)
 
 Answers are made from the words of the prompt. With `format` they are JSON: any object for
 "json", and for a JSON schema a value that conforms to it (objects, arrays, strings, numbers,
@@ -59,6 +60,7 @@ KNOBS = frozenset(
         "bad_answers",
         "bad_kind",
         "version",
+        "trickle",
     }
 )
 
@@ -99,6 +101,10 @@ class State:
     # does not fit the schema; "html": JSON that fits the schema but whose free-text strings (not
     # enums, constants or dates, which would then not fit) end in MARKUP.
     bad_kind: str = "broken"
+    # Path prefix -> seconds between bytes: those answers (whole ones, not streams) send their
+    # headers at once and their body a byte at a time, for as long as the client reads, as the
+    # simulated ComfyUI's knob of the same name.
+    trickle: dict[str, float] = field(default_factory=dict)
     # model name → time.time() at which it unloads
     loaded: dict[str, float] = field(default_factory=dict)
     loading: dict[str, asyncio.Future[None]] = field(default_factory=dict)
@@ -296,6 +302,32 @@ async def wait_while_hanging(state: State) -> None:
         await asyncio.sleep(0.02)
 
 
+def trickling(path: str, state: State) -> float | None:
+    """Seconds between the bytes of this path's answers (the longest prefix wins), or None."""
+    matches = [(len(prefix), pause) for prefix, pause in list(state.trickle.items()) if path.startswith(prefix)]
+    return max(matches)[1] if matches else None
+
+
+async def trickle(
+    request: web.Request, answer: web.Response, body: bytes, pause: float, state: State
+) -> web.StreamResponse:
+    """A slow-loris server: the headers (with the full Content-Length) at once, then the body a
+    byte at a time; only the client's own deadline ends it, or the server stopping (it hangs up)."""
+    out = web.StreamResponse(status=answer.status, reason=answer.reason, headers=answer.headers)
+    out.content_length = len(body)
+    await out.prepare(request)
+    for i in range(len(body)):
+        await out.write(body[i : i + 1])
+        until = time.monotonic() + pause
+        while time.monotonic() < until and not state.closing:
+            await asyncio.sleep(min(0.02, max(until - time.monotonic(), 0)))
+        if state.closing:
+            if request.transport is not None:
+                request.transport.close()
+            break
+    return out
+
+
 async def load(state: State, name: str, keep_alive: float) -> float:
     """Make sure the model is loaded; return the seconds it took. Concurrent requests for a model
     that is loading wait for the same load, as on the real server."""
@@ -328,7 +360,11 @@ def make_app(state: State) -> web.Application:
             await wait_while_hanging(state)
             if state.garbage:
                 return web.Response(text=GARBAGE, content_type="text/html")
-            return await handler(request)
+            response = await handler(request)
+            pause = trickling(request.path, state)
+            if pause is None or not isinstance(response, web.Response) or not isinstance(response.body, bytes):
+                return response
+            return await trickle(request, response, response.body, pause, state)
         except ConnectionError:
             # The client gave up (a timeout, a cut stream); aiohttp quietly drops this answer.
             return web.Response()
