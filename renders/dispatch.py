@@ -68,8 +68,9 @@ PROGRESS_EVERY = 0.2  # seconds between progress writes of one job
 SETTLE_LOOK = 0.25  # seconds between asks about a job taken off a node's queue
 SEND_IN_ORDER = 5.0  # seconds a job waits for the ones claimed ahead of it on its node to be sent
 SILENCE = 10.0  # seconds without a socket message while the job runs before the socket is reopened
-# Seconds an attempt waits for one answer of its node: a node that hangs holds up that attempt
-# for no longer than this at a time, and is then treated as silent.
+# Seconds an attempt waits for each read of its node's answer; a whole answer ends by twice
+# that (nodes.clients.http.DEADLINE_READS): a node that hangs, or answers a byte at a time,
+# holds up that attempt for no longer, and is then treated as silent.
 NODE_TIMEOUT = 5.0
 # The longest an attempt follows its jobs, in seconds: the task's own deadline.
 RENDER_DEADLINE = float(settings.LONGEST_TASK)
@@ -602,6 +603,8 @@ class Attempt:
             try:
                 queue = self.client.queue()
             except ServiceError as e:
+                if e.permanent:
+                    return self.unreadable(e)
                 self.silent(str(e))
                 return ""
             self.heard_from_node()
@@ -622,6 +625,12 @@ class Attempt:
                     RenderJob.objects.filter(pk=self.job.pk).update(error="")
                     self.job.error = ""
                     self.job.changed("job.heard")
+
+    def unreadable(self, e: ServiceError) -> str:
+        """The node answers, but with what can never be read (an answer over every limit): asking
+        again would get the same. The job fails with the reason (a retry is the user's call)."""
+        self.job.fail(f"could not read {self.cap.node.name}'s record of the job: {e}", permanent=True)
+        return self.done("failed: unreadable answer")
 
     def silent(self, error: str) -> None:
         """The node does not answer. That proves nothing about the job (a node that hangs may go
@@ -655,6 +664,8 @@ class Attempt:
         try:
             where = self.client.standing(job.prompt_id)
         except ServiceError as e:
+            if e.permanent:
+                return self.unreadable(e)
             self.silent(str(e))
             return ""  # the node proves nothing: ask again at the next look
         if where.where in (QUEUED, RUNNING):
@@ -846,7 +857,8 @@ class Attempt:
             self.client.delete_queued([self.job.prompt_id])
             where = self.client.standing(self.job.prompt_id, settle=0).where
         except ServiceError:
-            return  # a node that cannot be asked proves nothing: try again later
+            return  # a node that cannot be asked proves nothing: try again later (its follower
+            # meets a permanent error itself)
         if where == GONE:
             self.pulled = time.monotonic()
             RenderJob.objects.filter(pk=self.job.pk, status=RenderJob.ASSIGNED).update(capability=None)
@@ -864,7 +876,9 @@ class Attempt:
         time.sleep(SETTLE_LOOK)
         try:
             where = self.client.standing(self.job.prompt_id, settle=0).where
-        except ServiceError:
+        except ServiceError as e:
+            if e.permanent:
+                self.keep()  # it cannot be settled: followed as before, where it meets the error
             return ""
         if where != GONE:
             self.keep()
@@ -891,8 +905,10 @@ class Attempt:
             where = self.client.standing(self.job.prompt_id, settle=0).where
             if where == RUNNING:
                 self.client.interrupt(self.job.prompt_id)
-        except ServiceError:
-            return ""  # a node that cannot be asked proves nothing: ask again later
+        except ServiceError as e:
+            if not e.permanent:
+                return ""  # a node that cannot be asked proves nothing: ask again later
+            where = GONE  # it can never be asked: the job is let go as the user asked
         if where == QUEUED:
             return ""  # the delete has not taken yet: again at the next look
         self.job.release()

@@ -453,6 +453,17 @@ def test_a_job_keeps_at_most_so_many_outputs_and_bytes_and_says_what_it_left(
     assert executions(sim, counted) == 5 and executions(sim, sized) == 5  # one run each, of five files
 
 
+def test_a_history_too_large_to_read_fails_the_job_once_with_the_reason(cluster: Cluster, node: Any) -> None:
+    """An answer over every limit will be the same next time: the job ends, saying why, instead
+    of the node being asked for it again and again."""
+    _, sim = node
+    sim.knobs.history_padding_mb = 80
+    [job] = queue()
+    wait_status(job, "failed", timeout=60)
+    assert job.error.startswith("could not read gpu's record of the job:") and "64 MB" in job.error, job.error
+    assert (job.attempts, executions(sim, job)) == (1, 1)
+
+
 def started_beside_another(node: Any, seconds_per_node: float) -> tuple[RenderJob, SimComfyUI]:
     """A job rendering on the first node, and a second machine that joined meanwhile."""
     first, sim = node
