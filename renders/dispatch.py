@@ -31,7 +31,7 @@ from django.db.models.functions import Now
 from django.template.defaultfilters import filesizeformat
 from django.utils import timezone
 
-from nodes.clients import ServiceError
+from nodes.clients import AnswerTooLarge, ServiceError
 from nodes.clients.comfyui import (
     FINISHED,
     GONE,
@@ -603,7 +603,7 @@ class Attempt:
             try:
                 queue = self.client.queue()
             except ServiceError as e:
-                if e.permanent:
+                if isinstance(e, AnswerTooLarge):
                     return self.unreadable(e)
                 self.silent(str(e))
                 return ""
@@ -664,7 +664,7 @@ class Attempt:
         try:
             where = self.client.standing(job.prompt_id)
         except ServiceError as e:
-            if e.permanent:
+            if isinstance(e, AnswerTooLarge):
                 return self.unreadable(e)
             self.silent(str(e))
             return ""  # the node proves nothing: ask again at the next look
@@ -795,8 +795,8 @@ class Attempt:
                     media_root=self.media_root,
                     limit=min(media.DOWNLOAD_LIMIT, budget),
                 )
-            except ServiceError as e:
-                if not (outputs and budget < media.DOWNLOAD_LIMIT and e.permanent and e.status is None):
+            except AnswerTooLarge:
+                if not (outputs and budget < media.DOWNLOAD_LIMIT):
                     raise
                 # Larger than what is left of the job's allowance (not than one file may be).
                 left = f"{len(refs) - index} of its {len(refs)} outputs were left on the node: {over_cap()}"
@@ -876,9 +876,10 @@ class Attempt:
         time.sleep(SETTLE_LOOK)
         try:
             where = self.client.standing(self.job.prompt_id, settle=0).where
-        except ServiceError as e:
-            if e.permanent:
-                self.keep()  # it cannot be settled: followed as before, where it meets the error
+        except AnswerTooLarge:
+            self.keep()  # it cannot be settled: followed as before, where it meets the error
+            return ""
+        except ServiceError:
             return ""
         if where != GONE:
             self.keep()
@@ -905,10 +906,10 @@ class Attempt:
             where = self.client.standing(self.job.prompt_id, settle=0).where
             if where == RUNNING:
                 self.client.interrupt(self.job.prompt_id)
-        except ServiceError as e:
-            if not e.permanent:
-                return ""  # a node that cannot be asked proves nothing: ask again later
+        except AnswerTooLarge:
             where = GONE  # it can never be asked: the job is let go as the user asked
+        except ServiceError:
+            return ""  # a node that cannot be asked proves nothing: ask again later
         if where == QUEUED:
             return ""  # the delete has not taken yet: again at the next look
         self.job.release()

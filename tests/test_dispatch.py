@@ -42,6 +42,7 @@ NET = 33 if os.environ.get("DATABASE_URL") else 32
 def fast(settings: Any, tmp_path: Path) -> None:
     settings.STALE = 2
     settings.BEAT = 0.3
+    settings.MAX_REST = 2  # a node that kept failing rests no longer than this (a minute by default)
     settings.RENDER_BACKOFF = 0.05
     settings.MEDIA_ROOT = tmp_path / "media"
 
@@ -917,21 +918,28 @@ def cluster_of(worker: str) -> int:
 
 
 def test_a_second_cluster_takes_its_share_and_no_job_runs_twice(node: Any, stack: Stack) -> None:
+    """Two clusters of two workers each, three nodes: neither cluster can drive every node at
+    once (one of its workers is often the sweeper), so both render; work a busy cluster took
+    and cannot start is re-driven for the other within a lease window."""
     from django_q.status import Stat
 
-    first, sim = node
-    other_sim = SimComfyUI(f"127.0.{NET}.2", 0, seconds_per_node=0.1).start()
+    _, sim = node
+    sim.knobs.seconds_per_node = 0.15
+    sims = [sim]
     try:
-        other = Node.objects.create(name="other", host=f"127.0.{NET}.2")
-        Capability.objects.create(node=other, kind="comfyui", port=other_sim.port, status="online")
-        sim.knobs.seconds_per_node = 0.1
-        clusters = [stack.worker(SPOONFEEDER_WORKERS="4") for _ in range(2)]
+        for i in (2, 3):
+            sims.append(SimComfyUI(f"127.0.{NET}.{i}", 0, seconds_per_node=0.15).start())
+            other = Node.objects.create(name=f"other {i}", host=f"127.0.{NET}.{i}")
+            Capability.objects.create(node=other, kind="comfyui", port=sims[-1].port, status="online")
+        lease = {"SPOONFEEDER_WORKERS": "2", "SPOONFEEDER_BEAT": "0.5", "SPOONFEEDER_STALE": "2"}
+        clusters = [stack.worker(**lease) for _ in range(2)]
         wait_until(lambda: len(Stat.get_all()) >= 2, 30, "both clusters to report")
-        jobs = queue(n=16)
+        jobs = queue(n=30)
         for job in jobs:
-            wait_status(job, "completed", timeout=60)
+            wait_status(job, "completed", timeout=90)
         by = {cluster_of(job.worker) for job in jobs}
         assert by == {c.popen.pid for c in clusters if c.popen}, by  # both did work
-        assert all(executions(sim, j) + executions(other_sim, j) == 1 for j in jobs)
+        assert all(ran(sims, j) == 1 for j in jobs)
     finally:
-        other_sim.close()
+        for other_sim in sims[1:]:
+            other_sim.close()

@@ -24,6 +24,14 @@ class ServiceError(Exception):
         return self.message
 
 
+class AnswerTooLarge(ServiceError):
+    """The answer (or the file) is over the limit we read: the same question gets the same
+    answer, so it is permanent, and asking again would only fetch it again."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, permanent=True)
+
+
 class ServiceTimeout(ServiceError):
     """Connected, but the answer did not come in time: the server is alive but busy (loading a
     model, rendering), which is not the same as being down."""

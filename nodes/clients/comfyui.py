@@ -20,7 +20,7 @@ from urllib.parse import quote, urlencode, urlsplit
 
 import websocket
 
-from nodes.clients import ServiceError
+from nodes.clients import AnswerTooLarge, ServiceError
 from nodes.clients.http import (
     CONNECT_TIMEOUT,
     MAX_ANSWER_BYTES,
@@ -145,7 +145,9 @@ class QueueItem:
 
 
 @dataclass(frozen=True)
-class Queue:
+class NodeQueue:
+    """What a ComfyUI's own queue holds (not our render queue, renders.models.Queue)."""
+
     running: list[QueueItem]
     pending: list[QueueItem]  # in the order they will run, unlike the server's heap order
 
@@ -612,7 +614,7 @@ class ComfyUI:
             "node_errors": dict(answer.get("node_errors") or {}),
         }
 
-    def queue(self) -> Queue:
+    def queue(self) -> NodeQueue:
         answer = self.get("/queue")
 
         def items(key: str) -> list[QueueItem]:
@@ -627,7 +629,7 @@ class ComfyUI:
 
         if not isinstance(answer, dict):
             raise ServiceError(f"{self.url('/queue')}: not a ComfyUI answer", permanent=True)
-        return Queue(running=items("queue_running"), pending=items("queue_pending"))
+        return NodeQueue(running=items("queue_running"), pending=items("queue_pending"))
 
     def standing(self, prompt_id: str, *, settle: float = HISTORY_SETTLE) -> Standing:
         """Where our prompt stands, as the node itself says: queued, running, finished (with its
@@ -714,7 +716,7 @@ class ComfyUI:
         declared = declared_length(response)
         if declared > limit:
             response.close()
-            raise ServiceError(f"{url}: file too large ({amount(declared)}, over {amount(limit)})", permanent=True)
+            raise AnswerTooLarge(f"{url}: file too large ({amount(declared)}, over {amount(limit)})")
         deadline += (declared or limit) / TRANSFER_RATE
         fd, partial = tempfile.mkstemp(dir=dest.parent, prefix=".part-")
         size = 0
@@ -723,7 +725,7 @@ class ComfyUI:
                 for chunk in body_pieces(response, url, deadline, 1024 * 1024):
                     size += len(chunk)
                     if size > limit:
-                        raise ServiceError(f"{url}: file too large (over {amount(limit)})", permanent=True)
+                        raise AnswerTooLarge(f"{url}: file too large (over {amount(limit)})")
                     out.write(chunk)
             os.replace(partial, dest)
         finally:

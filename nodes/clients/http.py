@@ -17,7 +17,7 @@ from typing import Any
 import requests
 import urllib3
 
-from nodes.clients import ServiceError, ServiceTimeout
+from nodes.clients import AnswerTooLarge, ServiceError, ServiceTimeout
 
 # Connecting is quick on a LAN or it is not happening; reading may wait on a GPU.
 CONNECT_TIMEOUT = 3.0
@@ -95,11 +95,9 @@ def amount(size: int) -> str:
     return f"{size / 1048576:.0f} MB"
 
 
-def too_large(url: str, limit: int, declared: int = 0) -> ServiceError:
-    """Permanent: the same question gets the same answer, and asking again only fetches it again."""
+def too_large(url: str, limit: int, declared: int = 0) -> AnswerTooLarge:
     what = f"its answer is {amount(declared)}" if declared else "its answer goes on"
-    message = f"{url}: {what}, over the limit of {amount(limit)}: not read (answer too large)"
-    return ServiceError(message, permanent=True)
+    return AnswerTooLarge(f"{url}: {what}, over the limit of {amount(limit)}: not read (answer too large)")
 
 
 def body_pieces(response: requests.Response, url: str, deadline: float, size: int = CHUNK) -> Iterator[bytes]:
