@@ -299,6 +299,7 @@ def fits(job: RenderJob, cap: Capability) -> bool:
 
 
 MAX_OUTPUTS = 200  # files kept of one job; the rest are left on the node, and the job says so
+STREAMED_OUTPUT = "SaveImageWebsocket"  # an output node whose images come only over the socket
 MAX_OUTPUT_BYTES = 4 * 1024**3  # bytes kept of one job's outputs in all
 COPY_RETRY = (2.0, 60.0)  # first and longest wait between tries of a copy that failed on our side
 COPY_DEADLINE = 900.0  # seconds to keep trying a copy our disk refuses before the job fails
@@ -345,6 +346,7 @@ class Attempt:
         self.silent_since: float | None = None
         self.dropped = ""  # outputs ComfyUI refused to run (node_errors), said on the job
         self.next: Attempt | None = None  # the node's next job, handed on to this worker
+        self.frames: list[str] = []  # streamed outputs kept, relative to the media folder
 
     @classmethod
     def take(cls, job_pk: int, prompt_id: str, media_root: Path | None = None) -> Attempt | None:
@@ -576,7 +578,10 @@ class Attempt:
             self.report["progress"] = done / total
             self.progressed()
         elif isinstance(message, Preview):
-            self.save_preview(message.image)
+            if self.streamed_output(message):
+                self.keep_frame(message)
+            else:
+                self.save_preview(message.image)
         elif isinstance(message, (ExecutionSuccess, ExecutionError, ExecutionInterrupted)):
             self.ended = True
 
@@ -589,6 +594,27 @@ class Attempt:
                 RenderJob.objects.filter(pk=self.job.pk, status=RenderJob.RENDERING).update(**self.report)
                 self.job.changed("job.progress")
             self.report = {}
+
+    def streams(self) -> bool:
+        """Whether the job's workflow has an output whose images come only over the socket."""
+        return STREAMED_OUTPUT in {n.get("class_type") for n in (self.job.workflow or {}).values()}
+
+    def streamed_output(self, message: Preview) -> bool:
+        """Whether this image is an output that comes only over the socket (SaveImageWebsocket
+        sends its images as frames and leaves nothing in the history), not a preview."""
+        node = str((message.metadata or {}).get("node_id", ""))
+        return (self.job.workflow or {}).get(node, {}).get("class_type") == STREAMED_OUTPUT
+
+    def keep_frame(self, message: Preview) -> None:
+        """Write a streamed output frame where its outputs go (checked and listed when the job ends)."""
+        if len(self.frames) >= MAX_OUTPUTS:
+            return
+        suffix = ".jpg" if str(message.format).lower() in ("jpeg", "jpg") else ".png"
+        relative = media.local_name(str(self.job.code), len(self.frames), f"frame{suffix}")
+        path = self.media_root / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(message.image)
+        self.frames.append(relative)
 
     def save_preview(self, image: bytes) -> None:
         relative = Path("renders") / str(self.job.code)[:2] / str(self.job.code) / "preview.img"
@@ -694,6 +720,7 @@ class Attempt:
             job.fail(f"{kind} at {at}: {message}".strip(": "), permanent=not retry)
             return self.done("failed on the node")
         job.release()  # the GPU is free: the node takes its next job while we copy
+        self.close_socket()  # not read while we copy (broadcasts of the next job would pile up)
         self.hand_on()
         feed()
         return self.collect(entry)
@@ -715,6 +742,11 @@ class Attempt:
             RenderJob.objects.select_related("template", "node").get(pk=job.pk), self.cap, self.me, self.media_root
         )
         if not following.send():  # sent: followed once this job's outputs are in
+            # Not read until then: a socket held unread stalls every client of the node once its
+            # messages pile up (PROTOCOL.md, surprise 13). It is opened again to follow the job,
+            # unless the job's outputs come over it (held for the copy of this job's outputs).
+            if not following.streams():
+                following.close_socket()
             self.next = following
 
     def let_go(self) -> None:
@@ -778,6 +810,8 @@ class Attempt:
     def copy_outputs(self, entry: Any) -> tuple[list[dict[str, Any]], str]:
         """The outputs copied, and what was left on the node (over the caps), in words."""
         refs = outputs_of(entry)
+        if not refs and self.streams():
+            return self.streamed_outputs()
         outputs: list[dict[str, Any]] = []
         total = 0
         left = ""
@@ -807,6 +841,21 @@ class Attempt:
                 left = f"{len(refs) - index - 1} of its {len(refs)} outputs were left on the node: {over_cap()}"
                 break
         return outputs, left
+
+    def streamed_outputs(self) -> tuple[list[dict[str, Any]], str]:
+        """The frames a SaveImageWebsocket output sent over the socket, as the job's outputs."""
+        outputs = []
+        for relative in self.frames:
+            try:
+                outputs.append(dataclasses.asdict(media.describe(self.media_root / relative, relative)))
+            except media.MediaError as e:
+                log.info("a streamed frame of %s was not kept: %s", self.job.code, e)
+        if not outputs:
+            return [], (
+                f"its workflow saves with {STREAMED_OUTPUT}, whose images come only over the live socket, "
+                "and none came (the socket was closed): nothing was kept"
+            )
+        return outputs, f"the {len(outputs)} images {STREAMED_OUTPUT} sent over the socket were kept as its outputs"
 
     # --- the user's controls, acted on at the node ---------------------------------------------
 

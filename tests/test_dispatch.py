@@ -465,6 +465,28 @@ def test_a_history_too_large_to_read_fails_the_job_once_with_the_reason(cluster:
     assert (job.attempts, executions(sim, job)) == (1, 1)
 
 
+def test_a_job_saving_with_save_image_websocket_keeps_the_images_it_sent_over_the_socket(
+    cluster: Cluster, node: Any, tmp_path: Path
+) -> None:
+    """Surprise 9: SaveImageWebsocket leaves nothing in the history; its images are frames on the
+    socket. They are the job's outputs, and the job says where they came from."""
+    _, sim = node
+    Template.objects.create(
+        name="streamed",
+        workflow={
+            "1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 48, "batch_size": 3, "color": 1}},
+            "2": {"class_type": "SaveImageWebsocket", "inputs": {"images": ["1", 0]}},
+        },
+    )
+    [job] = queue("streamed")
+    wait_status(job, "completed")
+    assert [(o["kind"], o["width"], o["height"]) for o in job.outputs] == [("image", 64, 48)] * 3
+    assert all((tmp_path / "media" / o["path"]).read_bytes()[:4] == b"\x89PNG" for o in job.outputs)
+    assert job.error == "the 3 images SaveImageWebsocket sent over the socket were kept as its outputs"
+    # It writes no file to count its runs by: one attempt, and the node's one entry for it.
+    assert (job.attempts, list(sim.state.history)) == (1, [job.prompt_id])
+
+
 def started_beside_another(node: Any, seconds_per_node: float) -> tuple[RenderJob, SimComfyUI]:
     """A job rendering on the first node, and a second machine that joined meanwhile."""
     first, sim = node
