@@ -59,6 +59,7 @@ from bench.common import (  # noqa: E402
     Sim,
     base_env,
     cpu_hog,
+    cpu_ticks,
     descendants,
     django_on_sqlite,
     executions,
@@ -68,8 +69,10 @@ from bench.common import (  # noqa: E402
     main,
     percentile,
     postgres_database,
+    proc_stat,
     process_tree,
     pss_kb,
+    short_command,
     start_run,
     temp_dir,
     time_limit,
@@ -414,6 +417,16 @@ def registered(net: str, count: int, knobs: dict[str, Any], logs: Path) -> list[
     return sims
 
 
+def per_process(root: int) -> dict[tuple[int, int], tuple[int, str]]:
+    """(pid, start time) -> (CPU clock ticks so far, a readable name) of the tree's processes."""
+    found = {}
+    for pid, _ in process_tree(root):
+        stat, ticks = proc_stat(pid), cpu_ticks(pid)
+        if stat is not None and ticks is not None:
+            found[(pid, stat[1])] = (ticks, short_command(pid))
+    return found
+
+
 def online(count: int) -> bool:
     from nodes.models import Capability
 
@@ -436,9 +449,9 @@ def idle(net: str, logs: Path, data: Path) -> None:
         stack.check_alive()
         tree = process_tree(stack.pid)
         total = sum(kb for pid, _ in tree if (kb := pss_kb(pid)) is not None) / 1024
-        cpu0, t0 = tree_cpu_seconds(stack.pid), time.monotonic()
+        cpu0, t0, each0 = tree_cpu_seconds(stack.pid), time.monotonic(), per_process(stack.pid)
         time.sleep(CPU_WINDOW)  # the window measured
-        cpu1, t1 = tree_cpu_seconds(stack.pid), time.monotonic()
+        cpu1, t1, each1 = tree_cpu_seconds(stack.pid), time.monotonic(), per_process(stack.pid)
         stack.check_alive()
         still = online(2)
         connections.close_all()
@@ -455,6 +468,12 @@ def idle(net: str, logs: Path, data: Path) -> None:
     print(
         f"  CPU of the whole tree over {t1 - t0:.1f} s: {cpu1 - cpu0:.2f} s = {share:.2f} % of one core"
         " (utime + stime of every process, with the children each reaped)"
+    )
+    ticks = os.sysconf("SC_CLK_TCK")
+    used = sorted(((each1[k][0] - each0[k][0]) / ticks, each1[k][1]) for k in each1.keys() & each0.keys())[::-1]
+    print(
+        "  for information, CPU by process over the window (utime + stime + reaped children): "
+        + "; ".join(f"{name} {seconds:.2f} s" for seconds, name in used[:6])
     )
     print(f"{verdict(total <= 400)}: idle PSS <= 400 MB")
     print(f"{verdict(share <= 2)}: idle CPU <= 2 % of one core")
@@ -481,12 +500,17 @@ def busy(net: str, logs: Path, data: Path) -> None:
     from django.db import connections
     from django.db.models import Count
 
+    from nodes.models import SPARE_WORKERS, slots
     from renders.models import RenderJob, Template
 
     sims = registered(net, 4, {"run_seconds": BUSY_RUN}, logs)
     still = Template.objects.get(name="test-still-image")
     connections.close_all()
-    env = base_env(data, embedded=False, SPOONFEEDER_ADMIN_PASSWORD="bench-engine-password")
+    # The workers the pool's slots need, as nodes.models.worker_shortfall asks for (8 by default).
+    workers = str(slots() + SPARE_WORKERS)
+    env = base_env(
+        data, embedded=False, SPOONFEEDER_ADMIN_PASSWORD="bench-engine-password", SPOONFEEDER_WORKERS=workers
+    )
     port = free_port()
     stack = start_run(env, port, logs / "run.log")
     figures = []
@@ -512,7 +536,8 @@ def busy(net: str, logs: Path, data: Path) -> None:
         for sim in sims:
             sim.child.stop(grace=10)
     print(
-        f"busy, `manage.py run` on PostgreSQL + Redis, 4 nodes each rendering a {BUSY_RUN:g} s job "
+        f"busy, `manage.py run` on PostgreSQL + Redis with {workers} workers (the pool's slots + "
+        f"{SPARE_WORKERS}), 4 nodes each rendering a {BUSY_RUN:g} s job "
         f"(jobs: {states}; {ended} ended during the windows): database work of the throwaway database "
         "(pg_stat_database; a backend flushes its counts at most every second, so each window's edges are "
         "blurred by about that)"
