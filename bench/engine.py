@@ -427,6 +427,18 @@ def per_process(root: int) -> dict[tuple[int, int], tuple[int, str]]:
     return found
 
 
+def cluster_roles() -> dict[int, str]:
+    """What each process of the running clusters is, by pid, from their own status."""
+    from django_q.status import Stat
+
+    roles: dict[int, str] = {}
+    for stat in Stat.get_all():
+        roles |= {stat.pid: "qcluster", stat.sentinel: "its sentinel"}
+        roles |= {stat.monitor: "its monitor", stat.pusher: "its pusher"}
+        roles |= dict.fromkeys(stat.workers, "a worker")
+    return roles
+
+
 def online(count: int) -> bool:
     from nodes.models import Capability
 
@@ -454,6 +466,7 @@ def idle(net: str, logs: Path, data: Path) -> None:
         cpu1, t1, each1 = tree_cpu_seconds(stack.pid), time.monotonic(), per_process(stack.pid)
         stack.check_alive()
         still = online(2)
+        roles = cluster_roles()
         connections.close_all()
     finally:
         stack.stop(grace=45)
@@ -470,7 +483,8 @@ def idle(net: str, logs: Path, data: Path) -> None:
         " (utime + stime of every process, with the children each reaped)"
     )
     ticks = os.sysconf("SC_CLK_TCK")
-    used = sorted(((each1[k][0] - each0[k][0]) / ticks, each1[k][1]) for k in each1.keys() & each0.keys())[::-1]
+    both = each1.keys() & each0.keys()
+    used = sorted(((each1[k][0] - each0[k][0]) / ticks, roles.get(k[0], each1[k][1])) for k in both)[::-1]
     print(
         "  for information, CPU by process over the window (utime + stime + reaped children): "
         + "; ".join(f"{name} {seconds:.2f} s" for seconds, name in used[:6])
