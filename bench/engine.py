@@ -104,8 +104,11 @@ BUSY_WINDOWS = (20.0, 20.0)
 SCALE_NODES = 8
 SCALE_JOBS = 400
 SCALE_WORKERS = 20  # 8 nodes x (limit 1 + prefetch 1) + a few for feed and the sweeper
-SCALE_STEP = 0.1  # seconds per workflow node: chains of 11-31 nodes run 1.0-3.0 s
-SCALE_LENGTHS = range(11, 32)
+# Seconds per workflow node: chains of 6-16 nodes run 1.0-3.0 s (EmptyImage is cached after a
+# node's first prompt). Not longer chains: the simulator's cache key of a node nests its inputs'
+# keys JSON-escaped, so it doubles in size with every level (2^31 characters at 31 nodes).
+SCALE_STEP = 0.2
+SCALE_LENGTHS = range(6, 17)
 KILL_AT = SCALE_JOBS // 3  # completed jobs when run C kills a cluster
 
 
