@@ -20,7 +20,8 @@ bench/cluster.py, or the whole `manage.py run`) against simulated ComfyUI nodes.
    workers. B: two clusters of 10; both must complete jobs (a job's cluster is the one whose
    process tree held the pid in its `worker`), throughput B >= 0.95 x A. C: two clusters of 10,
    one SIGKILLed as a whole (its process group) a third of the way in: kill -> every job it
-   held is followed again by the survivor (<= 30 s), and all 400 complete once.
+   held is followed again by the survivor (<= 30 s), and all 400 complete once. D, for
+   comparison: C with two clusters of 20 (each could run the whole pool alone).
 
 SQLite parts run on 127.0.46.x, PostgreSQL ones on 127.0.47.x; each simulated node is a child
 process of its own. Every part that renders prints executions per job from the nodes' own
@@ -333,6 +334,7 @@ def pickup(net: str, logs: Path) -> None:
         jobs = list(RenderJob.objects.filter(pk__in=commits))
         history = sim.history()
         ran_once([sim], jobs)
+        hops = bare_hops()
     waits = sorted((started_at(history, j.prompt_id) - commits[j.pk]) * 1000 for j in jobs)
     median, p95 = statistics.median(waits), percentile(waits, 95)
     print(
@@ -351,7 +353,32 @@ def pickup(net: str, logs: Path) -> None:
             f"starts it (the attempt task) median {statistics.median(to_start):.0f} ms, "
             f"p95 {percentile(to_start, 95):.0f} ms"
         )
+    print(
+        f"  for information: one bare task (spoonfeeder.tasks.selftest(0)) on the idle cluster, {len(hops)} times: "
+        f"commit -> the worker starts it (its Task row's started) median {statistics.median(hops):.0f} ms, "
+        f"p95 {percentile(hops, 95):.0f} ms; a pickup takes two such hops (feed, then the attempt)"
+    )
     print(f"{verdict(median <= 20)}: pickup median <= 20 ms")
+
+
+def bare_hops(count: int = 10) -> list[float]:
+    """Commit -> start of a task that does nothing, queued alone on the idle cluster, in ms."""
+    from django.db import transaction
+    from django_q.models import Task
+
+    from spoonfeeder.tasks import enqueue
+
+    hops = []
+    for i in range(count):
+        wait_until(pool_idle, 30, "the pool to go idle", interval=0.02)
+        name = f"bench-hop-{os.getpid()}-{i}"
+        with transaction.atomic():
+            enqueue("spoonfeeder.tasks.selftest", 0, task_name=name)
+        committed = time.time()
+        rows = Task.objects.filter(name=name).values_list("started", flat=True)
+        started = wait_until(rows.first, 30, "a bare task to run")
+        hops.append((started.timestamp() - committed) * 1000)
+    return sorted(hops)
 
 
 def claim_times(jobs: list[RenderJob]) -> dict[int, float]:
@@ -672,6 +699,7 @@ def kill_one(clusters: dict[str, Child], owners: Owners, jobs: Any) -> str:
     """SIGKILL the cluster holding the most active jobs (its whole process group); wait until
     every job it held is followed by the other; what happened, in words (PASS/FAIL first)."""
     from renders.models import RenderJob
+    from spoonfeeder.models import Sweeper
 
     owners.look()
     active = list(jobs.filter(status__in=(RenderJob.ASSIGNED, RenderJob.RENDERING)).values_list("pk", "worker"))
@@ -679,19 +707,41 @@ def kill_one(clusters: dict[str, Child], owners: Owners, jobs: Any) -> str:
     victim = max(held, key=lambda n: len(held[n]))
     survivor = next(n for n in clusters if n != victim)
     unheld = {pk for pk, w in active if not w}
+    busy = {name: len({worker_pid(w) for _, w in active if owners.owner(w) == name}) for name in clusters}
+    sweeper = Sweeper.objects.filter(pk=1)
+    swept_by = owners.owner(sweeper.values_list("worker", flat=True).first() or "") or "nobody"
     os.killpg(clusters[victim].pid, signal.SIGKILL)
     killed = time.monotonic()
     mine = held[victim]
     waiting = set(mine) | unheld
     followed_at: dict[int, float] = {}
+    cleared_at: dict[int, float] = {}  # the row's worker emptied: re-driven by the sweeper
+    sweeper_back: float | None = None
     deadline = killed + 120
     while waiting and time.monotonic() < deadline:
         owners.look()
+        now = time.monotonic() - killed
+        if sweeper_back is None and owners.owner(sweeper.values_list("worker", flat=True).first() or "") == survivor:
+            sweeper_back = now
         for pk, worker, status in jobs.filter(pk__in=waiting).values_list("pk", "worker", "status"):
+            if not worker:
+                cleared_at.setdefault(pk, now)
             if owners.owner(worker) == survivor or (status in RenderJob.ENDED and not worker):
-                followed_at[pk] = time.monotonic() - killed
+                followed_at[pk] = now
                 waiting.discard(pk)
         time.sleep(0.05)
+    cleared = sorted(cleared_at[pk] for pk in mine if pk in cleared_at)
+    taken = sorted(followed_at[pk] - cleared_at[pk] for pk in mine if pk in cleared_at and pk in followed_at)
+    holder = "no cluster's" if swept_by == "nobody" else f"cluster {swept_by}'s"
+    back = f"{sweeper_back:.2f} s after" if sweeper_back is not None else "never after (or all along)"
+    diagnosis = (
+        "      at the kill, workers following jobs: "
+        + ", ".join(f"cluster {n} {c}" for n, c in busy.items())
+        + f"; the sweeper was {holder}; one of cluster {survivor} held it {back}; "
+        f"the held jobs re-driven (worker emptied) {len(cleared)}: first {cleared[0] if cleared else 0:.2f} s, "
+        f"last {cleared[-1] if cleared else 0:.2f} s after the kill; re-driven -> taken by a worker median "
+        f"{statistics.median(taken) if taken else float('nan'):.2f} s, max {max(taken, default=0.0):.2f} s"
+    )
     times = [followed_at[pk] for pk in mine if pk in followed_at]
     others = [followed_at[pk] for pk in unheld if pk in followed_at]
     worst = max(times, default=0.0)
@@ -701,7 +751,8 @@ def kill_one(clusters: dict[str, Child], owners: Owners, jobs: Any) -> str:
         f"{len(unheld)} claimed but not yet taken by a worker): kill -> all {len(mine)} followed again by cluster "
         f"{survivor} {worst:.2f} s (median {statistics.median(times) if times else float('nan'):.2f} s"
         f"{f', {len(mine - followed_at.keys())} never within 120 s' if mine - followed_at.keys() else ''}); "
-        f"the {len(unheld)} untaken: last followed {max(others, default=0.0):.2f} s after the kill (target <= 30 s)"
+        f"the {len(unheld)} untaken: last followed {max(others, default=0.0):.2f} s after the kill (target <= 30 s)\n"
+        + diagnosis
     )
 
 
@@ -716,13 +767,19 @@ def scaleout(net: str, logs: Path) -> None:
         f"scaleout, {SCALE_NODES} nodes, {SCALE_JOBS} jobs of 1-3 s (seeded; {work:.0f} s of node work, "
         f"{work / SCALE_NODES:.1f} s per node at best)"
     )
-    only = set(filter(None, os.environ.get("BENCH_SCALE_RUNS", "A,B,C").split(",")))
+    only = set(filter(None, os.environ.get("BENCH_SCALE_RUNS", "A,B,C,D").split(",")))
     with pool(net, [{"seconds_per_node": SCALE_STEP}] * SCALE_NODES, logs) as caps:
         sims = [sim for _, sim in caps]
         specs = [(templates[n], float(n - 1)) for n in lengths]
         half = SCALE_WORKERS // 2
         rates = {}
-        runs = (("A", [SCALE_WORKERS], False), ("B", [half, half], False), ("C", [half, half], True))
+        runs = (
+            ("A", [SCALE_WORKERS], False),
+            ("B", [half, half], False),
+            ("C", [half, half], True),
+            # For comparison: the same kill with two clusters that could each run the whole pool.
+            ("D", [SCALE_WORKERS, SCALE_WORKERS], True),
+        )
         for label, sizes, kill in runs:
             if label in only:
                 rates[label] = scale_run(label, specs, sims, logs, sizes, kill=kill)
