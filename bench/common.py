@@ -470,3 +470,58 @@ def clock_answers(module: ModuleType) -> None:
         return app
 
     module.make_app = clocked  # type: ignore[attr-defined]
+
+
+# --- added for bench/engine.py ------------------------------------------------------------------
+
+
+def cpu_ticks(pid: int) -> int | None:
+    """CPU time of a process and of the children it has reaped (utime + stime + cutime + cstime),
+    in clock ticks, from /proc/<pid>/stat; None if it is gone."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    fields = raw[raw.rindex(")") + 2 :].split()
+    return sum(int(f) for f in fields[11:15])
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """CPU seconds used so far by `root` and every live descendant, each counting the children
+    it reaped: the difference of two readings is the tree's CPU in between (a process that ended
+    counts through its parent's cutime/cstime)."""
+    ticks = sum(t for pid, _ in process_tree(root) if (t := cpu_ticks(pid)) is not None)
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+@contextmanager
+def cpu_hog(logs: Path, wanted: bool) -> Iterator[Child | None]:
+    """With `wanted`, one CPU-bound process (`python -c 'while 1: pass'`) beside the benchmark for
+    the block, so its figures show what one busy core beside it costs."""
+    if not wanted:
+        yield None
+        return
+    hog = Child("a CPU hog", [PYTHON, "-c", "while 1: pass"], dict(os.environ), logs / "hog.log")
+    print(f"with one CPU-bound process beside it (python -c 'while 1: pass', pid {hog.pid})", flush=True)
+    try:
+        yield hog
+    finally:
+        hog.stop(grace=1)
+
+
+@contextmanager
+def postgres_database(url: str) -> Iterator[str]:
+    """A throwaway database `bench_<pid>` on the server of `url` (the URL's own database only
+    serves to connect); yields its URL and drops it afterwards."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    import psycopg
+
+    name = f"bench_{os.getpid()}"
+    with psycopg.connect(url, autocommit=True, connect_timeout=5) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
+    finally:
+        with psycopg.connect(url, autocommit=True, connect_timeout=5) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
