@@ -166,6 +166,7 @@ def beating(rows: QuerySet[Any]) -> Iterator[None]:
         try:
             while not stop.wait(settings.BEAT):
                 rows.update(heartbeat=Now())
+                look_after_sweeper()
                 if main and (STOP.is_set() or cluster_stopping()):
                     # The blocking call is cut short by the SIGTERM handler (stop_on_sigterm).
                     signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGTERM)
@@ -182,6 +183,22 @@ def beating(rows: QuerySet[Any]) -> Iterator[None]:
     finally:
         stop.set()
         thread.join(timeout=10)
+
+
+_sweeper_looked = [0.0]  # when this process last looked whether a sweeper runs (monotonic)
+
+
+def look_after_sweeper() -> None:
+    """Every STALE seconds, a process doing work makes sure a sweeper runs: when the one running
+    died with its cluster, nothing else would start one until work is queued or the schedule
+    comes round (up to a minute), and the dead cluster's work would wait."""
+    now = time.monotonic()
+    if now - _sweeper_looked[0] < settings.STALE:
+        return
+    _sweeper_looked[0] = now
+    from spoonfeeder.tasks import ensure_sweeping
+
+    ensure_sweeping()
 
 
 def sweeps() -> list[Callable[[], bool]]:

@@ -630,6 +630,29 @@ def test_a_killed_worker_nobody_has_reaped_yet_is_dead_to_the_sweeper() -> None:
         child.wait()
 
 
+def test_a_sweeper_that_died_with_its_cluster_elsewhere_is_replaced_by_a_working_process(
+    cluster: Cluster, node: Any
+) -> None:
+    """With work already running (nothing queued, so no wake, and the schedule a minute away),
+    the processes doing it start a new sweeper once the dead one's lease has gone stale."""
+    from spoonfeeder.models import Sweeper
+
+    _, sim = node
+    sim.knobs.seconds_per_node = 4.0
+    [job] = queue()
+    wait_status(job, "rendering")
+    # Another machine's cluster took the sweeper, then died (its heartbeat stops).
+    Sweeper.objects.filter(pk=1).update(worker="elsewhere:4242:dead", heartbeat=timezone.now())
+    wait_until(
+        lambda: Sweeper.objects.get(pk=1).worker.startswith(f"{work.HOST}:"),
+        20,
+        "a working process to start a new sweeper",
+        describe=lambda: Sweeper.objects.get(pk=1).worker,
+    )
+    wait_status(job, "completed", timeout=30)
+    assert (job.attempts, executions(sim, job)) == (1, 1)
+
+
 def test_the_whole_stack_killed_with_100_jobs_then_run_again_renders_each_once(node: Any, stack: Stack) -> None:
     _, sim = node
     sim.knobs.seconds_per_node = 0.05
