@@ -356,7 +356,8 @@ def pickup(net: str, logs: Path) -> None:
     print(
         f"  for information: one bare task (spoonfeeder.tasks.selftest(0)) on the idle cluster, {len(hops)} times: "
         f"commit -> the worker has run it (its Task row's stopped) median {statistics.median(hops):.0f} ms, "
-        f"p95 {percentile(hops, 95):.0f} ms; a pickup takes two such hops (feed, then the attempt)"
+        f"p95 {percentile(hops, 95):.0f} ms; a pickup takes one such hop "
+        "(the feed task follows the first job it claims)"
     )
     print(f"{verdict(median <= 20)}: pickup median <= 20 ms")
 

@@ -12,3 +12,4 @@ class RendersConfig(AppConfig):
         live.register()
         work.SWEEPS.append("renders.dispatch.sweep")
         work.DEADLINES["renders.tasks.attempt"] = RENDER_DEADLINE
+        work.DEADLINES["renders.tasks.feed"] = RENDER_DEADLINE  # it follows the first job it claims

@@ -86,9 +86,10 @@ def params_of(job: RenderJob) -> dict[str, Any]:
     return params
 
 
-def feed() -> int:
+def feed(kept: list[RenderJob] | None = None) -> int:
     """Claim the best runnable job for every ComfyUI with room and queue an attempt for each;
-    the number queued."""
+    the number claimed. Given `kept`, the first job claimed goes there instead, its attempt not
+    queued: the caller (the feed task) follows it itself, one hop of the broker sooner."""
     if Queue.get().paused or not RenderJob.objects.runnable().exists():
         return 0
     queued = 0
@@ -96,7 +97,10 @@ def feed() -> int:
     room_left = False
     for cap in caps:
         while cap.busy() < cap.limit + PREFETCH:
-            job = next_job(cap)
+            keep = kept is not None and not kept
+            job = next_job(cap, queue_attempt=not keep)
+            if job is not None and keep and kept is not None:
+                kept.append(job)
             if job is None:
                 room_left = True
                 break
@@ -128,10 +132,12 @@ def say_what_no_node_has(caps: list[Capability]) -> None:
                 Event.emit("renders", "job.waiting")
 
 
-def next_job(cap: Capability, worker: str = "") -> RenderJob | None:
+def next_job(cap: Capability, worker: str = "", *, queue_attempt: bool = True) -> RenderJob | None:
     """The best queued job this node can run, claimed for it (the job's row takes a unit of the
     node's capacity: guarded, within its limit plus the prefetch), with its attempt queued in
-    the same transaction; or, given a `worker`, claimed for that worker to send at once."""
+    the same transaction; or, given a `worker`, claimed for that worker to send at once; or,
+    without `queue_attempt`, left for the caller to follow (should it die first, the sweeper
+    finds the claim orphaned and queues the attempt)."""
     if Queue.get().paused:
         return None
     tried: set[int] = set()
@@ -159,7 +165,7 @@ def next_job(cap: Capability, worker: str = "") -> RenderJob | None:
             if claimed:
                 job.refresh_from_db()
                 job.changed("job.assigned")
-                if not worker:
+                if not worker and queue_attempt:
                     enqueue("renders.tasks.attempt", job.pk, job.prompt_id, timeout=RENDER_DEADLINE)
                 return job
         # another runner took that job first

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 from renders import dispatch
+from renders.models import RenderJob
 
 
 def feed() -> str:
-    """Claim runnable jobs for the ComfyUI nodes with room, and queue their attempts."""
-    return f"queued {dispatch.feed()} attempt(s)"
+    """Claim runnable jobs for the ComfyUI nodes with room, queue their attempts, and follow the
+    first one here (it reaches its node without waiting for a task to be picked up)."""
+    kept: list[RenderJob] = []
+    claimed = dispatch.feed(kept)
+    if not kept:
+        return f"claimed {claimed} job(s)"
+    return f"claimed {claimed} job(s); {dispatch.attempt(kept[0].pk, kept[0].prompt_id)}"
 
 
 def attempt(job_pk: int, prompt_id: str) -> str:

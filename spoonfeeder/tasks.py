@@ -120,7 +120,8 @@ def release_sweeper(me: str) -> None:
 def wake(feed: str) -> None:
     """Once the caller's transaction commits, the cluster runs `feed` (an app's task that places
     what became runnable), and a sweeper runs: called by every change that makes work runnable."""
-    enqueue(feed, timeout=60, routine=True)
+    # A feed may go on to follow what it placed (renders.tasks.feed): its deadline is then its own.
+    enqueue(feed, timeout=work.DEADLINES.get(feed, 60), routine=True)
     ensure_sweeping()
 
 
