@@ -525,3 +525,20 @@ def postgres_database(url: str) -> Iterator[str]:
     finally:
         with psycopg.connect(url, autocommit=True, connect_timeout=5) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def wait_done(ids: list[int], timeout: float) -> list[Any]:
+    """Wait until every job has ended; all of them, or BenchError if any did not complete."""
+    from renders.models import RenderJob
+
+    wait_until(
+        lambda: not RenderJob.objects.filter(pk__in=ids).exclude(status__in=RenderJob.ENDED).exists(),
+        timeout,
+        f"{len(ids)} render jobs to end",
+        interval=0.02,
+    )
+    jobs = list(RenderJob.objects.filter(pk__in=ids))
+    bad = [j for j in jobs if j.status != RenderJob.COMPLETED]
+    if bad:
+        raise BenchError(f"{len(bad)} of {len(jobs)} jobs did not complete; first: {bad[0].status}: {bad[0].error}")
+    return jobs

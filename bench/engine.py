@@ -79,6 +79,7 @@ from bench.common import (  # noqa: E402
     time_limit,
     tree_cpu_seconds,
     verdict,
+    wait_done,
     wait_for_login,
     wait_until,
     worker_cluster,
@@ -253,23 +254,6 @@ def queue(target: str, specs: list[tuple[Template, float]]) -> tuple[list[int], 
         RenderJob.announce_queued()
     committed = time.time()
     return list(RenderJob.objects.filter(target=target).values_list("pk", flat=True)), committed
-
-
-def wait_done(ids: list[int], timeout: float) -> list[RenderJob]:
-    """Wait until every job has ended; all of them, or BenchError if any did not complete."""
-    from renders.models import RenderJob
-
-    wait_until(
-        lambda: not RenderJob.objects.filter(pk__in=ids).exclude(status__in=RenderJob.ENDED).exists(),
-        timeout,
-        f"{len(ids)} render jobs to end",
-        interval=0.02,
-    )
-    jobs = list(RenderJob.objects.filter(pk__in=ids))
-    bad = [j for j in jobs if j.status != RenderJob.COMPLETED]
-    if bad:
-        raise BenchError(f"{len(bad)} of {len(jobs)} jobs did not complete; first: {bad[0].status}: {bad[0].error}")
-    return jobs
 
 
 def ran_once(sims: list[Sim], jobs: list[RenderJob]) -> dict[str, int]:

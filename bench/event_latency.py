@@ -27,10 +27,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import websocket
 from common import (
@@ -44,6 +41,7 @@ from common import (
     main,
     manage,
     percentile,
+    postgres_database,
     start_daphne,
     temp_dir,
     time_limit,
@@ -154,21 +152,6 @@ class LiveClient(threading.Thread):
         self.ws.abort()  # wakes the thread blocked in recv()
         self.join(timeout=5)
         self.ws.close(timeout=1)
-
-
-@contextmanager
-def postgres_database(url: str) -> Iterator[str]:
-    """A throwaway database on the server of `url`; yields its URL and drops it afterwards."""
-    import psycopg
-
-    name = f"bench_{os.getpid()}"
-    with psycopg.connect(url, autocommit=True, connect_timeout=5) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
-    finally:
-        with psycopg.connect(url, autocommit=True, connect_timeout=5) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def latencies(clients: list[LiveClient], commits: dict[int, float]) -> tuple[list[float], int, dict[int, list[float]]]:

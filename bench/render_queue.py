@@ -44,7 +44,7 @@ from bench.common import (  # noqa: E402
     time_limit,
     time_page,
     verdict,
-    wait_until,
+    wait_done,
     worker_cluster,
 )
 
@@ -128,23 +128,6 @@ def queue(target: str, specs: list[tuple[Template, float]], **fields: Any) -> li
 
 def ran_once(sims: list[Sim], jobs: list[RenderJob]) -> None:
     print(f"  {executions_line(executions([sim.history() for sim in sims], [str(j.code) for j in jobs]))}")
-
-
-def wait_done(ids: list[int], timeout: float) -> list[RenderJob]:
-    """Wait until every job has ended; all of them, or BenchError if any did not complete."""
-    from renders.models import RenderJob
-
-    wait_until(
-        lambda: not RenderJob.objects.filter(pk__in=ids).exclude(status__in=RenderJob.ENDED).exists(),
-        timeout,
-        f"{len(ids)} render jobs to end",
-        interval=0.1,
-    )
-    jobs = list(RenderJob.objects.filter(pk__in=ids))
-    bad = [j for j in jobs if j.status != RenderJob.COMPLETED]
-    if bad:
-        raise BenchError(f"{len(bad)} of {len(jobs)} jobs did not complete; first: {bad[0].status}: {bad[0].error}")
-    return jobs
 
 
 def node_clock(history: dict[str, Any], prompt_id: str) -> tuple[float, float]:

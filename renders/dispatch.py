@@ -99,8 +99,8 @@ def feed(kept: list[RenderJob] | None = None) -> int:
         while cap.busy() < cap.limit + PREFETCH:
             keep = kept is not None and not kept
             job = next_job(cap, queue_attempt=not keep)
-            if job is not None and keep and kept is not None:
-                kept.append(job)
+            if job is not None and keep:
+                kept.append(job)  # type: ignore[union-attr]
             if job is None:
                 room_left = True
                 break

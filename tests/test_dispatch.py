@@ -487,16 +487,21 @@ def test_a_job_saving_with_save_image_websocket_keeps_the_images_it_sent_over_th
     assert (job.attempts, list(sim.state.history)) == (1, [job.prompt_id])
 
 
+def second_node(seconds_per_node: float) -> SimComfyUI:
+    """Another simulated machine in the pool beside the `node` fixture's."""
+    sim = SimComfyUI(f"127.0.{NET}.2", 0, seconds_per_node=seconds_per_node).start()
+    other = Node.objects.create(name="other", host=f"127.0.{NET}.2")
+    Capability.objects.create(node=other, kind=Capability.COMFYUI, port=sim.port, status=Capability.ONLINE)
+    return sim
+
+
 def started_beside_another(node: Any, seconds_per_node: float) -> tuple[RenderJob, SimComfyUI]:
     """A job rendering on the first node, and a second machine that joined meanwhile."""
     first, sim = node
     sim.knobs.seconds_per_node = seconds_per_node
     [job] = queue()
     wait_until(lambda: status(job) == "rendering" and job.node_id == first.pk, 20, "the job to start on gpu")
-    other_sim = SimComfyUI(f"127.0.{NET}.2", 0, seconds_per_node=0.05).start()
-    other = Node.objects.create(name="other", host=f"127.0.{NET}.2")
-    Capability.objects.create(node=other, kind="comfyui", port=other_sim.port, status="online")
-    return job, other_sim
+    return job, second_node(0.05)
 
 
 def test_a_node_that_restarts_mid_render_has_its_job_rendered_again_on_another(
@@ -552,14 +557,6 @@ def test_clean_restarts_of_the_cluster_mid_render_count_no_crash(node: Any, stac
     stack.worker()
     wait_status(job, "completed", timeout=40)
     assert (job.crashes, job.attempts, executions(sim, job)) == (0, 1, 1)
-
-
-def second_node(seconds_per_node: float) -> SimComfyUI:
-    """Another simulated machine in the pool beside the `node` fixture's."""
-    sim = SimComfyUI(f"127.0.{NET}.2", 0, seconds_per_node=seconds_per_node).start()
-    other = Node.objects.create(name="other", host=f"127.0.{NET}.2")
-    Capability.objects.create(node=other, kind=Capability.COMFYUI, port=sim.port, status=Capability.ONLINE)
-    return sim
 
 
 def ran(sims: list[SimComfyUI], job: RenderJob) -> int:
