@@ -407,7 +407,7 @@ class Sim:
         return dict(self.get("/history"))
 
     def answers(self) -> list[dict[str, Any]]:
-        """An Ollama's answer clock (see `clock_answers`), oldest first."""
+        """The node's clock of the answers it gave (see `clock_answers`), oldest first."""
         return list(self.get(ANSWERS_PATH))
 
 
@@ -419,12 +419,13 @@ def serve_sim() -> None:
     if kind == "ollama":
         from nodes.sim import ollama
 
-        clock_answers(ollama)
+        clock_answers(ollama, ("/api/chat", "/api/generate"))
         sim = ollama.SimOllama(host, 0, **knobs).start()
     else:
-        from nodes.sim.comfyui import SimComfyUI
+        from nodes.sim import comfyui
 
-        sim = SimComfyUI(host, 0, **knobs).start()
+        clock_answers(comfyui, ("/prompt",))
+        sim = comfyui.SimComfyUI(host, 0, **knobs).start()
     print(sim.port, flush=True)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -435,12 +436,13 @@ def serve_sim() -> None:
 ANSWERS_PATH = "/bench/answers"
 
 
-def clock_answers(module: ModuleType) -> None:
-    """Make the simulated Ollamas of `module` (nodes.sim.ollama) keep a clock of their answers, as
-    a ComfyUI's /history does and Ollama has nothing for: for every /api/chat and /api/generate
-    answered in one piece, the wall-clock time (time.time()) it arrived (its body read, as the
-    simulator counts answer_seconds from), when its answer was ready to send, and the answer's
-    text; all of them at GET /bench/answers. Only for benchmarks, in the simulator's own process."""
+def clock_answers(module: ModuleType, paths: tuple[str, ...]) -> None:
+    """Make the simulated nodes of `module` (nodes.sim.ollama or .comfyui) keep a clock of the
+    POSTs to `paths` answered in one piece (an Ollama's /api/chat and /api/generate, a ComfyUI's
+    /prompt), which neither keeps itself: the wall-clock time (time.time()) each arrived (its body
+    read, as the simulator counts answer_seconds from), when its answer was ready to send, and the
+    answer (its `text` for a model's answer, its `prompt_id` for a prompt); all of them at GET
+    /bench/answers. Only for benchmarks, in the simulator's own process."""
     from aiohttp import web
 
     make_app = module.make_app
@@ -450,7 +452,7 @@ def clock_answers(module: ModuleType) -> None:
     async def timed(request: web.Request, handler: Any) -> web.StreamResponse:
         arrived = time.time()
         response = await handler(request)
-        if request.path in ("/api/chat", "/api/generate") and isinstance(getattr(response, "body", None), bytes):
+        if request.method == "POST" and request.path in paths and isinstance(getattr(response, "body", None), bytes):
             # Read later, at /bench/answers: nothing here may delay the answer.
             clock.append((arrived, time.time(), response.body))  # type: ignore[attr-defined]
         return response
@@ -460,7 +462,7 @@ def clock_answers(module: ModuleType) -> None:
         for arrived, ready, body in clock:
             reply = json.loads(body)
             text = (reply.get("message") or {}).get("content", reply.get("response", ""))
-            out.append({"arrived": arrived, "ready": ready, "text": text})
+            out.append({"arrived": arrived, "ready": ready, "text": text, "prompt_id": reply.get("prompt_id", "")})
         return web.json_response(out)
 
     def clocked(state: Any) -> web.Application:

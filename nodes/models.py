@@ -7,9 +7,10 @@ from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import models, transaction
-from django.db.models import Count, IntegerField, OuterRef, Q, Subquery, Value
-from django.db.models.functions import Coalesce, Now
+from django.db import connection, models, transaction
+from django.db.models import IntegerField, Q
+from django.db.models.expressions import RawSQL
+from django.db.models.functions import Now
 from django.utils import timezone
 
 from spoonfeeder.models import Event
@@ -87,15 +88,25 @@ class Node(models.Model):
         Event.emit("dashboard", kind, str(self.code))
 
 
+def held_sql() -> str:
+    """SQL for the number of rows holding the capability of the query's row."""
+    quote = connection.ops.quote_name
+    outer = f"{quote(Capability._meta.db_table)}.{quote('id')}"
+    counts = []
+    for name in HOLDERS:
+        field: Any = Capability._meta.get_field(name).remote_field
+        table, column = quote(field.model._meta.db_table), quote(field.column)
+        counts.append(f"(SELECT COUNT(*) FROM {table} WHERE {table}.{column} = {outer})")
+    return " + ".join(counts)
+
+
 class CapabilityQuerySet(models.QuerySet["Capability"]):
     def with_load(self) -> CapabilityQuerySet:
-        """Each capability with `load`, the number of rows holding it, in the same query."""
-        counts = []
-        for name in HOLDERS:
-            holder: Any = Capability._meta.get_field(name).related_model
-            held = holder.objects.filter(capability=OuterRef("pk")).values("capability").annotate(n=Count("pk"))
-            counts.append(Coalesce(Subquery(held.values("n"), output_field=IntegerField()), Value(0)))
-        return self.annotate(load=sum(counts[1:], counts[0]))
+        """Each capability with `load`, the number of rows holding it, in the same query.
+
+        Written as SQL: the same sum of correlated counts built as ORM subqueries took 3 ms of
+        Python per query, and every claim and every feed runs one."""
+        return self.annotate(load=RawSQL(held_sql(), (), output_field=IntegerField()))
 
     def usable(self, kind: str) -> CapabilityQuerySet:
         """Enabled, answering, and not resting after a fault: may be given new work."""
@@ -152,9 +163,12 @@ class Capability(models.Model):
             host = f"[{host}]"
         return f"http://{host}:{self.port}"
 
+    held_at_claim = 0  # set by room(): how many rows held it as the last claim began
+
     def holders(self) -> int:
-        """How many rows hold this capability now."""
-        return sum(getattr(self, name).count() for name in HOLDERS)
+        """How many rows hold this capability now (one query)."""
+        held = Capability.objects.filter(pk=self.pk).with_load().values_list("load", flat=True)  # type: ignore[misc]
+        return held.first() or 0
 
     def busy(self) -> int:
         load = getattr(self, "load", None)
@@ -208,8 +222,11 @@ class Capability(models.Model):
                     ...
         """
         with transaction.atomic():
+            # Two statements: on PostgreSQL a count in the locking statement would come from the
+            # snapshot taken before the lock was granted, and two claimers could share a unit.
             limit = Capability.objects.select_for_update().filter(pk=self.pk).values_list("limit", flat=True).first()
-            yield limit is not None and self.holders() < limit + extra
+            self.held_at_claim = self.holders() if limit is not None else 0
+            yield limit is not None and self.held_at_claim < limit + extra
 
     def rest(self, error: str) -> None:
         """Give this capability no new work for a while after a fault (a refused or garbled

@@ -86,21 +86,17 @@ def params_of(job: RenderJob) -> dict[str, Any]:
     return params
 
 
-def feed(kept: list[RenderJob] | None = None) -> int:
+def feed() -> int:
     """Claim the best runnable job for every ComfyUI with room and queue an attempt for each;
-    the number claimed. Given `kept`, the first job claimed goes there instead, its attempt not
-    queued: the caller (the feed task) follows it itself, one hop of the broker sooner."""
+    the number claimed."""
     if Queue.get().paused or not RenderJob.objects.runnable().exists():
         return 0
     queued = 0
-    caps = list(Capability.objects.usable(Capability.COMFYUI).with_load().select_related("node"))
+    caps = feedable()
     room_left = False
     for cap in caps:
         while cap.busy() < cap.limit + PREFETCH:
-            keep = kept is not None and not kept
-            job = next_job(cap, queue_attempt=not keep)
-            if job is not None and keep:
-                kept.append(job)  # type: ignore[union-attr]
+            job = next_job(cap, alone=len(caps) == 1)
             if job is None:
                 room_left = True
                 break
@@ -109,6 +105,31 @@ def feed(kept: list[RenderJob] | None = None) -> int:
     if room_left:
         say_what_no_node_has(caps)
     return queued
+
+
+def feedable() -> list[Capability]:
+    return list(Capability.objects.usable(Capability.COMFYUI).with_load().select_related("node"))
+
+
+def first_attempt(media_root: Path | None = None) -> Attempt | None:
+    """On a pool with room, the best job for the first ComfyUI that has room, claimed for this
+    worker to send at once, before anything else is fed: a job queued on an idle pool reaches its
+    node one broker hop sooner, with nothing but its own claim before the POST. The feed task
+    sends it, then feeds the rest of the pool (Attempt.feeds_after_send)."""
+    if Queue.get().paused:
+        return None
+    me = work.worker_id()
+    caps = feedable()
+    for cap in caps:
+        if cap.busy() < cap.limit + PREFETCH:
+            job = next_job(cap, me, alone=len(caps) == 1)
+            if job is not None:
+                run = Attempt(job, cap, me, media_root)
+                run.feeds_after_send = True
+                # Nothing held the node when it was claimed: no job claimed ahead to wait for.
+                run.first_in_line = cap.held_at_claim == 0
+                return run
+    return None
 
 
 def say_what_no_node_has(caps: list[Capability]) -> None:
@@ -132,66 +153,71 @@ def say_what_no_node_has(caps: list[Capability]) -> None:
                 Event.emit("renders", "job.waiting")
 
 
-def next_job(cap: Capability, worker: str = "", *, queue_attempt: bool = True) -> RenderJob | None:
+def next_job(cap: Capability, worker: str = "", *, alone: bool | None = None) -> RenderJob | None:
     """The best queued job this node can run, claimed for it (the job's row takes a unit of the
     node's capacity: guarded, within its limit plus the prefetch), with its attempt queued in
-    the same transaction; or, given a `worker`, claimed for that worker to send at once; or,
-    without `queue_attempt`, left for the caller to follow (should it die first, the sweeper
-    finds the claim orphaned and queues the attempt)."""
-    if Queue.get().paused:
-        return None
+    the same transaction; or, given a `worker`, claimed for that worker to send at once (should
+    it die first, the sweeper finds the claim orphaned and queues the attempt). `alone`: whether
+    this is the only usable ComfyUI, when the caller knows."""
     tried: set[int] = set()
     while True:
-        job = best_fit(cap, exclude=tried)
+        job = best_fit(cap, exclude=tried, alone=alone)
         if job is None:
             return None
         tried.add(job.pk)
         with cap.room(extra=PREFETCH) as free:
             if not free:
                 return None  # the node is full
-            claimed = RenderJob.objects.filter(pk=job.pk, status=RenderJob.QUEUED).update(
+            fields: dict[str, Any] = dict(
                 status=RenderJob.ASSIGNED,
-                node=cap.node_id,
-                capability=cap,
+                node_id=cap.node_id,
+                capability_id=cap.pk,
                 prompt_id=str(uuid.uuid4()),
                 client_id="",
                 sent=None,
-                claimed=Now(),
                 worker=worker,
                 attempts=job.attempts + 1,
-                heartbeat=Now(),
                 error="",
             )
+            claimed = RenderJob.objects.filter(pk=job.pk, status=RenderJob.QUEUED).update(
+                **fields, claimed=Now(), heartbeat=Now()
+            )
             if claimed:
-                job.refresh_from_db()
+                for name, value in fields.items():
+                    setattr(job, name, value)
+                # Set by the database's clock: read from the row if ever asked for.
+                job.__dict__.pop("claimed", None)
+                job.__dict__.pop("heartbeat", None)
                 job.changed("job.assigned")
-                if not worker and queue_attempt:
+                if not worker:
                     enqueue("renders.tasks.attempt", job.pk, job.prompt_id, timeout=RENDER_DEADLINE)
                 return job
         # another runner took that job first
 
 
-def best_fit(cap: Capability, exclude: set[int] | None = None) -> RenderJob | None:
+def best_fit(cap: Capability, exclude: set[int] | None = None, alone: bool | None = None) -> RenderJob | None:
     """The first runnable job, in dispatch order, that this node has what it takes to render and
     should render (see worth_it)."""
+    if alone is None:
+        alone = not Capability.objects.usable(Capability.COMFYUI).exclude(pk=cap.pk).exists()
     view: PoolView | None = None
-    for job in fitting(cap, exclude):
-        if job.pin_id is not None:
-            return job
+    for job in fitting(cap, exclude, alone):
+        if job.pin_id is not None or alone:
+            return job  # pinned here, or the only node: there is no other to plan for
         view = view or PoolView.read()
         if worth_it(cap, job, view):
             return job
     return None
 
 
-def fitting(cap: Capability, exclude: set[int] | None) -> Iterator[RenderJob]:
+def fitting(cap: Capability, exclude: set[int] | None, alone: bool) -> Iterator[RenderJob]:
     queued = (
         RenderJob.objects.runnable()
         .filter(Q(pin=None) | Q(pin=cap.node_id))
         .exclude(pk__in=exclude or ())
         .select_related("template")
     )
-    if Capability.objects.usable(Capability.COMFYUI).exclude(pk=cap.pk).exists():
+    if not alone:
         # A retry goes to another node when there is one; a job pinned here may go nowhere else.
         queued = queued.exclude(Q(avoid=cap.node_id) & ~Q(pin=cap.node_id))
     # Most often the first job fits: fetch a few rows first, more only when they do not.
@@ -321,6 +347,11 @@ def attempt(job_pk: int, prompt_id: str, media_root: Path | None = None) -> str:
     run = Attempt.take(job_pk, prompt_id, media_root)
     if run is None:
         return "not this attempt's any more"
+    return follow_on(run)
+
+
+def follow_on(run: Attempt | None) -> str:
+    """Follow `run` to its end, then each job handed on to this worker, within HAND_ON_SPAN."""
     ends = time.monotonic() + HAND_ON_SPAN
     outcomes: list[str] = []
     while run is not None:
@@ -353,6 +384,8 @@ class Attempt:
         self.dropped = ""  # outputs ComfyUI refused to run (node_errors), said on the job
         self.next: Attempt | None = None  # the node's next job, handed on to this worker
         self.frames: list[str] = []  # streamed outputs kept, relative to the media folder
+        self.feeds_after_send = False  # the pool is fed once this job is sent (first_attempt)
+        self.first_in_line = False  # nothing was claimed for the node ahead of it
 
     @classmethod
     def take(cls, job_pk: int, prompt_id: str, media_root: Path | None = None) -> Attempt | None:
@@ -388,6 +421,8 @@ class Attempt:
                     sent = self.send()
                     if sent:
                         return sent
+                    if self.feeds_after_send:
+                        feed()
                 return self.follow()
         except work.Stopped:
             # A clean stop hands the job back (no heartbeat): the attempt queued for it again
@@ -430,7 +465,8 @@ class Attempt:
             return "not this attempt's any more"
         job.workflow, job.client_id = workflow, client_id
         self.open_socket()  # before the POST: a quick job's first messages are not missed
-        self.after_better_ones()
+        if not self.first_in_line:
+            self.after_better_ones()
         try:
             submitted = self.client.submit(workflow, prompt_id=job.prompt_id, client_id=client_id, number=rank(job))
         except WorkflowRejected as e:
@@ -735,7 +771,9 @@ class Attempt:
         """Take the node's next job for this worker and send it now: the node gets it without
         waiting for a task to be queued and picked up. First one already claimed for this node
         whose own task has not started (it goes first: it came first), else the best queued one."""
-        if work.STOP.is_set() or not Capability.objects.usable(Capability.COMFYUI).filter(pk=self.cap.pk).exists():
+        if work.STOP.is_set() or Queue.get().paused:
+            return
+        if not Capability.objects.usable(Capability.COMFYUI).filter(pk=self.cap.pk).exists():
             return
         self.cap.refresh_from_db()
         unsent = RenderJob.objects.filter(capability=self.cap, status=RenderJob.ASSIGNED, worker="", client_id="")

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 from renders import dispatch
-from renders.models import RenderJob
 
 
 def feed() -> str:
-    """Claim runnable jobs for the ComfyUI nodes with room, queue their attempts, and follow the
-    first one here (it reaches its node without waiting for a task to be picked up)."""
-    kept: list[RenderJob] = []
-    claimed = dispatch.feed(kept)
-    if not kept:
-        return f"claimed {claimed} job(s)"
-    return f"claimed {claimed} job(s); {dispatch.attempt(kept[0].pk, kept[0].prompt_id)}"
+    """Claim a runnable job for a ComfyUI with room and follow it here (it reaches its node
+    without waiting for a task to be picked up); once it is sent, claim jobs for every other
+    unit with room and queue their attempts."""
+    first = dispatch.first_attempt()
+    if first is None:
+        return f"claimed {dispatch.feed()} job(s)"
+    return dispatch.follow_on(first)
 
 
 def attempt(job_pk: int, prompt_id: str) -> str:

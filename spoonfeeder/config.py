@@ -147,6 +147,9 @@ def database(url: str, folder: Path) -> dict[str, Any]:
             "timeout": 20,
             "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
         }
+        # A connection is kept open for good: opening one (and its PRAGMAs) costs more than
+        # most of the queries a task makes; there is no server to drop it.
+        config["CONN_MAX_AGE"] = None
         # Tests that start real worker processes need a test database that is a file.
         config["TEST"] = {"NAME": str(Path(name).with_suffix("")) + "-test.sqlite3"}
     else:

@@ -129,12 +129,13 @@ Q_CLUSTER = {
     "save_limit": 0,
     "catch_up": False,
     "label": "Worker tasks",
-    "poll": 0.1,
 }
 if REDIS_URL:
     Q_CLUSTER["redis"] = REDIS_URL
 else:
-    Q_CLUSTER["orm"] = "default"
+    # The ORM broker with a doorbell (spoonfeeder/broker.py): a task queued on this machine wakes
+    # a waiting cluster at once; `poll` is only how often it looks without a ring.
+    Q_CLUSTER.update(orm="default", broker_class="spoonfeeder.broker.Doorbell", poll=1)
 
 # Live updates: how often the web process looks for new event rows, how often it re-renders
 # what changes with time alone (a worker's heartbeat going stale), and how long events are kept.

@@ -67,6 +67,9 @@ def sweep() -> str:
     node back from its rest). One at a time; it hands on to a fresh task every SWEEP_SPAN
     seconds (within any task deadline), and leaves when there is nothing to watch."""
     me = work.worker_id()
+    # Its first pass after a wait: the change that started it has a feed task of its own, which
+    # is not to wait for the sweeper's claims and the database's write lock.
+    time.sleep(settings.SWEEP_EVERY)
     if not take_sweeper(me):
         return "another sweeper is running"
     passes = idle = 0

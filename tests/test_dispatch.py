@@ -639,7 +639,7 @@ def test_a_sweeper_that_died_with_its_cluster_elsewhere_is_replaced_by_a_working
     [job] = queue()
     wait_status(job, "rendering")
     # Another machine's cluster took the sweeper, then died (its heartbeat stops).
-    Sweeper.objects.filter(pk=1).update(worker="elsewhere:4242:dead", heartbeat=timezone.now())
+    Sweeper.objects.update_or_create(pk=1, defaults={"worker": "elsewhere:4242:dead", "heartbeat": timezone.now()})
     wait_until(
         lambda: Sweeper.objects.get(pk=1).worker.startswith(f"{work.HOST}:"),
         20,
