@@ -342,6 +342,15 @@ def pickup(net: str, logs: Path) -> None:
             f"starts it (the attempt task) median {statistics.median(to_start):.0f} ms, "
             f"p95 {percentile(to_start, 95):.0f} ms"
         )
+    slowest = sorted(jobs, key=lambda j: arrived[j.prompt_id] - commits[j.pk])[-3:]
+    print(
+        "  for information, the slowest 3 (commit -> claimed + claimed -> POST arrives): "
+        + ", ".join(
+            f"{(claimed.get(j.pk, commits[j.pk]) - commits[j.pk]) * 1000:.0f} + "
+            f"{(arrived[j.prompt_id] - claimed.get(j.pk, commits[j.pk])) * 1000:.0f} ms"
+            for j in slowest
+        )
+    )
     print(
         f"  for information: one bare task (spoonfeeder.tasks.selftest(0)) on the idle cluster, {len(hops)} times: "
         f"commit -> the worker has run it (its Task row's stopped) median {statistics.median(hops):.0f} ms, "

@@ -20,7 +20,7 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +55,7 @@ from nodes.clients.comfyui import (
 )
 from nodes.models import PREFETCH, Capability
 from renders import media, workflows
-from renders.models import Queue, RenderJob, Speed, Template
+from renders.models import Queue, RenderJob, Speed, Template, wake
 from spoonfeeder import work
 from spoonfeeder.models import Event
 from spoonfeeder.tasks import enqueue
@@ -105,6 +105,20 @@ def feed() -> int:
     if room_left:
         say_what_no_node_has(caps)
     return queued
+
+
+def claimable() -> bool:
+    """Whether a ComfyUI with room would take a runnable job now (what a feed task would claim);
+    when none would, the jobs no node can run say why."""
+    if Queue.get().paused or not RenderJob.objects.runnable().exists():
+        return False
+    caps = feedable()
+    with_room = [cap for cap in caps if cap.busy() < cap.limit + PREFETCH]
+    if any(best_fit(cap, alone=len(caps) == 1) for cap in with_room):
+        return True
+    if with_room:
+        say_what_no_node_has(caps)
+    return False
 
 
 def feedable() -> list[Capability]:
@@ -338,6 +352,7 @@ COPY_DEADLINE = 900.0  # seconds to keep trying a copy our disk refuses before t
 
 
 HAND_ON_SPAN = 3600.0  # seconds one attempt task goes on from job to job on its node
+STARVING = 2.0  # seconds a job on a node may wait for a worker before the others let go (starving)
 
 
 def attempt(job_pk: int, prompt_id: str, media_root: Path | None = None) -> str:
@@ -356,10 +371,18 @@ def follow_on(run: Attempt | None) -> str:
     outcomes: list[str] = []
     while run is not None:
         outcomes.append(run.run())
-        if time.monotonic() >= ends:
+        if time.monotonic() >= ends or starving():
             run.let_go()
         run = run.next
     return f"{len(outcomes)} job(s): {outcomes[-1]}" if len(outcomes) > 1 else outcomes[0]
+
+
+def starving() -> bool:
+    """Whether a job on a node has waited longer than STARVING seconds for a worker to follow it
+    (its attempt queued: re-driven after its worker died, or let go): every worker is following
+    jobs of its own. The next to end one then lets the job it would go on with have a task of
+    its own, and takes a task from the queue, where the waiting attempt comes first."""
+    return RenderJob.objects.active().filter(worker="", heartbeat__lt=work.stale_before(STARVING)).exists()
 
 
 class Attempt:
@@ -373,7 +396,9 @@ class Attempt:
         self.client = ComfyUI(cap.url, timeout=NODE_TIMEOUT)
         self.events: Events | None = None
         self.next_socket = 0.0  # when to try opening the socket again after it failed
-        self.heard = time.monotonic()  # when the socket last said anything
+        # The worker's clock for every wait measured here (a test moves it on: time travel).
+        self.clock: Callable[[], float] = time.monotonic
+        self.heard = self.clock()  # when the socket last said anything
         self.ended = False  # the socket said the prompt ended: ask the node now
         self.report: dict[str, Any] = {}  # what the node reported, written every PROGRESS_EVERY s
         self.last_progress = 0.0
@@ -386,6 +411,9 @@ class Attempt:
         self.frames: list[str] = []  # streamed outputs kept, relative to the media folder
         self.feeds_after_send = False  # the pool is fed once this job is sent (first_attempt)
         self.first_in_line = False  # nothing was claimed for the node ahead of it
+        # When the next looks at the controls and at the node are due (monotonic): a job sent or
+        # re-attached is looked at at once.
+        self.next_controls = self.next_poll = 0.0
 
     @classmethod
     def take(cls, job_pk: int, prompt_id: str, media_root: Path | None = None) -> Attempt | None:
@@ -535,17 +563,17 @@ class Attempt:
         return f"{uploaded['subfolder']}/{uploaded['name']}" if uploaded["subfolder"] else uploaded["name"]
 
     def open_socket(self) -> None:
-        if self.events is not None or time.monotonic() < self.next_socket:
+        if self.events is not None or self.clock() < self.next_socket:
             return
         try:
             events = self.client.events(self.job.client_id)
             events.open()
         except ServiceError as e:
             log.info("no WebSocket to %s (%s); polling instead", self.cap.url, e)
-            self.next_socket = time.monotonic() + POLL
+            self.next_socket = self.clock() + POLL
             return
         self.events = events
-        self.heard = time.monotonic()
+        self.heard = self.clock()
 
     def close_socket(self) -> None:
         if self.events:
@@ -555,28 +583,28 @@ class Attempt:
     # --- following -----------------------------------------------------------------------------
 
     def follow(self) -> str:
-        """Until the job has ended: listen, beat, act on the controls, and ask the node."""
-        now = time.monotonic()
-        next_controls = now
-        next_poll = now  # a re-attached job is asked about at once
-        while True:
-            work.stopping()
-            now = time.monotonic()
-            if now >= next_controls:
-                outcome = self.controls()
-                if outcome:
-                    return outcome
-                next_controls = now + CONTROLS
-            if self.pulled is not None:
-                outcome = self.settle_pulled_back()
-                if outcome:
-                    return outcome
-            elif self.ended or now >= next_poll:
-                outcome = self.check()
-                if outcome:
-                    return outcome
-                next_poll = time.monotonic() + (POLL if self.events else 0.5)
-            self.listen(max(min(next_controls, next_poll) - time.monotonic(), 0.01))
+        """Until the job has ended: one look after another, listening to the node between them."""
+        while not (outcome := self.handle_one_look()):
+            self.listen(max(min(self.next_controls, self.next_poll) - self.clock(), 0.01))
+        return outcome
+
+    def handle_one_look(self) -> str:
+        """One look at the job: the user's controls when they are due, then the node when it is
+        due (or the socket said the prompt ended); the attempt's outcome once it is over, else ""."""
+        work.stopping()
+        now = self.clock()
+        if now >= self.next_controls:
+            outcome = self.controls()
+            if outcome:
+                return outcome
+            self.next_controls = now + CONTROLS
+        if self.pulled is not None:
+            return self.settle_pulled_back()
+        if self.ended or now >= self.next_poll:
+            outcome = self.check()
+            self.next_poll = self.clock() + (POLL if self.events else 0.5)
+            return outcome
+        return ""
 
     def listen(self, timeout: float) -> None:
         self.open_socket()
@@ -592,7 +620,7 @@ class Attempt:
                 return
             if message is None:
                 return
-            self.heard = time.monotonic()
+            self.heard = self.clock()
             self.handle(message)
 
     def handle(self, message: Any) -> None:
@@ -629,7 +657,7 @@ class Attempt:
 
     def progressed(self) -> None:
         """Write what the node reported, at most every PROGRESS_EVERY seconds."""
-        now = time.monotonic()
+        now = self.clock()
         if self.report and now - self.last_progress >= PROGRESS_EVERY:
             self.last_progress = now
             with transaction.atomic():
@@ -680,7 +708,7 @@ class Attempt:
                 running = queue.position(self.job.prompt_id) == 0
                 if running and self.job.status == RenderJob.ASSIGNED:
                     self.job.transition(RenderJob.RENDERING, expect=(RenderJob.ASSIGNED,), started=timezone.now())
-                if running and time.monotonic() - self.heard > SILENCE:
+                if running and self.clock() - self.heard > SILENCE:
                     self.close_socket()  # silenced (another socket took our client id?): reopen it
                 return ""
         return self.finish()
@@ -704,7 +732,7 @@ class Attempt:
         """The node does not answer. That proves nothing about the job (a node that hangs may go
         on rendering): after a while it says so and the node gets no new work, but the job stays
         its until it answers again and says where the job stands."""
-        now = time.monotonic()
+        now = self.clock()
         if self.silent_since is None:
             self.silent_since = now
             return
@@ -953,7 +981,7 @@ class Attempt:
             return  # a node that cannot be asked proves nothing: try again later (its follower
             # meets a permanent error itself)
         if where == GONE:
-            self.pulled = time.monotonic()
+            self.pulled = self.clock()
             RenderJob.objects.filter(pk=self.job.pk, status=RenderJob.ASSIGNED).update(capability=None)
             feed()
         # Still queued there (try again), running or finished: it is followed as before.
@@ -979,7 +1007,7 @@ class Attempt:
             if where == FINISHED:
                 return self.finish()
             return ""
-        if time.monotonic() - (self.pulled or 0.0) < HISTORY_SETTLE:
+        if self.clock() - (self.pulled or 0.0) < HISTORY_SETTLE:
             return ""
         self.job.transition(
             RenderJob.QUEUED,
@@ -1047,5 +1075,8 @@ def sweep() -> bool:
         with transaction.atomic():
             if still.update(worker="", heartbeat=Now(), crashes=crashes):
                 enqueue("renders.tasks.attempt", job.pk, job.prompt_id, timeout=RENDER_DEADLINE)
-    feed()
+    if claimable():
+        # A feed task claims it and sends it itself; claimed here, it would wait for an attempt
+        # task, and race the feed task of the change that made it runnable.
+        wake()
     return RenderJob.objects.filter(status__in=(RenderJob.QUEUED, RenderJob.ASSIGNED, RenderJob.RENDERING)).exists()

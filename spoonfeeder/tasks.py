@@ -67,9 +67,7 @@ def sweep() -> str:
     node back from its rest). One at a time; it hands on to a fresh task every SWEEP_SPAN
     seconds (within any task deadline), and leaves when there is nothing to watch."""
     me = work.worker_id()
-    # Its first pass after a wait: the change that started it has a feed task of its own, which
-    # is not to wait for the sweeper's claims and the database's write lock.
-    time.sleep(settings.SWEEP_EVERY)
+    # The row first: the changes made from now on see a sweeper and start no other.
     if not take_sweeper(me):
         return "another sweeper is running"
     passes = idle = 0
@@ -77,6 +75,9 @@ def sweep() -> str:
     try:
         with work.stop_on_sigterm():
             while True:
+                # Each pass after a wait, the first too: the change that started the sweeper has
+                # a feed task of its own, which places the new work without waiting for this one.
+                time.sleep(settings.SWEEP_EVERY)
                 work.stopping()
                 passes += 1
                 idle = 0 if handle_one_sweep() else idle + 1
@@ -88,7 +89,6 @@ def sweep() -> str:
                     return f"swept {passes} times; handed on"
                 if not Sweeper.objects.filter(pk=1, worker=me).update(heartbeat=Now()):
                     return "another sweeper took over"
-                time.sleep(settings.SWEEP_EVERY)
     except work.Stopped:
         release_sweeper(me)
         work.leave()

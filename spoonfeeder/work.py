@@ -114,9 +114,11 @@ def alive(worker: str) -> bool:
     return state not in ("Z", "X")
 
 
-def stale_before() -> ExpressionWrapper:
-    """The database's now minus STALE seconds: heartbeats older than this have stopped."""
-    return ExpressionWrapper(Now() - timedelta(seconds=settings.STALE), output_field=DateTimeField())
+def stale_before(seconds: float | None = None) -> ExpressionWrapper:
+    """The database's now minus STALE seconds (or `seconds`): heartbeats older than this have
+    stopped."""
+    ago = settings.STALE if seconds is None else seconds
+    return ExpressionWrapper(Now() - timedelta(seconds=ago), output_field=DateTimeField())
 
 
 def orphaned(workers: Iterable[str], field: str = "worker") -> Q:

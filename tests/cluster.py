@@ -21,6 +21,9 @@ class Cluster:
         self.pool = ThreadPoolExecutor(max_workers=64, thread_name_prefix="task")
         self.futures: list[tuple[str, Future[Any]]] = []
         self.lock = threading.Lock()
+        # Messages to lose, by task: how many of the next ones never reach a worker (as Redis
+        # loses one a worker had taken when it died).
+        self.lose: dict[str, int] = {}
 
     # What django-q2 reads from a task's keyword arguments itself: the cluster's, not the task's.
     OPTIONS = ("timeout", "save", "group", "hook", "cluster", "q_options", "ack_failure", "task_name", "broker", "sync")
@@ -29,7 +32,12 @@ class Cluster:
         """django-q2's async_task, run here once the caller's transaction commits."""
         for option in self.OPTIONS:
             kwargs.pop(option, None)
-        transaction.on_commit(lambda: self.submit(func, *args, **kwargs))
+        with self.lock:
+            lost = self.lose.get(func, 0) > 0
+            if lost:
+                self.lose[func] -= 1
+        if not lost:
+            transaction.on_commit(lambda: self.submit(func, *args, **kwargs))
         return uuid.uuid4().hex
 
     def submit(self, func: str, *args: Any, **kwargs: Any) -> None:

@@ -57,6 +57,21 @@ def wait_until(
         time.sleep(interval)
 
 
+def ended(client: Any, prompt_id: str, timeout: float = 15) -> Any:
+    """A prompt's history entry once it has ended on a ComfyUI (`nodes.clients.comfyui.ComfyUI`),
+    as the node says where it stands; an AssertionError if it is lost (neither queued nor
+    finished). Tests that drive a node by hand wait with this; the engine follows a prompt in
+    renders.dispatch."""
+    from nodes.clients.comfyui import GONE
+
+    def entry() -> Any:
+        where = client.standing(prompt_id)
+        assert where.where != GONE, f"prompt {prompt_id} is neither queued nor finished"
+        return where.entry
+
+    return wait_until(entry, timeout, f"prompt {prompt_id} to end", interval=0.02)
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))

@@ -124,8 +124,18 @@ def test_a_story_written_and_rendered_live_on_its_page(page: Page, stack: Stack,
     # Once every render has landed the gallery stops changing (and so is no longer swapped): the
     # first shot's video plays from its file.
     expect(page.locator("#story-tab")).not_to_have_attribute("data-in-flight", "true", timeout=60_000)
-    first.evaluate("v => { v.preload = 'metadata'; v.load(); }")
-    page.wait_for_function("v => v.readyState >= 1 && v.duration > 0", arg=first.element_handle(), timeout=15_000)
+    # Asked of whichever element the page shows when it looks: a live update that lands meanwhile
+    # (the same gallery again, fetched before the last one was seen) replaces the element, and a
+    # handle to the old one would wait on a video no longer in the page.
+    page.wait_for_function(
+        """() => {
+            const v = document.querySelector("#gallery-1 video");
+            if (!v) return false;
+            if (!v.dataset.asked) { v.dataset.asked = "1"; v.preload = "metadata"; v.load(); }
+            return v.readyState >= 1 && v.duration > 0;
+        }""",
+        timeout=15_000,
+    )
     assert first.get_attribute("src") == f"/media/{job.outputs[0]['path']}"
     assert_not_reloaded(page, navigations)
 

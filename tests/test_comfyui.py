@@ -29,7 +29,6 @@ from nodes.clients.comfyui import (
     ExecutionCached,
     ExecutionError,
     ExecutionInterrupted,
-    ExecutionStart,
     ExecutionSuccess,
     HistoryEntry,
     Message,
@@ -45,6 +44,7 @@ from nodes.clients.comfyui import (
     succeeded,
 )
 from nodes.sim.comfyui import SimComfyUI
+from tests.conftest import ended
 
 WORKFLOWS = Path(__file__).resolve().parents[2] / "shared" / "comfyui" / "workflows"
 if not WORKFLOWS.is_dir():
@@ -129,8 +129,8 @@ def run(client: ComfyUI, wf: dict[str, Any], timeout: float = 15) -> HistoryEntr
     prompt_id, client_id = new_id(), new_id()
     with client.events(client_id, timeout=timeout) as ev:
         client.submit(wf, prompt_id=prompt_id, client_id=client_id)
-        entry = client.wait(prompt_id, client_id, timeout, events=ev)
-    return entry
+        collect(ev, done(prompt_id), timeout)
+    return ended(client, prompt_id, timeout)
 
 
 # Every shared workflow, as PROTOCOL.md's table describes its outcome.
@@ -307,7 +307,7 @@ def test_partial_validation_queues_the_good_branch_and_reports_the_bad(client: C
     assert answer["prompt_id"] == prompt_id
     assert answer["node_errors"]["3"]["class_type"] == "EmptyImage"
     assert answer["node_errors"]["3"]["dependent_outputs"] == ["4"]
-    entry = client.wait(prompt_id, "c", 10)
+    entry = ended(client, prompt_id, 10)
     assert succeeded(entry) and list(entry["outputs"]) == ["2"]
     assert entry["prompt"][4] == ["2"]
 
@@ -351,14 +351,14 @@ def test_without_client_id_only_progress_and_previews_are_broadcast(client: Comf
     assert {"progress", "progress_state", "preview"} <= kinds
     assert not kinds & {"execution_start", "execution_cached", "executing", "executed", "execution_success"}
     # A waiter sees only the queue draining, and still gets the result.
-    entry = client.wait(prompt_id, "watcher", 5)
+    entry = ended(client, prompt_id, 5)
     assert succeeded(entry) and entry["prompt"][3] == {}
 
 
 def test_a_client_id_nobody_listens_on_still_runs(client: ComfyUI) -> None:
     prompt_id = new_id()
     client.submit(workflow("still_image"), prompt_id=prompt_id, client_id="ghost-not-connected")
-    assert succeeded(client.wait(prompt_id, "someone-else", 5))
+    assert succeeded(ended(client, prompt_id, 5))
 
 
 def test_a_second_socket_with_the_same_client_id_goes_silent_when_the_first_closes(client: ComfyUI) -> None:
@@ -370,7 +370,7 @@ def test_a_second_socket_with_the_same_client_id_goes_silent_when_the_first_clos
         time.sleep(0.1)  # let the server run the old socket's cleanup before the prompt starts
         prompt_id = new_id()
         client.submit(workflow("still_image"), prompt_id=prompt_id, client_id="twin")
-        assert succeeded(client.wait(prompt_id, "observer", 5))
+        assert succeeded(ended(client, prompt_id, 5))
         assert [m.type for m in drain(second)] in ([], ["feature_flags"])
 
 
@@ -397,7 +397,7 @@ def test_history_is_empty_until_the_prompt_ends(client: ComfyUI, sim: SimComfyUI
     assert client.history(prompt_id) is None
     assert raw(sim, "GET", f"/history/{prompt_id}").json() == {}
     assert client.queue().position(prompt_id) == 0 and client.queue_remaining() == 1
-    assert succeeded(client.wait(prompt_id, "c", 5))
+    assert succeeded(ended(client, prompt_id, 5))
     assert prompt_id not in client.queue()
 
 
@@ -635,24 +635,6 @@ def test_a_dropped_websocket_is_a_retryable_error(client: ComfyUI, sim: SimComfy
     assert not e.value.permanent
 
 
-def test_wait_falls_back_to_polling_when_the_socket_drops(client: ComfyUI, sim: SimComfyUI) -> None:
-    sim.knobs.seconds_per_node = 0.3
-    prompt_id, client_id = new_id(), new_id()
-    seen: list[Message] = []
-
-    def drop_on_start(message: Message) -> None:
-        seen.append(message)
-        if isinstance(message, ExecutionStart):
-            sim.drop_websockets()
-
-    with client.events(client_id) as ev:
-        client.submit(workflow("still_image"), prompt_id=prompt_id, client_id=client_id)
-        entry = client.wait(prompt_id, client_id, 10, events=ev, on_message=drop_on_start)
-    assert succeeded(entry)
-    assert any(isinstance(m, ExecutionStart) for m in seen)
-    assert not any(isinstance(m, ExecutionSuccess) for m in seen)
-
-
 def test_a_stopped_server_refuses_and_comes_back_on_the_same_port(client: ComfyUI, sim: SimComfyUI) -> None:
     port = sim.port
     sim.stop()
@@ -734,9 +716,8 @@ def test_a_restart_forgets_queue_and_history(client: ComfyUI, sim: SimComfyUI) -
     sim.knobs.seconds_per_node = 0.01
     sim.restart()
     assert client.history(done_id) is None and client.queue().pending == [] and client.queue().running == []
-    with pytest.raises(ServiceError) as e:
-        client.wait(queued, "c", 5)
-    assert not e.value.permanent and "neither queued nor finished" in str(e.value)
+    # Neither queued nor finished: the node has forgotten it.
+    eventually(lambda: client.standing(queued).where == GONE)
     # Files survive, and counting goes on from them.
     entry = run(client, workflow("still_image", **{"1.color": 3}))
     assert outputs_of(entry)[0]["filename"] == "still_00002_.png"

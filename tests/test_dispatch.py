@@ -326,6 +326,21 @@ def test_a_worker_killed_mid_render_is_replaced_and_its_job_followed_again_exact
     assert worker_of(job) != killed
 
 
+def test_lost_messages_are_harmless_the_rows_decide(cluster: Cluster, node: Any) -> None:
+    """A broker may lose a message (Redis does, when the worker that took it dies): here the feed
+    task of the change that queued the jobs, and the attempt of a job claimed for the node's own
+    queue. Every job still renders, once: the sweeper feeds what is runnable, and re-drives a
+    claim that nobody follows once its heartbeat is stale (2 s here), counting no attempt."""
+    _, sim = node
+    sim.knobs.seconds_per_node = 0.3
+    cluster.lose = {"renders.tasks.feed": 1, "renders.tasks.attempt": 1}
+    jobs = queue(n=3)
+    for job in jobs:
+        wait_status(job, "completed", timeout=30)
+    assert cluster.lose == {"renders.tasks.feed": 0, "renders.tasks.attempt": 0}  # both were lost
+    assert [(j.attempts, j.crashes, executions(sim, j)) for j in jobs] == [(1, 0, 1)] * 3
+
+
 def test_a_dropped_websocket_falls_back_to_polling(cluster: Cluster, node: Any) -> None:
     _, sim = node
     sim.knobs.seconds_per_node = 0.5
@@ -959,10 +974,23 @@ def cluster_of(worker: str) -> int:
     return pid
 
 
-def test_a_second_cluster_takes_its_share_and_no_job_runs_twice(node: Any, stack: Stack) -> None:
+# A cluster on a machine whose clock runs ahead: time-machine started before Django, inherited
+# by the workers the cluster forks.
+FAST_CLOCK = (
+    "import runpy, sys, time, time_machine\n"
+    "time_machine.travel(time.time() + {ahead}, tick=True).start()\n"
+    "sys.argv = ['manage.py', 'qcluster']\n"
+    "runpy.run_path('manage.py', run_name='__main__')\n"
+)
+
+
+@pytest.mark.parametrize("ahead", [0, 20], ids=["same clocks", "one clock 20 s fast"])
+def test_a_second_cluster_takes_its_share_and_no_job_runs_twice(node: Any, stack: Stack, ahead: int) -> None:
     """Two clusters of two workers each, three nodes: neither cluster can drive every node at
     once (one of its workers is often the sweeper), so both render; work a busy cluster took
-    and cannot start is re-driven for the other within a lease window."""
+    and cannot start is re-driven for the other within a lease window. With one cluster's clock
+    20 s ahead (ten lease windows), nothing changes: staleness is judged by the database's clock,
+    so neither takes the other's work for orphaned."""
     from django_q.status import Stat
 
     _, sim = node
@@ -974,7 +1002,11 @@ def test_a_second_cluster_takes_its_share_and_no_job_runs_twice(node: Any, stack
             other = Node.objects.create(name=f"other {i}", host=f"127.0.{NET}.{i}")
             Capability.objects.create(node=other, kind="comfyui", port=sims[-1].port, status="online")
         lease = {"SPOONFEEDER_WORKERS": "2", "SPOONFEEDER_BEAT": "0.5", "SPOONFEEDER_STALE": "2"}
-        clusters = [stack.worker(**lease) for _ in range(2)]
+        clusters = [stack.worker(**lease)]
+        if ahead:
+            clusters.append(stack.spawn("worker-fast-clock", "-c", FAST_CLOCK.format(ahead=ahead), **lease))
+        else:
+            clusters.append(stack.worker(**lease))
         wait_until(lambda: len(Stat.get_all()) >= 2, 30, "both clusters to report")
         jobs = queue(n=30)
         for job in jobs:
@@ -982,6 +1014,8 @@ def test_a_second_cluster_takes_its_share_and_no_job_runs_twice(node: Any, stack
         by = {cluster_of(job.worker) for job in jobs}
         assert by == {c.popen.pid for c in clusters if c.popen}, by  # both did work
         assert all(ran(sims, j) == 1 for j in jobs)
+        # Nobody died: no attempt was taken for crashed, none counted twice.
+        assert [(j.crashes, j.attempts) for j in jobs] == [(0, 1)] * len(jobs)
     finally:
         for other_sim in sims[1:]:
             other_sim.close()

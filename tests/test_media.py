@@ -20,6 +20,7 @@ from nodes.clients import ServiceError
 from nodes.clients.comfyui import ComfyUI, FileRef, outputs_of, succeeded
 from nodes.sim.comfyui import SimComfyUI
 from renders.media import EXTENSIONS, MediaError, Output, collect, describe, local_name
+from tests.conftest import ended
 
 WORKFLOWS = Path(__file__).resolve().parents[2] / "shared" / "comfyui" / "workflows"
 if not WORKFLOWS.is_dir():
@@ -46,9 +47,8 @@ def render(client: ComfyUI, name: str, **inputs: Any) -> FileRef:
         node, field = key.split(".")
         workflow[node]["inputs"][field] = value
     prompt_id, client_id = uuid.uuid4().hex, uuid.uuid4().hex
-    with client.events(client_id) as events:
-        client.submit(workflow, prompt_id=prompt_id, client_id=client_id)
-        entry = client.wait(prompt_id, client_id, timeout=30, events=events)
+    client.submit(workflow, prompt_id=prompt_id, client_id=client_id)
+    entry = ended(client, prompt_id, 30)
     assert succeeded(entry), entry["status"]
     (ref,) = outputs_of(entry)
     return ref

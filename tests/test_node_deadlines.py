@@ -24,7 +24,7 @@ from nodes.models import Capability, Node
 from nodes.sim.comfyui import SimComfyUI
 from nodes.sim.ollama import SimOllama
 from renders import media
-from tests.conftest import wait_until
+from tests.conftest import ended, wait_until
 
 # The suite runs in two modes at once on one machine: each takes its own 127.0.x.0 block.
 NET = 111 if os.environ.get("DATABASE_URL") else 110
@@ -57,7 +57,7 @@ def render(sim: SimComfyUI) -> tuple[str, FileRef]:
     prompt_id, client_id = uuid.uuid4().hex, uuid.uuid4().hex
     with ComfyUI(sim.url) as client:
         client.submit(STILL, prompt_id=prompt_id, client_id=client_id)
-        entry = client.wait(prompt_id, client_id, 10)
+        entry = ended(client, prompt_id, 10)
     (ref,) = outputs_of(entry)
     return prompt_id, ref
 

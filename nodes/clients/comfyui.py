@@ -12,7 +12,7 @@ import os
 import struct
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NotRequired, TypedDict
@@ -46,9 +46,6 @@ DOWNLOAD_LIMIT = 2 * 1024**3
 # LAN moves tens of MB a second, a poor Wi-Fi link a few. A file's deadline is the usual one for a
 # call plus a second per MB it declares (or may be, when it declares no length).
 TRANSFER_RATE = 1024 * 1024
-# How long wait() lets the WebSocket stay quiet before it asks /history itself.
-QUIET = 2.0
-POLL = 0.25
 
 # Binary WebSocket frames: a big-endian u32 event type first.
 PREVIEW_IMAGE = 1
@@ -765,81 +762,6 @@ class ComfyUI:
         """The WebSocket for client_id: `with client.events(cid) as ev: for message in ev: …`.
         Open it before submitting: events sent while nobody listens are lost."""
         return Events(self.base_url, client_id, timeout=timeout, metadata=metadata)
-
-    def wait(
-        self,
-        prompt_id: str,
-        client_id: str,
-        timeout: float,
-        *,
-        on_message: Callable[[Message], None] | None = None,
-        events: Events | None = None,
-    ) -> HistoryEntry:
-        """Follow a submitted prompt until it ends and return its history entry (success, error or
-        interrupted: see succeeded() and failure()). Uses the WebSocket (an open `events` or a
-        new one) and falls back to polling /history and /queue when the socket fails."""
-        deadline = time.monotonic() + timeout
-        ev = events or self.events(client_id, timeout=timeout)
-        try:
-            if events is None:
-                ev.open()
-            entry = self.follow(ev, prompt_id, deadline, on_message)
-            if entry is not None:
-                return entry
-        except ServiceError as e:
-            # A refused or dropped socket is no reason to give up: /history still answers.
-            if e.permanent or time.monotonic() > deadline:
-                raise
-        finally:
-            if events is None:
-                ev.close()
-        return self.poll(prompt_id, deadline)
-
-    def follow(
-        self, ev: Events, prompt_id: str, deadline: float, on_message: Callable[[Message], None] | None
-    ) -> HistoryEntry | None:
-        # The prompt may have ended (or been lost) before the socket opened: ask before listening.
-        entry = self.finished(prompt_id)
-        last_check = time.monotonic()
-        while entry is None:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise ServiceError(f"{self.base_url}: prompt {prompt_id} did not finish in time")
-            message = ev.receive(min(left, QUIET))
-            if message is not None and on_message is not None:
-                on_message(message)
-            ours = message is not None and message.prompt_id == prompt_id
-            ending = ours and isinstance(message, ExecutionSuccess | ExecutionError | ExecutionInterrupted)
-            # `executing null` comes after history is written; so does a status with an empty queue
-            # (the only sign of the end for a prompt whose events go to another or no client_id).
-            over = (ours and isinstance(message, Executing) and message.node is None) or (
-                isinstance(message, Status) and message.queue_remaining == 0 and message.sid is None
-            )
-            if ending or over:
-                entry = self.history(prompt_id)
-                if entry is None and over:
-                    return self.poll(prompt_id, deadline)
-            elif message is None or time.monotonic() - last_check > QUIET:
-                entry = self.finished(prompt_id)
-                last_check = time.monotonic()
-        return entry
-
-    def poll(self, prompt_id: str, deadline: float) -> HistoryEntry:
-        while (entry := self.finished(prompt_id)) is None:
-            if time.monotonic() > deadline:
-                raise ServiceError(f"{self.base_url}: prompt {prompt_id} did not finish in time")
-            time.sleep(POLL)
-        return entry
-
-    def finished(self, prompt_id: str) -> HistoryEntry | None:
-        """The history entry, None while the prompt is queued or running, ServiceError when it is
-        lost (as standing() decides, allowing for the entry that comes a moment after the end)."""
-        where = self.standing(prompt_id)
-        if where.where == GONE:
-            raise ServiceError(
-                f"{self.base_url}: prompt {prompt_id} is neither queued nor finished (was the server restarted?)"
-            )
-        return where.entry
 
 
 def check_name(name: str) -> None:
