@@ -371,7 +371,8 @@ def follow_on(run: Attempt | None) -> str:
     outcomes: list[str] = []
     while run is not None:
         outcomes.append(run.run())
-        if time.monotonic() >= ends or starving():
+        # Only a job handed on can be let go: no query for it otherwise (this runs at every job's end).
+        if run.next is not None and (time.monotonic() >= ends or starving()):
             run.let_go()
         run = run.next
     return f"{len(outcomes)} job(s): {outcomes[-1]}" if len(outcomes) > 1 else outcomes[0]
