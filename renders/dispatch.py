@@ -26,7 +26,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import Exists, Q
 from django.db.models.functions import Now
 from django.template.defaultfilters import filesizeformat
 from django.utils import timezone
@@ -193,9 +193,15 @@ def next_job(cap: Capability, worker: str = "", *, alone: bool | None = None) ->
                 attempts=job.attempts + 1,
                 error="",
             )
-            claimed = RenderJob.objects.filter(pk=job.pk, status=RenderJob.QUEUED).update(
-                **fields, claimed=Now(), heartbeat=Now()
+            # The pause is read again by the claim itself: a pass that began before the queue was
+            # paused claims nothing queued after it.
+            claimed = (
+                RenderJob.objects.filter(pk=job.pk, status=RenderJob.QUEUED)
+                .filter(~Exists(Queue.objects.filter(paused=True)))
+                .update(**fields, claimed=Now(), heartbeat=Now())
             )
+            if not claimed and Queue.get().paused:
+                return None
             if claimed:
                 for name, value in fields.items():
                     setattr(job, name, value)
@@ -610,12 +616,14 @@ class Attempt:
     def listen(self, timeout: float) -> None:
         self.open_socket()
         if self.events is None:
-            time.sleep(min(timeout, 0.1))
+            with work.interruptible():
+                time.sleep(min(timeout, 0.1))
             return
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and not self.ended:
             try:
-                message = self.events.receive(max(deadline - time.monotonic(), 0.001))
+                with work.interruptible():
+                    message = self.events.receive(max(deadline - time.monotonic(), 0.001))
             except ServiceError:
                 self.close_socket()  # polling takes over until the socket is back
                 return

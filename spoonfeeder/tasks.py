@@ -77,7 +77,8 @@ def sweep() -> str:
             while True:
                 # Each pass after a wait, the first too: the change that started the sweeper has
                 # a feed task of its own, which places the new work without waiting for this one.
-                time.sleep(settings.SWEEP_EVERY)
+                with work.interruptible():
+                    time.sleep(settings.SWEEP_EVERY)
                 work.stopping()
                 passes += 1
                 idle = 0 if handle_one_sweep() else idle + 1

@@ -140,21 +140,43 @@ def crashed(worker: str, heartbeat: Any) -> bool:
 
 @contextmanager
 def stop_on_sigterm() -> Iterator[None]:
-    """Inside the block, SIGTERM raises Stopped in this (the worker's main) thread, so the task
-    hands its work back before the process ends; elsewhere (a thread) it does nothing."""
+    """Inside the block, SIGTERM stops the task in this (the worker's main) thread, so it hands
+    its work back before the process ends: at once while it waits on a node (interruptible),
+    else at its next stopping(); elsewhere (a thread) it does nothing. Never in the middle of a
+    database call: cut short there, the connection is left unusable, hand-back included."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def stop(signum: int, frame: Any) -> None:
         _signalled.set()
-        raise Stopped
+        if _waiting[0]:
+            raise Stopped
 
     before = signal.signal(signal.SIGTERM, stop)
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, before)
+
+
+_waiting = [0]  # how deep the main thread is in interruptible() blocks
+
+
+@contextmanager
+def interruptible() -> Iterator[None]:
+    """Around a wait on a node that makes no database call (a socket's next message, a model's
+    answer, a pause): a SIGTERM inside stop_on_sigterm cuts it short with Stopped."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _waiting[0] += 1
+    try:
+        if _signalled.is_set():  # it came just before
+            raise Stopped
+        yield
+    finally:
+        _waiting[0] -= 1
 
 
 @contextmanager

@@ -262,7 +262,8 @@ def ask(run: StepRun, me: str, cap: Capability, client: Ollama) -> bool:
         if number > 1:
             run.note(f"asked {run.model} on {cap.node.name} (answer {number} of at most {ANSWERS})")
         try:
-            reply = client.chat(run.model, messages, format=schema, timeout=ANSWER_TIMEOUT)
+            with work.interruptible():
+                reply = client.chat(run.model, messages, format=schema, timeout=ANSWER_TIMEOUT)
         except ServiceError as e:
             node_failed(run, me, cap, e)
             return False
