@@ -120,9 +120,10 @@ def test_jobs_run_by_priority_then_position(cluster: Cluster, node: Any) -> None
         wait_status(job, "completed")
     # The node's order, not the order our side recorded the ends in (a busy machine may note a
     # later end first).
-    names = dict(RenderJob.objects.values_list("prompt_id", "prompt"))
-    priorities = dict(RenderJob.objects.values_list("prompt_id", "priority"))
-    assert [(names[p], priorities[p]) for p in started_on(sim)] == [("job 0", 5), ("job 0", 0), ("job 1", 0)]
+    jobs = {
+        p: (name, priority) for p, name, priority in RenderJob.objects.values_list("prompt_id", "prompt", "priority")
+    }
+    assert [jobs[p] for p in started_on(sim)] == [("job 0", 5), ("job 0", 0), ("job 1", 0)]
     assert [executions(sim, job) for job in (high, *low)] == [1, 1, 1]
 
 
