@@ -163,8 +163,6 @@ class Capability(models.Model):
             host = f"[{host}]"
         return f"http://{host}:{self.port}"
 
-    held_at_claim = 0  # set by room(): how many rows held it as the last claim began
-
     def holders(self) -> int:
         """How many rows hold this capability now (one query)."""
         held = Capability.objects.filter(pk=self.pk).with_load().values_list("load", flat=True)  # type: ignore[misc]
@@ -173,6 +171,11 @@ class Capability(models.Model):
     def busy(self) -> int:
         load = getattr(self, "load", None)
         return load if load is not None else self.holders()
+
+    def has_room(self, extra: int = 0) -> bool:
+        """Whether its load (as read with it, or counted now) leaves room for one more holder
+        within its limit plus `extra`: a look, not a claim (see room())."""
+        return self.busy() < self.limit + extra
 
     @property
     def display_status(self) -> str:
@@ -208,10 +211,10 @@ class Capability(models.Model):
         return missing
 
     @contextmanager
-    def room(self, *, extra: int = 0) -> Iterator[bool]:
-        """A claim of one unit of this capability: inside the block, whether it has room for one
-        more holder (its limit, plus `extra`: a render waiting in ComfyUI's own queue so the GPU
-        never idles between jobs). The caller's guarded update that makes its row hold the
+    def room(self, *, extra: int = 0) -> Iterator[int]:
+        """A claim of one unit of this capability: inside the block, how many more holders it has
+        room for (0: none; its limit, plus `extra`: a render waiting in ComfyUI's own queue so the
+        GPU never idles between jobs). The caller's guarded update that makes its row hold the
         capability goes inside the block, which is one transaction that every other claimer of
         this capability waits for: on PostgreSQL the capability's row is locked; SQLite takes its
         write lock when the transaction begins (IMMEDIATE). So two claimers never both see the
@@ -225,8 +228,11 @@ class Capability(models.Model):
             # Two statements: on PostgreSQL a count in the locking statement would come from the
             # snapshot taken before the lock was granted, and two claimers could share a unit.
             limit = Capability.objects.select_for_update().filter(pk=self.pk).values_list("limit", flat=True).first()
-            self.held_at_claim = self.holders() if limit is not None else 0
-            yield limit is not None and self.held_at_claim < limit + extra
+            if limit is None:
+                yield 0  # removed
+                return
+            self.limit = limit  # as locked: how many hold it is then limit + extra - free
+            yield max(limit + extra - self.holders(), 0)
 
     def rest(self, error: str) -> None:
         """Give this capability no new work for a while after a fault (a refused or garbled

@@ -95,9 +95,8 @@ def feed() -> int:
     caps = feedable()
     room_left = False
     for cap in caps:
-        while cap.busy() < cap.limit + PREFETCH:
-            job = next_job(cap, alone=len(caps) == 1)
-            if job is None:
+        while cap.has_room(PREFETCH):
+            if next_job(cap, alone=len(caps) == 1) is None:
                 room_left = True
                 break
             queued += 1
@@ -113,7 +112,7 @@ def claimable() -> bool:
     if Queue.get().paused or not RenderJob.objects.runnable().exists():
         return False
     caps = feedable()
-    with_room = [cap for cap in caps if cap.busy() < cap.limit + PREFETCH]
+    with_room = [cap for cap in caps if cap.has_room(PREFETCH)]
     if any(best_fit(cap, alone=len(caps) == 1) for cap in with_room):
         return True
     if with_room:
@@ -129,20 +128,17 @@ def first_attempt(media_root: Path | None = None) -> Attempt | None:
     """On a pool with room, the best job for the first ComfyUI that has room, claimed for this
     worker to send at once, before anything else is fed: a job queued on an idle pool reaches its
     node one broker hop sooner, with nothing but its own claim before the POST. The feed task
-    sends it, then feeds the rest of the pool (Attempt.feeds_after_send)."""
+    sends it, then feeds the rest of the pool (Attempt's `first`)."""
     if Queue.get().paused:
         return None
     me = work.worker_id()
     caps = feedable()
     for cap in caps:
-        if cap.busy() < cap.limit + PREFETCH:
-            job = next_job(cap, me, alone=len(caps) == 1)
-            if job is not None:
-                run = Attempt(job, cap, me, media_root)
-                run.feeds_after_send = True
-                # Nothing held the node when it was claimed: no job claimed ahead to wait for.
-                run.first_in_line = cap.held_at_claim == 0
-                return run
+        if cap.has_room(PREFETCH):
+            claimed = next_job(cap, me, alone=len(caps) == 1)
+            if claimed is not None:
+                job, ahead = claimed
+                return Attempt(job, cap, me, media_root, first=ahead == 0)
     return None
 
 
@@ -167,12 +163,13 @@ def say_what_no_node_has(caps: list[Capability]) -> None:
                 Event.emit("renders", "job.waiting")
 
 
-def next_job(cap: Capability, worker: str = "", *, alone: bool | None = None) -> RenderJob | None:
+def next_job(cap: Capability, worker: str = "", *, alone: bool | None = None) -> tuple[RenderJob, int] | None:
     """The best queued job this node can run, claimed for it (the job's row takes a unit of the
     node's capacity: guarded, within its limit plus the prefetch), with its attempt queued in
     the same transaction; or, given a `worker`, claimed for that worker to send at once (should
-    it die first, the sweeper finds the claim orphaned and queues the attempt). `alone`: whether
-    this is the only usable ComfyUI, when the caller knows."""
+    it die first, the sweeper finds the claim orphaned and queues the attempt). With it, how many
+    jobs held the node as it was claimed. `alone`: whether this is the only usable ComfyUI, when
+    the caller knows."""
     tried: set[int] = set()
     while True:
         job = best_fit(cap, exclude=tried, alone=alone)
@@ -211,7 +208,7 @@ def next_job(cap: Capability, worker: str = "", *, alone: bool | None = None) ->
                 job.changed("job.assigned")
                 if not worker:
                     enqueue("renders.tasks.attempt", job.pk, job.prompt_id, timeout=RENDER_DEADLINE)
-                return job
+                return job, cap.limit + PREFETCH - free
         # another runner took that job first
 
 
@@ -395,7 +392,11 @@ def starving() -> bool:
 class Attempt:
     """One worker following one job on its node, from the POST (or the re-attach) to its end."""
 
-    def __init__(self, job: RenderJob, cap: Capability, me: str, media_root: Path | None = None) -> None:
+    def __init__(
+        self, job: RenderJob, cap: Capability, me: str, media_root: Path | None = None, *, first: bool | None = None
+    ) -> None:
+        """`first`: claimed by first_attempt, before the pool was fed (it is fed once this job is
+        sent); True if nothing held the node then, so no job claimed ahead is waited for."""
         self.job = job
         self.cap = cap
         self.me = me
@@ -416,8 +417,7 @@ class Attempt:
         self.dropped = ""  # outputs ComfyUI refused to run (node_errors), said on the job
         self.next: Attempt | None = None  # the node's next job, handed on to this worker
         self.frames: list[str] = []  # streamed outputs kept, relative to the media folder
-        self.feeds_after_send = False  # the pool is fed once this job is sent (first_attempt)
-        self.first_in_line = False  # nothing was claimed for the node ahead of it
+        self.first = first
         # When the next looks at the controls and at the node are due (monotonic): a job sent or
         # re-attached is looked at at once.
         self.next_controls = self.next_poll = 0.0
@@ -456,7 +456,7 @@ class Attempt:
                     sent = self.send()
                     if sent:
                         return sent
-                    if self.feeds_after_send:
+                    if self.first is not None:
                         feed()
                 return self.follow()
         except work.Stopped:
@@ -500,7 +500,7 @@ class Attempt:
             return "not this attempt's any more"
         job.workflow, job.client_id = workflow, client_id
         self.open_socket()  # before the POST: a quick job's first messages are not missed
-        if not self.first_in_line:
+        if not self.first:
             self.after_better_ones()
         try:
             submitted = self.client.submit(workflow, prompt_id=job.prompt_id, client_id=client_id, number=rank(job))
@@ -816,9 +816,10 @@ class Attempt:
         unsent = RenderJob.objects.filter(capability=self.cap, status=RenderJob.ASSIGNED, worker="", client_id="")
         job = unsent.in_dispatch_order().first()
         if job is None or not unsent.filter(pk=job.pk).update(worker=self.me, heartbeat=Now()):
-            job = next_job(self.cap, worker=self.me)  # its own task, when it comes, finds it taken
-        if job is None:
-            return
+            claimed = next_job(self.cap, worker=self.me)  # its own task, when it comes, finds it taken
+            if claimed is None:
+                return
+            job = claimed[0]
         following = Attempt(
             RenderJob.objects.select_related("template", "node").get(pk=job.pk), self.cap, self.me, self.media_root
         )

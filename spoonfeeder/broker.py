@@ -6,6 +6,10 @@ abstract namespace (no file to go stale; it goes with the process), named for th
 queue. Queuing a task rings every such socket once the transaction that queued it commits (the
 sockets are found in /proc/net/unix). A ring is only a hint: the rows decide, as before, which
 cluster takes a task, and a missed ring (another machine, no /proc) costs one `poll` at most.
+
+A task's lock is read and written on the database's clock, not the process's (django-q2's ORM broker
+uses the process's): a task queued by a machine whose clock runs ahead would otherwise be hidden
+from every other machine's clusters until their clocks caught up.
 """
 
 from __future__ import annotations
@@ -18,9 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from django.db import connections, transaction
-from django.utils import timezone
+from django.db.models.functions import Now
 from django_q.brokers.orm import ORM
 from django_q.conf import Conf
+
+from spoonfeeder.work import db_time
 
 PROC_UNIX = Path("/proc/net/unix")
 
@@ -67,7 +73,7 @@ class Doorbell(ORM):
         self.bell: socket.socket | None = None
 
     def enqueue(self, task: Any) -> Any:
-        pk = super().enqueue(task)
+        pk = self.get_connection().create(key=self.list_key, payload=task, lock=Now()).pk
         transaction.on_commit(lambda: ring(self.prefix), using=Conf.ORM)
         return pk
 
@@ -87,13 +93,19 @@ class Doorbell(ORM):
         return None
 
     def take(self) -> list[tuple[Any, Any]]:
-        rows = self.get_connection().filter(key=self.list_key, lock__lt=timezone.now())
+        rows = self.get_connection().filter(key=self.list_key, lock__lte=Now())
         taken = []
-        for pk, lock, payload in rows.values_list("id", "lock", "payload")[: Conf.BULK]:
+        for pk, payload in rows.values_list("id", "payload")[: Conf.BULK]:
             # Another cluster may have taken it since the look: the guarded update decides.
-            if self.get_connection().filter(id=pk, lock=lock).update(lock=self.timeout(None)):
+            if self.get_connection().filter(id=pk, lock__lte=Now()).update(lock=db_time(Conf.RETRY)):
                 taken.append((pk, payload))
         return taken
+
+    def queue_size(self) -> int:
+        return int(self.get_connection().filter(key=self.list_key, lock__lte=Now()).count())
+
+    def lock_size(self) -> int:
+        return int(self.get_connection().filter(key=self.list_key, lock__gt=Now()).count())
 
     def listen(self) -> socket.socket | None:
         if self.bell is None and PROC_UNIX.exists():

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 from django.template.loader import render_to_string
 
-from spoonfeeder import dashboard
+from spoonfeeder import dashboard, work
 
 # Topic name -> renderer of every live fragment of that topic, from the database as it is now.
 # Each app adds its own topics when it is ready (its live.py); the project has the dashboard's.
@@ -48,7 +48,9 @@ def known(topic: str) -> bool:
 
 
 def render(topic: str) -> str:
-    if topic in TOPICS:
-        return TOPICS[topic]()
-    prefix = next(p for p in PER_OBJECT if topic.startswith(p))
-    return PER_OBJECT[prefix](topic[len(prefix) :])
+    """Every fragment of `topic`, drawn from the database as of one moment."""
+    with work.one_moment():
+        if topic in TOPICS:
+            return TOPICS[topic]()
+        prefix = next(p for p in PER_OBJECT if topic.startswith(p))
+        return PER_OBJECT[prefix](topic[len(prefix) :])

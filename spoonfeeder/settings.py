@@ -93,8 +93,9 @@ if REDIS_URL:
 else:
     # The database cache crosses processes, so the web process sees the worker cluster's
     # heartbeat (django-q2 keeps it in the cache); the in-memory layer only ever carries
-    # messages inside the web process, from the relay to its consumers.
-    CACHES = {"default": {"BACKEND": "django.core.cache.backends.db.DatabaseCache", "LOCATION": "spoonfeeder_cache"}}
+    # messages inside the web process, from the relay to its consumers. Its reads never write
+    # (spoonfeeder/cache.py): pages are drawn inside a read transaction.
+    CACHES = {"default": {"BACKEND": "spoonfeeder.cache.DatabaseCache", "LOCATION": "spoonfeeder_cache"}}
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 
 # The worker cluster. `retry` must outlast the longest a task can wait in the cluster's prefetch

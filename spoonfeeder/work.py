@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from django.conf import settings
-from django.db import connection
+from django.db import connection, transaction
 from django.db.models import DateTimeField, ExpressionWrapper, Q, QuerySet
 from django.db.models.functions import Now
 
@@ -117,8 +117,39 @@ def alive(worker: str) -> bool:
 def stale_before(seconds: float | None = None) -> ExpressionWrapper:
     """The database's now minus STALE seconds (or `seconds`): heartbeats older than this have
     stopped."""
-    ago = settings.STALE if seconds is None else seconds
-    return ExpressionWrapper(Now() - timedelta(seconds=ago), output_field=DateTimeField())
+    return db_time(-(settings.STALE if seconds is None else seconds))
+
+
+def db_time(offset: float) -> ExpressionWrapper:
+    """The database's now moved on by `offset` seconds: one clock for every machine's processes,
+    however far theirs are apart."""
+    return ExpressionWrapper(Now() + timedelta(seconds=offset), output_field=DateTimeField())
+
+
+@contextmanager
+def one_moment() -> Iterator[None]:
+    """Every read inside sees the database as of one moment, so what is drawn from several
+    queries never mixes rows from before a commit with rows from after it (a story's head still
+    running beside its steps already stopped). PostgreSQL: a REPEATABLE READ transaction (its
+    default, READ COMMITTED, takes a fresh snapshot at each statement). SQLite: a DEFERRED
+    transaction, whose WAL snapshot is taken at its first read; not our IMMEDIATE one, which would
+    hold the write lock and keep every worker waiting while a page is drawn."""
+    if connection.in_atomic_block:
+        yield  # the caller's transaction has its snapshot already
+    elif connection.vendor == "sqlite":
+        connection.ensure_connection()
+        mode, connection.transaction_mode = connection.transaction_mode, "DEFERRED"  # type: ignore[attr-defined]
+        try:
+            with transaction.atomic():
+                connection.transaction_mode = mode  # type: ignore[attr-defined]
+                yield
+        finally:
+            connection.transaction_mode = mode  # type: ignore[attr-defined]
+    else:
+        with transaction.atomic():
+            with connection.cursor() as cursor:
+                cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            yield
 
 
 def orphaned(workers: Iterable[str], field: str = "worker") -> Q:

@@ -990,6 +990,28 @@ def cluster_of(worker: str) -> int:
     return pid
 
 
+@pytest.mark.django_db(transaction=True)
+def test_a_task_queued_by_a_machine_whose_clock_runs_ahead_is_taken_at_once_and_once(monkeypatch: Any) -> None:
+    """The broker's lock is read and written on the database's clock: a task queued where the
+    clock is 20 s fast is not hidden from the other machines for 20 s, and once taken it is not
+    taken again. (The PostgreSQL mode queues on Redis; its database is tried here all the same.)"""
+    import time_machine
+    from django_q.conf import Conf
+
+    from spoonfeeder.broker import Doorbell
+
+    monkeypatch.setattr(Conf, "ORM", "default")
+    bell = Doorbell(list_key="clock-skew")
+    try:
+        with time_machine.travel(time.time() + 20, tick=True):
+            pk = bell.enqueue("ahead")
+        assert bell.take() == [(pk, "ahead")]
+        assert bell.take() == []
+        assert (bell.queue_size(), bell.lock_size()) == (0, 1)
+    finally:
+        bell.purge_queue()
+
+
 # A cluster on a machine whose clock runs ahead: time-machine started before Django, inherited
 # by the workers the cluster forks.
 FAST_CLOCK = (

@@ -134,3 +134,31 @@ def test_the_prune_task_removes_old_events_and_task_results() -> None:
     assert list(Task.objects.values_list("id", flat=True)) == [kept.id]
     assert not Task.objects.filter(id=old.id).exists()
     assert not Event.objects.filter(kind="old").exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_page_drawn_at_one_moment_reads_an_expired_cache_entry_after_another_commit() -> None:
+    """Fragments are drawn inside a read transaction (work.one_moment); a cache read there that
+    finds an expired entry (a stopped cluster's heartbeat, on the dashboard) writes nothing, so
+    a commit made meanwhile by another process does not make it fail."""
+    from django.core.cache import cache
+    from django.db import connections
+
+    from spoonfeeder import work
+
+    cache.set("a-stopped-cluster", "its heartbeat", timeout=0)  # expired at once
+
+    def commit_elsewhere() -> None:
+        try:
+            Event.emit("dashboard", "elsewhere")
+        finally:
+            connections.close_all()
+
+    with work.one_moment():
+        before = Event.objects.count()  # the moment is taken here
+        elsewhere = threading.Thread(target=commit_elsewhere)
+        elsewhere.start()
+        elsewhere.join()
+        assert cache.get("a-stopped-cluster") is None
+        assert Event.objects.count() == before
+    assert Event.objects.count() == before + 1

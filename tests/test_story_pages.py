@@ -6,6 +6,7 @@ fragments, and a constant number of queries whatever the story's size."""
 from __future__ import annotations
 
 import re
+import threading
 from datetime import timedelta
 from typing import Any
 
@@ -970,6 +971,36 @@ async def test_a_story_socket_gets_the_page_parts_then_every_change(user: User) 
     assert ">Resume</button>" in html and "Stopped" in html
     await ws.disconnect()
     await relay.stop()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_live_fragment_never_mixes_rows_from_before_and_after_a_commit(monkeypatch: Any) -> None:
+    """A story stopped between two of a fragment's reads (by another process, say) shows in
+    neither: the head and the steps are drawn from one moment, and the next push shows both."""
+    from django.db import connections
+
+    from spoonfeeder import live as topics
+
+    load()
+    story = story_with(3, prompted=1)
+
+    def stop_elsewhere() -> None:
+        try:
+            graph.stop(Story.objects.get(pk=story.pk))
+        finally:
+            connections.close_all()
+
+    def head_then_steps(code: str) -> str:
+        stopped = Story.objects.get(code=code).stopped
+        elsewhere = threading.Thread(target=stop_elsewhere)
+        elsewhere.start()
+        elsewhere.join()
+        cancelled = StepRun.objects.filter(story__code=code, status=StepRun.CANCELLED).count()
+        return f"stopped={stopped} cancelled={cancelled}"
+
+    monkeypatch.setitem(topics.PER_OBJECT, "story-", head_then_steps)
+    assert topics.render(f"story-{story.code}") == "stopped=False cancelled=0"
+    assert Story.objects.get(pk=story.pk).stopped and StepRun.objects.filter(status=StepRun.CANCELLED).exists()
 
 
 def test_the_detail_page_follows_its_story_topic(logged_in: Client, templates: None) -> None:
