@@ -54,7 +54,16 @@ def task_event(kind: str, task: dict[str, Any]) -> None:
 
 
 def worker_started(sender: Any, **kwargs: Any) -> None:
+    from django.db import connections
+
     from spoonfeeder.tasks import ensure_sweeping
+
+    # A worker runs one task after another on one thread: its connection is kept from task to
+    # task (checked before each reuse), where CONN_MAX_AGE=0 would open one for every task, and
+    # on PostgreSQL each opening starts a server process: most of a short task's time. The web
+    # process keeps 0 (STACK-NOTES.md: under ASGI a kept connection is never reused).
+    for alias in connections:
+        connections.settings[alias].update(CONN_MAX_AGE=None, CONN_HEALTH_CHECKS=True)
 
     try:
         ensure_sweeping()

@@ -18,17 +18,26 @@ import hashlib
 import os
 import select
 import socket
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 from django.db import connections, transaction
 from django.db.models.functions import Now
+from django_q.brokers import Broker, get_broker
 from django_q.brokers.orm import ORM
 from django_q.conf import Conf
 
 from spoonfeeder.work import db_time
 
 PROC_UNIX = Path("/proc/net/unix")
+
+
+@cache
+def shared() -> Broker:
+    """This process's broker, made once: django-q2 makes one for each task queued unless given
+    one, and the Redis broker's is a new client with a new connection each time."""
+    return get_broker()
 
 
 def bell_prefix(list_key: str) -> str:

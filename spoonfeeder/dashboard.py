@@ -6,16 +6,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from functools import cache
 from typing import Any
 
 from django.conf import settings
 from django.utils import timezone
-from django_q.brokers import Broker, get_broker
 from django_q.humanhash import humanize
 from django_q.models import Task
 from django_q.status import Stat
 
+from spoonfeeder.broker import shared
 from spoonfeeder.models import Event
 
 # Section name (a partial of spoonfeeder/dashboard.html, and its context variable) -> what it
@@ -23,9 +22,7 @@ from spoonfeeder.models import Event
 SECTIONS: dict[str, Callable[[], Any]] = {}
 
 
-@cache
-def broker() -> Broker:
-    return get_broker()
+broker = shared
 
 
 @dataclass(frozen=True)

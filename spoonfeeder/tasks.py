@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from datetime import timedelta
 from typing import Any
 
@@ -16,13 +17,16 @@ from django_q.conf import Conf
 from django_q.models import Task
 from django_q.tasks import async_task
 
-from spoonfeeder import work
+from spoonfeeder import broker, work
 from spoonfeeder.models import Event, Sweeper
 
 log = logging.getLogger(__name__)
 
 SWEEP_SPAN = 50.0  # seconds one sweeper task runs before it hands on to a fresh one
 IDLE_PASSES = 3  # passes with nothing to watch before the sweeper leaves
+# A sweeper row promised to a task not yet running: judged by its heartbeat alone (alive() knows
+# no such process), so a promise whose task was lost goes stale like a dead sweeper.
+PROMISED = "promised:"
 
 
 def enqueue(func: str, *args: Any, timeout: float | None = None, routine: bool = False, **kwargs: Any) -> None:
@@ -33,6 +37,7 @@ def enqueue(func: str, *args: Any, timeout: float | None = None, routine: bool =
     """
     if timeout is not None:
         kwargs["timeout"] = int(timeout) + 1  # the cluster's own deadline, behind the task's
+    kwargs["broker"] = broker.shared()
     if routine:
         # The engine's own upkeep (feeding the pool, sweeping): no result row or event when it
         # succeeds, so the dashboard counts the work people asked for; a failure is kept.
@@ -61,15 +66,17 @@ def prune() -> str:
 # --- the sweeper ---------------------------------------------------------------------------------
 
 
-def sweep() -> str:
+def sweep(promise: str = "") -> str:
     """The sweeper: while the pool has work, every SWEEP_EVERY seconds, each app re-drives its
     orphaned work and feeds the pool what became runnable with time (a retry's wait over, a
     node back from its rest). One at a time; it hands on to a fresh task every SWEEP_SPAN
-    seconds (within any task deadline), and leaves when there is nothing to watch."""
+    seconds (within any task deadline), and leaves when there is nothing to watch.
+
+    The row was promised to this task (`promise`) when it was queued, so nothing starts a second
+    one meanwhile; the task takes it only after its first wait, so its start writes nothing
+    while the feed task of the change that started it claims and sends (on SQLite every write
+    waits for the one before)."""
     me = work.worker_id()
-    # The row first: the changes made from now on see a sweeper and start no other.
-    if not take_sweeper(me):
-        return "another sweeper is running"
     passes = idle = 0
     ends = time.monotonic() + SWEEP_SPAN
     try:
@@ -80,22 +87,23 @@ def sweep() -> str:
                 with work.interruptible():
                     time.sleep(settings.SWEEP_EVERY)
                 work.stopping()
+                if not passes and not take_sweeper(me, promise):
+                    return "another sweeper is running"
                 passes += 1
                 idle = 0 if handle_one_sweep() else idle + 1
                 if idle >= IDLE_PASSES:
                     return f"swept {passes} times; nothing to watch"
                 if time.monotonic() >= ends:
-                    release_sweeper(me)
-                    enqueue("spoonfeeder.tasks.sweep", timeout=SWEEP_SPAN + 30, routine=True)
+                    promise_sweeper(Q(worker=me))
                     return f"swept {passes} times; handed on"
                 if not Sweeper.objects.filter(pk=1, worker=me).update(heartbeat=Now()):
                     return "another sweeper took over"
     except work.Stopped:
-        release_sweeper(me)
+        release_sweeper(me, promise)
         work.leave()
         return f"swept {passes} times; stopped"
     finally:
-        release_sweeper(me)
+        release_sweeper(me, promise)
 
 
 def handle_one_sweep() -> bool:
@@ -110,15 +118,30 @@ def handle_one_sweep() -> bool:
     return busy
 
 
-def take_sweeper(me: str) -> bool:
-    Sweeper.objects.get_or_create(pk=1)
-    current = Sweeper.objects.filter(pk=1).values_list("worker", flat=True).first() or ""
-    free = Q(worker="") | work.orphaned([current])
+def take_sweeper(me: str, promise: str = "") -> bool:
+    """The row made this task's: promised to it, or free."""
+    free = sweeper_free() | Q(worker=promise) if promise else sweeper_free()
     return bool(Sweeper.objects.filter(free, pk=1).update(worker=me, heartbeat=Now()))
 
 
-def release_sweeper(me: str) -> None:
-    Sweeper.objects.filter(pk=1, worker=me).update(worker="", heartbeat=None)
+def release_sweeper(me: str, promise: str = "") -> None:
+    Sweeper.objects.filter(pk=1, worker__in=[me, promise] if promise else [me]).update(worker="", heartbeat=None)
+
+
+def sweeper_free() -> Q:
+    """No sweeper runs or is promised: the row is empty, or its sweeper (or promise) is dead."""
+    current = Sweeper.objects.filter(pk=1).values_list("worker", flat=True).first()
+    if current is None:
+        Sweeper.objects.get_or_create(pk=1)
+    return Q(worker="") | work.orphaned([current or ""])
+
+
+def promise_sweeper(held: Q) -> None:
+    """If the row is `held` (by no one alive, or by the caller), promise it to a new sweeper
+    task and queue that task, in the caller's transaction."""
+    promise = f"{PROMISED}{uuid.uuid4().hex[:12]}"
+    if Sweeper.objects.filter(held, pk=1).update(worker=promise, heartbeat=Now()):
+        enqueue("spoonfeeder.tasks.sweep", promise, timeout=SWEEP_SPAN + 30, routine=True)
 
 
 def wake(feed: str) -> None:
@@ -131,9 +154,9 @@ def wake(feed: str) -> None:
 
 def ensure_sweeping() -> None:
     """Start a sweeper unless one runs (its heartbeat is fresh and its process, if of this
-    machine, is alive): called when work is queued, by the schedule every minute and when a
-    worker (re)starts (after a crash of the whole machine, the last sweeper's heartbeat may
-    still look fresh)."""
-    current = Sweeper.objects.filter(pk=1).values_list("worker", flat=True).first() or ""
-    if not current or Sweeper.objects.filter(work.orphaned([current]), pk=1).exists():
-        enqueue("spoonfeeder.tasks.sweep", timeout=SWEEP_SPAN + 30, routine=True)
+    machine, is alive) or is promised: called when work is queued, by the schedule every minute
+    and when a worker (re)starts (after a crash of the whole machine, the last sweeper's
+    heartbeat may still look fresh)."""
+    free = sweeper_free()
+    if Sweeper.objects.filter(free, pk=1).exists():
+        promise_sweeper(free)

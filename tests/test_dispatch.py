@@ -658,6 +658,34 @@ def test_a_killed_worker_nobody_has_reaped_yet_is_dead_to_the_sweeper() -> None:
         child.wait()
 
 
+@pytest.mark.django_db(transaction=True)
+def test_a_sweeper_on_its_way_is_started_once_and_one_whose_message_was_lost_again(
+    monkeypatch: Any, settings: Any
+) -> None:
+    """The sweeper's row is promised to the task that will run it, when it is queued: changes
+    made before that task starts queue no second one. A promise whose message was lost goes
+    stale like a dead sweeper, and the next change promises the row to a new task; the lost one,
+    delivered late, leaves it to that one."""
+    from spoonfeeder import tasks
+    from spoonfeeder.models import Sweeper
+
+    queued: list[tuple[str, tuple[Any, ...]]] = []
+    monkeypatch.setattr(tasks, "async_task", lambda func, *args, **kwargs: queued.append((func, args)))
+    settings.SWEEP_EVERY = 0.05
+    tasks.ensure_sweeping()
+    tasks.ensure_sweeping()
+    [(func, (lost,))] = queued
+    assert func == "spoonfeeder.tasks.sweep" and Sweeper.objects.get(pk=1).worker == lost
+    Sweeper.objects.filter(pk=1).update(heartbeat=timezone.now() - timedelta(seconds=settings.STALE + 1))
+    tasks.ensure_sweeping()
+    [_, (func, (promise,))] = queued
+    assert func == "spoonfeeder.tasks.sweep" and promise != lost
+    assert tasks.sweep(lost) == "another sweeper is running"
+    assert Sweeper.objects.get(pk=1).worker == promise
+    assert tasks.sweep(promise) == f"swept {tasks.IDLE_PASSES} times; nothing to watch"
+    assert Sweeper.objects.get(pk=1).worker == "" and len(queued) == 2
+
+
 def test_a_sweeper_that_died_with_its_cluster_elsewhere_is_replaced_by_a_working_process(
     cluster: Cluster, node: Any
 ) -> None:
