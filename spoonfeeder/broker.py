@@ -28,7 +28,7 @@ from django_q.brokers import Broker, get_broker
 from django_q.brokers.orm import ORM
 from django_q.conf import Conf
 
-from spoonfeeder.work import db_time
+from spoonfeeder.models import db_time
 
 PROC_UNIX = Path("/proc/net/unix")
 

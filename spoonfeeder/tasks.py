@@ -160,3 +160,20 @@ def ensure_sweeping() -> None:
     free = sweeper_free()
     if Sweeper.objects.filter(free, pk=1).exists():
         promise_sweeper(free)
+
+
+_sweeper_looked = [0.0]  # when this process last looked whether a sweeper runs (monotonic)
+
+
+def look_after_sweeper() -> None:
+    """Every STALE seconds, a process doing work makes sure a sweeper runs: when the one running
+    died with its cluster, nothing else would start one until work is queued or the schedule
+    comes round (up to a minute), and the dead cluster's work would wait."""
+    now = time.monotonic()
+    if now - _sweeper_looked[0] < settings.STALE:
+        return
+    _sweeper_looked[0] = now
+    ensure_sweeping()
+
+
+work.BEAT_CHORES.append(look_after_sweeper)  # work that beats is work a sweeper must watch

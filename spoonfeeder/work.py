@@ -20,15 +20,16 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from datetime import timedelta
 from importlib import import_module
 from pathlib import Path
 from typing import Any
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import DateTimeField, ExpressionWrapper, Q, QuerySet
+from django.db.models import ExpressionWrapper, Q, QuerySet
 from django.db.models.functions import Now
+
+from spoonfeeder.models import db_time
 
 log = logging.getLogger(__name__)
 
@@ -120,12 +121,6 @@ def stale_before(seconds: float | None = None) -> ExpressionWrapper:
     return db_time(-(settings.STALE if seconds is None else seconds))
 
 
-def db_time(offset: float) -> ExpressionWrapper:
-    """The database's now moved on by `offset` seconds: one clock for every machine's processes,
-    however far theirs are apart."""
-    return ExpressionWrapper(Now() + timedelta(seconds=offset), output_field=DateTimeField())
-
-
 @contextmanager
 def one_moment() -> Iterator[None]:
     """Every read inside sees the database as of one moment, so what is drawn from several
@@ -210,6 +205,11 @@ def interruptible() -> Iterator[None]:
         _waiting[0] -= 1
 
 
+# What every heartbeat thread also does at each beat, registered by those who need it (the
+# project's tasks: a look whether a sweeper runs).
+BEAT_CHORES: list[Callable[[], None]] = []
+
+
 @contextmanager
 def beating(rows: QuerySet[Any]) -> Iterator[None]:
     """Inside the block, a thread beats `rows` (heartbeat = the database's now) every BEAT
@@ -221,7 +221,8 @@ def beating(rows: QuerySet[Any]) -> Iterator[None]:
         try:
             while not stop.wait(settings.BEAT):
                 rows.update(heartbeat=Now())
-                look_after_sweeper()
+                for chore in BEAT_CHORES:
+                    chore()
                 if main and (STOP.is_set() or cluster_stopping()):
                     # The blocking call is cut short by the SIGTERM handler (stop_on_sigterm).
                     signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGTERM)
@@ -238,22 +239,6 @@ def beating(rows: QuerySet[Any]) -> Iterator[None]:
     finally:
         stop.set()
         thread.join(timeout=10)
-
-
-_sweeper_looked = [0.0]  # when this process last looked whether a sweeper runs (monotonic)
-
-
-def look_after_sweeper() -> None:
-    """Every STALE seconds, a process doing work makes sure a sweeper runs: when the one running
-    died with its cluster, nothing else would start one until work is queued or the schedule
-    comes round (up to a minute), and the dead cluster's work would wait."""
-    now = time.monotonic()
-    if now - _sweeper_looked[0] < settings.STALE:
-        return
-    _sweeper_looked[0] = now
-    from spoonfeeder.tasks import ensure_sweeping
-
-    ensure_sweeping()
 
 
 def sweeps() -> list[Callable[[], bool]]:
