@@ -99,8 +99,7 @@ def sweep(promise: str = "") -> str:
                 if not Sweeper.objects.filter(pk=1, worker=me).update(heartbeat=Now()):
                     return "another sweeper took over"
     except work.Stopped:
-        release_sweeper(me, promise)
-        work.leave()
+        work.leave()  # the row is let go below, before the process ends
         return f"swept {passes} times; stopped"
     finally:
         release_sweeper(me, promise)
