@@ -6,7 +6,8 @@ A row that holds work names its worker (`worker_id()`: the machine, the process 
 run) and beats every BEAT seconds on the database's clock. It is an orphan when its heartbeat is
 older than STALE seconds by that same clock, when the worker is a process of this machine that
 no longer exists, or when it was handed back (no heartbeat). Only the first two count as a crash
-of the worker that was running it.
+of the worker that was running it, and a stale heartbeat only when its worker is not a live
+process of this machine (a late one is re-driven, not charged).
 """
 
 from __future__ import annotations
@@ -96,10 +97,16 @@ def worker_id() -> str:
 def alive(worker: str) -> bool:
     """False when `worker` is a process of this machine that is gone; True otherwise (another
     machine's worker is judged by its heartbeat alone)."""
+    return running_here(worker) is not False
+
+
+def running_here(worker: str) -> bool | None:
+    """Whether `worker` is a live process of this machine: None when it is another machine's
+    (or no worker), which only its heartbeat can speak for."""
     host, _, rest = worker.partition(":")
     pid = rest.partition(":")[0]
     if host != HOST or not pid.isdigit():
-        return True
+        return None
     try:
         os.kill(int(pid), 0)
     except ProcessLookupError:
@@ -160,8 +167,12 @@ QUARANTINE_AFTER = 3
 
 
 def crashed(worker: str, heartbeat: Any) -> bool:
-    """Whether an orphan's worker died while running it (not handed back, not never started)."""
-    return bool(worker) and heartbeat is not None
+    """Whether an orphan's worker died while running it: not handed back, not never started,
+    and not a process of this machine that still lives (its heartbeat came late, on a loaded
+    machine, or it hangs: its work is re-driven, and its later writes find the row no longer
+    its own, but no death is charged to the work). Another machine's worker whose heartbeat
+    stopped is taken for dead: nothing else can speak for it."""
+    return bool(worker) and heartbeat is not None and running_here(worker) is not True
 
 
 @contextmanager
@@ -218,8 +229,10 @@ def beating(rows: QuerySet[Any]) -> Iterator[None]:
     main = threading.current_thread() is threading.main_thread()
 
     def beat() -> None:
+        due = time.monotonic()
         try:
-            while not stop.wait(settings.BEAT):
+            # Every BEAT seconds from the start, however long a beat and its chores took.
+            while not stop.wait(max(0.0, (due := due + settings.BEAT) - time.monotonic())):
                 rows.update(heartbeat=Now())
                 for chore in BEAT_CHORES:
                     chore()

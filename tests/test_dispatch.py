@@ -782,6 +782,28 @@ def test_a_job_that_keeps_killing_its_worker_is_quarantined(node: Any) -> None:
     assert job.status == "failed" and "quarantined: the worker running this job died 3 times" in job.error
 
 
+def test_a_live_worker_whose_heartbeat_came_late_is_re_driven_but_not_charged(node: Any, monkeypatch: Any) -> None:
+    """On a loaded machine a heartbeat can come later than the lease allows: the job is taken
+    for orphaned and re-driven (its attempt asks the node), but its worker, a process of this
+    machine that still lives, did not die, and no crash is counted: two such and one real death
+    do not quarantine a good render. Another machine's worker, silent as long, is taken for dead."""
+    gpu, _ = node
+    queued: list[tuple[Any, ...]] = []
+    monkeypatch.setattr(dispatch, "enqueue", lambda func, *args, **kwargs: queued.append((func, *args)))
+    late = timezone.now() - timedelta(minutes=1)
+    live, remote = queue(n=2)
+    for job, worker in ((live, work.worker_id()), (remote, "elsewhere:1:x")):
+        RenderJob.objects.filter(pk=job.pk).update(
+            status="rendering", node=gpu, prompt_id=f"p-{job.pk}", crashes=2, heartbeat=late, worker=worker
+        )
+    dispatch.sweep()
+    live.refresh_from_db()
+    remote.refresh_from_db()
+    assert (live.status, live.worker, live.crashes) == ("rendering", "", 2)
+    assert queued == [("renders.tasks.attempt", live.pk, f"p-{live.pk}")]
+    assert remote.status == "failed" and "died 3 times" in remote.error
+
+
 # --- the speed-aware choice: which queued job a free node takes ---------------------------------
 
 
