@@ -1,9 +1,11 @@
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any
 
 from django.apps import AppConfig
+from django.conf import settings
 
 log = logging.getLogger(__name__)
 
@@ -69,3 +71,23 @@ def worker_started(sender: Any, **kwargs: Any) -> None:
         ensure_sweeping()
     except Exception:
         log.exception("could not start the sweeper")
+    # After the whole stack was killed, the row may hold a promise made a moment before, judged by
+    # its heartbeat alone, whose task died locked in the killed cluster's hands: with nothing
+    # running, nothing else would look again until the schedule comes round. Once more, when
+    # that promise would be stale.
+    again = threading.Timer(settings.STALE + settings.BEAT, look_again)
+    again.daemon = True
+    again.start()
+
+
+def look_again() -> None:
+    from django.db import connection
+
+    from spoonfeeder.tasks import ensure_sweeping
+
+    try:
+        ensure_sweeping()
+    except Exception:
+        log.exception("could not start the sweeper")
+    finally:
+        connection.close()  # this thread's own

@@ -709,6 +709,31 @@ def test_a_sweeper_that_died_with_its_cluster_elsewhere_is_replaced_by_a_working
     assert (job.attempts, executions(sim, job)) == (1, 1)
 
 
+def test_a_cluster_started_beside_a_promise_that_died_with_the_last_one_sweeps(node: Any, stack: Stack) -> None:
+    """The whole stack was killed a moment after it promised the sweeper's row to a task that
+    it had already taken (locked, never run): a new cluster finds a fresh promise and nothing
+    queued. It looks again once the promise is stale and sweeps: the job a dead worker left on
+    the node is followed again, without waiting for the schedule (a minute)."""
+    from django_q.models import Schedule
+
+    from spoonfeeder import tasks
+    from spoonfeeder.models import Sweeper
+
+    gpu, sim = node
+    sim.knobs.seconds_per_node = 0.05
+    [job] = queue()
+    cap = Capability.objects.get(node=gpu)
+    dead = f"{work.HOST}:999999:dead"
+    RenderJob.objects.filter(pk=job.pk).update(
+        status="assigned", node=gpu, capability=cap, prompt_id="p-dead", attempts=1, worker=dead
+    )
+    Sweeper.objects.update_or_create(pk=1, defaults={"worker": f"{tasks.PROMISED}lost", "heartbeat": timezone.now()})
+    Schedule.objects.filter(func="spoonfeeder.tasks.sweep").update(next_run=timezone.now() + timedelta(hours=1))
+    stack.worker(SPOONFEEDER_STALE="2", SPOONFEEDER_BEAT="0.5")
+    wait_status(job, "completed", timeout=20)
+    assert (job.attempts, executions(sim, job)) == (1, 1)
+
+
 def test_the_whole_stack_killed_with_100_jobs_then_run_again_renders_each_once(node: Any, stack: Stack) -> None:
     _, sim = node
     sim.knobs.seconds_per_node = 0.05
