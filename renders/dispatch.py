@@ -128,9 +128,8 @@ def first_attempt(media_root: Path | None = None) -> Attempt | None:
     """On a pool with room, the best job for the first ComfyUI that has room, claimed for this
     worker to send at once, before anything else is fed: a job queued on an idle pool reaches its
     node one broker hop sooner, with nothing but its own claim before the POST. The feed task
-    sends it, then feeds the rest of the pool (Attempt's `first`)."""
-    if Queue.get().paused:
-        return None
+    sends it, then feeds the rest of the pool (Attempt's `first`). A paused queue: the claim
+    itself reads the pause."""
     me = work.worker_id()
     caps = feedable()
     for cap in caps:
@@ -451,7 +450,9 @@ class Attempt:
         beat = work.beating(RenderJob.objects.filter(pk=self.job.pk, worker=self.me))
         try:
             with work.stop_on_sigterm(), beat:
-                work.stopping()  # taken by a cluster that is stopping: leave it to the next one
+                # Taken by a cluster that is stopping: leave it to the next one. Its status as last
+                # read: the first look at the node after the POST reads it again.
+                work.stopping(read=False)
                 if not self.job.client_id:  # never sent: send it (else the node says where it is)
                     sent = self.send()
                     if sent:

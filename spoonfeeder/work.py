@@ -64,11 +64,13 @@ def leave() -> None:
         raise SystemExit(0)
 
 
-def stopping() -> None:
+def stopping(*, read: bool = True) -> None:
     """Raise Stopped if this task is to stop: this process's tasks are stopped, or its cluster is
     stopping (a graceful stop of django-q2 waits for the running task, which would be a whole
-    render: its status is read at most every BEAT seconds)."""
-    if STOP.is_set() or _signalled.is_set() or cluster_stopping():
+    render: its status is read at most every BEAT seconds). `read=False`: the cluster's status as
+    last read, without reading it now (before a job's POST, where the read would delay every
+    pickup; the next stopping() reads it)."""
+    if STOP.is_set() or _signalled.is_set() or (cluster_stopping() if read else _looked[1]):
         raise Stopped
 
 
