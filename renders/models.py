@@ -224,7 +224,7 @@ class RenderJob(models.Model):
         )
 
     def cancel(self) -> bool:
-        """Rows first: the dispatcher interrupts it on the node or takes it off the node's queue."""
+        """Rows first: the job's attempt task interrupts it on the node or takes it off the node's queue."""
         return self.transition(
             self.CANCELLED, expect=(self.QUEUED, self.ASSIGNED, self.RENDERING), finished=timezone.now()
         )
