@@ -141,6 +141,9 @@ def first_attempt(media_root: Path | None = None) -> Attempt | None:
     return None
 
 
+LACKING = "no online ComfyUI has what its template needs: "  # a queued job's error, said by say_what_no_node_has
+
+
 def say_what_no_node_has(caps: list[Capability]) -> None:
     """A queued job that no usable ComfyUI can run (each lacks a node class or a model file its
     template needs) says so, and what each lacks, instead of waiting without a word."""
@@ -153,9 +156,7 @@ def say_what_no_node_has(caps: list[Capability]) -> None:
         lacking = {c.node.name: c.lacks(needs) for c in known}
         if not all(lacking.values()):
             continue
-        reason = "no online ComfyUI has what its template needs: " + "; ".join(
-            f"{name} lacks {', '.join(missing)}" for name, missing in sorted(lacking.items())
-        )
+        reason = LACKING + "; ".join(f"{name} lacks {', '.join(missing)}" for name, missing in sorted(lacking.items()))
         waiting = RenderJob.objects.runnable().filter(pin=None, template=template).exclude(error=reason)
         with transaction.atomic():
             if waiting.update(error=reason[:5000]):

@@ -22,4 +22,5 @@ def finished_fragments() -> str:
 def register() -> None:
     live.TOPICS["renders"] = fragments
     live.TOPICS["renders-done"] = finished_fragments
+    live.DRAWN_WITH.setdefault("nodes", set()).add("renders")  # why a queued job waits
     dashboard.SECTIONS["renders"] = queue.counts

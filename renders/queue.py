@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from django.core.paginator import Paginator
-from django.db.models import Count, Q
+from django.db.models import Count, Exists, OuterRef, Q
+from django.utils import timezone
 
+from nodes.models import PREFETCH, Capability
+from renders.dispatch import LACKING, best_fit
 from renders.models import Queue, RenderJob, Speed
 
 PAGE = 25
@@ -29,12 +33,99 @@ def live() -> dict[str, Any]:
     jobs = RenderJob.objects.select_related("template", "node", "pin")
     rendering = list(jobs.active().order_by("started", "created"))
     with_etas(rendering)
-    return {
-        "counts": counts(),
-        "paused": Queue.get().paused,
-        "rendering": rendering,
-        "queued": list(jobs.filter(status=RenderJob.QUEUED).in_dispatch_order()[:QUEUED_SHOWN]),
-    }
+    paused = Queue.get().paused
+    queued = list(jobs.filter(status=RenderJob.QUEUED).in_dispatch_order()[:QUEUED_SHOWN])
+    why_waiting(queued, paused=paused, ahead=0)
+    return {"counts": counts(), "paused": paused, "rendering": rendering, "queued": queued}
+
+
+def why_waiting(jobs: list[RenderJob], *, paused: bool | None = None, ahead: int | None = None) -> None:
+    """Each queued job's `waiting`: why it has not started, from the pool as it is now (derived,
+    never stored). `jobs` in dispatch order; `ahead`: how many queued jobs come before the first,
+    when `jobs` are the queue from there on (else each job's place in the whole queue is read).
+    A few queries, however many jobs."""
+    if not any(job.status == RenderJob.QUEUED for job in jobs):
+        return
+    if ahead is None:
+        order = RenderJob.objects.filter(status=RenderJob.QUEUED).in_dispatch_order().values_list("pk", flat=True)
+        place = {pk: i for i, pk in enumerate(order)}
+    else:
+        place = {job.pk: i for i, job in enumerate(jobs, start=ahead)}
+    if paused is None:
+        paused = Queue.get().paused
+    takes_work = Capability.objects.usable(Capability.COMFYUI).filter(pk=OuterRef("pk"))
+    caps: list[Capability] = list(
+        Capability.objects.filter(kind=Capability.COMFYUI)
+        .with_load()
+        .annotate(usable=Exists(takes_work))
+        .select_related("node")
+    )
+    usable = {c.pk for c in caps if getattr(c, "usable", False)}
+    with_room = [c for c in caps if c.pk in usable and c.has_room(PREFETCH)] if not paused else []
+    # What each node with room would take now: a job none of them takes waits for a busy one.
+    chosen = {job.pk for cap in with_room if (job := best_fit(cap, alone=len(usable) == 1)) is not None}
+    now = timezone.now()
+    for job in jobs:
+        job.waiting = waiting_reason(job, place.get(job.pk, 0), paused, caps, usable, chosen, now)  # type: ignore[attr-defined]
+
+
+def ahead_of(job: RenderJob) -> int:
+    """How many queued jobs come before `job` in dispatch order."""
+    before = Q(priority__gt=job.priority) | Q(priority=job.priority, position__lt=job.position)
+    return RenderJob.objects.filter(before, status=RenderJob.QUEUED).count()
+
+
+def waiting_reason(
+    job: RenderJob,
+    ahead: int,
+    paused: bool,
+    caps: list[Capability],
+    usable: set[int],
+    chosen: set[int],
+    now: datetime,
+) -> str:
+    """Why one queued job has not started (see why_waiting); "" for a job that is not queued."""
+    if job.status != RenderJob.QUEUED:
+        return ""
+    if paused:
+        return "the queue is paused"
+    if job.not_before and job.not_before > now:
+        at = timezone.localtime(job.not_before).strftime("%H:%M:%S")
+        return f"retry {job.attempts + 1}/{job.max_attempts} at {at}"
+    if job.error.startswith(LACKING):
+        return job.error
+    if job.pin_id is not None:
+        # Its tag says "only on <node>": the reason says how that node is.
+        mine = [c for c in caps if c.node_id == job.pin_id]
+        if not mine:
+            return "its node has no ComfyUI any more: cancel it, or queue it again for another node"
+        if mine[0].pk not in usable:
+            return f"{mine[0].node.name} {unusable(mine[0], now)}"
+        if not mine[0].has_room(PREFETCH):
+            return f"{mine[0].node.name} is busy ({ahead} ahead of it)"
+        return "starting"
+    if not caps:
+        return "no ComfyUI in the pool: add a node on the Nodes page"
+    if not usable:
+        return "no ComfyUI can take work: " + "; ".join(f"{c.node.name} {unusable(c, now)}" for c in caps)
+    room = [c for c in caps if c.pk in usable and c.has_room(PREFETCH)]
+    if not room:
+        return f"every ComfyUI is busy ({ahead} ahead of it)"
+    if len(usable) > 1 and all(c.node_id == job.avoid_id for c in room):
+        return f"its last attempt failed on {room[0].node.name}: waiting for another node ({ahead} ahead of it)"
+    if job.pk in chosen:
+        return "starting"
+    free = ", ".join(c.node.name for c in room)
+    return f"waiting for a faster node: {free} would finish it later than a busy one ({ahead} ahead of it)"
+
+
+def unusable(cap: Capability, now: datetime) -> str:
+    """Why a ComfyUI takes no new work, as "is …"."""
+    if not cap.node.enabled:
+        return "is disabled"
+    if cap.resting_until and cap.resting_until > now:
+        return f"is resting after a fault until {timezone.localtime(cap.resting_until):%H:%M:%S}"
+    return f"is {cap.get_status_display().lower()}"
 
 
 def with_etas(jobs: list[RenderJob]) -> None:

@@ -20,6 +20,9 @@ from spoonfeeder import dashboard, work
 TOPICS: dict[str, Callable[[], str]] = {}
 # Topics of one object each: prefix -> renderer given the rest of the topic (a story's code).
 PER_OBJECT: dict[str, Callable[[str], str]] = {}
+# Topic -> the topics drawn again whenever it changes: those whose fragments say how its objects
+# stand (the render queue says why a job waits by how its nodes are). Apps add theirs when ready.
+DRAWN_WITH: dict[str, set[str]] = {}
 # Topics whose fragments change with time alone (a heartbeat going stale, "in the last hour"):
 # the relay re-renders them every RELAY_TICK seconds and pushes them when they differ.
 TICKING = frozenset({"dashboard"})

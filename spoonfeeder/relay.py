@@ -50,7 +50,8 @@ async def stop() -> None:
 def claim_and_render(ticking: frozenset[str], last: dict[str, str]) -> dict[str, str]:
     """One pass: the HTML to send, by topic. Runs in the relay's thread."""
     try:
-        topics = {e.topic for e in Event.objects.claim() if live.known(e.topic)}
+        changed = {e.topic for e in Event.objects.claim()}
+        topics = {t for t in changed | {f for c in changed for f in live.DRAWN_WITH.get(c, ())} if live.known(t)}
         out = {}
         for topic in topics | ticking:
             html = live.render(topic)

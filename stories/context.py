@@ -190,14 +190,17 @@ def renders(story: Story, status: str, page: int) -> dict[str, Any]:
         "failed": by_status[RenderJob.FAILED],
     }
     finished = queue.finished(status, str(story.code), page)
+    paused = Queue.get().paused
+    queued = list(jobs.filter(status=RenderJob.QUEUED).in_dispatch_order()[: queue.QUEUED_SHOWN])
+    queue.why_waiting(queued, paused=paused)
     return {
         # Not "story": the template's include gives the queue's partial the story's code as that.
         "finished": finished["finished"],
         "status": finished["status"],
         "rendering": rendering,
-        "queued": list(jobs.filter(status=RenderJob.QUEUED).in_dispatch_order()[: queue.QUEUED_SHOWN]),
+        "queued": queued,
         "counts": counts,
-        "paused": Queue.get().paused,
+        "paused": paused,
     }
 
 

@@ -87,6 +87,8 @@ def test_videos_queued_in_the_browser_render_live_reorder_cancel_and_play(
     expect(page.locator("#queued .job")).to_have_count(3)
     assert queued_codes(page) == [first, second, third]
     expect(page.locator("#render-counts #renders-queued")).to_have_text("3")
+    # Each says why it waits.
+    expect(page.locator("#queued .job .waiting")).to_have_text(["the queue is paused"] * 3)
     expect_live(page, "connected", 10)
     navigations = watch_navigation(page)
 
@@ -101,6 +103,11 @@ def test_videos_queued_in_the_browser_render_live_reorder_cancel_and_play(
     expect(page.locator("#queue-controls .tag")).to_have_count(0, timeout=10_000)
     expect(page.locator(f"#rendering #job-{third}")).to_be_visible(timeout=20_000)
     print(f"resume to the moved job shown rendering: {time.monotonic() - started:.2f} s")
+    # The node renders one and holds the next in its own queue: the last one waits for it, and says so.
+    expect(page.locator(f"#queued #job-{second} .waiting")).to_have_text(
+        "every ComfyUI is busy (0 ahead of it)", timeout=10_000
+    )
+    page.screenshot(path=str(SCREENSHOTS / "queue-waiting.png"), full_page=True)
 
     # The progress bar moves while the job renders, without a reload.
     widths: list[str] = []

@@ -376,7 +376,7 @@ def test_the_page_with_300_jobs_stays_under_a_fixed_query_budget(
 ) -> None:
     many(300)
     page(logged_in)
-    with django_assert_max_num_queries(12):
+    with django_assert_max_num_queries(13):  # one of them: the pool, for why each queued job waits
         page(logged_in)
 
 

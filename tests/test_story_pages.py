@@ -528,6 +528,7 @@ def test_the_renders_tab_shows_the_story_jobs_through_the_queue_parts(logged_in:
     finished = re.search(r'<section id="finished".*?</section>', html, re.S)
     assert queued and finished
     assert f"job-{waiting.code}" in queued.group(0) and f"job-{other.code}" not in html
+    assert "no ComfyUI in the pool: add a node on the Nodes page" in queued.group(0)  # why it waits
     assert f"job-{done.code}" in finished.group(0) and "Download" in finished.group(0)
     assert '<dd id="renders-queued">1</dd>' in html and '<dd id="renders-completed">1</dd>' in html
     # The queue's own controls; "retry all failed" there retries this story's jobs.

@@ -11,6 +11,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from nodes.models import Capability, Node
 from renders.forms import RenderForm
 from renders.models import RenderJob, Template
+from renders.queue import ahead_of, why_waiting
 from renders.views import queue_jobs
 
 
@@ -76,6 +77,9 @@ class Command(BaseCommand):
         while time.monotonic() < deadline:
             job.refresh_from_db()
             line = f"{job.get_status_display()}"
+            if job.status == RenderJob.QUEUED:
+                why_waiting([job], ahead=ahead_of(job))
+                line += f": {job.waiting}"  # type: ignore[attr-defined]
             if job.status == RenderJob.RENDERING:
                 line += f" {job.progress:.0%}" + (f" step {job.step}/{job.steps}" if job.steps else "")
             if line != last:

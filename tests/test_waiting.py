@@ -1,0 +1,168 @@
+"""Why a queued render has not started (issue 11, point 1): each reason as a user sees it, on the
+Render queue page, on the job's own page and from `render --wait`. The pool is built in the
+database (no node is contacted): a capability's load is the number of rows holding it."""
+
+from __future__ import annotations
+
+import os
+import re
+from datetime import timedelta
+from io import StringIO
+
+import pytest
+from django.core.management import CommandError, call_command
+from django.test import Client
+from django.urls import reverse
+from django.utils import timezone
+
+from nodes.models import Capability, Node
+from renders.dispatch import LACKING
+from renders.management.commands.load_templates import load
+from renders.models import Queue, RenderJob, Speed, Template
+from spoonfeeder import relay
+
+NET = 53 if os.environ.get("DATABASE_URL") else 52
+
+
+@pytest.fixture(autouse=True)
+def templates(db: None) -> None:
+    load()
+
+
+def gpu(name: str, *, limit: int = 1, **fields: object) -> Capability:
+    node = Node.objects.create(
+        name=name, host=f"127.0.{NET}.{Node.objects.count() + 1}", enabled=fields.pop("enabled", True)
+    )
+    fields.setdefault("status", Capability.ONLINE)
+    return Capability.objects.create(node=node, kind=Capability.COMFYUI, port=8188, limit=limit, **fields)
+
+
+def job(**fields: object) -> RenderJob:
+    template = Template.objects.get(name="test-still-image")
+    return RenderJob.objects.create(
+        template=template, prompt="a lighthouse", position=RenderJob.last_position(), **fields
+    )
+
+
+def fill(cap: Capability) -> None:
+    """Every unit of `cap` held: its limit rendering and one more waiting in its own queue."""
+    for _ in range(cap.limit + 1):
+        job(status=RenderJob.RENDERING, node=cap.node, capability=cap, worker="elsewhere:1:x")
+
+
+def waiting_shown(client: Client, queued: RenderJob) -> str:
+    """The reason beside the job in the queue, and the job page's, which must agree."""
+    html = client.get(reverse("renders:index")).content.decode()
+    row = re.search(rf'id="job-{queued.code}".*?</div>', html, re.S)
+    assert row, "the job is not in the queue"
+    beside = re.search(r'<span class="small waiting[^"]*"[^>]*>(.*?)</span>', row.group(0), re.S)
+    assert beside, f"no reason beside the job: {row.group(0)}"
+    own = client.get(reverse("renders:job", args=[queued.code])).content.decode()
+    assert "Waiting: " in own
+    reason = beside.group(1).strip()
+    assert reason in own.replace("&#x27;", "'") or reason.endswith("…")
+    return reason.replace("&#x27;", "'")
+
+
+def test_a_paused_queue_says_so(logged_in: Client) -> None:
+    gpu("gpu")
+    queued = job()
+    Queue.set_paused(True)
+    assert waiting_shown(logged_in, queued) == "the queue is paused"
+
+
+def test_a_retry_says_which_attempt_and_when(logged_in: Client) -> None:
+    gpu("gpu")
+    at = timezone.now() + timedelta(minutes=5)
+    queued = job(attempts=1, not_before=at, error="ComfyUI said: out of memory")
+    reason = waiting_shown(logged_in, queued)
+    assert reason == f"retry 2/3 at {timezone.localtime(at):%H:%M:%S}"
+    # The last attempt's error is still there to read.
+    assert "out of memory" in logged_in.get(reverse("renders:job", args=[queued.code])).content.decode()
+
+
+def test_a_job_no_node_can_run_names_what_each_lacks(logged_in: Client) -> None:
+    gpu("old gpu")
+    queued = job(error=LACKING + "old gpu lacks the node class SaveImage")
+    assert waiting_shown(logged_in, queued) == LACKING + "old gpu lacks the node class SaveImage"
+
+
+def test_an_empty_pool_says_to_add_a_node(logged_in: Client) -> None:
+    queued = job()
+    assert waiting_shown(logged_in, queued) == "no ComfyUI in the pool: add a node on the Nodes page"
+
+
+def test_a_pool_that_takes_no_work_says_why_of_each_node(logged_in: Client) -> None:
+    until = timezone.now() + timedelta(seconds=40)
+    gpu("a", status=Capability.OFFLINE)
+    gpu("b", enabled=False)
+    gpu("c", resting_until=until, faults=2)
+    queued = job()
+    assert waiting_shown(logged_in, queued) == (
+        f"no ComfyUI can take work: a is offline; b is disabled; c is resting after a fault until "
+        f"{timezone.localtime(until):%H:%M:%S}"
+    )
+
+
+def test_every_busy_node_says_how_many_are_ahead(logged_in: Client) -> None:
+    fill(gpu("a"))
+    fill(gpu("b", limit=2))
+    first, second = job(), job()
+    assert waiting_shown(logged_in, first) == "every ComfyUI is busy (0 ahead of it)"
+    assert waiting_shown(logged_in, second) == "every ComfyUI is busy (1 ahead of it)"
+
+
+def test_a_pinned_job_says_how_its_node_is(logged_in: Client) -> None:
+    busy, down = gpu("busy gpu"), gpu("down gpu", status=Capability.OFFLINE)
+    fill(busy)
+    on_busy, on_down = job(pin=busy.node), job(pin=down.node)
+    assert waiting_shown(logged_in, on_busy) == "busy gpu is busy (0 ahead of it)"
+    assert waiting_shown(logged_in, on_down) == "down gpu is offline"
+
+
+def test_a_retry_that_must_avoid_the_only_free_node_says_so(logged_in: Client) -> None:
+    fill(gpu("a"))
+    b = gpu("b")
+    queued = job(attempts=1, avoid=b.node, error="ComfyUI said: out of memory")
+    assert waiting_shown(logged_in, queued) == "its last attempt failed on b: waiting for another node (0 ahead of it)"
+
+
+def test_a_job_a_free_node_takes_now_is_starting_and_never_shown_as_rendering(logged_in: Client) -> None:
+    gpu("gpu")
+    queued = job()
+    assert waiting_shown(logged_in, queued) == "starting"
+    rendering = logged_in.get(reverse("renders:index")).content.decode().split('id="queued"')[0]
+    assert f'id="job-{queued.code}"' not in rendering
+
+
+def test_a_job_left_to_a_faster_busy_node_says_so(logged_in: Client) -> None:
+    fast, slow = gpu("fast"), gpu("slow")
+    template = Template.objects.get(name="test-still-image")
+    Speed.objects.create(capability=fast, template=template, seconds_per_unit=1.0)
+    Speed.objects.create(capability=slow, template=template, seconds_per_unit=100.0)
+    fill(fast)  # 2 s of work ahead on the fast node; 100 s for the job on the slow one
+    queued = job()
+    assert waiting_shown(logged_in, queued) == (
+        "waiting for a faster node: slow would finish it later than a busy one (0 ahead of it)"
+    )
+
+
+def test_render_wait_prints_why_it_waits(logged_in: Client) -> None:
+    gpu("gpu")
+    Queue.set_paused(True)
+    out = StringIO()
+    with pytest.raises(CommandError, match="still queued"):
+        call_command("render", "test-still-image", "--prompt", "x", "--wait", "--timeout", "0.5", stdout=out)
+    assert "Queued: the queue is paused" in out.getvalue()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_queue_pushed_to_its_pages_follows_how_its_nodes_are() -> None:
+    cap = gpu("gpu")
+    job()
+    relay.claim_and_render(frozenset(), {})  # what was written so far
+    cap.status = Capability.OFFLINE
+    cap.save()
+    cap.node.changed()  # what a health check that found it down does: an event of the nodes' topic
+    pushed = relay.claim_and_render(frozenset(), {})
+    assert "no ComfyUI can take work: gpu is offline" in pushed["renders"]
