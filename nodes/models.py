@@ -353,6 +353,16 @@ class Discovery(models.Model):
     def __str__(self) -> str:
         return f"discovery of {self.targets}"
 
+    def summary(self) -> str:
+        """Which of the hosts that answered were added to the pool, and which were in it already."""
+        answered = [f for f in self.found if f.get("node")]
+        added = [f["node"] for f in answered if f.get("new")]
+        known = [f["node"] for f in answered if not f.get("new")]
+        parts = [f"{len(added)} new: {', '.join(added)}"] if added else []
+        if known:
+            parts.append(f"{len(known)} already in the pool: {', '.join(known)}")
+        return "; ".join(parts) or "nothing answered"
+
 
 def placement_order(cap: Capability, *, story_node: int | None = None, model: str = "") -> tuple[Any, ...]:
     loaded = bool(model) and model in cap.inventory.get("loaded", [])

@@ -6,22 +6,26 @@ from datetime import datetime
 from typing import Any
 
 from django.core.paginator import Paginator
-from django.db.models import Count, Exists, OuterRef, Q
+from django.db.models import Count, Exists, OuterRef, Q, QuerySet
 from django.utils import timezone
 
 from nodes.models import PREFETCH, Capability
 from renders.dispatch import LACKING, best_fit
-from renders.models import Queue, RenderJob, Speed
+from renders.models import JobQuerySet, Queue, RenderJob, Speed
 
 PAGE = 25
 QUEUED_SHOWN = 50
 
 
-def counts() -> dict[str, int]:
-    by_status = dict(RenderJob.objects.values_list("status").annotate(n=Count("id")).order_by())
+def counts(jobs: QuerySet[RenderJob] | None = None) -> dict[str, int]:
+    """How many of `jobs` (every job by default) are in each state; "next": sent to a node, or
+    being sent, and waiting there behind the one it renders."""
+    jobs = RenderJob.objects.all() if jobs is None else jobs
+    by_status = dict(jobs.values_list("status").annotate(n=Count("id")).order_by())
     return {
         "queued": by_status.get(RenderJob.QUEUED, 0),
-        "rendering": by_status.get(RenderJob.RENDERING, 0) + by_status.get(RenderJob.ASSIGNED, 0),
+        "next": by_status.get(RenderJob.ASSIGNED, 0),
+        "rendering": by_status.get(RenderJob.RENDERING, 0),
         "completed": by_status.get(RenderJob.COMPLETED, 0),
         "failed": by_status.get(RenderJob.FAILED, 0),
         "cancelled": by_status.get(RenderJob.CANCELLED, 0),
@@ -31,12 +35,19 @@ def counts() -> dict[str, int]:
 def live() -> dict[str, Any]:
     """The parts every visitor of the page sees the same: counts, what renders, what waits."""
     jobs = RenderJob.objects.select_related("template", "node", "pin")
-    rendering = list(jobs.active().order_by("started", "created"))
-    with_etas(rendering)
     paused = Queue.get().paused
     queued = list(jobs.filter(status=RenderJob.QUEUED).in_dispatch_order()[:QUEUED_SHOWN])
     why_waiting(queued, paused=paused, ahead=0)
-    return {"counts": counts(), "paused": paused, "rendering": rendering, "queued": queued}
+    return {"counts": counts(), "paused": paused, **on_nodes(jobs), "queued": queued}
+
+
+def on_nodes(jobs: JobQuerySet) -> dict[str, list[RenderJob]]:
+    """Of `jobs`, those rendering (with their ETAs) and those next on their node (sent ahead, or
+    being sent, waiting there behind the one it renders)."""
+    active = list(jobs.active().order_by("started", "created"))
+    rendering = [job for job in active if job.status == RenderJob.RENDERING]
+    with_etas(rendering)
+    return {"rendering": rendering, "next_up": [job for job in active if job.status == RenderJob.ASSIGNED]}
 
 
 def why_waiting(jobs: list[RenderJob], *, paused: bool | None = None, ahead: int | None = None) -> None:

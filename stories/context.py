@@ -180,15 +180,7 @@ def planned(story: Story) -> list[Shot] | list[Scene]:
 def renders(story: Story, status: str, page: int) -> dict[str, Any]:
     """The render queue's parts, for this story's jobs only."""
     jobs = RenderJob.objects.filter(story=str(story.code)).select_related("template", "node", "pin")
-    rendering = list(jobs.active().order_by("started", "created"))
-    queue.with_etas(rendering)
-    by_status = Counter(jobs.values_list("status", flat=True).order_by())
-    counts = {
-        "queued": by_status[RenderJob.QUEUED],
-        "rendering": by_status[RenderJob.RENDERING] + by_status[RenderJob.ASSIGNED],
-        "completed": by_status[RenderJob.COMPLETED],
-        "failed": by_status[RenderJob.FAILED],
-    }
+    counts = queue.counts(jobs)
     finished = queue.finished(status, str(story.code), page)
     paused = Queue.get().paused
     queued = list(jobs.filter(status=RenderJob.QUEUED).in_dispatch_order()[: queue.QUEUED_SHOWN])
@@ -197,7 +189,7 @@ def renders(story: Story, status: str, page: int) -> dict[str, Any]:
         # Not "story": the template's include gives the queue's partial the story's code as that.
         "finished": finished["finished"],
         "status": finished["status"],
-        "rendering": rendering,
+        **queue.on_nodes(jobs),
         "queued": queued,
         "counts": counts,
         "paused": paused,

@@ -10,6 +10,7 @@ from django.contrib.auth.models import User
 from django.db import close_old_connections, transaction
 from django.test import Client
 from django.urls import reverse
+from django.utils import timezone
 
 from nodes.discovery import TargetError, expand
 from nodes.models import Capability, Discovery, Node, Requirements, place, place_and_claim
@@ -240,6 +241,23 @@ def test_discover_from_the_page_queues_a_run_or_says_what_is_wrong(
     assert Discovery.objects.get().targets == "127.0.0.1 127.0.0.2"
     assert broker().queue_size() == 1
     broker().purge_queue()
+
+
+def test_a_finished_discovery_says_which_hosts_were_new_and_which_were_in_the_pool(logged_in: Client) -> None:
+    Discovery.objects.create(
+        targets="127.0.0.1-3",
+        finished=timezone.now(),
+        probed=3,
+        found=[
+            {"host": "127.0.0.1", "node": "127.0.0.1", "new": True, "ollama": "0.12.6", "comfyui": "", "error": ""},
+            {"host": "127.0.0.2", "node": "big gpu", "new": False, "ollama": "", "comfyui": "0.3.64", "error": ""},
+            {"host": "127.0.0.3", "error": "HTTP 502 from a proxy"},
+        ],
+    )
+    html = logged_in.get(reverse("nodes:index")).content.decode()
+    assert "probed 3: 1 new: 127.0.0.1; 1 already in the pool: big gpu" in html
+    assert "127.0.0.1: Ollama 0.12.6 (new)" in html
+    assert "127.0.0.2: ComfyUI 0.3.64 (already in the pool as big gpu)" in html
 
 
 @pytest.mark.django_db

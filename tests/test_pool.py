@@ -72,9 +72,14 @@ def test_discovery_merges_each_host_into_one_node_with_its_services(lab) -> None
     assert comfy and comfy.status == "online" and "SaveImage" in comfy.inventory["classes"]
     assert comfy.inventory["devices"]
 
+    assert run.summary() == f"4 new: {', '.join(hosts)}"
+    Node.objects.filter(host=hosts[1]).update(simulated=True, name="sim box")  # as simulate_node adds one
     again = discover(f"{net}.0/29", ollama_port=ollama_port, comfyui_port=comfy_port)
     assert Node.objects.count() == 4
     assert not any(f.get("new") for f in again.found)
+    names = [hosts[0], "sim box", *hosts[2:]]
+    assert again.summary() == f"4 already in the pool: {', '.join(names)}"
+    assert Node.objects.get(host=hosts[1]).simulated  # discovered again, still labelled simulated
 
 
 @pytest.mark.django_db
@@ -177,6 +182,7 @@ def test_the_commands_add_discover_and_check_nodes(capsys) -> None:  # type: ign
         call_command("discover_nodes", host, "--ollama-port", str(ollama.port), "--comfyui-port", str(comfy.port))
         out = capsys.readouterr().out
         assert f"{host}: Ollama" in out and "(new)" not in out
+        assert "(already in the pool as box)" in out and "1 already in the pool: box." in out
         assert Node.objects.count() == 1
         ollama.stop()
         call_command("check_nodes")

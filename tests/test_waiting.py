@@ -166,3 +166,17 @@ def test_the_queue_pushed_to_its_pages_follows_how_its_nodes_are() -> None:
     cap.node.changed()  # what a health check that found it down does: an event of the nodes' topic
     pushed = relay.claim_and_render(frozenset(), {})
     assert "no ComfyUI can take work: gpu is offline" in pushed["renders"]
+
+
+def test_a_job_sent_ahead_shows_as_next_on_its_node_not_as_rendering(logged_in: Client) -> None:
+    cap = gpu("gpu")
+    rendering = job(status=RenderJob.RENDERING, node=cap.node, capability=cap, progress=0.5)
+    ahead = job(status=RenderJob.ASSIGNED, node=cap.node, capability=cap)
+    html = logged_in.get(reverse("renders:index")).content.decode()
+    section = re.search(r'<section id="rendering".*?</section>', html, re.S)
+    assert section
+    shown = re.search(rf'<div class="job next" id="job-{ahead.code}">.*?</div>', section.group(0), re.S)
+    assert shown and "next on gpu" in shown.group(0) and "<progress" not in shown.group(0)
+    assert f'<div class="job rendering" id="job-{rendering.code}">' in section.group(0)
+    assert f'<div class="job rendering" id="job-{ahead.code}">' not in html
+    assert '<dd id="renders-next">1</dd>' in html and '<dd id="renders-rendering">1</dd>' in html

@@ -44,11 +44,12 @@ class Command(BaseCommand):
                     for key, name in (("ollama", "Ollama"), ("comfyui", "ComfyUI"))
                     if found.get(key)
                 )
-                self.stdout.write(f"  {found['host']}: {services}{' (new)' if found.get('new') else ''}")
+                known = " (new)" if found.get("new") else f" (already in the pool as {found['node']})"
+                self.stdout.write(f"  {found['host']}: {services}{known}")
             else:
                 self.stdout.write(f"  {found['host']}: {found.get('error')}")
-        if not any(f.get("node") for f in run.found):
-            self.stdout.write("Nothing answered.")
+        summary = run.summary()
+        self.stdout.write(f"{summary[0].upper()}{summary[1:]}.")
 
     def queue_first(self, targets: str, ollama_port: int, comfyui_port: int) -> None:
         from spoonfeeder.tasks import enqueue
