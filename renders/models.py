@@ -43,6 +43,17 @@ class Template(models.Model):
         files = tuple((folder, name) for folder, names in self.needs.get("files", {}).items() for name in names)
         return Requirements(classes=tuple(self.needs.get("classes", [])), files=files)
 
+    def kept_by(self) -> str:
+        """Why this template cannot be deleted now, or "" if it can: the render jobs made from it
+        keep it (their settings and outputs name it)."""
+        jobs = self.jobs.count()
+        if jobs:
+            return (
+                f"{jobs} render job{'s' if jobs != 1 else ''} made from it keep{'s' if jobs == 1 else ''} it "
+                "(finished ones too): delete those jobs first, or keep the template"
+            )
+        return ""
+
 
 class Queue(models.Model):
     """The render queue's own state: one row. Paused survives restarts because it is a row."""

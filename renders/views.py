@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import json
 import uuid
+from typing import Any
 
 from django.contrib import messages
 from django.db import transaction
@@ -8,7 +10,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
-from nodes.models import Node
+from nodes.models import Capability, Node
 from renders import queue
 from renders.forms import RenderForm, TemplateForm
 from renders.models import Queue, RenderJob, Template
@@ -124,9 +126,42 @@ def template_edit(request: HttpRequest, code: str | None = None) -> HttpResponse
         found = ", ".join(saved.mapping) or "nothing"
         messages.success(request, f"Saved template {saved.name}; parameters found: {found}.")
         return redirect("renders:templates")
-    return render(
-        request, "renders/template_form.html", {"form": form, "template": template}, status=400 if form.errors else 200
-    )
+    context: dict[str, Any] = {"form": form, "template": template}
+    if template is not None:
+        context["runs_on"] = runs_on(template)
+        context["workflow_json"] = json.dumps(template.workflow, indent=2, sort_keys=True)
+    return render(request, "renders/template_form.html", context, status=400 if form.errors else 200)
+
+
+def runs_on(template: Template) -> list[tuple[Node, str]]:
+    """Each ComfyUI node and whether it can run `template`: "" if it can, else what it lacks (or
+    that its inventory is not known yet)."""
+    needs = template.requirements()
+    caps = Capability.objects.filter(kind=Capability.COMFYUI).select_related("node").order_by("node__name")
+    return [
+        (
+            cap.node,
+            ", ".join(cap.lacks(needs)) if cap.inventory.get("classes") else "not known yet: its inventory is not read",
+        )
+        for cap in caps
+    ]
+
+
+def template_delete(request: HttpRequest, code: str) -> HttpResponse:
+    """Delete a template, after a page that says what it affects (GET) and a confirmation (POST);
+    refused while render jobs keep it."""
+    template = get_object_or_404(Template, code=code)
+    kept = template.kept_by()
+    if request.method == "POST":
+        if kept:
+            messages.error(request, f"{template.name} was not deleted: {kept}.")
+            return redirect("renders:template", code=template.code)
+        with transaction.atomic():
+            template.delete()
+        messages.success(request, f"Deleted template {template.name}.")
+        return redirect("renders:templates")
+    stories = template.stories.count()
+    return render(request, "renders/template_delete.html", {"template": template, "kept": kept, "stories": stories})
 
 
 @require_POST

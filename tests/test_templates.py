@@ -104,3 +104,68 @@ def test_a_pasted_workflow_over_five_megabytes_is_refused_with_the_limit_and_the
     assert answer.status_code == 400 and "over the 5.0 MB limit" in html
     assert 'value="too-big"' in html  # the form is still there, with what was typed
     assert not Template.objects.exists()
+
+
+@pytest.fixture
+def shipped(db: None) -> Template:
+    from renders.management.commands.load_templates import load
+
+    load()
+    return Template.objects.get(name="test-still-image")
+
+
+def comfyui(name: str, host: str, classes: list[str] | None) -> None:
+    node = Node.objects.create(name=name, host=host)
+    inventory = {"classes": classes} if classes is not None else {}
+    Capability.objects.create(node=node, kind=Capability.COMFYUI, port=8188, inventory=inventory)
+
+
+def test_a_template_page_shows_its_workflow_and_which_nodes_can_run_it(logged_in: Client, shipped: Template) -> None:
+    comfyui("able", "127.0.54.1", ["EmptyImage", "SaveImage"])
+    comfyui("old", "127.0.54.2", ["EmptyImage"])
+    comfyui("new", "127.0.54.3", None)
+    html = logged_in.get(reverse("renders:template", args=[shipped.code])).content.decode()
+    runs_on = html.split('id="runs-on"')[1].split("</section>")[0]
+    assert '<strong>able</strong>: <span class="good">can run it</span>' in runs_on
+    assert '<strong>old</strong>: <span class="bad">lacks the node class SaveImage</span>' in runs_on
+    assert '<strong>new</strong>: <span class="bad">not known yet: its inventory is not read</span>' in runs_on
+    workflow = html.split('id="workflow-json"')[1].split("</details>")[0]
+    assert "&quot;class_type&quot;: &quot;SaveImage&quot;" in workflow  # the stored JSON, escaped
+
+
+def test_deleting_a_template_asks_first_then_deletes_it(logged_in: Client, shipped: Template) -> None:
+    from stories.models import Story
+
+    Story.objects.create(idea="a lighthouse", model="m", template=shipped)
+    url = reverse("renders:template-delete", args=[shipped.code])
+    asked = logged_in.get(url).content.decode()
+    assert "Delete test-still-image?" in asked
+    assert "1 story renders with it and will have no template until you choose one." in asked
+    assert "the next start loads it again" in asked
+    assert Template.objects.filter(pk=shipped.pk).exists()  # asking deletes nothing
+    answer = logged_in.post(url, follow=True)
+    assert "Deleted template test-still-image." in answer.content.decode()
+    assert not Template.objects.filter(pk=shipped.pk).exists()
+    assert Story.objects.get().template is None
+
+
+def test_a_template_that_jobs_keep_is_not_deleted_and_says_why(logged_in: Client, shipped: Template) -> None:
+    from renders.models import RenderJob
+
+    RenderJob.objects.create(template=shipped, prompt="x", status=RenderJob.COMPLETED)
+    url = reverse("renders:template-delete", args=[shipped.code])
+    reason = "1 render job made from it keeps it (finished ones too): delete those jobs first, or keep the template"
+    assert reason in logged_in.get(url).content.decode()
+    answer = logged_in.post(url, follow=True).content.decode()
+    assert f"test-still-image was not deleted: {reason}." in answer
+    assert Template.objects.filter(pk=shipped.pk).exists()
+
+
+def test_deleting_a_template_needs_a_login_and_the_csrf_token(user: object, shipped: Template) -> None:
+    url = reverse("renders:template-delete", args=[shipped.code])
+    for anonymous in (Client().get(url), Client().post(url)):
+        assert anonymous.status_code == 302 and "/login/" in anonymous["Location"]
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(user)  # type: ignore[arg-type]
+    assert client.post(url).status_code == 403
+    assert Template.objects.filter(pk=shipped.pk).exists()
