@@ -364,6 +364,18 @@ class Discovery(models.Model):
         return "; ".join(parts) or "nothing answered"
 
 
+def none_can_run(needs: Requirements, caps: list[Capability]) -> str:
+    """What each of these ComfyUIs lacks of `needs` ("a lacks X; b lacks Y") when none of them can
+    run it; "" when one can, or one's inventory is not known yet (ComfyUI's validation decides)."""
+    known = [c for c in caps if c.inventory.get("classes")]
+    if not known or len(known) < len(caps):
+        return ""
+    lacking = {c.node.name: c.lacks(needs) for c in known}
+    if not all(lacking.values()):
+        return ""
+    return "; ".join(f"{name} lacks {', '.join(missing)}" for name, missing in sorted(lacking.items()))
+
+
 def placement_order(cap: Capability, *, story_node: int | None = None, model: str = "") -> tuple[Any, ...]:
     loaded = bool(model) and model in cap.inventory.get("loaded", [])
     return (

@@ -53,7 +53,7 @@ from nodes.clients.comfyui import (
     node_seconds,
     outputs_of,
 )
-from nodes.models import PREFETCH, Capability
+from nodes.models import PREFETCH, Capability, none_can_run
 from renders import media, workflows
 from renders.models import Queue, RenderJob, Speed, Template, wake
 from spoonfeeder import work
@@ -147,16 +147,14 @@ LACKING = "no online ComfyUI has what its template needs: "  # a queued job's er
 def say_what_no_node_has(caps: list[Capability]) -> None:
     """A queued job that no usable ComfyUI can run (each lacks a node class or a model file its
     template needs) says so, and what each lacks, instead of waiting without a word."""
-    known = [c for c in caps if c.inventory.get("classes")]
-    if not known or len(known) < len(caps):
+    if not caps or not all(c.inventory.get("classes") for c in caps):
         return  # a node whose inventory is not known yet may have it: ComfyUI's validation decides
     templates = Template.objects.filter(pk__in=RenderJob.objects.runnable().filter(pin=None).values("template"))
     for template in templates:
-        needs = template.requirements()
-        lacking = {c.node.name: c.lacks(needs) for c in known}
-        if not all(lacking.values()):
+        lacking = none_can_run(template.requirements(), caps)
+        if not lacking:
             continue
-        reason = LACKING + "; ".join(f"{name} lacks {', '.join(missing)}" for name, missing in sorted(lacking.items()))
+        reason = LACKING + lacking
         waiting = RenderJob.objects.runnable().filter(pin=None, template=template).exclude(error=reason)
         with transaction.atomic():
             if waiting.update(error=reason[:5000]):

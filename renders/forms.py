@@ -4,7 +4,7 @@ from typing import Any
 
 from django import forms
 
-from nodes.models import Capability, Node
+from nodes.models import Capability, Node, none_can_run
 from renders import workflows
 from renders.models import Template
 
@@ -44,6 +44,25 @@ class RenderForm(forms.Form):
         empty_label="Any node (the best one free)",
         help_text="Render only on this node.",
     )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # A template no online ComfyUI can run is flagged in the list, with what each node lacks;
+        # it can still be queued (it waits until a node can).
+        caps = list(Capability.objects.usable(Capability.COMFYUI).select_related("node"))
+        templates = list(Template.objects.all())
+        self.unrunnable = {t.pk: lacking for t in templates if (lacking := none_can_run(t.requirements(), caps))}
+        field: Any = self.fields["template"]
+        field.label_from_instance = lambda t: (
+            f"{t.name} (no online node can run it)" if t.pk in self.unrunnable else t.name
+        )
+        if self.unrunnable:
+            names = {t.pk: t.name for t in templates}
+            field.help_text = (
+                "No online ComfyUI can run "
+                + "; ".join(f"{names[pk]} ({lacking})" for pk, lacking in self.unrunnable.items())
+                + ". Queued anyway, a job waits until a node can."
+            )
 
     def clean(self) -> dict[str, Any]:
         data = super().clean() or {}

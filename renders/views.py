@@ -27,7 +27,11 @@ def index(request: HtmxHttpRequest) -> HttpResponse:
     form = RenderForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         created = queue_jobs(form)
-        return done(request, f"Queued {created} render job{'s' if created != 1 else ''}.", "renders:index")
+        message = f"Queued {created} render job{'s' if created != 1 else ''}."
+        lacking = form.unrunnable.get(form.cleaned_data["template"].pk)
+        if lacking and not form.cleaned_data.get("node"):
+            message += f" No online ComfyUI can run it yet ({lacking}): it waits until one can."
+        return done(request, message, "renders:index")
     context = {**queue.live(), **queue.finished(status, story, page), "form": form}
     # Only the unfiltered first page follows finished jobs live; a filtered view stays put.
     context["topics"] = "renders" if (status or story or page > 1) else "renders,renders-done"

@@ -180,3 +180,48 @@ def test_a_job_sent_ahead_shows_as_next_on_its_node_not_as_rendering(logged_in: 
     assert f'<div class="job rendering" id="job-{rendering.code}">' in section.group(0)
     assert f'<div class="job rendering" id="job-{ahead.code}">' not in html
     assert '<dd id="renders-next">1</dd>' in html and '<dd id="renders-rendering">1</dd>' in html
+
+
+def form_data(**changes: object) -> dict[str, object]:
+    template = Template.objects.get(name="test-still-image")
+    return {
+        "template": template.pk,
+        "prompt": "a lighthouse",
+        "resolution": "512x512",
+        "frames": "1",
+        "fps": "16",
+        "steps": "20",
+        "cfg": "5",
+        "seed": "random",
+        "priority": "0",
+        "count": "1",
+        **changes,
+    }
+
+
+def test_a_template_no_online_node_can_run_is_flagged_in_the_form_and_can_still_be_queued(logged_in: Client) -> None:
+    gpu("old gpu", inventory={"classes": ["EmptyImage"]})
+    html = logged_in.get(reverse("renders:index")).content.decode()
+    assert "test-still-image (no online node can run it)</option>" in html
+    assert "No online ComfyUI can run " in html and "test-still-image (old gpu lacks the node class SaveImage)" in html
+    assert "test-video-mp4 (no online node can run it)" in html  # it needs SaveAnimatedWEBP or the like too
+    answer = logged_in.post(reverse("renders:index"), form_data(), follow=True).content.decode()
+    assert (
+        "Queued 1 render job. No online ComfyUI can run it yet (old gpu lacks the node class SaveImage): "
+        "it waits until one can." in answer
+    )
+    assert RenderJob.objects.filter(status=RenderJob.QUEUED).count() == 1
+
+
+def test_a_template_is_not_flagged_while_a_node_can_run_it_or_its_inventory_is_unknown(logged_in: Client) -> None:
+    gpu("able", inventory={"classes": ["EmptyImage", "SaveImage"]})
+    gpu("unread")  # no inventory yet: ComfyUI's own validation decides
+    html = logged_in.get(reverse("renders:index")).content.decode()
+    assert "no online node can run it" not in html and "No online ComfyUI can run" not in html
+
+
+def test_render_says_when_no_online_node_can_run_its_template() -> None:
+    gpu("old gpu", inventory={"classes": ["EmptyImage"]})
+    out = StringIO()
+    call_command("render", "test-still-image", "--prompt", "x", stdout=out)
+    assert "No online ComfyUI can run test-still-image yet (old gpu lacks the node class SaveImage)" in out.getvalue()

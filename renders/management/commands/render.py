@@ -68,6 +68,9 @@ class Command(BaseCommand):
         job = RenderJob.objects.order_by("-id").first()
         assert job is not None
         self.stdout.write(f"Queued job {job.code}.")
+        lacking = form.unrunnable.get(template.pk)
+        if lacking and pin is None:
+            self.stdout.write(f"No online ComfyUI can run {template.name} yet ({lacking}): it waits until one can.")
         if o["wait"]:
             self.follow(job, o["timeout"])
 
