@@ -128,8 +128,10 @@ def first_attempt(media_root: Path | None = None) -> Attempt | None:
     """On a pool with room, the best job for the first ComfyUI that has room, claimed for this
     worker to send at once, before anything else is fed: a job queued on an idle pool reaches its
     node one broker hop sooner, with nothing but its own claim before the POST. The feed task
-    sends it, then feeds the rest of the pool (Attempt's `first`). A paused queue: the claim
-    itself reads the pause."""
+    sends it, then feeds the rest of the pool (Attempt's `first`). A pass that begins while the
+    queue is paused claims nothing: its choice would be of the queue before the resume."""
+    if Queue.get().paused:
+        return None
     me = work.worker_id()
     caps = feedable()
     for cap in caps:

@@ -101,7 +101,8 @@ def test_videos_queued_in_the_browser_render_live_reorder_cancel_and_play(
     started = time.monotonic()
     page.get_by_role("button", name="Resume", exact=True).click()
     expect(page.locator("#queue-controls .tag")).to_have_count(0, timeout=10_000)
-    expect(page.locator(f"#rendering #job-{third}")).to_be_visible(timeout=20_000)
+    # Rendering, with its progress bar (sent ahead, it is first shown as next on its node).
+    expect(page.locator(f"#rendering #job-{third} progress.bar")).to_be_visible(timeout=20_000)
     print(f"resume to the moved job shown rendering: {time.monotonic() - started:.2f} s")
     # The node renders one and holds the next in its own queue: the last one waits for it, and says so.
     expect(page.locator(f"#queued #job-{second} .waiting")).to_have_text(
