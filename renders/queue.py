@@ -72,18 +72,12 @@ def why_waiting(jobs: list[RenderJob], *, paused: bool | None = None, ahead: int
         .select_related("node")
     )
     usable = {c.pk for c in caps if getattr(c, "usable", False)}
-    with_room = [c for c in caps if c.pk in usable and c.has_room(PREFETCH)] if not paused else []
+    room = [c for c in caps if c.pk in usable and c.has_room(PREFETCH)]
     # What each node with room would take now: a job none of them takes waits for a busy one.
-    chosen = {job.pk for cap in with_room if (job := best_fit(cap, alone=len(usable) == 1)) is not None}
+    chosen = set() if paused else {j.pk for c in room if (j := best_fit(c, alone=len(usable) == 1)) is not None}
     now = timezone.now()
     for job in jobs:
-        job.waiting = waiting_reason(job, place.get(job.pk, 0), paused, caps, usable, chosen, now)  # type: ignore[attr-defined]
-
-
-def ahead_of(job: RenderJob) -> int:
-    """How many queued jobs come before `job` in dispatch order."""
-    before = Q(priority__gt=job.priority) | Q(priority=job.priority, position__lt=job.position)
-    return RenderJob.objects.filter(before, status=RenderJob.QUEUED).count()
+        job.waiting = waiting_reason(job, place.get(job.pk, 0), paused, caps, usable, room, chosen, now)  # type: ignore[attr-defined]
 
 
 def waiting_reason(
@@ -92,6 +86,7 @@ def waiting_reason(
     paused: bool,
     caps: list[Capability],
     usable: set[int],
+    room: list[Capability],
     chosen: set[int],
     now: datetime,
 ) -> str:
@@ -112,14 +107,13 @@ def waiting_reason(
             return "its node has no ComfyUI any more: cancel it, or queue it again for another node"
         if mine[0].pk not in usable:
             return f"{mine[0].node.name} {unusable(mine[0], now)}"
-        if not mine[0].has_room(PREFETCH):
+        if mine[0] not in room:
             return f"{mine[0].node.name} is busy ({ahead} ahead of it)"
         return "starting"
     if not caps:
         return "no ComfyUI in the pool: add a node on the Nodes page"
     if not usable:
         return "no ComfyUI can take work: " + "; ".join(f"{c.node.name} {unusable(c, now)}" for c in caps)
-    room = [c for c in caps if c.pk in usable and c.has_room(PREFETCH)]
     if not room:
         return f"every ComfyUI is busy ({ahead} ahead of it)"
     if len(usable) > 1 and all(c.node_id == job.avoid_id for c in room):

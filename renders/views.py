@@ -113,7 +113,7 @@ def pause(request: HtmxHttpRequest) -> HttpResponse:
 def job_detail(request: HttpRequest, code: str) -> HttpResponse:
     job = get_object_or_404(RenderJob.objects.select_related("template", "node"), code=code)
     if job.status == RenderJob.QUEUED:
-        queue.why_waiting([job], ahead=queue.ahead_of(job))
+        queue.why_waiting([job])
     return render(request, "renders/job.html", {"job": job})
 
 

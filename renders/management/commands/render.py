@@ -11,7 +11,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from nodes.models import Capability, Node
 from renders.forms import RenderForm
 from renders.models import RenderJob, Template
-from renders.queue import ahead_of, why_waiting
+from renders.queue import why_waiting
 from renders.views import queue_jobs
 
 
@@ -81,7 +81,7 @@ class Command(BaseCommand):
             job.refresh_from_db()
             line = f"{job.get_status_display()}"
             if job.status == RenderJob.QUEUED:
-                why_waiting([job], ahead=ahead_of(job))
+                why_waiting([job])
                 line += f": {job.waiting}"  # type: ignore[attr-defined]
             if job.status == RenderJob.RENDERING:
                 line += f" {job.progress:.0%}" + (f" step {job.step}/{job.steps}" if job.steps else "")
