@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
 import requests
@@ -28,6 +28,10 @@ from django_q.models import Task
 
 from spoonfeeder.models import Event
 from tests.cluster import Cluster
+
+if TYPE_CHECKING:
+    from nodes.sim.comfyui import SimComfyUI
+    from renders.models import RenderJob
 
 ROOT = Path(__file__).resolve().parent.parent
 # A real ComfyUI writes a run's history entry a moment after it says the run succeeded (surprise
@@ -326,3 +330,9 @@ def holding(cap: Any) -> Any:
     run = StepRun.objects.create(story=story, step="story", status=StepRun.RUNNING, node=cap.node, capability=cap)
     run.release = lambda: StepRun.objects.filter(pk=run.pk).update(capability=None)  # type: ignore[method-assign]
     return run
+
+
+def executions(sim: SimComfyUI, job: RenderJob) -> int:
+    """How many times the simulated node really ran the job, from its own files: one output per run
+    (the names count up), whatever our rows say."""
+    return len(list(sim.output_dir.rglob(f"{job.code}*")))

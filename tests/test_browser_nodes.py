@@ -25,7 +25,7 @@ from nodes.sim.comfyui import SimComfyUI
 from nodes.sim.ollama import SimOllama
 from renders.models import RenderJob
 from tests import test_browser
-from tests.conftest import Stack, free_port, wait_until
+from tests.conftest import Stack, executions, free_port, wait_until
 from tests.test_browser import SCREENSHOTS, assert_not_reloaded, expect_live, log_in, settled, watch_navigation
 
 # The browser tests' fixtures: headless chromium, and a loopback-only page on the stack's address.
@@ -112,7 +112,10 @@ def test_a_node_added_in_the_browser_goes_online_renders_goes_offline_and_is_rem
     print(f"test render click to image shown: {time.monotonic() - started:.2f} s")
     expect(page.locator(f"#test-render-{code}")).to_contain_text("Test render: done")
     run = RenderJob.objects.get(pin=node, target="test")
-    assert (run.status, run.node_id, len(run.outputs)) == ("completed", node.pk, 1), (run.status, run.error)
+    assert (run.status, run.node_id, len(run.outputs), executions(comfyui, run)) == ("completed", node.pk, 1, 1), (
+        run.status,
+        run.error,
+    )
 
     # The Ollama goes away. One failed check is a blip; the third in a row marks it offline.
     ollama.stop()

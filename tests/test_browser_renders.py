@@ -24,7 +24,7 @@ from nodes.sim.comfyui import SimComfyUI
 from renders.management.commands.load_templates import load
 from renders.models import RenderJob
 from tests import test_browser
-from tests.conftest import Stack, free_port
+from tests.conftest import Stack, executions, free_port
 from tests.test_browser import SCREENSHOTS, assert_not_reloaded, expect_live, log_in, settled, watch_navigation
 
 # The browser tests' fixtures: headless chromium, and a loopback-only page on the stack's address.
@@ -145,6 +145,10 @@ def test_videos_queued_in_the_browser_render_live_reorder_cancel_and_play(
     assert_not_reloaded(page, navigations)
     assert {j.code.hex: j.status for j in RenderJob.objects.all()} == {
         code.replace("-", ""): "cancelled" if code == cancelled else "completed" for code in (first, second, third)
+    }
+    # Each rendered once on the node, the cancelled one never finished there.
+    assert {j.code.hex: executions(comfyui, j) for j in RenderJob.objects.all()} == {
+        code.replace("-", ""): 0 if code == cancelled else 1 for code in (first, second, third)
     }
 
     shot = tmp_path / "renders.png"

@@ -26,7 +26,7 @@ from renders.management.commands.load_templates import load
 from renders.models import RenderJob
 from stories.models import Story
 from tests import test_browser
-from tests.conftest import Stack
+from tests.conftest import Stack, executions
 from tests.test_browser import SCREENSHOTS, assert_not_reloaded, expect_live, log_in, settled, watch_navigation
 
 browser, page = test_browser.browser, test_browser.page
@@ -37,7 +37,7 @@ SCREENSHOT = Path("/tmp/story-detail.png")
 
 
 @pytest.fixture
-def pool(transactional_db: None) -> Iterator[None]:
+def pool(transactional_db: None) -> Iterator[SimComfyUI]:
     """A simulated Ollama and a simulated ComfyUI, registered and online."""
     ollama = SimOllama(f"{NET}.2", 0, models=[MODEL], answer_seconds=0.2).start()
     comfyui = SimComfyUI(f"{NET}.3", 0, seconds_per_node=0.05).start()
@@ -52,7 +52,7 @@ def pool(transactional_db: None) -> Iterator[None]:
     gpu = Node.objects.create(name="Sim GPU", host=f"{NET}.3")
     Capability.objects.create(node=gpu, kind=Capability.COMFYUI, port=comfyui.port, status=Capability.ONLINE)
     load()
-    yield
+    yield comfyui
     ollama.close()
     comfyui.close()
 
@@ -62,7 +62,7 @@ def status(page: Page, step: str) -> str:
 
 
 @pytest.mark.browser
-def test_a_story_written_and_rendered_live_on_its_page(page: Page, stack: Stack, user: User, pool: None) -> None:
+def test_a_story_written_and_rendered_live_on_its_page(page: Page, stack: Stack, user: User, pool: SimComfyUI) -> None:
     stack.web()
     log_in(page)
     page.goto("/stories/")
@@ -169,6 +169,9 @@ def test_a_story_written_and_rendered_live_on_its_page(page: Page, stack: Stack,
     )
     expect(page.locator("#messages")).to_contain_text("The story is not stopped.")
     assert_not_reloaded(page, navigations)
+    # Every render that completed, before and after the re-run, ran exactly once on the node.
+    done = RenderJob.objects.filter(story=str(story.code), status=RenderJob.COMPLETED)
+    assert done and {j.code: executions(pool, j) for j in done} == {j.code: 1 for j in done}
     if os.environ.get("SPOONFEEDER_SCREENSHOTS"):
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         shutil.copy(SCREENSHOT, SCREENSHOTS / "story-detail.png")

@@ -32,7 +32,7 @@ from renders.dispatch import best_fit
 from renders.management.commands.load_templates import load
 from renders.models import Queue, RenderJob, Speed, Template
 from spoonfeeder import work
-from tests.conftest import Cluster, Stack, wait_until
+from tests.conftest import Cluster, Stack, executions, wait_until
 from tests.test_run import children
 
 NET = 33 if os.environ.get("DATABASE_URL") else 32
@@ -77,11 +77,6 @@ def wait_status(job: RenderJob, wanted: str, timeout: float = 20) -> RenderJob:
         lambda: status(job) == wanted, timeout, f"job {job.prompt} to be {wanted} (is {job.status}: {job.error})"
     )
     return job
-
-
-def executions(sim: SimComfyUI, job: RenderJob) -> int:
-    """How many times the node really ran the job: one output file per run (names count up)."""
-    return len(list(sim.output_dir.rglob(f"{job.code}*")))
 
 
 def test_a_queued_job_renders_and_its_output_is_copied_under_our_name(

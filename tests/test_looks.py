@@ -21,7 +21,7 @@ from nodes.sim.comfyui import SimComfyUI
 from renders import dispatch
 from renders.management.commands.load_templates import load
 from renders.models import Queue, RenderJob, Template
-from tests.conftest import wait_until
+from tests.conftest import executions, wait_until
 
 NET = 37 if os.environ.get("DATABASE_URL") else 36
 
@@ -88,11 +88,6 @@ def to_the_end(run: dispatch.Attempt, timeout: float = 20) -> str:
         run.close_socket()
 
 
-def ran(sim: SimComfyUI, job: RenderJob) -> int:
-    """How many times the node really ran the job: one output file per run."""
-    return len(list(sim.output_dir.rglob(f"{job.code}*")))
-
-
 def test_a_node_that_hangs_is_said_to_be_silent_only_after_its_timeout_and_keeps_its_job(
     sim: SimComfyUI, clock: Clock, settings: Any
 ) -> None:
@@ -117,7 +112,7 @@ def test_a_node_that_hangs_is_said_to_be_silent_only_after_its_timeout_and_keeps
     sim.knobs.hang = False  # it answers again: the job it kept rendering is collected, not rendered again
     assert to_the_end(run) == "completed"
     job.refresh_from_db()
-    assert (job.status, job.error, job.attempts, ran(sim, job)) == ("completed", "", 1, 1)
+    assert (job.status, job.error, job.attempts, executions(sim, job)) == ("completed", "", 1, 1)
 
 
 def test_a_job_taken_off_the_node_goes_back_to_our_queue_only_once_the_node_has_settled(
@@ -151,4 +146,4 @@ def test_a_job_taken_off_the_node_goes_back_to_our_queue_only_once_the_node_has_
     assert to_the_end(again) == "completed"
     for job in (running, waiting):
         job.refresh_from_db()
-        assert (job.status, job.attempts, ran(sim, job)) == ("completed", 1, 1)
+        assert (job.status, job.attempts, executions(sim, job)) == ("completed", 1, 1)

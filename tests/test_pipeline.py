@@ -27,7 +27,7 @@ from spoonfeeder.models import Sweeper
 from stories import graph, runner, steps
 from stories.models import Character, Segment, Shot, StepRun, Story
 from stories.steps import Unfit
-from tests.conftest import Cluster, Stack, TimedOut, wait_until
+from tests.conftest import Cluster, Stack, TimedOut, executions, wait_until
 
 NET = 81 if os.environ.get("DATABASE_URL") else 80
 MODEL = "llama3.2:3b"
@@ -206,14 +206,20 @@ def jobs_by_target(story: Story, prefix: str = "shot:") -> dict[str, list[Render
     return jobs
 
 
-def wait_rendered(story: Story, prefix: str = "shot:", timeout: float = 30) -> dict[str, list[RenderJob]]:
-    """Until the newest job of every target has rendered."""
+def wait_rendered(lab: Lab, story: Story, prefix: str = "shot:", timeout: float = 30) -> dict[str, list[RenderJob]]:
+    """Until the newest job of every target has rendered; every job of the story that completed ran
+    exactly once on the lab's ComfyUI nodes."""
 
     def done() -> dict[str, list[RenderJob]] | None:
         jobs = jobs_by_target(story, prefix)
         return jobs if jobs and all(js[-1].status == RenderJob.COMPLETED for js in jobs.values()) else None
 
-    return wait_for(story, done, f"the story's {prefix} jobs rendered", timeout)
+    jobs = wait_for(story, done, f"the story's {prefix} jobs rendered", timeout)
+    completed = RenderJob.objects.filter(story=str(story.code), status=RenderJob.COMPLETED)
+    comfyuis = [sim for sim in lab.sims if isinstance(sim, SimComfyUI)]
+    runs = {f"{job.target} {job.code}": sum(executions(sim, job) for sim in comfyuis) for job in completed}
+    assert runs == dict.fromkeys(runs, 1), runs
+    return jobs
 
 
 def overlap(a: StepRun, b: StepRun) -> bool:
@@ -590,12 +596,13 @@ def rendered(pipeline: Cluster, lab: Lab) -> tuple[Story, SimOllama]:
     sim = lab.ollama("llm")
     lab.comfyui()
     story = wait_state(new_story(render_settings=TINY), Story.COMPLETED)
-    wait_rendered(story)
+    wait_rendered(lab, story)
     return story, sim
 
 
 def test_rerunning_from_characters_redoes_them_and_what_follows_and_keeps_the_rest(
     rendered: tuple[Story, SimOllama],
+    lab: Lab,
 ) -> None:
     story, sim = rendered
     before = snapshot(story, *UPSTREAM)
@@ -608,7 +615,7 @@ def test_rerunning_from_characters_redoes_them_and_what_follows_and_keeps_the_re
     Story.objects.filter(pk=story.pk).update(style="black and white, film noir")  # the user changed the look
     assert graph.rerun_from(fresh(story), "characters") == ["characters", "shots", "prompts", "renders"]
     story = wait_state(story, Story.COMPLETED)
-    jobs = wait_rendered(story)
+    jobs = wait_rendered(lab, story)
 
     assert_graph_order(story)
     assert snapshot(story, *UPSTREAM) == before
@@ -630,7 +637,7 @@ def test_rerunning_from_characters_redoes_them_and_what_follows_and_keeps_the_re
     assert asked(sim).count("StoryAnswer") == asked(sim).count("NarrationAnswer") == 1
 
 
-def test_rerunning_one_prompt_queues_only_that_shot_again(rendered: tuple[Story, SimOllama]) -> None:
+def test_rerunning_one_prompt_queues_only_that_shot_again(rendered: tuple[Story, SimOllama], lab: Lab) -> None:
     story, sim = rendered
     before = jobs_by_target(story)
     others = snapshot(story, *UPSTREAM, "characters", "shots")
@@ -639,7 +646,7 @@ def test_rerunning_one_prompt_queues_only_that_shot_again(rendered: tuple[Story,
 
     graph.rerun_part(parts[1])
     story = wait_state(story, Story.COMPLETED)
-    after = wait_rendered(story)
+    after = wait_rendered(lab, story)
 
     assert len(after["shot:1"]) == 2 and after["shot:1"][0].pk == before["shot:1"][0].pk
     assert after["shot:1"][-1].prompt == story.shots.get(number=1).positive != before["shot:1"][0].prompt
@@ -656,6 +663,7 @@ def test_rerunning_one_prompt_queues_only_that_shot_again(rendered: tuple[Story,
 
 def test_a_prompt_written_by_hand_requeues_only_that_shot_and_asks_the_model_nothing(
     rendered: tuple[Story, SimOllama],
+    lab: Lab,
 ) -> None:
     story, sim = rendered
     before = jobs_by_target(story)
@@ -665,7 +673,7 @@ def test_a_prompt_written_by_hand_requeues_only_that_shot_and_asks_the_model_not
         Shot.objects.filter(story=story, number=2).update(**written)
         graph.edited_part(run_of(story, "prompts", 2), written, who="ada")
     story = wait_state(story, Story.COMPLETED)
-    after = wait_rendered(story)
+    after = wait_rendered(lab, story)
 
     assert [j.pk for j in after["shot:2"][:-1]] == [j.pk for j in before["shot:2"]]
     assert (after["shot:2"][-1].prompt, after["shot:2"][-1].negative) == (written["positive"], "text")
@@ -677,7 +685,9 @@ def test_a_prompt_written_by_hand_requeues_only_that_shot_and_asks_the_model_not
     assert len(asked(sim)) == asked_before  # no model was asked
 
 
-def test_a_character_edited_by_hand_reruns_only_the_shots_and_what_follows(rendered: tuple[Story, SimOllama]) -> None:
+def test_a_character_edited_by_hand_reruns_only_the_shots_and_what_follows(
+    rendered: tuple[Story, SimOllama], lab: Lab
+) -> None:
     story, sim = rendered
     before = snapshot(story, *UPSTREAM)
     character = story.characters.first()
@@ -687,7 +697,7 @@ def test_a_character_edited_by_hand_reruns_only_the_shots_and_what_follows(rende
 
     graph.edited(fresh(story), "characters", output, "ada")
     story = wait_state(story, Story.COMPLETED)
-    wait_rendered(story)
+    wait_rendered(lab, story)
 
     edited = run_of(story, "characters")
     assert edited.edited and edited.version == 2 and edited.output == output
@@ -963,7 +973,7 @@ def test_character_references_render_first_and_the_shots_use_them(pipeline: Clus
         reference_template=Template.objects.get(name="test-still-image"),
     )
     story = wait_state(story, Story.COMPLETED, timeout=30)
-    shot_jobs = wait_rendered(story)
+    shot_jobs = wait_rendered(lab, story)
 
     characters = list(story.characters.all())
     references = jobs_by_target(story, "reference:")
@@ -1001,7 +1011,7 @@ def test_resuming_a_story_stopped_while_its_references_wait_does_not_queue_them_
 
     lab.comfyui()
     story = wait_state(story, Story.COMPLETED, timeout=30)
-    assert all(len(jobs) == 1 for jobs in wait_rendered(story, "reference:").values())
+    assert all(len(jobs) == 1 for jobs in wait_rendered(lab, story, "reference:").values())
     assert all(c.reference for c in story.characters.all())
 
 
