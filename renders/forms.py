@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from django import forms
+from django.urls import reverse
 
 from nodes.models import Capability, Node, none_can_run
-from renders import workflows
+from renders import media, workflows
 from renders.models import Template
 
 RESOLUTIONS = [
@@ -23,14 +25,38 @@ class NodeChoice(forms.ModelChoiceField):
         return str(obj.name) if obj.enabled else f"{obj.name} (disabled)"
 
 
+# The form's settings fields and the workflow parameters each one fills: a field whose parameters
+# the chosen template has no place for is left out of the form.
+SETTING_FIELDS = {
+    "negative": ("negative",),
+    "resolution": ("width", "height"),
+    "frames": ("frames",),
+    "fps": ("fps",),
+    "steps": ("steps",),
+    "cfg": ("cfg",),
+    "seed": ("seed",),
+    "lora": ("loras",),
+}
+IMAGE_FIELDS = ("image", "image_from", "image_kept")
+# What the form keeps when another template is chosen in it; the settings follow the template.
+KEPT_ON_SWITCH = ("prompt", "negative", "priority", "count", "node", "image_kept", "image_from")
+RECENT_IMAGES = 40  # finished renders offered as an input image
+
+
 class RenderForm(forms.Form):
-    """The render settings dialog: what to render and how."""
+    """The render settings dialog: what to render and how. It follows its template: the fields are
+    those the template takes, their first values the template's own."""
 
     template = forms.ModelChoiceField(queryset=Template.objects.all(), empty_label=None)
-    prompt = forms.CharField(widget=forms.Textarea(attrs={"rows": 3}), max_length=5000)
+    prompt = forms.CharField(widget=forms.Textarea(attrs={"rows": 5}), max_length=5000)
     negative = forms.CharField(widget=forms.Textarea(attrs={"rows": 2}), max_length=2000, required=False)
+    image = forms.FileField(
+        label="Input image", required=False, help_text="PNG, JPEG or WEBP, at most 50 MB; or pick a finished render."
+    )
+    image_from = forms.ChoiceField(label="…or a finished render", required=False)
+    image_kept = forms.CharField(required=False, widget=forms.HiddenInput)
     resolution = forms.ChoiceField(choices=RESOLUTIONS, initial="832x480")
-    frames = forms.IntegerField(initial=81, help_text="Duration in frames (video templates).")
+    frames = forms.IntegerField(initial=81, help_text="Duration in frames.")
     fps = forms.IntegerField(initial=16)
     steps = forms.IntegerField(initial=20)
     cfg = forms.FloatField(initial=5.0)
@@ -45,14 +71,20 @@ class RenderForm(forms.Form):
         help_text="Render only on this node.",
     )
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, template: Template | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         # A template no online ComfyUI can run is flagged in the list, with what each node lacks;
         # it can still be queued (it waits until a node can).
         caps = list(Capability.objects.usable(Capability.COMFYUI).select_related("node"))
         templates = list(Template.objects.all())
         self.unrunnable = {t.pk: lacking for t in templates if (lacking := none_can_run(t.requirements(), caps))}
-        field: Any = self.fields["template"]
+        for name in ("template", "reference_template"):
+            if name in self.fields:
+                self.flag(self.fields[name], templates)
+        if "template" in self.fields and self.fields["template"].required:
+            self.follow(self.chosen(templates, template))
+
+    def flag(self, field: Any, templates: list[Template]) -> None:
         field.label_from_instance = lambda t: (
             f"{t.name} (no online node can run it)" if t.pk in self.unrunnable else t.name
         )
@@ -64,30 +96,122 @@ class RenderForm(forms.Form):
                 + ". Queued anyway, a job waits until a node can."
             )
 
+    def chosen(self, templates: list[Template], template: Template | None) -> Template | None:
+        """The template the form is for: the one posted, else the one asked for, else the first
+        the pool can run that takes a prompt (then any that takes a prompt, then the first)."""
+        by_pk = {str(t.pk): t for t in templates}
+        if self.is_bound:
+            return by_pk.get(str(self.data.get(self.add_prefix("template"), "")))
+        if template is not None:
+            return template
+        prompted = [t for t in templates if t.takes("positive")]
+        runnable = [t for t in prompted if t.pk not in self.unrunnable]
+        return next(iter(runnable or prompted or templates), None)
+
+    def follow(self, template: Template | None) -> None:
+        """Fit the fields to the template: leave out what it takes no value for, offer an input
+        image where it takes one, and start each setting at the template's own value."""
+        if template is None:
+            return
+        self.fields["template"].initial = template
+        self.for_template = template
+        # Choosing another template fetches the form fitted to it, keeping what was typed.
+        self.fields["template"].widget.attrs.update(
+            {
+                "hx-get": reverse("renders:index"),
+                "hx-trigger": "change",
+                "hx-target": "#render-form",
+                "hx-swap": "outerHTML",
+                "hx-include": ", ".join(f"#render-form [name={name}]" for name in KEPT_ON_SWITCH),
+            }
+        )
+        for field, parameters in SETTING_FIELDS.items():
+            if not any(template.takes(p) for p in parameters):
+                del self.fields[field]
+        if not template.takes("positive"):
+            self.fields["prompt"].label = "Name"
+            self.fields["prompt"].help_text = "This template takes no prompt: the text only names its jobs."
+            self.fields["prompt"].widget.attrs["rows"] = 1
+        if template.takes("image"):
+            image_from: Any = self.fields["image_from"]
+            image_from.choices = [("", "—"), *finished_images()]
+        else:
+            for field in IMAGE_FIELDS:
+                del self.fields[field]
+        values = template.defaults()
+        if "width" in values and "height" in values:
+            size = f"{int(values['width'])}x{int(values['height'])}"
+            self.add_resolution(size)
+            values["resolution"] = size
+        for name in ("frames", "fps", "steps", "cfg"):
+            if name in values and name in self.fields:
+                self.fields[name].initial = int(values[name]) if name != "cfg" else values[name]
+        if "resolution" in self.fields and "resolution" in values:
+            self.fields["resolution"].initial = values["resolution"]
+        if self.is_bound and "resolution" in self.fields:
+            self.add_resolution(str(self.data.get(self.add_prefix("resolution"), "")))
+
+    def add_resolution(self, size: str) -> None:
+        """Offer a size the list lacks (the template's own, or one reused from a job)."""
+        field: Any = self.fields.get("resolution")
+        if field is None or not re.fullmatch(r"\d{2,5}x\d{2,5}", size):
+            return
+        if size not in {value for value, _ in field.choices}:
+            width, height = size.split("x")
+            field.choices = [*field.choices, (size, f"{width} × {height}")]
+
+    def clean_image(self) -> Any:
+        upload = self.cleaned_data.get("image")
+        if upload:
+            try:
+                kept = media.keep_input(upload.read(media.MAX_INPUT + 1))
+            except media.MediaError as e:
+                raise forms.ValidationError(str(e)) from None
+            # Kept at once, and carried in the form: should another field be wrong, the page shown
+            # again still has the image, and the user need not send it again.
+            posted: Any = self.data
+            posted = posted.copy()
+            posted[self.add_prefix("image_kept")] = kept
+            self.data = posted
+            self.cleaned_data["image_kept"] = kept
+        return upload
+
+    def clean_image_kept(self) -> str:
+        kept = self.cleaned_data.get("image_kept") or ""
+        if kept and not media.kept_input(kept):
+            return ""  # not one we kept (or gone since): as if none was sent
+        return kept
+
+    def input_image(self, data: dict[str, Any]) -> str:
+        """The input image chosen, as a path in the media folder, or ""."""
+        return str(data.get("image_kept") or data.get("image_from") or "")
+
     def clean(self) -> dict[str, Any]:
         data = super().clean() or {}
         if data.get("node") and data.get("template"):
             self.check_node(data["node"], data["template"])
+        if "image_kept" in self.fields and not self.input_image(data) and "image" not in self.errors:
+            self.add_error("image", "This template starts from an image: upload one or pick a finished render.")
         if not self.errors:
-            width, height = (int(x) for x in data["resolution"].split("x"))
-            seed = data["seed"].strip().lower()
-            settings: dict[str, Any] = {
-                "width": width,
-                "height": height,
-                "frames": data["frames"],
-                "fps": data["fps"],
-                "steps": data["steps"],
-                "cfg": data["cfg"],
-                "seed": "random" if seed in ("", "random", "-1") else seed,
-            }
-            if settings["seed"] != "random":
-                try:
-                    settings["seed"] = int(settings["seed"])
-                except ValueError:
-                    self.add_error("seed", "A whole number, or random.")
-                    return data
+            settings: dict[str, Any] = {}
+            if "resolution" in data:
+                settings["width"], settings["height"] = (int(x) for x in data["resolution"].split("x"))
+            for name in ("frames", "fps", "steps", "cfg"):
+                if name in data:
+                    settings[name] = data[name]
+            if "seed" in data:
+                seed = data["seed"].strip().lower()
+                settings["seed"] = "random" if seed in ("", "random", "-1") else seed
+                if settings["seed"] != "random":
+                    try:
+                        settings["seed"] = int(settings["seed"])
+                    except ValueError:
+                        self.add_error("seed", "A whole number, or random.")
+                        return data
             if data.get("lora"):
                 settings["lora"] = data["lora"]
+            if self.input_image(data):
+                settings["input_image"] = self.input_image(data)
             for field, message in workflows.validate_settings(settings).items():
                 field = "resolution" if field in ("width", "height") else field
                 self.add_error(field if field in self.fields else None, message)
@@ -234,3 +358,16 @@ class TemplateForm(forms.Form):
         template.needs = {**template.needs, **data["needs"]}
         template.save()
         return template
+
+
+def finished_images() -> list[tuple[str, str]]:
+    """The latest finished renders with a still image, as (path in the media folder, label)."""
+    from renders.models import RenderJob
+
+    jobs = RenderJob.objects.filter(status=RenderJob.COMPLETED, kind=RenderJob.IMAGE).order_by("-finished")
+    choices = []
+    for job in jobs.only("code", "prompt", "outputs")[:RECENT_IMAGES]:
+        image = next((o for o in job.outputs if o.get("kind") == "image"), None)
+        if image:
+            choices.append((str(image["path"]), f"{job.prompt[:60]} ({str(job.code)[:8]})"))
+    return choices

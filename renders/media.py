@@ -282,3 +282,52 @@ def save_jpeg(img: Image.Image, dest: Path) -> None:
     finally:
         if os.path.exists(partial):
             os.unlink(partial)
+
+
+# --- input images --------------------------------------------------------------------------------
+
+INPUTS = "inputs"  # the folder under MEDIA_ROOT where uploaded input images are kept
+MAX_INPUT_PIXELS = 8192 * 8192
+
+
+def keep_input(data: bytes, media_root: Path | None = None) -> str:
+    """An uploaded input image checked and kept under a name of ours, as PNG (whatever the browser
+    called it or claimed it was); its path relative to the media folder. MediaError says what is
+    wrong with it."""
+    import io
+    import uuid
+
+    from django.conf import settings
+
+    if len(data) > MAX_INPUT:
+        raise MediaError(f"The image is over {MAX_INPUT // 1048576} MB; send a smaller one.")
+    if sniff(data[:64]) not in ("png", "jpeg", "webp", "gif"):
+        raise MediaError("That is not a PNG, JPEG, WEBP or GIF image.")
+    picture = None
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            width, height = img.size
+            if width * height <= MAX_INPUT_PIXELS:  # decoded only when it is not a decompression bomb
+                picture = ImageOps.exif_transpose(img).convert("RGBA" if "A" in img.getbands() else "RGB")
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise MediaError(f"The image could not be read ({e}); save it again as PNG or JPEG.") from None
+    if picture is None:
+        raise MediaError(f"The image is {width} × {height} pixels; at most 8192 × 8192 are taken.")
+    relative = f"{INPUTS}/{uuid.uuid4().hex}.png"
+    path = Path(media_root or settings.MEDIA_ROOT) / relative
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".part")
+    picture.save(partial, format="PNG")
+    os.replace(partial, path)  # whole or not at all: a job never sends half an image
+    return relative
+
+
+def kept_input(relative: str, media_root: Path | None = None) -> bool:
+    """Whether `relative` names a still image in the media folder, as an input image: one
+    keep_input() kept, or a finished render."""
+    from django.conf import settings
+
+    if Path(relative).suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp"):
+        return False
+    path = inside(Path(media_root or settings.MEDIA_ROOT), relative)
+    return path is not None and path.is_file()

@@ -12,6 +12,7 @@ from django.utils import timezone
 
 from nodes.models import Capability, Node, Requirements
 from nodes.pool import TEST_TARGET
+from renders import workflows
 from spoonfeeder.models import Event
 
 
@@ -42,6 +43,15 @@ class Template(models.Model):
     def requirements(self) -> Requirements:
         files = tuple((folder, name) for folder, names in self.needs.get("files", {}).items() for name in names)
         return Requirements(classes=tuple(self.needs.get("classes", [])), files=files)
+
+    def takes(self, parameter: str) -> bool:
+        """Whether the workflow has a place for this parameter (renders.workflows.PARAMETERS)."""
+        return bool(self.mapping.get(parameter))
+
+    def defaults(self) -> dict[str, Any]:
+        """The settings the workflow renders with when a job gives none: what it holds at each
+        mapped place."""
+        return workflows.read(self.workflow, self.mapping)
 
     def kept_by(self) -> str:
         """Why this template cannot be deleted now, or "" if it can: the render jobs made from it
@@ -270,14 +280,17 @@ class RenderJob(models.Model):
         if not done:  # cancelled meanwhile: whatever it held goes back all the same
             self.release()
 
+    def used(self) -> dict[str, Any]:
+        """The settings the job rendered with, as its last attempt sent them to the node (the
+        seed a "random" became included); nothing before it was first sent."""
+        return workflows.read(self.workflow, self.template.mapping) if self.workflow else {}
+
     @classmethod
     def build(cls, template: Template, settings: dict[str, Any], **fields: Any) -> RenderJob:
         """An unsaved job of `template` with these settings: its kind and units of work follow."""
-        from renders.workflows import VIDEO_OUTPUT_CLASSES
-
         classes = {node.get("class_type") for node in template.workflow.values() if isinstance(node, dict)}
         # Video when the workflow writes a video or an animation, whatever the template says.
-        kind = cls.VIDEO if classes & VIDEO_OUTPUT_CLASSES else cls.IMAGE
+        kind = cls.VIDEO if classes & workflows.VIDEO_OUTPUT_CLASSES else cls.IMAGE
         return cls(template=template, settings=settings, kind=kind, work=work_of(settings), **fields)
 
     @classmethod

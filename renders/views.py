@@ -12,7 +12,7 @@ from django.views.decorators.http import require_POST
 
 from nodes.models import Capability, Node
 from renders import queue
-from renders.forms import RenderForm, TemplateForm
+from renders.forms import KEPT_ON_SWITCH, RenderForm, TemplateForm
 from renders.models import Queue, RenderJob, Template
 from spoonfeeder.views import HtmxHttpRequest, done
 
@@ -24,8 +24,12 @@ def index(request: HtmxHttpRequest) -> HttpResponse:
         page = max(int(request.GET.get("page", "1")), 1)
     except ValueError:
         page = 1
-    form = RenderForm(request.POST or None)
-    if request.method == "POST" and form.is_valid():
+    posted = request.method == "POST"
+    form = RenderForm(request.POST, request.FILES) if posted else RenderForm(**form_start(request))
+    if request.htmx and not posted and "template" in request.GET:
+        # Another template chosen in the form: the form again, fitted to it.
+        return render(request, "renders/queue.html#render-form", {"form": form})
+    if posted and form.is_valid():
         created = queue_jobs(form)
         message = f"Queued {created} render job{'s' if created != 1 else ''}."
         lacking = form.unrunnable.get(form.cleaned_data["template"].pk)
@@ -33,9 +37,44 @@ def index(request: HtmxHttpRequest) -> HttpResponse:
             message += f" No online ComfyUI can run it yet ({lacking}): it waits until one can."
         return done(request, message, "renders:index")
     context = {**queue.live(), **queue.finished(status, story, page), "form": form}
+    context["form_open"] = posted or "template" in request.GET or "reuse" in request.GET
     # Only the unfiltered first page follows finished jobs live; a filtered view stays put.
     context["topics"] = "renders" if (status or story or page > 1) else "renders,renders-done"
     return render(request, "renders/queue.html", context, status=400 if form.errors else 200)
+
+
+def form_start(request: HttpRequest) -> dict[str, Any]:
+    """How an empty render form starts: for the template chosen in it (what was typed kept), with
+    the settings a job rendered with ("Reuse settings"), or for the best template."""
+    reuse = request.GET.get("reuse", "")
+    job = RenderJob.objects.select_related("template").filter(code=reuse).first() if is_uuid(reuse) else None
+    if job is not None:
+        return {"template": job.template, "initial": reused(job)}
+    chosen = request.GET.get("template", "")
+    template = Template.objects.filter(pk=chosen).first() if chosen.isdigit() else None
+    if template is None:
+        return {}
+    return {"template": template, "initial": {k: request.GET[k] for k in KEPT_ON_SWITCH if request.GET.get(k)}}
+
+
+def reused(job: RenderJob) -> dict[str, Any]:
+    """A job's prompt and settings as the render form's first values: as the node was sent them
+    (the seed a "random" became), else as they were asked for."""
+    used = {**job.settings, **job.used()}
+    initial: dict[str, Any] = {"prompt": job.prompt, "negative": job.negative, "priority": job.priority}
+    if used.get("width") and used.get("height"):
+        initial["resolution"] = f"{int(used['width'])}x{int(used['height'])}"
+    for name in ("frames", "fps", "steps", "cfg", "seed"):
+        if used.get(name) not in (None, ""):
+            initial[name] = used[name]
+    if isinstance(used.get("fps"), float) and used["fps"].is_integer():
+        initial["fps"] = int(used["fps"])
+    loras = used.get("loras") or ([used["lora"]] if used.get("lora") else [])
+    if loras:
+        initial["lora"] = loras[0]
+    if job.settings.get("input_image"):
+        initial["image_kept"] = job.settings["input_image"]
+    return initial
 
 
 def queue_jobs(form: RenderForm) -> int:
@@ -48,7 +87,7 @@ def queue_jobs(form: RenderForm) -> int:
                 template,
                 data["settings"],
                 prompt=data["prompt"],
-                negative=data["negative"],
+                negative=data.get("negative", ""),
                 priority=data["priority"],
                 position=position + i,
                 pin=data.get("node"),

@@ -471,6 +471,24 @@ def apply(
     return result
 
 
+def read(workflow: Mapping[str, Any], mapping: Mapping[str, Iterable[Iterable[str]]]) -> dict[str, Any]:
+    """What a workflow holds where the mapping puts each parameter (its first place): of a
+    template's own workflow, its defaults; of a job's workflow as it was sent, the settings it
+    rendered with (the seed a "random" became included). Links and missing places are left out;
+    loras is the list of LoRA file names."""
+    values: dict[str, Any] = {}
+    for name in PARAMETERS:
+        found = []
+        for place in mapping.get(name, ()):
+            node_id, input_name = tuple(place)
+            value = workflow.get(node_id, {}).get("inputs", {}).get(input_name)
+            if value is not None and not _is_link(value):
+                found.append(value)
+        if found:
+            values[name] = found if name == "loras" else found[0]
+    return values
+
+
 def _rescale_split(inputs: dict[str, Any], steps: int) -> None:
     # Wan 2.2 runs two KSamplerAdvanced over one schedule, switching models at a step; keep the switch
     # at the same fraction of the schedule when the step count changes.

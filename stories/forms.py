@@ -31,7 +31,7 @@ class StoryForm(RenderForm):
     settings are the render queue's own fields, checked by its own rules."""
 
     # What the render queue's dialog asks that a story decides for itself, shot by shot.
-    prompt = negative = priority = count = node = None  # type: ignore[assignment]
+    prompt = negative = priority = count = node = image = image_from = image_kept = None  # type: ignore[assignment]
 
     idea = forms.CharField(
         widget=forms.Textarea(attrs={"rows": 4, "placeholder": "A lighthouse keeper finds a message in a bottle…"}),
@@ -109,6 +109,16 @@ class StoryForm(RenderForm):
             self.fields[
                 "model"
             ].help_text = "No Ollama node has reported models yet; the story waits until one with this model is online."
+
+        field: Any = self.fields["template"]
+        default = default_template(Story.SHOTS)
+        if default is not None:
+            field.empty_label = f"Default: {default.name} (for scenes, a HoloCine one)"
+            if not default.takes("positive"):
+                field.help_text = (
+                    f"Every ComfyUI here is simulated, with no model files: the default, {default.name}, "
+                    "takes no prompt, so each shot renders a test pattern. " + (field.help_text or "")
+                ).strip()
 
     def clean_step_models(self) -> dict[str, str]:
         """`shots=qwen2.5:7b prompts=llama3.2:3b` as {"shots": "qwen2.5:7b", …}, each step a step

@@ -74,7 +74,11 @@ def test_videos_queued_in_the_browser_render_live_reorder_cancel_and_play(
 
     page.get_by_text("Queue a render").click()
     page.get_by_label("Template").select_option(label="test-video-mp4")
-    page.get_by_label("Prompt", exact=True).fill("a paper boat on a pond")
+    # The form is fetched again, fitted to the template: its own settings, and only those it takes.
+    expect(page.locator("#render-form-template")).to_contain_text("test-video-mp4")
+    expect(page.get_by_label("Frames")).to_have_value("24")
+    expect(page.get_by_label("Steps")).to_have_count(0)
+    page.get_by_label("Name", exact=True).fill("a paper boat on a pond")  # the template takes no prompt
     page.get_by_label("Resolution").select_option("512x512")
     page.get_by_label("Frames").fill("24")
     page.get_by_label("Count").fill("3")

@@ -48,8 +48,9 @@ def templates(db: None) -> None:
     load()
 
 
-def form(**changes: Any) -> dict[str, Any]:
-    return {**FORM, "template": Template.objects.get(name="test-still-image").pk, **changes}
+def form(template: str = "wan22-t2v", **changes: Any) -> dict[str, Any]:
+    """The render dialog filled in, for a template that takes every setting."""
+    return {**FORM, "template": Template.objects.get(name=template).pk, **changes}
 
 
 def queue(n: int = 1, template: str = "test-still-image", **fields: Any) -> list[RenderJob]:
@@ -135,7 +136,7 @@ def test_queueing_through_the_form_creates_jobs_with_the_settings_in_order(logge
             "queued",
             "a lighthouse at dusk",
             "blurry",
-            "test-still-image",
+            "wan22-t2v",
         )
         assert job.settings == {
             "width": 832,
@@ -154,14 +155,14 @@ def test_the_dialog_can_pin_jobs_to_one_node_and_the_queue_says_so(logged_in: Cl
     comfyui_node("small gpu")
     html = page(logged_in)
     assert "Any node (the best one free)" in html and "big gpu" in html
-    logged_in.post(reverse("renders:index"), form(node=gpu.pk, count="2"))
+    logged_in.post(reverse("renders:index"), form("test-still-image", node=gpu.pk, count="2"))
     assert [job.pin for job in RenderJob.objects.all()] == [gpu, gpu]
     assert page(logged_in).count("only on big gpu") == 2
 
 
 def test_pinning_to_a_node_that_lacks_what_the_template_needs_is_refused(logged_in: Client, templates: None) -> None:
     gpu = comfyui_node("old gpu", ("EmptyImage",))
-    answer = logged_in.post(reverse("renders:index"), form(node=gpu.pk))
+    answer = logged_in.post(reverse("renders:index"), form("test-still-image", node=gpu.pk))
     assert answer.status_code == 400
     html = answer.content.decode()
     field_html = re.search(r'<div class="field field-node">.*?</div>', html, re.S)
@@ -178,7 +179,8 @@ def test_a_random_seed_is_kept_as_random(logged_in: Client, templates: None) -> 
 @pytest.mark.parametrize(
     ("field", "value", "message"),
     [
-        ("resolution", "1000x1000", "Select a valid choice. 1000x1000 is not one of the available choices."),
+        ("resolution", "1001x1000", "Width must be a multiple of 8 (try 1000)."),
+        ("resolution", "huge", "Select a valid choice. huge is not one of the available choices."),
         ("frames", "0", "Frames must be between 1 and 1024; got 0."),
         ("steps", "500", "Steps must be between 1 and 200; got 500."),
         ("cfg", "99", "CFG must be between 0 and 30; got 99."),
@@ -193,7 +195,7 @@ def test_bad_settings_are_refused_with_the_reason_and_nothing_is_queued(
     html = answer.content.decode()
     field_html = re.search(rf'<div class="field field-{field}">.*?</div>', html, re.S)
     assert field_html and message in field_html.group(0)
-    assert '<details class="card" open>' in html  # the dialog stays open on the user's input
+    assert '<details class="card" id="render-card" open>' in html  # the dialog stays open on the user's input
     assert not RenderJob.objects.exists()
 
 
@@ -456,7 +458,8 @@ def test_the_render_command_queues_a_job(templates: None) -> None:
     job = RenderJob.objects.get()
     assert out.getvalue() == f"Queued job {job.code}.\n"
     assert (job.status, job.prompt, job.template.name, job.pin) == ("queued", "x", "test-still-image", None)
-    assert job.settings["width"] == 512 and job.settings["seed"] == "random"
+    # The template's own settings, and only those it takes (it has no seed).
+    assert job.settings == {"width": 512, "height": 512}
 
 
 def comfyui_node(name: str, classes: tuple[str, ...] = ()) -> Node:
@@ -488,7 +491,10 @@ def test_the_render_command_refuses_an_unknown_node(templates: None) -> None:
 
 def test_the_render_command_refuses_bad_settings(templates: None) -> None:
     with pytest.raises(CommandError, match="steps: Steps must be between 1 and 200; got 500."):
-        call_command("render", "test-still-image", "--prompt", "x", "--steps", "500")
+        call_command("render", "wan22-t2v", "--prompt", "x", "--steps", "500")
+    # A setting the template has no place for is refused, not silently dropped.
+    with pytest.raises(CommandError, match="test-still-image takes no steps; it takes resolution."):
+        call_command("render", "test-still-image", "--prompt", "x", "--steps", "20")
     assert not RenderJob.objects.exists()
 
 

@@ -225,3 +225,12 @@ def test_render_says_when_no_online_node_can_run_its_template() -> None:
     out = StringIO()
     call_command("render", "test-still-image", "--prompt", "x", stdout=out)
     assert "No online ComfyUI can run test-still-image yet (old gpu lacks the node class SaveImage)" in out.getvalue()
+
+
+def test_the_story_form_flags_templates_no_online_node_can_run(logged_in: Client) -> None:
+    gpu("old gpu", inventory={"classes": ["EmptyImage"]})
+    html = logged_in.get(reverse("stories:index")).content.decode()
+    for name in ("template", "reference_template"):
+        select = re.search(rf'<select name="{name}".*?</select>', html, re.S)
+        assert select and "test-still-image (no online node can run it)</option>" in select.group(0), name
+    assert "test-still-image (old gpu lacks the node class SaveImage)" in html

@@ -4,11 +4,13 @@ follow it until it ends."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from nodes.models import Capability, Node
+from renders import media
 from renders.forms import RenderForm
 from renders.models import RenderJob, Template
 from renders.queue import why_waiting
@@ -21,13 +23,15 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("template", help="The template's name.")
         parser.add_argument("--prompt", required=True)
-        parser.add_argument("--negative", default="")
-        parser.add_argument("--resolution", default="512x512")
-        parser.add_argument("--frames", type=int, default=16)
-        parser.add_argument("--fps", type=int, default=16)
-        parser.add_argument("--steps", type=int, default=20)
-        parser.add_argument("--cfg", type=float, default=5.0)
-        parser.add_argument("--seed", default="random")
+        # Left out, a setting is the template's own.
+        parser.add_argument("--negative")
+        parser.add_argument("--resolution", help="WIDTHxHEIGHT, as 832x480.")
+        parser.add_argument("--frames", type=int)
+        parser.add_argument("--fps", type=int)
+        parser.add_argument("--steps", type=int)
+        parser.add_argument("--cfg", type=float)
+        parser.add_argument("--seed", help="A number, or random (the default).")
+        parser.add_argument("--image", type=Path, help="The input image, for a template that starts from one.")
         parser.add_argument("--priority", type=int, default=0)
         parser.add_argument("--node", help="Render only on this node (its name).")
         parser.add_argument("--wait", action="store_true", help="Print progress until the job ends.")
@@ -46,22 +50,23 @@ class Command(BaseCommand):
                     Node.objects.filter(capabilities__kind=Capability.COMFYUI).values_list("name", flat=True)
                 )
                 raise CommandError(f"no ComfyUI node named {o['node']!r}; there are: {known or 'none'}")
-        form = RenderForm(
-            {
-                "template": template.pk,
-                "prompt": o["prompt"],
-                "negative": o["negative"],
-                "resolution": o["resolution"],
-                "frames": o["frames"],
-                "fps": o["fps"],
-                "steps": o["steps"],
-                "cfg": o["cfg"],
-                "seed": o["seed"],
-                "priority": o["priority"],
-                "count": 1,
-                "node": pin.pk if pin else "",
-            }
-        )
+        start = RenderForm(template=template)
+        data = {name: start[name].value() for name in start.fields}  # the template's own settings
+        given = ("negative", "resolution", "frames", "fps", "steps", "cfg", "seed", "priority")
+        for name in given:
+            if o[name] is not None and name not in start.fields:
+                takes = [
+                    n for n in ("negative", "resolution", "frames", "fps", "steps", "cfg", "seed") if n in start.fields
+                ]
+                raise CommandError(f"{template.name} takes no {name}; it takes {', '.join(takes) or 'no settings'}.")
+        data.update({name: o[name] for name in given if o[name] is not None})
+        data.update(template=template.pk, prompt=o["prompt"], count=1, node=pin.pk if pin else "")
+        if o["image"] is not None:
+            try:
+                data["image_kept"] = media.keep_input(o["image"].read_bytes())
+            except (OSError, media.MediaError) as e:
+                raise CommandError(f"--image {o['image']}: {e}") from None
+        form = RenderForm({k: v for k, v in data.items() if v is not None})
         if not form.is_valid():
             raise CommandError("; ".join(f"{f}: {' '.join(map(str, e))}" for f, e in form.errors.items()))
         queue_jobs(form)
