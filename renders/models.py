@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import timedelta
+from pathlib import PurePosixPath
 from typing import Any
 
 from django.conf import settings
@@ -9,6 +10,7 @@ from django.db import models, transaction
 from django.db.models import Q
 from django.db.models.functions import Now
 from django.utils import timezone
+from django.utils.text import slugify
 
 from nodes.models import Capability, Node, Requirements
 from nodes.pool import TEST_TARGET
@@ -284,6 +286,29 @@ class RenderJob(models.Model):
         """The settings the job rendered with, as its last attempt sent them to the node (the
         seed a "random" became included); nothing before it was first sent."""
         return workflows.read(self.workflow, self.template.mapping) if self.workflow else {}
+
+    def download_name(self, index: int = 0, title: str = "") -> str:
+        """The file name a download of output `index` gets: after the story's title and its shot
+        or scene, else the prompt, and the job (lighthouse-shot-03-1a2b3c4d.mp4), never 00.mp4."""
+        suffix = PurePosixPath(str(self.outputs[index].get("path", ""))).suffix.lower()
+        kind, _, which = self.target.partition(":")
+        parts = [slugify(title)[:40]] if title else []
+        if kind in ("shot", "scene") and which.isdigit():
+            parts.append(f"{kind}-{int(which):02d}")
+        elif kind == "reference":
+            parts.append(f"reference-{slugify(which)[:30]}")
+        if not parts:
+            parts.append(slugify(self.prompt)[:40] or "render")
+        parts.append(str(self.code)[:8])
+        if len(self.outputs) > 1:
+            parts.append(f"{index + 1:02d}")
+        return "-".join(p for p in parts if p) + suffix
+
+    @property
+    def downloads(self) -> list[str]:
+        """download_name() of each output; the story's title is story_title when the page set it."""
+        title = getattr(self, "story_title", "")
+        return [self.download_name(i, title) for i in range(len(self.outputs))]
 
     @classmethod
     def build(cls, template: Template, settings: dict[str, Any], **fields: Any) -> RenderJob:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime
 from typing import Any
 
@@ -147,12 +148,37 @@ def with_etas(jobs: list[RenderJob]) -> None:
         job.eta = None if rate is None else max(job.work * (1 - job.progress) * rate, 0)  # type: ignore[attr-defined]
 
 
-def finished(status: str = "", story: str = "", page: int = 1) -> dict[str, Any]:
+def finished(status: str = "", story: str = "", page: int = 1, text: str = "") -> dict[str, Any]:
+    """A page of ended jobs, newest first: of one status, of one story (its code), or whose prompt
+    or story title holds `text`; each knows its story's title (for its downloads' names)."""
+    from stories.models import Story  # stories builds on renders, not the other way round
+
     wanted = (
         [status] if status in (RenderJob.COMPLETED, RenderJob.FAILED, RenderJob.CANCELLED) else list(RenderJob.ENDED)
     )
     jobs = RenderJob.objects.filter(status__in=wanted).select_related("template", "node").order_by("-finished", "-id")
     if story:
         jobs = jobs.filter(Q(story=story))
-    pages = Paginator(jobs, PAGE)
-    return {"finished": pages.get_page(page), "status": status, "story": story}
+    text = text.strip()[:200]
+    if text:
+        titled = [
+            str(code) for code in Story.objects.filter(title__icontains=text).values_list("code", flat=True)[:500]
+        ]
+        jobs = jobs.filter(Q(prompt__icontains=text) | Q(story__in=titled))
+    shown = Paginator(jobs, PAGE).get_page(page)
+    codes = {job.story for job in shown if job.story}
+    titles = {str(c): t for c, t in Story.objects.filter(code__in=valid_codes(codes)).values_list("code", "title")}
+    for job in shown:
+        job.story_title = titles.get(job.story, "")  # type: ignore[attr-defined]
+    return {"finished": shown, "status": status, "story": story, "text": text}
+
+
+def valid_codes(values: set[str]) -> list[uuid.UUID]:
+    """The values that are UUIDs (a job's story field is free text to the database)."""
+    codes = []
+    for value in values:
+        try:
+            codes.append(uuid.UUID(value))
+        except ValueError:
+            continue
+    return codes

@@ -15,6 +15,7 @@ from renders import queue
 from renders.forms import KEPT_ON_SWITCH, RenderForm, TemplateForm
 from renders.models import Queue, RenderJob, Template
 from spoonfeeder.views import HtmxHttpRequest, done
+from stories.models import Story
 
 
 def index(request: HtmxHttpRequest) -> HttpResponse:
@@ -36,10 +37,11 @@ def index(request: HtmxHttpRequest) -> HttpResponse:
         if lacking and not form.cleaned_data.get("node"):
             message += f" No online ComfyUI can run it yet ({lacking}): it waits until one can."
         return done(request, message, "renders:index")
-    context = {**queue.live(), **queue.finished(status, story, page), "form": form}
+    text = request.GET.get("q", "")
+    context = {**queue.live(), **queue.finished(status, story, page, text), "form": form}
     context["form_open"] = posted or "template" in request.GET or "reuse" in request.GET
     # Only the unfiltered first page follows finished jobs live; a filtered view stays put.
-    context["topics"] = "renders" if (status or story or page > 1) else "renders,renders-done"
+    context["topics"] = "renders" if (status or story or text or page > 1) else "renders,renders-done"
     return render(request, "renders/queue.html", context, status=400 if form.errors else 200)
 
 
@@ -153,7 +155,45 @@ def job_detail(request: HttpRequest, code: str) -> HttpResponse:
     job = get_object_or_404(RenderJob.objects.select_related("template", "node"), code=code)
     if job.status == RenderJob.QUEUED:
         queue.why_waiting([job])
-    return render(request, "renders/job.html", {"job": job})
+    story = Story.objects.filter(code=job.story).first() if is_uuid(job.story) else None
+    job.story_title = story.title if story else ""  # type: ignore[attr-defined]
+    context = {
+        "job": job,
+        "story": story,
+        "used": settings_shown(job),
+        "outputs": zip(job.outputs, job.downloads, strict=True),
+    }
+    return render(request, "renders/job.html", context)
+
+
+# How the job page names the settings, in this order.
+SETTING_LABELS = {
+    "seed": "Seed",
+    "width": "Width",
+    "height": "Height",
+    "frames": "Frames",
+    "fps": "FPS",
+    "steps": "Steps",
+    "cfg": "CFG",
+    "loras": "LoRAs",
+    "lora": "LoRA",
+    "input_image": "Input image",
+}
+
+
+def settings_shown(job: RenderJob) -> list[tuple[str, Any, bool]]:
+    """Each setting of the job as (label, value, sent): the values its last attempt sent the node
+    (a "random" seed as the number it became), else those asked for (not sent yet)."""
+    used = job.used()
+    asked = {k: v for k, v in job.settings.items() if v not in (None, "")}
+    rows = []
+    for name, label in SETTING_LABELS.items():
+        if name in used and name != "image":
+            value = used[name]
+            rows.append((label, ", ".join(map(str, value)) if isinstance(value, list) else value, True))
+        elif name in asked and not (name == "lora" and "loras" in used):
+            rows.append((label, asked[name], False))
+    return rows
 
 
 def templates(request: HttpRequest) -> HttpResponse:

@@ -136,7 +136,9 @@ def tabs(story: Story) -> list[tuple[str, str]]:
     return [(slug, label) for slug, label in TABS.items() if slug not in ("shots", "scenes") or slug == plan]
 
 
-def detail(story: Story, tab: str, status: str = "", page: int = 1, *, whole: bool = True) -> dict[str, Any]:
+def detail(
+    story: Story, tab: str, status: str = "", page: int = 1, *, whole: bool = True, text: str = ""
+) -> dict[str, Any]:
     """The whole page (the live parts and the one tab shown), or the tab alone."""
     context = {**(live(story) if whole else about(story)), "tab": tab, "tabs": tabs(story)}
     if tab in ("narration", "music"):
@@ -153,7 +155,7 @@ def detail(story: Story, tab: str, status: str = "", page: int = 1, *, whole: bo
     elif tab == "music":
         context["cues"] = list(story.music_cues.select_related("segment"))
     elif tab == "renders":
-        context.update(renders(story, status, page))
+        context.update(renders(story, status, page, text))
     elif tab == "gallery":
         context["gallery"] = gallery(story)
     if tab in ("renders", "gallery"):
@@ -177,11 +179,11 @@ def planned(story: Story) -> list[Shot] | list[Scene]:
     return pieces
 
 
-def renders(story: Story, status: str, page: int) -> dict[str, Any]:
+def renders(story: Story, status: str, page: int, text: str = "") -> dict[str, Any]:
     """The render queue's parts, for this story's jobs only."""
     jobs = RenderJob.objects.filter(story=str(story.code)).select_related("template", "node", "pin")
     counts = queue.counts(jobs)
-    finished = queue.finished(status, str(story.code), page)
+    finished = queue.finished(status, str(story.code), page, text)
     paused = Queue.get().paused
     queued = list(jobs.filter(status=RenderJob.QUEUED).in_dispatch_order()[: queue.QUEUED_SHOWN])
     queue.why_waiting(queued, paused=paused)
@@ -189,6 +191,7 @@ def renders(story: Story, status: str, page: int) -> dict[str, Any]:
         # Not "story": the template's include gives the queue's partial the story's code as that.
         "finished": finished["finished"],
         "status": finished["status"],
+        "text": finished["text"],
         **queue.on_nodes(jobs),
         "queued": queued,
         "counts": counts,
@@ -202,7 +205,7 @@ def gallery(story: Story) -> list[RenderJob]:
     numbers = set(pieces(story))  # a story planned again may have fewer than it rendered before
     jobs = (
         RenderJob.objects.filter(story=str(story.code), status=RenderJob.COMPLETED, target__startswith=kind)
-        .only("code", "target", "outputs", "kind", "finished", "created", "seconds")
+        .only("code", "target", "outputs", "kind", "finished", "created", "seconds", "story", "prompt")
         .order_by("-created", "-id")
     )
     latest: dict[int, RenderJob] = {}
@@ -212,5 +215,6 @@ def gallery(story: Story) -> list[RenderJob]:
         if job.outputs and number in numbers and number not in latest:
             job.number = number  # type: ignore[attr-defined]
             job.out = job.outputs[0]  # type: ignore[attr-defined]
+            job.story_title = story.title  # type: ignore[attr-defined]
             latest[number] = job
     return [latest[n] for n in sorted(latest)]

@@ -63,7 +63,9 @@ def show(
 ) -> HttpResponse:
     """The story's page on `tab`; an htmx GET (the tab following the story) gets the tab alone."""
     alone = bool(request.htmx) and request.method == "GET"
-    ctx = context.detail(story, tab, request.GET.get("status", ""), page_number(request), whole=not alone)
+    ctx = context.detail(
+        story, tab, request.GET.get("status", ""), page_number(request), whole=not alone, text=request.GET.get("q", "")
+    )
     # What the tab asks for to follow the story (not the URL of a refused action or a failed save).
     ctx["here"] = reverse("stories:tab", args=[story.code, tab])
     if request.method == "GET" and request.GET:

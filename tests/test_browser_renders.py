@@ -162,7 +162,23 @@ def test_videos_queued_in_the_browser_render_live_reorder_cancel_and_play(
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=SCREENSHOTS / "renders.png", full_page=True)
 
-    page.locator(f"#finished #job-{third} a").first.click()
+    # A video's thumbnail plays under the pointer and opens full size in a lightbox.
+    thumb = page.locator(f"#finished #job-{third} a.lightbox")
+    thumb.hover()
+    expect(thumb.locator("video.hover-play")).to_have_count(1)
+    page.mouse.move(0, 0)
+    expect(thumb.locator("video.hover-play")).to_have_count(0)
+    thumb.click()
+    expect(page.locator("dialog#lightbox video")).to_be_visible()
+    page.wait_for_function(
+        "() => { const v = document.querySelector('dialog#lightbox video'); return v && v.readyState >= 1; }",
+        timeout=15_000,
+    )
+    page.screenshot(path=str(SCREENSHOTS / "lightbox.png"))
+    page.keyboard.press("Escape")
+    expect(page.locator("dialog#lightbox")).not_to_be_visible()
+
+    page.locator(f"#finished #job-{third} a[href='/renders/{third}/']").first.click()
     expect(page).to_have_url(f"{stack.url}/renders/{third}/")
     video = page.locator("video")
     expect(video).to_have_count(1)
@@ -170,6 +186,17 @@ def test_videos_queued_in_the_browser_render_live_reorder_cancel_and_play(
     duration = video.evaluate("v => v.duration")
     print(f"the finished video plays: {duration:.2f} s, {video.evaluate('v => v.videoWidth')} px wide")
     assert 0.5 < duration < 3  # 24 frames at 24 fps
+    job = RenderJob.objects.get(code=third)
+    expect(page.locator("#job-settings")).to_contain_text(f"Seed{job.used()['seed']}")
+    expect(page.get_by_role("link", name="Download")).to_have_attribute(
+        "download", f"a-paper-boat-on-a-pond-{third[:8]}.mp4"
+    )
+    # Reuse settings: the form, open, filled in with what the job rendered with.
+    page.get_by_role("link", name="Reuse settings").click()
+    expect(page.locator("#render-card")).to_have_attribute("open", "")
+    expect(page.get_by_label("Seed")).to_have_value(str(job.used()["seed"]))
+    expect(page.get_by_label("Frames")).to_have_value("24")
+    expect(page.get_by_label("Name", exact=True)).to_have_value("a paper boat on a pond")
 
 
 @pytest.mark.browser

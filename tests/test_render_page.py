@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 from django.core.management import CommandError, call_command
 from django.db import connection
 from django.test import Client
@@ -24,7 +25,7 @@ from nodes.models import Capability, Node
 from nodes.sim.comfyui import SimComfyUI
 from renders.management.commands.load_templates import load
 from renders.models import Queue, RenderJob, Template
-from tests.conftest import Cluster
+from tests.conftest import Cluster, executions
 
 NET = 51 if os.environ.get("DATABASE_URL") else 50
 HTMX = {"HTTP_HX_REQUEST": "true"}
@@ -390,9 +391,12 @@ def test_a_completed_job_shows_its_thumbnail_size_duration_and_download(logged_i
     html = row.group(0)
     assert '<img src="/media/renders/completed-0/00.mp4.thumb.jpg"' in html
     assert "256×256 · 24 frames · 1.0 s · 120.6\xa0KB" in html
-    assert '<a href="/media/renders/completed-0/00.mp4" download>Download</a>' in html
+    # Downloaded under a name after its prompt and its code, never 00.mp4.
+    name = f"completed-0-{str(done.code)[:8]}.mp4"
+    assert f'<a href="/media/renders/completed-0/00.mp4" download="{name}">Download</a>' in html
     detail = logged_in.get(reverse("renders:job", args=[done.code])).content.decode()
     assert '<video controls preload="metadata" src="/media/renders/completed-0/00.mp4"' in detail
+    assert f'download="{name}">Download</a> <span class="muted">as {name}</span>' in detail
 
 
 def test_a_completed_job_without_output_files_does_not_break_the_page(logged_in: Client, templates: None) -> None:
@@ -523,3 +527,67 @@ def test_render_wait_follows_a_job_to_its_output(sim_node: Any, cluster: Cluster
     path = job.outputs[0]["path"]
     assert f"  {path} ({job.outputs[0]['size']} bytes)" in lines
     assert (tmp_path / "media" / path).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_finished_job_shows_the_seed_it_rendered_with_and_its_settings_can_be_reused(
+    sim_node: Any, cluster: Cluster, logged_in: Client
+) -> None:
+    _, sim = sim_node
+    call_command("render", "test-video-mp4", "--prompt", "a paper boat", "--frames", "12", "--wait", stdout=StringIO())
+    job = RenderJob.objects.get()
+    assert (job.status, job.settings["seed"], executions(sim, job)) == ("completed", "random", 1)
+    # The node's own record of what it ran: the seed "random" became.
+    sent = requests.get(f"{sim.url}/history/{job.prompt_id}", timeout=5).json()[job.prompt_id]["prompt"][2]
+    seed = sent["2"]["inputs"]["seed"]
+    assert isinstance(seed, int)
+    html = logged_in.get(reverse("renders:job", args=[job.code])).content.decode()
+    settings = re.search(r'<dl class="settings" id="job-settings">.*?</dl>', html, re.S)
+    assert settings
+    shown = dict(re.findall(r"<dt>([^<]+)</dt><dd>(?:<a [^>]+>)?([^<]+)", settings.group(0)))
+    assert shown == {
+        "Template": "test-video-mp4",
+        "Seed": str(seed),
+        "Width": "256",
+        "Height": "256",
+        "Frames": "12",
+        "FPS": "24.0",
+        "Priority": "0",
+    }
+    reuse = re.search(r'<a class="button" id="reuse-settings" href="([^"]+)">Reuse settings</a>', html)
+    assert reuse
+    page = logged_in.get(reuse.group(1).split("#")[0]).content.decode()
+    assert '<details class="card" id="render-card" open>' in page
+    form = re.search(
+        r'<form method="post" action="/renders/" class="render-form" id="render-form".*?</form>', page, re.S
+    )
+    assert form
+    html = form.group(0)
+    assert f'<option value="{job.template.pk}" selected>test-video-mp4</option>' in html
+    assert re.search(r'<textarea name="prompt"[^>]*>\s*a paper boat</textarea>', html)
+    for name, value in (("frames", "12"), ("fps", "24"), ("seed", str(seed))):
+        assert re.search(rf'<input type="[a-z]+" name="{name}" value="{value}"', html), name
+    assert '<option value="256x256" selected>' in html
+    # Queued again from the form as it is filled in, it renders the same picture with the same seed.
+    logged_in.post(
+        reverse("renders:index"),
+        {"template": job.template.pk, "prompt": "a paper boat", "resolution": "256x256", "frames": "12"}
+        | {"fps": "24", "seed": str(seed), "priority": "0", "count": "1"},
+    )
+    again = RenderJob.objects.exclude(pk=job.pk).get()
+    assert again.settings["seed"] == seed
+
+
+def test_the_finished_list_filters_by_prompt_text_and_story_title(logged_in: Client, templates: None) -> None:
+    from stories.models import Story
+
+    story = Story.objects.create(idea="x", title="The Lighthouse", target_seconds=30)
+    lamp, boat, other = ended("completed", 3)
+    RenderJob.objects.filter(pk=lamp.pk).update(story=str(story.code), target="shot:3", prompt="a lamp in fog")
+    RenderJob.objects.filter(pk=boat.pk).update(prompt="a paper boat on a pond")
+    assert codes(page(logged_in, q="paper BOAT"), "finished") == [str(boat.code)]
+    html = page(logged_in, q="lighthouse")
+    assert codes(html, "finished") == [str(lamp.code)]
+    assert f'download="the-lighthouse-shot-03-{str(lamp.code)[:8]}.mp4"' in html
+    assert codes(page(logged_in, q="nothing like it"), "finished") == []
+    assert 'value="lighthouse"' in page(logged_in, q="lighthouse")  # the search stays in its box
+    assert len(codes(page(logged_in), "finished")) == 3 and other

@@ -515,7 +515,9 @@ def test_the_gallery_shows_the_latest_render_of_each_shot_in_story_order(logged_
     assert item
     media = "/media/renders/newer/00.mp4"
     assert f'<video controls preload="none" src="{media}" poster="{media}.thumb.jpg">' in item.group(0)
-    assert '<a href="/media/renders/newer/00.mp4" download>Download</a>' in item.group(0)
+    # Named after the story, the shot and the job.
+    name = f"the-keeper-shot-02-{str(newer.code)[:8]}.mp4"
+    assert f'<a href="/media/renders/newer/00.mp4" download="{name}">Download</a>' in item.group(0)
 
 
 def test_the_renders_tab_shows_the_story_jobs_through_the_queue_parts(logged_in: Client, templates: None) -> None:
