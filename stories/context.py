@@ -16,6 +16,7 @@ from renders.models import Queue, RenderJob
 from stories.forms import CharacterForm
 from stories.graph import ACTIVE, STEPS, Step, not_completed, pieces, steps_for
 from stories.models import Scene, Shot, StepRun, Story
+from stories.rendering import rendered
 
 PAGE = 25
 TABS = {
@@ -122,8 +123,11 @@ def about(story: Story) -> dict[str, Any]:
 def live(story: Story) -> dict[str, Any]:
     """The parts of a story's page that every visitor sees the same: its head and its steps."""
     rows = step_rows(story)
+    renders_done = any(r.step.name == "renders" and r.status == StepRun.COMPLETED for r in rows)
     return {
         **about(story),
+        # Written and queued, the renders say how far they are (or which did not render).
+        "renders": rendered(story) if renders_done and story.state in (Story.RENDERING, Story.FAILED) else None,
         "steps": rows,
         "completed": [r for r in rows if r.status == StepRun.COMPLETED],
         "held": any(r.run and r.run.held and r.status == StepRun.PENDING for r in rows),
@@ -199,22 +203,43 @@ def renders(story: Story, status: str, page: int, text: str = "") -> dict[str, A
     }
 
 
-def gallery(story: Story) -> list[RenderJob]:
-    """The latest finished render of each shot or scene, in story order."""
+@dataclass
+class GalleryItem:
+    """One shot or scene in the gallery: its latest finished render, else its latest job as it
+    stands (waiting, rendering, failed), else nothing yet."""
+
+    number: int
+    out: dict[str, Any] | None = None  # the finished render's first output
+    job: RenderJob | None = None  # the finished job, else the latest one
+    newer: RenderJob | None = None  # a newer job on its way after the finished one
+
+    @property
+    def code(self) -> Any:
+        return self.job.code if self.job else None
+
+
+def gallery(story: Story) -> list[GalleryItem]:
+    """Every planned shot or scene, in story order: the latest finished render of each, or a
+    placeholder saying where its render is (with its progress, or why it failed)."""
     kind = f"{story.piece}:"
-    numbers = set(pieces(story))  # a story planned again may have fewer than it rendered before
+    numbers = pieces(story)  # a story planned again may have fewer than it rendered before
     jobs = (
-        RenderJob.objects.filter(story=str(story.code), status=RenderJob.COMPLETED, target__startswith=kind)
-        .only("code", "target", "outputs", "kind", "finished", "created", "seconds", "story", "prompt")
+        RenderJob.objects.filter(story=str(story.code), target__startswith=kind)
+        .select_related("template", "pin")
         .order_by("-created", "-id")
     )
-    latest: dict[int, RenderJob] = {}
+    items = {n: GalleryItem(n) for n in numbers}
     for job in jobs:
         _, _, tail = job.target.partition(":")
-        number = as_number(tail) or 0
-        if job.outputs and number in numbers and number not in latest:
-            job.number = number  # type: ignore[attr-defined]
-            job.out = job.outputs[0]  # type: ignore[attr-defined]
-            job.story_title = story.title  # type: ignore[attr-defined]
-            latest[number] = job
-    return [latest[n] for n in sorted(latest)]
+        item = items.get(as_number(tail) or 0)
+        if item is None or item.out is not None:
+            continue
+        job.story_title = story.title  # type: ignore[attr-defined]
+        if job.status == RenderJob.COMPLETED and job.outputs:
+            item.newer = item.job if item.job and item.job.status not in RenderJob.ENDED else None
+            item.job, item.out = job, job.outputs[0]
+        elif item.job is None:
+            item.job = job
+    waiting = [i.job for i in items.values() if i.out is None and i.job and i.job.status == RenderJob.QUEUED]
+    queue.why_waiting(waiting)
+    return [items[n] for n in numbers]

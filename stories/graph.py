@@ -190,7 +190,17 @@ def summarise(story: Story, steps: list[Step], whole: dict[str, StepRun], parts:
     if story.stopped:
         state = Story.STOPPED
     elif all(done(whole.get(s.name)) for s in steps):
-        state = Story.COMPLETED
+        # Written and queued is not finished: the story completes when its last shot has rendered.
+        from stories.rendering import rendered
+
+        renders = rendered(story)
+        progress = (total - 1 + renders.progress) / len(steps)
+        if renders.done == renders.total:
+            state = Story.COMPLETED
+        elif renders.active:
+            state = Story.RENDERING
+        else:
+            state = Story.FAILED
     elif any(r.status == StepRun.RUNNING or (r.status == StepRun.PENDING and not r.waiting) for r in live):
         state = Story.RUNNING
     elif live:  # failed or not, the story goes on once a node is free or the user acts

@@ -23,10 +23,11 @@ from spoonfeeder.models import Event
 class Story(models.Model):
     SHOTS, SCENES = "shots", "scenes"
     MODES = [(SHOTS, "Shots (Wan / Hunyuan)"), (SCENES, "HoloCine scenes")]
-    DRAFT, RUNNING, WAITING, COMPLETED, FAILED, STOPPED = (
+    DRAFT, RUNNING, WAITING, RENDERING, COMPLETED, FAILED, STOPPED = (
         "draft",
         "running",
         "waiting",
+        "rendering",
         "completed",
         "failed",
         "stopped",
@@ -35,6 +36,8 @@ class Story(models.Model):
         (DRAFT, "Not started"),
         (RUNNING, "Running"),
         (WAITING, "Waiting"),
+        # Every step is done and the renders are queued, but not every shot has rendered yet.
+        (RENDERING, "Rendering"),
         (COMPLETED, "Completed"),
         (FAILED, "Failed"),
         (STOPPED, "Stopped"),

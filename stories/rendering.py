@@ -6,6 +6,8 @@ what they are for (`shot:3`, `scene:2`, `reference:<character>`), in story order
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 from django.db import transaction
 from django.utils import timezone
 
@@ -21,6 +23,42 @@ def story_jobs(story: Story, prefix: str) -> dict[str, list[RenderJob]]:
     for job in RenderJob.objects.filter(story=str(story.code), target__startswith=prefix).order_by("-created", "-id"):
         jobs.setdefault(job.target, []).append(job)
     return jobs
+
+
+@dataclass
+class Rendered:
+    """How far the renders of a story's planned shots (or scenes) are: the latest job of each."""
+
+    piece: str
+    total: int = 0
+    done: int = 0
+    active: int = 0  # queued or on a node
+    failed: list[tuple[int, RenderJob]] = field(default_factory=list)  # failed or cancelled, by number
+    progress: float = 0.0  # the share done (the story's page shows each running one's own progress)
+
+    def __str__(self) -> str:
+        if self.failed:
+            number, job = self.failed[0]
+            why = job.error or job.get_status_display().lower()
+            return f"{len(self.failed)} of {self.total} {self.piece}s did not render; {self.piece} {number}: {why}"
+        return f"Rendering {self.done}/{self.total} {self.piece}s"
+
+
+def rendered(story: Story) -> Rendered:
+    """The renders of the shots (or scenes) the story plans now: two queries."""
+    numbers = list(story.planned.objects.filter(story=story).values_list("number", flat=True))
+    jobs = story_jobs(story, f"{story.piece}:")
+    summary = Rendered(story.piece, total=len(numbers))
+    for number in sorted(numbers):
+        job = next(iter(jobs.get(f"{story.piece}:{number}", [])), None)
+        if job is None or job.status not in RenderJob.ENDED:
+            summary.active += 1
+        elif job.status == RenderJob.COMPLETED:
+            summary.done += 1
+        else:
+            summary.failed.append((number, job))
+    summary.progress = summary.done / summary.total if summary.total else 1.0
+    return summary
 
 
 def queue_renders(story: Story, run: StepRun) -> None:

@@ -35,6 +35,8 @@ from django.utils import timezone
 from nodes.clients import ServiceError
 from nodes.clients.ollama import Ollama
 from nodes.models import Capability, Requirements, place_and_claim
+from renders.models import RenderJob
+from renders.queue import valid_codes
 from spoonfeeder import work
 from spoonfeeder.tasks import enqueue
 from stories import graph, steps
@@ -357,6 +359,10 @@ def sweep() -> bool:
     waiting_refs = StepRun.objects.filter(step="references", status=StepRun.RUNNING, owner="", heartbeat=None)
     for story_id in waiting_refs.values_list("story_id", flat=True):
         graph.advance(story_id, wake=False)
+    # Shots render in the render queue: a story whose renders are on their way, or that has one
+    # queued again since it ended (a retry from the queue), is summed up again.
+    for story_id in rendering_stories():
+        graph.advance(story_id, wake=False)
     # A worker that died between a step's end and the story's advance left a story that says it
     # runs with nothing live: move it on.
     idle = Story.objects.filter(state=Story.RUNNING, stopped=False).exclude(runs__status__in=graph.ACTIVE)
@@ -365,4 +371,19 @@ def sweep() -> bool:
     feed()
     # A run held for the user (renders without auto-render) needs no watching: releasing it
     # wakes the pipeline.
-    return StepRun.objects.filter(status__in=graph.ACTIVE, held=False, story__stopped=False).exists()
+    return (
+        StepRun.objects.filter(status__in=graph.ACTIVE, held=False, story__stopped=False).exists()
+        or Story.objects.filter(state=Story.RENDERING).exists()
+    )
+
+
+def rendering_stories() -> set[int]:
+    """The stories whose summary follows their renders: those rendering, and those ended whose
+    jobs are not all ended (queued again from the render queue)."""
+    following = set(Story.objects.filter(state=Story.RENDERING).values_list("pk", flat=True))
+    busy = (
+        RenderJob.objects.exclude(story="").exclude(status__in=RenderJob.ENDED).exclude(target__startswith="reference:")
+    )
+    codes = valid_codes(set(busy.values_list("story", flat=True).distinct()))
+    ended = Story.objects.filter(code__in=codes, state__in=(Story.COMPLETED, Story.FAILED))
+    return following | set(ended.values_list("pk", flat=True))

@@ -144,6 +144,10 @@ def wait_for(story: Story, check: Callable[[], T | None], what: str, timeout: fl
     return found[0]
 
 
+# Every step done and the renders queued: with no ComfyUI in the lab, the story stays rendering.
+WRITTEN = Story.RENDERING
+
+
 def wait_state(story: Story, state: str, timeout: float = 20) -> Story:
     return wait_for(story, lambda: s if (s := fresh(story)).state == state else None, f"the story {state}", timeout)
 
@@ -232,7 +236,7 @@ def overlap(a: StepRun, b: StepRun) -> bool:
 
 def test_a_story_runs_every_step_once_in_graph_order(pipeline: Cluster, lab: Lab) -> None:
     sim = lab.ollama("llm")
-    story = wait_state(new_story(), Story.COMPLETED)
+    story = wait_state(new_story(), WRITTEN)
     assert_graph_order(story)
     runs = list(StepRun.objects.filter(story=story))
     shots = list(story.shots.all())
@@ -246,7 +250,9 @@ def test_a_story_runs_every_step_once_in_graph_order(pipeline: Cluster, lab: Lab
     assert sorted(asked(sim)[3:]) == sorted(
         ["NarrationAnswer", "MusicAnswer", "ShotsAnswer"] + ["PromptAnswer"] * len(shots)
     )
-    assert story.progress == 1 and story.title and story.text
+    # Written, and its renders queued, waiting for a ComfyUI: the story says so, and is not 100 %.
+    assert story.progress == (len(graph.steps_for(story)) - 1) / len(graph.steps_for(story))
+    assert story.title and story.text
     assert all(s.positive for s in shots)
     assert sorted(jobs_by_target(story)) == [f"shot:{s.number}" for s in shots]
 
@@ -273,7 +279,7 @@ def test_a_failing_step_holds_back_its_dependents_until_retried_and_other_branch
 
     cast.set(bad_json=False)
     assert graph.retry(failed)
-    story = wait_state(story, Story.COMPLETED)
+    story = wait_state(story, WRITTEN)
     assert_graph_order(story)
     retried = run_of(story, "characters")
     assert (retried.pk, retried.version, retried.attempts) == (failed.pk, 1, 1)
@@ -302,7 +308,7 @@ def test_retrying_one_failed_part_finishes_the_step_and_what_follows(pipeline: C
     assert current(story, "renders") is None
 
     assert graph.retry(first)
-    story = wait_state(story, Story.COMPLETED)
+    story = wait_state(story, WRITTEN)
     assert asked(writer).count("PromptAnswer") == 3 + count
     assert sorted(jobs_by_target(story)) == [f"shot:{n}" for n in range(1, count + 1)]
 
@@ -362,7 +368,7 @@ def test_a_killed_worker_mid_step_is_replaced_and_every_step_completes_once(lab:
     wait_until(lambda: run_of(story, "characters").crashes == 1, 30, "the crash to be found")
 
     cast.set(hang=False)
-    story = wait_state(story, Story.COMPLETED, timeout=60)
+    story = wait_state(story, WRITTEN, timeout=60)
 
     runs = list(StepRun.objects.filter(story=story))
     assert all(r.status == StepRun.COMPLETED and r.version == 1 for r in runs)
@@ -409,7 +415,7 @@ def test_a_story_with_worker_kills_mid_step_completes(lab: Lab, stack: Stack) ->
 
     def next_step() -> StepRun | str | None:
         """The next step running on a worker (not one a kill cut short before), or "done"."""
-        if fresh(story).state == Story.COMPLETED:
+        if fresh(story).state == WRITTEN:
             return "done"
         running = StepRun.objects.filter(story=story, status=StepRun.RUNNING).exclude(owner="").exclude(pk__in=hit)
         return running.order_by("started").first()
@@ -436,7 +442,7 @@ def test_a_story_with_worker_kills_mid_step_completes(lab: Lab, stack: Stack) ->
         kills += len(cut)
     assert kills >= 3, f"only {kills} of {tries} kills landed mid-step"
 
-    story = wait_state(story, Story.COMPLETED, timeout=120)
+    story = wait_state(story, WRITTEN, timeout=120)
     runs = list(StepRun.objects.filter(story=story))
     assert all(r.status == StepRun.COMPLETED and r.version == 1 for r in runs), table(story)
     assert len({(r.step, r.part) for r in runs}) == len(runs)  # one run per step and part
@@ -502,7 +508,7 @@ def test_the_node_a_dead_worker_held_comes_back_with_its_step(lab: Lab, request:
     assert cap.holders() == 1 and cap.display_status == "busy"
 
     request.getfixturevalue("cluster")  # a worker starts (and with it a sweeper)
-    story = wait_state(story, Story.COMPLETED)
+    story = wait_state(story, WRITTEN)
     assert asked(sim)[0] == "StoryAnswer" and cap.holders() == 0
     run = run_of(story, "story")
     assert (run.attempts, run.crashes) == (1, 1)  # the crash is counted, not as an attempt
@@ -549,7 +555,7 @@ def test_answers_that_never_fit_fail_the_step_after_three_with_the_raw_answers_k
 
 def test_model_text_with_markup_is_stored_as_text(pipeline: Cluster, lab: Lab) -> None:
     lab.ollama("llm", bad_json="html")
-    story = wait_state(new_story(), Story.COMPLETED)
+    story = wait_state(new_story(), WRITTEN)
     assert MARKUP in story.title and story.text.endswith(MARKUP)
     assert all(s.title.endswith(MARKUP) for s in story.segments.all())
     assert all(c.name.endswith(MARKUP) for c in story.characters.all())
@@ -711,7 +717,7 @@ def test_a_character_edited_by_hand_reruns_only_the_shots_and_what_follows(
 
 def test_rerun_renders_keep_only_jobs_that_would_render_the_same(pipeline: Cluster, lab: Lab) -> None:
     lab.ollama("llm")  # no ComfyUI node: the renders wait in the queue
-    story = wait_state(new_story(), Story.COMPLETED)
+    story = wait_state(new_story(), WRITTEN)
     before = jobs_by_target(story)
     last = story.shots.order_by("number").last()
     assert last is not None and len(before) >= 2
@@ -720,7 +726,7 @@ def test_rerun_renders_keep_only_jobs_that_would_render_the_same(pipeline: Clust
     # again, as it came out the same; a render that started meanwhile would have been kept.
     RenderJob.objects.filter(pk=before["shot:2"][0].pk).update(status=RenderJob.RENDERING)
     graph.rerun_from(fresh(story), "prompts")
-    story = wait_state(story, Story.COMPLETED)
+    story = wait_state(story, WRITTEN)
     again = jobs_by_target(story)
     assert [j.status for j in again["shot:1"]] == [RenderJob.CANCELLED, RenderJob.QUEUED]
     assert again["shot:2"] == before["shot:2"]  # on a node: kept, as it renders the same
@@ -730,7 +736,7 @@ def test_rerun_renders_keep_only_jobs_that_would_render_the_same(pipeline: Clust
     last.delete()
     output = {"shots": list(story.shots.values("segment__number", "description", "camera", "duration", "characters"))}
     graph.edited(fresh(story), "shots", output, "ada")
-    story = wait_state(story, Story.COMPLETED)
+    story = wait_state(story, WRITTEN)
     kept = {t: js[-1:] for t, js in jobs_by_target(story).items()}
     [dropped] = kept.pop(last.target())
     assert dropped.status == RenderJob.CANCELLED
@@ -739,7 +745,7 @@ def test_rerun_renders_keep_only_jobs_that_would_render_the_same(pipeline: Clust
     # Other render settings: every shot is queued again, and its earlier job cancelled.
     Story.objects.filter(pk=story.pk).update(render_settings={"frames": 8, "fps": 8})
     graph.rerun_from(fresh(story), "renders")
-    story = wait_state(story, Story.COMPLETED)
+    story = wait_state(story, WRITTEN)
     after = jobs_by_target(story)
     for target, (old, new) in ((t, after[t][-2:]) for t in kept):
         assert old.pk == kept[target][0].pk and old.status == RenderJob.CANCELLED, target
@@ -749,7 +755,7 @@ def test_rerun_renders_keep_only_jobs_that_would_render_the_same(pipeline: Clust
 
 def test_queued_renders_of_prompts_being_written_again_are_cancelled_at_once(pipeline: Cluster, lab: Lab) -> None:
     sim = lab.ollama("llm")
-    story = wait_state(new_story(), Story.COMPLETED)  # no ComfyUI: the renders wait in the queue
+    story = wait_state(new_story(), WRITTEN)  # no ComfyUI: the renders wait in the queue
     queued = {t: js[-1] for t, js in jobs_by_target(story).items()}
     assert len(queued) >= 3 and {j.status for j in queued.values()} == {RenderJob.QUEUED}
     sim.set(hang=True)  # the new prompts take their time
@@ -761,7 +767,7 @@ def test_queued_renders_of_prompts_being_written_again_are_cancelled_at_once(pip
     graph.rerun_from(fresh(story), "characters")
     assert {RenderJob.objects.get(pk=j.pk).status for j in queued.values()} == {RenderJob.CANCELLED}
     sim.set(hang=False)
-    story = wait_state(story, Story.COMPLETED)
+    story = wait_state(story, WRITTEN)
     newest = {t: js[-1] for t, js in jobs_by_target(story).items()}
     assert {j.status for j in newest.values()} == {RenderJob.QUEUED} and not set(newest.values()) & set(queued.values())
 
@@ -770,7 +776,7 @@ def test_characters_cannot_be_corrected_while_they_or_their_inputs_are_written_a
     pipeline: Cluster, lab: Lab
 ) -> None:
     sim = lab.ollama("llm")
-    story = wait_state(new_story(), Story.COMPLETED)
+    story = wait_state(new_story(), WRITTEN)
     cast = list(story.characters.values_list("pk", "look"))
     sim.set(hang=True)
     graph.rerun_from(fresh(story), "segments")
@@ -780,7 +786,7 @@ def test_characters_cannot_be_corrected_while_they_or_their_inputs_are_written_a
         graph.edited(fresh(story), "characters", steps.characters_output(story), who="admin")
     assert current(story, "characters", 0) is None  # no hand-made version slipped in
     sim.set(hang=False)
-    story = wait_state(story, Story.COMPLETED)
+    story = wait_state(story, WRITTEN)
     assert run_of(story, "characters").version == 2 and not run_of(story, "characters").edited
     assert list(story.characters.values_list("pk", "look")) != cast
     graph.edited(story, "characters", steps.characters_output(story), who="admin")  # now it may
@@ -799,7 +805,7 @@ def test_without_auto_render_the_renders_wait_for_the_user(pipeline: Cluster, la
     wait_until(lambda: not Sweeper.objects.exclude(worker="").exists(), 20, "the sweeper to leave")
 
     assert graph.render_now(fresh(story))
-    story = wait_state(story, Story.COMPLETED)
+    story = wait_state(story, WRITTEN)
     assert sorted(jobs_by_target(story)) == sorted(s.target() for s in story.shots.all())
     assert not graph.render_now(story)
 
@@ -810,7 +816,7 @@ def test_without_auto_render_the_renders_wait_for_the_user(pipeline: Cluster, la
 def test_branches_and_prompt_parts_run_at_the_same_time_on_two_nodes(pipeline: Cluster, lab: Lab) -> None:
     for name in ("a", "b"):
         lab.ollama(name, limit=1, answer_seconds=0.3)  # one answer at a time: overlaps are on two nodes
-    story = wait_state(new_story(), Story.COMPLETED, timeout=30)
+    story = wait_state(new_story(), WRITTEN, timeout=30)
     branches = [run_of(story, step) for step in ("characters", "narration", "music")]
     assert any(overlap(p, q) and p.node_id != q.node_id for p in branches for q in branches)
     parts = list(StepRun.objects.filter(story=story, step="prompts").exclude(part=0))
@@ -952,7 +958,7 @@ def test_stop_cancels_the_running_step_and_throws_away_its_late_answer_and_resum
     assert asked(llm) == ["StoryAnswer"] and asked(slow) == ["SegmentsAnswer"]
 
     graph.resume(fresh(story))
-    story = wait_state(story, Story.COMPLETED)
+    story = wait_state(story, WRITTEN)
     assert snapshot(story, "story") == done
     resumed = run_of(story, "segments")
     assert resumed.pk == segments.pk and resumed.attempts == 2
@@ -1017,7 +1023,7 @@ def test_resuming_a_story_stopped_while_its_references_wait_does_not_queue_them_
 
 def test_a_holocine_story_queues_one_render_per_scene(pipeline: Cluster, lab: Lab) -> None:
     sim = lab.ollama("llm")
-    story = wait_state(new_story(template="holocine-t2v", mode=Story.SCENES), Story.COMPLETED)
+    story = wait_state(new_story(template="holocine-t2v", mode=Story.SCENES), WRITTEN)
     scenes = list(story.scenes.all())
     assert scenes and not story.shots.exists()
     assert current(story, "scenes") is not None and current(story, "shots") is None

@@ -9,6 +9,7 @@ import re
 from collections.abc import Iterator
 from datetime import timedelta
 from io import StringIO
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,13 +21,14 @@ from django.utils import timezone
 from django.utils.html import escape
 
 from nodes.models import Capability, Node
+from nodes.sim.comfyui import SimComfyUI
 from nodes.sim.ollama import SimOllama
 from renders.management.commands.load_templates import load
 from renders.models import RenderJob
 from stories import graph
 from stories.management.commands import story as command
 from stories.models import Character, MusicCue, Scene, Segment, Shot, StepRun, Story
-from tests.conftest import Cluster
+from tests.conftest import Cluster, executions
 
 NET = 91 if os.environ.get("DATABASE_URL") else 90
 MODEL = "llama3.2:3b"
@@ -77,6 +79,26 @@ def lab(ollama: SimOllama, cluster: Cluster) -> SimOllama:
     return ollama
 
 
+@pytest.fixture
+def gpu(lab: SimOllama, settings: Any, tmp_path: Path) -> Iterator[SimComfyUI]:
+    """A simulated ComfyUI on a simulated node of the pool: the stories render (with the model-free
+    test video), so they complete."""
+    settings.MEDIA_ROOT = tmp_path / "media"
+    sim = SimComfyUI(f"127.0.{NET}.2", 0, seconds_per_node=0.02).start()
+    node = Node.objects.create(name="gpu-b", host=f"127.0.{NET}.2", simulated=True)
+    Capability.objects.create(node=node, kind=Capability.COMFYUI, port=sim.port, status=Capability.ONLINE)
+    yield sim
+    sim.close()
+
+
+def rendered_once(story: Story, sim: SimComfyUI) -> None:
+    """Every shot of the story rendered, each exactly once on the node."""
+    jobs = RenderJob.objects.filter(story=str(story.code))
+    assert jobs and {j.target: (j.status, executions(sim, j)) for j in jobs} == {
+        j.target: ("completed", 1) for j in jobs
+    }
+
+
 def created(lines: list[str]) -> Story:
     m = re.fullmatch(r"Story ([0-9a-f-]{36}) created\.", lines[0])
     assert m, lines
@@ -97,7 +119,7 @@ def a_run(story: Story, step: str, status: str = StepRun.COMPLETED, **fields: An
 # --- create, and following a real run ---------------------------------------------------------
 
 
-def test_create_wait_prints_each_step_as_it_completes_until_the_story_is_done(lab: SimOllama) -> None:
+def test_create_wait_prints_each_step_as_it_completes_until_the_story_is_done(lab: SimOllama, gpu: SimComfyUI) -> None:
     lines = story_cmd("create", IDEA, "--seconds", "15", "--genre", "mystery", "--wait", "--timeout", "60")
 
     story = created(lines)
@@ -117,9 +139,12 @@ def test_create_wait_prints_each_step_as_it_completes_until_the_story_is_done(la
     assert command.NO_RUNNER not in lines
     story.refresh_from_db()
     assert (story.state, story.progress, story.genre) == (Story.COMPLETED, 1.0, "mystery")
+    rendered_once(story, gpu)
 
 
-def test_without_auto_render_wait_stops_at_the_held_renders_and_render_releases_them(lab: SimOllama) -> None:
+def test_without_auto_render_wait_stops_at_the_held_renders_and_render_releases_them(
+    lab: SimOllama, gpu: SimComfyUI
+) -> None:
     lines = story_cmd("create", IDEA, "--seconds", "10", "--no-auto-render", "--wait", "--timeout", "60")
 
     story = created(lines)
@@ -134,10 +159,11 @@ def test_without_auto_render_wait_stops_at_the_held_renders_and_render_releases_
     assert lines[0] == f"Story {story.code}: renders released."
     assert lines[-1] == f"Story {story.code} completed."
     assert RenderJob.objects.filter(story=str(story.code)).count() == Shot.objects.filter(story=story).count()
+    rendered_once(story, gpu)
     assert "has no renders waiting" in refused("render", str(story.code))
 
 
-def test_a_failed_step_ends_wait_with_its_error_and_retry_goes_on(lab: SimOllama) -> None:
+def test_a_failed_step_ends_wait_with_its_error_and_retry_goes_on(lab: SimOllama, gpu: SimComfyUI) -> None:
     lab.set(bad_answers=3, bad_kind="schema")  # every answer the first step may have does not fit
 
     out = StringIO()
@@ -152,6 +178,8 @@ def test_a_failed_step_ends_wait_with_its_error_and_retry_goes_on(lab: SimOllama
     lines = story_cmd("retry", str(story.code), "story", "--wait", "--timeout", "60")
     assert lines[0] == f"Story {story.code}: retrying story."
     assert lines[-1] == f"Story {story.code} completed."
+    rendered_once(fresh := Story.objects.get(pk=story.pk), gpu)
+    assert fresh.state == Story.COMPLETED
 
 
 def test_wait_says_why_a_step_waits_once_and_does_not_say_nothing_runs_the_steps(

@@ -24,7 +24,7 @@ from nodes.models import Capability, Node
 from renders.management.commands.load_templates import load
 from renders.models import RenderJob, Template
 from spoonfeeder import relay
-from stories import graph, live
+from stories import graph, live, runner
 from stories.models import Character, MusicCue, Scene, Segment, Shot, StepRun, Story
 from tests.conftest import communicator, session_for
 from tests.test_render_page import output
@@ -1065,3 +1065,78 @@ def test_the_list_uses_as_many_queries_for_25_stories_as_for_1(logged_in: Client
     with CaptureQueriesContext(connection) as captured:
         logged_in.get(reverse("stories:index"))
     assert len(captured) == one
+
+
+def written_and_queued(shots: int = 3) -> Story:
+    """A story whose every step is done: its shots' renders are queued (none has started)."""
+    story = story_with(shots)
+    StepRun.objects.filter(story=story, step="prompts", part=0).update(status=StepRun.COMPLETED)
+    run(story, "renders", output={"queued": shots, "kept": 0})
+    template = Template.objects.get(name="test-video-mp4")
+    RenderJob.objects.bulk_create(
+        RenderJob(template=template, story=str(story.code), target=f"shot:{n}", prompt=f"p{n}", position=n)
+        for n in range(1, shots + 1)
+    )
+    return story
+
+
+def shot_job(story: Story, n: int) -> RenderJob:
+    return RenderJob.objects.get(story=str(story.code), target=f"shot:{n}")
+
+
+def gallery_item(html: str, n: int) -> str:
+    m = re.search(rf'<figure class="gallery-item[^"]*" id="gallery-{n}".*?</figure>', html, re.S)
+    assert m, f"no gallery item for shot {n}"
+    return m.group(0)
+
+
+def test_a_story_is_rendering_until_its_last_shot_has_rendered_and_says_how_far(
+    logged_in: Client, templates: None
+) -> None:
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    story = written_and_queued(3)
+    RenderJob.objects.filter(pk=shot_job(story, 1).pk).update(
+        status=RenderJob.COMPLETED, outputs=[output("one")], finished=timezone.now()
+    )
+    RenderJob.objects.filter(pk=shot_job(story, 2).pk).update(status=RenderJob.RENDERING, progress=0.4)
+    graph.advance(story.pk)
+    story.refresh_from_db()
+    steps = len(graph.steps_for(story))
+    assert (story.state, round(story.progress, 4)) == (Story.RENDERING, round((steps - 1 + 1 / 3) / steps, 4))
+    html = page(logged_in, story, "gallery")
+    head = re.search(r'<header id="story-head".*?</header>', html, re.S)
+    assert head and '<span class="status rendering">Rendering</span>' in head.group(0)
+    assert '<span class="small" id="story-renders">Rendering 1/3 shots</span>' in head.group(0)
+    assert "Completed" not in head.group(0) and "100%" not in head.group(0)
+    # The gallery: the rendered shot, and a placeholder with where each other one is.
+    assert "<video" in gallery_item(html, 1)
+    assert 'data-status="rendering"' in gallery_item(html, 2) and "rendering 40%" in gallery_item(html, 2)
+    assert 'value="40"' in gallery_item(html, 2)
+    assert 'data-status="queued"' in gallery_item(html, 3)
+    assert "no ComfyUI in the pool: add a node on the Nodes page" in gallery_item(html, 3)
+    out = StringIO()
+    call_command("story", "show", str(story.code), stdout=out)
+    assert "  Rendering, 92% done\n  Rendering 1/3 shots\n" in out.getvalue()
+
+    # A shot that fails says so on the story, which fails; retried from the queue, it renders again.
+    failed = shot_job(story, 2)
+    failed.transition(RenderJob.FAILED, expect=(RenderJob.RENDERING,), error="ComfyUI ran out of memory")
+    RenderJob.objects.filter(pk=shot_job(story, 3).pk).update(status=RenderJob.COMPLETED, outputs=[output("three")])
+    graph.advance(story.pk)
+    story.refresh_from_db()
+    assert story.state == Story.FAILED
+    html = page(logged_in, story, "gallery")
+    assert "1 of 3 shots did not render; shot 2: ComfyUI ran out of memory" in html
+    assert "did not render" in gallery_item(html, 2) and "ComfyUI ran out of memory" in gallery_item(html, 2)
+    assert failed.retry()
+    assert story.pk in runner.rendering_stories()  # the sweeper follows it again
+    runner.sweep()
+    assert Story.objects.get(pk=story.pk).state == Story.RENDERING
+    RenderJob.objects.filter(pk=failed.pk).update(status=RenderJob.COMPLETED, outputs=[output("two")])
+    runner.sweep()
+    story.refresh_from_db()
+    assert (story.state, story.progress) == (Story.COMPLETED, 1.0)
+    assert story.pk not in runner.rendering_stories()

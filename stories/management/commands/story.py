@@ -23,6 +23,7 @@ from stories import graph
 from stories.context import as_number
 from stories.forms import StoryForm, known_models
 from stories.models import StepRun, Story
+from stories.rendering import rendered
 
 # The form's field names that the options spell otherwise, for its error messages.
 OPTIONS = {f: f"--{f}" for f in ("model", "template", "genre", "style", "mode")} | {
@@ -184,6 +185,10 @@ class Command(BaseCommand):
         w(f"  idea: {story.idea[:300]}{'…' if len(story.idea) > 300 else ''}")
         w(f"  {story.get_mode_display()}, model {story.model}, template {template}, {story.target_seconds} s")
         w(f"  {story.get_state_display()}, {story.progress:.0%} done")
+        if story.state in (Story.RENDERING, Story.FAILED) and story.runs.current().filter(
+            step="renders", status=StepRun.COMPLETED
+        ):
+            w(f"  {rendered(story)}")
         runs = list(story.runs.current().select_related("node"))
         for step in graph.steps_for(story):
             run = next((r for r in runs if r.step == step.name and r.part == 0), None)
@@ -284,6 +289,8 @@ class Follower:
             runs = list(self.story.runs.current().select_related("node"))
             for key, line, who in self.lines(runs):
                 self.say(key, line, who)
+            if self.story.state == Story.RENDERING:
+                self.say("rendering", str(rendered(self.story)), "renders")
             if self.ended(runs):
                 return
             self.check_runner(runs)
@@ -324,7 +331,7 @@ class Follower:
             return True
         if story.state == Story.FAILED:
             failed = next((r for r in steps_in_order(story, runs) if r.status == StepRun.FAILED), None)
-            why = f"{failed.step} failed: {failed.error}" if failed else "it failed"
+            why = f"{failed.step} failed: {failed.error}" if failed else str(rendered(story))
             raise CommandError(f"story {story.code} failed: {why}")
         if story.state == Story.STOPPED:
             raise CommandError(f"story {story.code} was stopped; `manage.py story resume {story.code}` goes on")
