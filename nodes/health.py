@@ -20,7 +20,7 @@ from django.utils import timezone
 from nodes.clients import ServiceError, ServiceTimeout
 from nodes.clients.comfyui import ComfyUI
 from nodes.clients.ollama import Model, Ollama
-from nodes.models import Capability, Node
+from nodes.models import Capability, Node, Sample
 from spoonfeeder.models import Event
 
 # A health check's question must be answered quickly; a server that takes longer is busy.
@@ -171,8 +171,28 @@ def store(answers: list[tuple[Capability, Outcome]]) -> list[Capability]:
                 inventory=outcome.inventory,
             ):
                 changed.append(cap)
-        # One event per page for what was stored together: the pages re-render from the rows.
-        Event.objects.bulk_create([Event(topic=topic, kind="nodes.checked") for topic in ("nodes", "dashboard")])
+        # The timeline's line of free VRAM: one sample per ComfyUI that said how much it has.
+        Sample.objects.bulk_create(
+            [
+                Sample(
+                    capability_id=cap.pk,
+                    taken=cap.last_checked or timezone.now(),
+                    vram_free=inv["vram_free"],
+                    vram_total=total,
+                )
+                for cap, outcome in answers
+                if cap.pk in fresh
+                and cap.kind == Capability.COMFYUI
+                and (inv := outcome.inventory or {})
+                and (total := inv.get("vram_total"))
+            ]
+        )
+        Sample.prune()
+        # One event per page for what was stored together: the pages re-render from the rows (the
+        # timeline's time axis moves on with the checks, once a minute, even when the pool is idle).
+        Event.objects.bulk_create(
+            [Event(topic=topic, kind="nodes.checked") for topic in ("nodes", "dashboard", "timeline")]
+        )
     return changed
 
 

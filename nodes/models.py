@@ -84,8 +84,9 @@ class Node(models.Model):
 
     def changed(self, kind: str = "node.changed") -> None:
         """Tell the pages that show nodes (call inside the change's transaction)."""
-        Event.emit("nodes", kind, str(self.code))
-        Event.emit("dashboard", kind, str(self.code))
+        Event.objects.bulk_create(
+            [Event(topic=topic, kind=kind, ref=str(self.code)) for topic in ("nodes", "dashboard", "timeline")]
+        )
 
 
 def held_sql() -> str:
@@ -322,6 +323,32 @@ def worker_shortfall() -> str:
         f"workers (and keeps {SPARE_WORKERS} for short tasks): work beyond that waits for a worker. "
         f"Set SPOONFEEDER_WORKERS={needed} and restart, or start another cluster (manage.py qcluster)."
     )
+
+
+class Sample(models.Model):
+    """A ComfyUI's VRAM as one health check read it: the timeline's line of free VRAM. Kept for
+    KEEP only (health.store prunes at each check), so there are a few hundred rows per node at most."""
+
+    KEEP = timedelta(hours=2)
+
+    capability = models.ForeignKey(Capability, on_delete=models.CASCADE, related_name="samples")
+    taken = models.DateTimeField(default=timezone.now)
+    vram_free = models.BigIntegerField()
+    vram_total = models.BigIntegerField()
+
+    class Meta:
+        indexes = [
+            # Read by nodes.timeline (the last hour of every ComfyUI) and pruned by taken alone.
+            models.Index(fields=["taken"], name="sample_taken"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.capability} at {self.taken:%H:%M:%S}: {self.vram_free} of {self.vram_total} free"
+
+    @classmethod
+    def prune(cls) -> int:
+        deleted, _ = cls.objects.filter(taken__lt=timezone.now() - cls.KEEP).delete()
+        return deleted
 
 
 class Requirements:

@@ -1,20 +1,28 @@
 from __future__ import annotations
 
+from typing import Any
+
 from django.contrib import messages
 from django.db import transaction
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
-from nodes import pool
+from nodes import pool, timeline
 from nodes.forms import DiscoverForm, NodeForm
 from nodes.models import Discovery, Node
 from spoonfeeder.tasks import enqueue
 from spoonfeeder.views import HtmxHttpRequest, done
 
 
+def page(form: DiscoverForm) -> dict[str, Any]:
+    """What the Nodes page shows: the pool, its last hour, and the discover form."""
+    ctx = pool.context()
+    return {**ctx, **timeline.context(ctx["nodes"]), "discover_form": form}
+
+
 def index(request: HttpRequest) -> HttpResponse:
-    return render(request, "nodes/index.html", {**pool.context(), "discover_form": DiscoverForm()})
+    return render(request, "nodes/index.html", page(DiscoverForm()))
 
 
 def edit(request: HttpRequest, code: str | None = None) -> HttpResponse:
@@ -60,7 +68,7 @@ def check(request: HtmxHttpRequest, code: str) -> HttpResponse:
 def discover(request: HttpRequest) -> HttpResponse:
     form = DiscoverForm(request.POST)
     if not form.is_valid():
-        return render(request, "nodes/index.html", {**pool.context(), "discover_form": form}, status=400)
+        return render(request, "nodes/index.html", page(form), status=400)
     with transaction.atomic():
         run = Discovery.objects.create(
             targets=form.cleaned_data["targets"],

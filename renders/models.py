@@ -95,6 +95,11 @@ TEST_TEMPLATE = "test-still-image"
 TEST_PRIORITY = 1000
 
 
+# The changes that start or end a job's bar on the pool's timeline (nodes.timeline): it began on
+# its node, it ended, or it went back to the queue. Progress and moves in the queue do not.
+TIMELINE_KINDS = frozenset({"job.rendering", "job.completed", "job.failed", "job.cancelled", "job.queued"})
+
+
 class JobQuerySet(models.QuerySet["RenderJob"]):
     def runnable(self) -> JobQuerySet:
         now = timezone.now()
@@ -207,6 +212,8 @@ class RenderJob(models.Model):
             topics.append("renders-done")
         if self.target == TEST_TARGET:
             topics.append("nodes")  # a node's test render is shown on its card
+        if kind in TIMELINE_KINDS:
+            topics.append("timeline")
         if kind != "job.progress":
             topics.append("dashboard")
             if self.story:  # the story's page shows its renders (progress it polls for)

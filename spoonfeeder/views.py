@@ -9,6 +9,7 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 from django_htmx.middleware import HtmxDetails
 
+from nodes import timeline
 from spoonfeeder import dashboard as board
 from spoonfeeder import security
 from spoonfeeder.tasks import enqueue
@@ -28,7 +29,9 @@ def done(request: HtmxHttpRequest, message: str, to: str, *, error: bool = False
 
 
 def dashboard(request: HttpRequest) -> HttpResponse:
-    return render(request, "spoonfeeder/dashboard.html", board.context())
+    # The pool's timeline has a topic of its own (nodes/live.py): the dashboard's topic is redrawn
+    # every few seconds, and the timeline only when work starts or ends or a check is stored.
+    return render(request, "spoonfeeder/dashboard.html", board.context() | timeline.context())
 
 
 @require_POST

@@ -299,6 +299,8 @@ class StepRun(models.Model):
             if "log" not in self.get_deferred_fields():
                 self.log += line
             self.story.changed(f"step.{to}")
+            if to == StepRun.RUNNING or StepRun.RUNNING in expect:  # its bar on the pool's timeline
+                Event.emit("timeline", f"step.{to}", str(self.pk))
         return True
 
     def fail(self, error: str, by: str | None = None) -> bool:
