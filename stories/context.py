@@ -14,7 +14,7 @@ from django.utils import timezone
 from renders import queue
 from renders.models import Queue, RenderJob
 from stories.forms import CharacterForm
-from stories.graph import ACTIVE, STEPS, Step, not_completed, pieces, steps_for
+from stories.graph import ACTIVE, ASK, STEPS, Step, not_completed, pieces, steps_for
 from stories.models import Scene, Shot, StepRun, Story
 from stories.rendering import rendered
 
@@ -132,6 +132,8 @@ def live(story: Story) -> dict[str, Any]:
         "completed": [r for r in rows if r.status == StepRun.COMPLETED],
         "held": any(r.run and r.run.held and r.status == StepRun.PENDING for r in rows),
         "busy": story.state not in (Story.COMPLETED, Story.DRAFT) and not story.stopped,
+        # A newcomer to the demo should not take its text for what a language model writes.
+        "simulated": any(r.run and r.run.node and r.run.node.simulated for r in rows if r.step.kind == ASK),
     }
 
 

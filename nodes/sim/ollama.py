@@ -9,9 +9,12 @@ and faults.
         sim.set(bad_answers=2, bad_kind="html")  # the next two formatted answers carry <script>
         sim.set(trickle={"/api/tags": 2.0})  # that answer comes a byte every 2 s (a slow loris)
 
-Answers are made from the words of the prompt. With `format` they are JSON: any object for
-"json", and for a JSON schema a value that conforms to it (objects, arrays, strings, numbers,
-enums, $ref/$defs and anyOf, as pydantic writes them).
+Answers are plain English made from the prompt (nodes/sim/storyteller.py): a story from the idea,
+and for Spoon Feeder's story steps segments, characters, shots, prompts, narration and music
+that follow what the prompt says the earlier steps wrote. With `format` they are JSON: any object
+for "json", and for a JSON schema a value that conforms to it (objects, arrays, strings, numbers,
+enums, $ref/$defs and anyOf, as pydantic writes them). The same request gets the same answer;
+`seed` makes another set of answers.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from typing import Any
 from aiohttp import web
 
 from nodes.sim.runner import Server
+from nodes.sim.storyteller import Teller
 
 PORT = 11434
 VERSION = "0.12.6"
@@ -41,7 +45,6 @@ DEFAULT_KEEP_ALIVE = 300.0
 FOREVER = 100 * 365 * 86400.0
 OOM = "llama runner process has terminated: cudaMalloc failed: out of memory"
 GARBAGE = "<!DOCTYPE html><html><head><title>502 Bad Gateway</title></head><body>nginx</body></html>"
-FILLER = ["story", "light", "river", "city", "night", "quiet", "old", "bright", "journey", "morning", "voice"]
 # What a bad formatted answer looks like (bad_json, bad_answers and bad_kind).
 BAD_KINDS = ("broken", "schema", "html")
 # Appended to every free-text string of an "html" bad answer: a page that shows model text unescaped
@@ -61,6 +64,7 @@ KNOBS = frozenset(
         "bad_kind",
         "version",
         "trickle",
+        "seed",
     }
 )
 
@@ -105,6 +109,8 @@ class State:
     # headers at once and their body a byte at a time, for as long as the client reads, as the
     # simulated ComfyUI's knob of the same name.
     trickle: dict[str, float] = field(default_factory=dict)
+    # Mixed into every answer's randomness: another seed writes other stories from the same requests.
+    seed: int = 0
     # model name → time.time() at which it unloads
     loaded: dict[str, float] = field(default_factory=dict)
     loading: dict[str, asyncio.Future[None]] = field(default_factory=dict)
@@ -167,84 +173,98 @@ def keep_alive_seconds(value: Any) -> float:
     return FOREVER if seconds < 0 else seconds
 
 
-def words_of(text: str) -> list[str]:
-    return re.findall(r"[A-Za-z][A-Za-z'-]{2,}", text) or FILLER
-
-
-def sentence(rng: random.Random, words: list[str], size: int) -> str:
-    picked = [rng.choice(words if rng.random() < 0.6 else FILLER) for _ in range(size)]
-    return " ".join(picked).capitalize() + "."
-
-
-def plain_text(rng: random.Random, words: list[str]) -> str:
-    return " ".join(sentence(rng, words, rng.randint(6, 12)) for _ in range(3))
-
-
 def from_schema(
-    schema: Any, root: dict[str, Any], rng: random.Random, words: list[str], name: str = "", mark: str = ""
+    schema: Any, root: dict[str, Any], teller: Teller, name: str = "", mark: str = "", hint: Any = None
 ) -> Any:
     """A value that conforms to `schema`: the subset of JSON Schema language models are asked for.
-    Free-text strings end in `mark` (as far as maxLength allows)."""
+    `hint` is what the teller would have it say (kept where the schema allows); free-text strings
+    end in `mark` (as far as maxLength allows)."""
     if not isinstance(schema, dict):
-        return plain_text(rng, words) + mark
+        return teller.story_text() + mark
     if "$ref" in schema:
-        target: Any = root
-        for part in schema["$ref"].lstrip("#/").split("/"):
-            target = target.get(part, {}) if isinstance(target, dict) else {}
-        return from_schema(target, root, rng, words, name, mark)
+        return from_schema(resolve(schema, root), root, teller, name, mark, hint)
     if "const" in schema:
         return schema["const"]
     if "enum" in schema:
-        return rng.choice(schema["enum"])
+        return hint if hint in schema["enum"] else teller.rng.choice(schema["enum"])
     for key in ("anyOf", "oneOf"):
         if key in schema:
             options = [s for s in schema[key] if s.get("type") != "null"] or schema[key]
-            return from_schema(options[0], root, rng, words, name, mark)
+            return from_schema(options[0], root, teller, name, mark, hint)
     if "allOf" in schema:
         merged: dict[str, Any] = {}
         for part in schema["allOf"]:
             merged.update(part)
-        return from_schema(merged, root, rng, words, name, mark)
+        return from_schema(merged, root, teller, name, mark, hint)
     kind = schema.get("type")
     if isinstance(kind, list):
         kind = next((k for k in kind if k != "null"), "null")
     if kind is None:
         kind = "object" if "properties" in schema else "array" if "items" in schema else "string"
+    rng = teller.rng
     if kind == "object":
         props = schema.get("properties", {})
-        return {key: from_schema(sub, root, rng, words, key, mark) for key, sub in props.items()}
+        given = hint if isinstance(hint, dict) else {}
+        return {key: from_schema(sub, root, teller, key, mark, given.get(key)) for key, sub in props.items()}
     if kind == "array":
-        low = schema.get("minItems", 1)
-        high = max(low, min(schema.get("maxItems", low + 2), low + 2))
         items = schema.get("items", {})
-        return [from_schema(items, root, rng, words, name, mark) for _ in range(rng.randint(low, high))]
+        low = schema.get("minItems", 1 if hint is None else 0)
+        if isinstance(hint, list):
+            allowed = resolve(items, root).get("enum")
+            listed = [h for h in hint if allowed is None or h in allowed]
+            count = max(low, min(len(listed), schema.get("maxItems", len(listed))))
+        else:
+            listed = []
+            count = rng.randint(low, max(low, min(schema.get("maxItems", low + 2), low + 2)))
+        return [
+            from_schema(items, root, teller, name, mark, listed[i] if i < len(listed) else None) for i in range(count)
+        ]
     if kind == "string":
-        return text_for(schema, rng, words, name, mark)
+        return text_for(schema, teller, name, mark, hint)
     if kind in ("integer", "number"):
         low = schema.get("minimum", schema.get("exclusiveMinimum", -1) + 1)
         high = schema.get("maximum", schema.get("exclusiveMaximum", low + 101) - 1)
+        high = max(low, high)
+        if isinstance(hint, int | float) and not isinstance(hint, bool):
+            value = min(max(hint, low), high)
+            return int(value) if kind == "integer" else float(value)
         if kind == "integer":
             return rng.randint(int(low), max(int(low), int(high)))
-        return round(rng.uniform(low, max(low, high)), 2)
+        return round(rng.uniform(low, high), 2)
     if kind == "boolean":
-        return rng.random() < 0.5
+        return hint if isinstance(hint, bool) else rng.random() < 0.5
     return None
 
 
-def text_for(schema: dict[str, Any], rng: random.Random, words: list[str], name: str, mark: str = "") -> str:
+def resolve(schema: Any, root: dict[str, Any]) -> dict[str, Any]:
+    """The schema a $ref points to (one level), or the schema itself."""
+    if isinstance(schema, dict) and "$ref" in schema:
+        target: Any = root
+        for part in schema["$ref"].lstrip("#/").split("/"):
+            target = target.get(part, {}) if isinstance(target, dict) else {}
+        return target if isinstance(target, dict) else {}
+    return schema if isinstance(schema, dict) else {}
+
+
+def text_for(schema: dict[str, Any], teller: Teller, name: str, mark: str = "", hint: Any = None) -> str:
     fmt = schema.get("format")
     if fmt == "date-time":
         return stamp()
     if fmt == "date":
         return stamp()[:10]
-    short = any(k in name.lower() for k in ("name", "title", "label", "id", "key", "mood", "style"))
-    text = " ".join(rng.choice(words).capitalize() for _ in range(2)) if short else sentence(rng, words, 8)
+    text = hint if isinstance(hint, str) and hint else teller.text(name)
     low, high = schema.get("minLength", 0), schema.get("maxLength")
     while len(text) + len(mark) < low:
-        text += " " + rng.choice(words)
+        text += " " + teller.sentence()
     if high is None:
         return text + mark
-    return (text[: max(high - len(mark), 0)] + mark)[:high]
+    room = max(high - len(mark), 0)
+    if len(text) > room:
+        # Whole sentences if one fits, else whole words: a cut answer still reads.
+        cut = text[: room + 1]
+        end = cut.rfind(". ")
+        text = cut[: end + 1] if end > 0 else cut[: cut.rfind(" ")] if " " in cut.strip() else text[:room]
+    return (text[:room] + mark)[:high]
 
 
 def take_bad_kind(state: State, body: dict[str, Any]) -> str | None:
@@ -260,21 +280,22 @@ def take_bad_kind(state: State, body: dict[str, Any]) -> str | None:
     return None
 
 
-def answer_text(body: dict[str, Any], prompt: str, bad: str | None = None) -> str:
-    """The answer to `prompt`; with a `format`, JSON, made bad in the way `bad` (from BAD_KINDS) says."""
+def answer_text(body: dict[str, Any], prompt: str, bad: str | None = None, salt: int = 0) -> str:
+    """The answer to `prompt`; with a `format`, JSON, made bad in the way `bad` (from BAD_KINDS) says.
+    The same request (and `salt`, the seed knob) gets the same answer."""
     seed = (body.get("options") or {}).get("seed")
-    rng = random.Random(seed if isinstance(seed, int) else zlib.crc32(prompt.encode()))
-    words = words_of(prompt)
+    rng = random.Random(seed if isinstance(seed, int) else zlib.crc32(prompt.encode(), salt & 0xFFFFFFFF))
+    teller = Teller(prompt, rng)
     fmt = body.get("format")
     if not fmt:
-        return plain_text(rng, words)
+        return teller.story_text()
     if bad == "schema":
         return json.dumps(["not", "what", "was", "asked"] if isinstance(fmt, dict) else "not an object")
     mark = MARKUP if bad == "html" else ""
     if isinstance(fmt, dict):
-        value = from_schema(fmt, fmt, rng, words, mark=mark)
+        value = from_schema(fmt, fmt, teller, mark=mark, hint=teller.plan(fmt))
     else:
-        value = {"answer": plain_text(rng, words) + mark}
+        value = {"answer": teller.story_text() + mark}
     text = json.dumps(value, indent=None)
     if bad == "broken":
         # Cut where a model that ran out of tokens would, leaving JSON no parser accepts.
@@ -478,7 +499,7 @@ def make_app(state: State) -> web.Application:
             final.update({"message": {"role": "assistant", "content": ""}} if chat else {"response": ""})
             return web.json_response(final)
 
-        text = answer_text(body, prompt, bad)
+        text = answer_text(body, prompt, bad, state.seed)
         pieces = tokens(text)
         limit = (body.get("options") or {}).get("num_predict")
         reason = "stop"
