@@ -84,7 +84,7 @@ def test_a_story_written_and_rendered_live_on_its_page(page: Page, stack: Stack,
     expect(page.locator("#step-story")).to_have_attribute("data-status", "pending")
     expect(page.locator("#step-renders")).to_contain_text("waits for Visual prompts")
     page.get_by_role("link", name="Gallery").click()
-    expect(page.locator("#story-tab")).to_contain_text("No shots rendered yet")
+    expect(page.locator("#story-tab")).to_contain_text("No shots planned yet")
     expect_live(page, "connected", 10)
     navigations = watch_navigation(page)
 
