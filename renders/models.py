@@ -55,6 +55,19 @@ class Template(models.Model):
         mapped place."""
         return workflows.read(self.workflow, self.mapping)
 
+    def frames_for(self, seconds: float, fps: float) -> int:
+        """The frame count nearest `seconds` at `fps` that the template renders: one past a whole
+        number of its frame steps (4n + 1 for Wan, Hunyuan and HoloCine), at most its longest
+        (needs["frames"], from the model's training; else what any job may ask)."""
+        rule = self.needs.get("frames", {})
+        step = max(int(rule.get("step", 1)), 1)
+        longest = int(rule.get("max", workflows.SETTINGS_LIMITS["frames"][1]))
+        wanted = max(1, round(seconds * fps))
+        if step > 1:
+            wanted = 1 + step * max(0, round((wanted - 1) / step))
+            longest = 1 + step * ((longest - 1) // step)
+        return max(1, min(wanted, longest))
+
     def kept_by(self) -> str:
         """Why this template cannot be deleted now, or "" if it can: the render jobs made from it
         keep it (their settings and outputs name it)."""

@@ -14,7 +14,7 @@ from django.utils import timezone
 from renders import queue
 from renders.models import Queue, RenderJob
 from stories.forms import CharacterForm
-from stories.graph import ACTIVE, ASK, STEPS, Step, not_completed, pieces, steps_for
+from stories.graph import ACTIVE, ASK, STEPS, Step, not_completed, steps_for
 from stories.models import Scene, Shot, StepRun, Story
 from stories.rendering import rendered
 
@@ -211,6 +211,7 @@ class GalleryItem:
     stands (waiting, rendering, failed), else nothing yet."""
 
     number: int
+    planned: float = 0.0  # seconds
     out: dict[str, Any] | None = None  # the finished render's first output
     job: RenderJob | None = None  # the finished job, else the latest one
     newer: RenderJob | None = None  # a newer job on its way after the finished one
@@ -219,18 +220,35 @@ class GalleryItem:
     def code(self) -> Any:
         return self.job.code if self.job else None
 
+    @property
+    def shorter(self) -> str:
+        """How much shorter than planned its render is (the template caps its frames), or ""."""
+        if self.job is None:
+            return ""
+        values = {**self.job.settings, **self.job.used()}
+        frames, fps = values.get("frames"), values.get("fps")
+        if not frames or not fps:
+            return ""
+        seconds = float(frames) / float(fps)
+        if self.planned - seconds <= 0.5:
+            return ""
+        name = self.job.template.name
+        return f"{seconds:.1f} s of the {self.planned:g} s planned: {name} renders at most {frames} frames"
+
 
 def gallery(story: Story) -> list[GalleryItem]:
     """Every planned shot or scene, in story order: the latest finished render of each, or a
     placeholder saying where its render is (with its progress, or why it failed)."""
     kind = f"{story.piece}:"
-    numbers = pieces(story)  # a story planned again may have fewer than it rendered before
+    # A story planned again may have fewer than it rendered before.
+    planned = dict(story.planned.objects.filter(story=story).order_by("number").values_list("number", "duration"))
+    numbers = list(planned)
     jobs = (
         RenderJob.objects.filter(story=str(story.code), target__startswith=kind)
         .select_related("template", "pin")
         .order_by("-created", "-id")
     )
-    items = {n: GalleryItem(n) for n in numbers}
+    items = {n: GalleryItem(n, planned[n]) for n in numbers}
     for job in jobs:
         _, _, tail = job.target.partition(":")
         item = items.get(as_number(tail) or 0)

@@ -32,6 +32,8 @@ class StoryForm(RenderForm):
 
     # What the render queue's dialog asks that a story decides for itself, shot by shot.
     prompt = negative = priority = count = node = image = image_from = image_kept = None  # type: ignore[assignment]
+    # Each shot renders for as long as it is planned: its frames follow from the story's length.
+    frames = None  # type: ignore[assignment]
 
     idea = forms.CharField(
         widget=forms.Textarea(attrs={"rows": 4, "placeholder": "A lighthouse keeper finds a message in a bottle…"}),
@@ -44,7 +46,12 @@ class StoryForm(RenderForm):
     genre = forms.CharField(max_length=60, required=False)
     style = forms.CharField(max_length=200, required=False, help_text="Look and feel: film noir, watercolour…")
     target_seconds = forms.IntegerField(
-        label="Length (seconds)", initial=60, min_value=10, max_value=1800, help_text="From 10 s to 30 min."
+        label="Length (seconds)",
+        initial=60,
+        min_value=10,
+        max_value=1800,
+        help_text="From 10 s to 30 min. The shots are planned to add up to it, and each renders for its "
+        "planned length, as far as the template goes.",
     )
     mode = forms.ChoiceField(choices=Story.MODES, initial=Story.SHOTS)
     model = forms.CharField(label="Language model", max_length=200)

@@ -72,9 +72,16 @@ def queue_renders(story: Story, run: StepRun) -> None:
         return
     references = {c.name: c.reference for c in story.characters.exclude(reference="")}
     takes_image = bool(story.template.mapping.get("image"))
+    fps = float(story.render_settings.get("fps") or story.template.defaults().get("fps") or 16)
     wanted = []
+    capped = []
     for piece in story.planned.objects.filter(story=story).order_by("number"):
         settings = dict(story.render_settings)
+        if story.template.takes("frames"):
+            # Each shot renders for as long as it is planned, as far as the template goes.
+            settings["frames"] = story.template.frames_for(piece.duration, fps)
+            if abs(settings["frames"] / fps - piece.duration) > 0.5:
+                capped.append(f"{piece.target()} {settings['frames'] / fps:.1f} s of {piece.duration:g} s")
         image = next((references[n] for n in piece.characters if n in references), "")
         if takes_image and image:
             settings["input_image"] = image
@@ -103,6 +110,8 @@ def queue_renders(story: Story, run: StepRun) -> None:
             return
         RenderJob.announce_queued()
     run.note(f"queued {queued} render job{'s' if queued != 1 else ''}; kept {kept} that would render the same")
+    if capped:
+        run.note(f"{story.template.name} renders shorter than planned: " + "; ".join(capped[:10]))
 
 
 def queue_references(story: Story, run: StepRun) -> None:

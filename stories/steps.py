@@ -209,22 +209,57 @@ def check_characters(story: Story, answer: CharactersAnswer) -> list[str]:
     ]
 
 
+LENGTH_SLACK = 0.10  # how far the planned shots may add up from the story's requested length
+
+
+def adds_up(story: Story, durations: list[float], what: str) -> list[str]:
+    """The planned lengths add up to the story's length, within LENGTH_SLACK."""
+    total, wanted = sum(durations), story.target_seconds
+    low, high = wanted * (1 - LENGTH_SLACK), wanted * (1 + LENGTH_SLACK)
+    if low <= total <= high:
+        return []
+    return [
+        f"the {what} add up to {total:g} s, but the film is to last {wanted} s: plan {what} whose lengths "
+        f"add up to between {low:g} and {high:g} s"
+    ]
+
+
+def every_segment(story: Story, numbers: list[int], what: str) -> list[str]:
+    """Each segment of the story has at least one of these (an answer that leaves some out is
+    incomplete, however well it fits the schema)."""
+    missing = [n for n in range(1, segment_count(story) + 1) if n not in set(numbers)]
+    if not missing:
+        return []
+    several = len(missing) > 1
+    named = ", ".join(map(str, missing))
+    has = "have" if several else "has"
+    return [f"segment{'s' if several else ''} {named} {has} no {what}: give every segment its {what}"]
+
+
 def check_shots(story: Story, answer: ShotsAnswer) -> list[str]:
-    return in_segments(story, [s.segment for s in answer.shots], "shot") + known_characters(story, answer.shots, "shot")
+    return (
+        in_segments(story, [s.segment for s in answer.shots], "shot")
+        + known_characters(story, answer.shots, "shot")
+        + adds_up(story, [s.duration for s in answer.shots], "shots")
+    )
 
 
 def check_scenes(story: Story, answer: ScenesAnswer) -> list[str]:
-    return in_segments(story, [s.segment for s in answer.scenes], "scene") + known_characters(
-        story, answer.scenes, "scene"
+    return (
+        in_segments(story, [s.segment for s in answer.scenes], "scene")
+        + known_characters(story, answer.scenes, "scene")
+        + adds_up(story, [s.duration for s in answer.scenes], "scenes")
     )
 
 
 def check_narration(story: Story, answer: NarrationAnswer) -> list[str]:
-    return in_segments(story, [line.segment for line in answer.lines], "narration line")
+    numbers = [line.segment for line in answer.lines]
+    return in_segments(story, numbers, "narration line") + every_segment(story, numbers, "narration")
 
 
 def check_music(story: Story, answer: MusicAnswer) -> list[str]:
-    return in_segments(story, [c.segment for c in answer.cues], "music cue")
+    numbers = [c.segment for c in answer.cues]
+    return in_segments(story, numbers, "music cue") + every_segment(story, numbers, "music cue")
 
 
 # --- writing what fits ----------------------------------------------------------------------

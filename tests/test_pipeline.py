@@ -572,6 +572,7 @@ def cast_story(db: None) -> Story:
 
 
 def test_a_shot_naming_someone_not_cast_does_not_fit(cast_story: Story) -> None:
+    cast_story.target_seconds = 9  # what the two shots add up to
     answer = {
         "shots": [
             {"segment": 1, "description": "Waves.", "camera": "wide", "duration": 5, "characters": ["Maren"]},
@@ -581,6 +582,45 @@ def test_a_shot_naming_someone_not_cast_does_not_fit(cast_story: Story) -> None:
     with pytest.raises(Unfit) as e:
         steps.ASKING["shots"].read(cast_story, json.dumps(answer))
     assert e.value.reasons == ["shot 2 names 'Captain Ahab', who is not among the characters (Maren, Old Tom)"]
+
+
+def shot(segment: int, duration: float) -> dict[str, Any]:
+    return {"segment": segment, "description": "Waves.", "camera": "wide", "duration": duration, "characters": []}
+
+
+def test_shots_that_do_not_add_up_to_the_storys_length_do_not_fit(cast_story: Story) -> None:
+    Story.objects.filter(pk=cast_story.pk).update(target_seconds=30)
+    cast_story.refresh_from_db()
+    with pytest.raises(Unfit) as e:
+        steps.ASKING["shots"].read(cast_story, json.dumps({"shots": [shot(1, 5), shot(1, 5)]}))
+    assert e.value.reasons == [
+        "the shots add up to 10 s, but the film is to last 30 s: plan shots whose lengths add up to between 27 and 33 s"
+    ]
+    # Within a tenth of the length, it fits.
+    steps.ASKING["shots"].read(cast_story, json.dumps({"shots": [shot(1, 14), shot(1, 14.5)]}))
+
+
+def test_narration_or_music_that_leaves_a_segment_out_is_sent_back_with_the_reason(cast_story: Story) -> None:
+    Segment.objects.create(story=cast_story, number=2, title="The key", summary="It opens.")
+    Segment.objects.create(story=cast_story, number=3, title="The sea", summary="It ends.")
+    with pytest.raises(Unfit) as e:
+        steps.ASKING["narration"].read(cast_story, json.dumps({"lines": [{"segment": 1, "text": "She finds it."}]}))
+    assert e.value.reasons == ["segments 2, 3 have no narration: give every segment its narration"]
+    cues = {"cues": [{"segment": 1, "mood": m, "description": "strings"} for m in ("calm", "tense", "warm")]}
+    with pytest.raises(Unfit) as e:
+        steps.ASKING["music"].read(cast_story, json.dumps(cues))  # all in the first segment
+    assert e.value.reasons == ["segments 2, 3 have no music cue: give every segment its music cue"]
+    for n, cue in enumerate(cues["cues"], 1):
+        cue["segment"] = n
+    steps.ASKING["music"].read(cast_story, json.dumps(cues))
+
+
+def test_a_shot_renders_for_its_planned_length_as_far_as_the_template_goes(db: None) -> None:
+    load()
+    wan = Template.objects.get(name="wan22-t2v")
+    test = Template.objects.get(name="test-video-mp4")
+    assert [wan.frames_for(s, 16) for s in (0.1, 2, 5, 8)] == [1, 33, 81, 81]  # 4n + 1, at most 81
+    assert [test.frames_for(s, 24) for s in (0.1, 2, 5.5, 60)] == [2, 48, 132, 1024]
 
 
 def test_a_truncated_answer_does_not_fit_and_says_it_was_cut_short(cast_story: Story) -> None:
@@ -749,7 +789,9 @@ def test_rerun_renders_keep_only_jobs_that_would_render_the_same(pipeline: Clust
     after = jobs_by_target(story)
     for target, (old, new) in ((t, after[t][-2:]) for t in kept):
         assert old.pk == kept[target][0].pk and old.status == RenderJob.CANCELLED, target
-        assert new.status == RenderJob.QUEUED and new.settings == {"frames": 8, "fps": 8}
+        shot = story.shots.get(number=int(target.split(":")[1]))
+        # Each shot renders for as long as it is planned: its frames at the story's fps.
+        assert new.status == RenderJob.QUEUED and new.settings == {"frames": round(shot.duration * 8), "fps": 8}
     assert run_of(story, "renders").output == {"queued": len(kept), "kept": 0}
 
 

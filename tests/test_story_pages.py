@@ -207,7 +207,6 @@ def test_a_story_made_through_the_form_starts_and_opens_its_page(
     assert story.render_settings == {
         "width": 832,
         "height": 480,
-        "frames": 33,
         "fps": 16,
         "steps": 12,
         "cfg": 4.5,
@@ -305,7 +304,7 @@ def test_the_chosen_render_template_and_auto_render_off_are_kept(
         ("model", "gpt-5", "No Ollama node has the model gpt-5; the known models are llama3.2:3b, qwen2.5:7b."),
         ("target_seconds", "5", "Ensure this value is greater than or equal to 10."),
         ("target_seconds", "3600", "Ensure this value is less than or equal to 1800."),
-        ("frames", "0", "Frames must be between 1 and 1024; got 0."),
+        ("steps", "0", "Steps must be between 1 and 200; got 0."),
         ("cfg", "99", "CFG must be between 0 and 30; got 99."),
         ("mode", "opera", "Select a valid choice. opera is not one of the available choices."),
         ("step_models", "shots", "Write each as step=model, as in shots=qwen2.5:7b (not shots)."),
@@ -1140,3 +1139,14 @@ def test_a_story_is_rendering_until_its_last_shot_has_rendered_and_says_how_far(
     story.refresh_from_db()
     assert (story.state, story.progress) == (Story.COMPLETED, 1.0)
     assert story.pk not in runner.rendering_stories()
+
+
+def test_the_gallery_says_when_a_shot_renders_shorter_than_planned(logged_in: Client, templates: None) -> None:
+    story = story_with(2)
+    Shot.objects.filter(story=story, number=1).update(duration=8)
+    one, two = rendered(story, range(1, 3))
+    RenderJob.objects.filter(pk=one.pk).update(settings={"frames": 81, "fps": 16})
+    RenderJob.objects.filter(pk=two.pk).update(settings={"frames": 80, "fps": 16})  # 5 s, as planned
+    html = page(logged_in, story, "gallery")
+    assert "5.1 s of the 8 s planned: test-video-mp4 renders at most 81 frames" in gallery_item(html, 1)
+    assert "planned" not in gallery_item(html, 2)

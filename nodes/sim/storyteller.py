@@ -849,6 +849,7 @@ class Teller:
                         "characters": named,
                     }
                 )
+        fit_length(shots, self.number(r"The film lasts (\d+) seconds", 0), 20.0)
         return {"shots": shots}
 
     def scenes_plan(self) -> dict[str, Any]:
@@ -869,6 +870,7 @@ class Teller:
                         "characters": sorted({n for _, _, named in lines for n in named}),
                     }
                 )
+        fit_length(scenes, self.number(r"The film lasts (\d+) seconds", 0), 60.0)
         return {"scenes": scenes}
 
     @staticmethod
@@ -987,3 +989,13 @@ class Teller:
             words = [w for w in re.findall(r"[A-Za-z]{3,}", self.idea_text) if w.lower() not in FOLLOWERS] or ["story"]
             return " ".join(self.rng.choice(words).capitalize() for _ in range(2))
         return self.sentence()
+
+
+def fit_length(pieces: list[dict[str, Any]], seconds: int, longest: float) -> None:
+    """Scale the pieces' durations so that they add up to the film's length (as a model told the
+    length would), each between 1 s and `longest`, to a tenth of a second."""
+    total = sum(p["duration"] for p in pieces)
+    if not seconds or not total:
+        return
+    for p in pieces:
+        p["duration"] = min(longest, max(1.0, round(p["duration"] * seconds / total, 1)))
