@@ -14,7 +14,7 @@ from django.utils import timezone
 from renders import queue
 from renders.models import Queue, RenderJob
 from stories.forms import CharacterForm
-from stories.graph import ACTIVE, ASK, STEPS, Step, not_completed, steps_for
+from stories.graph import ACTIVE, ASK, STEPS, Costs, Step, edit_cost, not_completed, rerun_cost, steps_for
 from stories.models import Scene, Shot, StepRun, Story
 from stories.rendering import rendered
 
@@ -124,12 +124,15 @@ def live(story: Story) -> dict[str, Any]:
     """The parts of a story's page that every visitor sees the same: its head and its steps."""
     rows = step_rows(story)
     renders_done = any(r.step.name == "renders" and r.status == StepRun.COMPLETED for r in rows)
+    completed = [r for r in rows if r.status == StepRun.COMPLETED]
+    costs = Costs.of(story) if completed else Costs(0, 0)
     return {
         **about(story),
         # Written and queued, the renders say how far they are (or which did not render).
         "renders": rendered(story) if renders_done and story.state in (Story.RENDERING, Story.FAILED) else None,
         "steps": rows,
-        "completed": [r for r in rows if r.status == StepRun.COMPLETED],
+        "completed": completed,
+        "reruns": [(r, rerun_cost(story, r.step.name, costs)) for r in completed] if completed else [],
         "held": any(r.run and r.run.held and r.status == StepRun.PENDING for r in rows),
         "busy": story.state not in (Story.COMPLETED, Story.DRAFT) and not story.stopped,
         # A newcomer to the demo should not take its text for what a language model writes.
@@ -153,6 +156,7 @@ def detail(
     if tab in ("segments", "narration"):
         context["segments"] = list(story.segments.all())
     elif tab == "characters":
+        context["edit_cost"] = edit_cost(story, "characters", Costs.of(story))
         context["characters"] = [
             (c, CharacterForm(instance=c, auto_id=f"character-{c.pk}-%s")) for c in story.characters.all()
         ]

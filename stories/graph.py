@@ -155,14 +155,64 @@ def start(story: Story, step: Step) -> tuple[StepRun, list[StepRun]]:
         started=now,
         output={"parts": len(numbers)},
     )
-    made = StepRun.objects.bulk_create(
-        StepRun(story=story, step=step.name, part=n, version=version, created=now) for n in numbers
+    kept = answers_kept(story, step.name, numbers)
+    parts = StepRun.objects.bulk_create(
+        StepRun(story=story, step=step.name, part=n, version=version, created=now, **kept_fields(kept.get(n), now))
+        for n in numbers
     )
-    if not numbers:
-        StepRun.objects.filter(pk=run.pk).update(status=StepRun.COMPLETED, finished=now)
-        run.status = StepRun.COMPLETED
+    for part in parts:
+        if part.part in kept:
+            keep_answer(story, part)
+    made = [p for p in parts if p.status == StepRun.PENDING]
+    if not made:  # nothing to ask: every part kept its answer (or there are none)
+        gather(story, run, parts)
     story.changed("step.pending")
     return run, made
+
+
+# A fanned-out part's answer records the question it answered (steps.question) under this key.
+ASKED = "asked"
+
+
+def answers_kept(story: Story, name: str, numbers: list[int]) -> dict[int, StepRun]:
+    """The parts of a fanned-out step, started again, whose question is the one an earlier run
+    answered (the shot planned again as it was, its characters looking the same): that run, by
+    part number. Their answers are kept; the model is not asked again."""
+    from stories import steps
+
+    earlier = story.runs.filter(step=name, status=StepRun.STALE, output__has_key=ASKED).exclude(part=0)
+    answered = {(r.output or {})[ASKED]: r for r in earlier.order_by("version", "id")}  # the latest answer wins
+    if not answered:
+        return {}
+    kept = {}
+    for n in numbers:
+        run = answered.get(steps.question(story, StepRun(story=story, step=name, part=n)))
+        if run is not None:
+            kept[n] = run
+    return kept
+
+
+def kept_fields(earlier: StepRun | None, now: Any) -> dict[str, Any]:
+    if earlier is None:
+        return {}
+    return {
+        "status": StepRun.COMPLETED,
+        "started": now,
+        "finished": now,
+        "output": earlier.output,
+        "edited": earlier.edited,
+        "model": earlier.model,
+        "log": f"{now:%H:%M:%S} kept the answer of version {earlier.version}: the question is the same\n",
+    }
+
+
+def keep_answer(story: Story, part: StepRun) -> None:
+    """Write a kept answer again where the step writes its answers (the plan was written anew)."""
+    from stories import steps
+
+    asking = steps.ASKING[part.step]
+    answer = asking.answer.model_validate({k: v for k, v in (part.output or {}).items() if k != ASKED})
+    asking.write(story, part, answer)
 
 
 def gather(story: Story, run: StepRun, parts: list[StepRun]) -> None:
@@ -280,6 +330,10 @@ def rerun_from(story: Story, name: str) -> list[str]:
     replace stay as earlier versions (stale), each with its output. Returns the steps marked."""
     marked = downstream(story, name)
     make_stale(story, marked)
+    if STEPS[name].fans_out:
+        # Asked for again: the earlier answers are not kept, however alike the questions.
+        for run in story.runs.filter(step=name, status=StepRun.STALE, output__has_key=ASKED):
+            StepRun.objects.filter(pk=run.pk).update(output={k: v for k, v in (run.output or {}).items() if k != ASKED})
     advance(story.pk)
     return marked
 
@@ -300,7 +354,10 @@ def edited_part(run: StepRun, output: dict[str, Any], who: str) -> None:
     with transaction.atomic():
         if not StepRun.objects.filter(pk=run.pk, status=StepRun.COMPLETED).exists():
             raise NotNow(f"Its prompt is {run.get_status_display().lower()}: it can be edited once it is written.")
-        new_part(run, **by_hand(output, who))
+        from stories import steps
+
+        asked = steps.question(run.story, run)  # a plan that comes back the same keeps this prompt too
+        new_part(run, **by_hand({**output, ASKED: asked}, who))
     advance(run.story_id)
 
 
@@ -327,6 +384,73 @@ def new_part(run: StepRun, **fields: Any) -> StepRun:
     make_stale(run.story, [s for s in downstream(run.story, run.step) if s != run.step])
     run.story.changed("step.pending")
     return made
+
+
+@dataclasses.dataclass(frozen=True)
+class Costs:
+    """What a story has that running steps again would redo: read once for all the questions."""
+
+    pieces: int  # shots or scenes planned
+    rendered: int  # of them with a finished render
+
+    @classmethod
+    def of(cls, story: Story) -> Costs:
+        from renders.models import RenderJob  # renders does not know stories; stories builds on it
+
+        done = RenderJob.objects.filter(story=str(story.code), status=RenderJob.COMPLETED)
+        return cls(
+            story.planned.objects.filter(story=story).count(),
+            done.filter(target__startswith=f"{story.piece}:").values("target").distinct().count(),
+        )
+
+
+def consequences(story: Story, steps: list[str], costs: Costs) -> str:
+    """What running these steps again redoes, in words: how many shots are planned again, and that
+    a shot whose prompt comes out the same keeps its finished render."""
+    out = []
+    if "shots" in steps or "scenes" in steps:
+        out.append(f"the {costs.pieces} {story.piece}s are planned again")
+    if "prompts" in steps:
+        out.append(f"their prompts are written again (a {story.piece} planned as before keeps its prompt)")
+    if "renders" in steps and costs.rendered:
+        n = costs.rendered
+        out.append(
+            f"{'the finished render is' if n == 1 else f'the {n} finished renders are'} redone, "
+            "except where the prompt comes out the same"
+        )
+    if "references" in steps:
+        out.append("the character references are rendered again")
+    for name in ("narration", "music"):
+        if name in steps:
+            out.append(f"the {STEPS[name].label.lower()} are written again")
+    return "; ".join(out)
+
+
+def rerun_cost(story: Story, name: str, costs: Costs) -> str:
+    """The question a re-run from `name` asks first: the steps that run again (those, and only
+    those), what that redoes, and the steps that stay."""
+    again = downstream(story, name)
+    stay = [s.label for s in steps_for(story) if s.name not in again]
+    labels = ", ".join(STEPS[n].label for n in again)
+    what = consequences(story, again, costs)
+    return (
+        f"Re-run from {STEPS[name].label}? {labels} run again"
+        + (f": {what}" if what else "")
+        + (f". {', '.join(stay)} stay as they are." if stay else ".")
+    )
+
+
+def edit_cost(story: Story, name: str, costs: Costs) -> str:
+    """The question a correction by hand of step `name` asks before it is saved, or "" when
+    nothing else runs again."""
+    again = [n for n in downstream(story, name) if n != name]
+    if not again:
+        return ""
+    labels = ", ".join(STEPS[n].label for n in again)
+    what = consequences(story, again, costs)
+    return f"Saving this re-runs what depends on the {STEPS[name].label.lower()}: {labels}" + (
+        f" ({what}). Save?" if what else ". Save?"
+    )
 
 
 class NotNow(Exception):

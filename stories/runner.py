@@ -288,6 +288,9 @@ def ask(run: StepRun, me: str, cap: Capability, client: Ollama) -> bool:
 
 
 def complete(run: StepRun, me: str, cap: Capability, answer: steps.BaseModel) -> None:
+    output = answer.model_dump(mode="json")
+    if run.part:  # a part planned again as it was keeps this answer (graph.start)
+        output[graph.ASKED] = steps.question(run.story, run)
     with transaction.atomic():
         done = run.transition(
             StepRun.COMPLETED,
@@ -295,7 +298,7 @@ def complete(run: StepRun, me: str, cap: Capability, answer: steps.BaseModel) ->
             by=me,
             note="completed",
             finished=timezone.now(),
-            output=answer.model_dump(mode="json"),
+            output=output,
             error="",
             heartbeat=None,
         )

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import hashlib
 import string
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -386,6 +387,13 @@ class Asking:
         if problems:
             raise Unfit(problems[:12])
         return answer
+
+
+def question(story: Story, run: StepRun) -> str:
+    """What step `run` asks, as a digest of its model and its prompt: two runs with the same
+    digest ask the same thing, so one's answer serves the other."""
+    asked = f"{story.model_for(run.step)}\n{ASKING[run.step].prompt(story, run)}"
+    return hashlib.sha256(asked.encode()).hexdigest()[:32]
 
 
 @functools.cache

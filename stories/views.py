@@ -32,7 +32,11 @@ def index(request: HtmxHttpRequest) -> HttpResponse:
             story = form.save()
             story.changed("story.created")
         graph.advance(story.pk)
-        messages.success(request, "Story started: its steps run on the Ollama nodes, one after the other.")
+        messages.success(
+            request,
+            "Story started: each step runs on an Ollama node as soon as what it needs is written; "
+            "steps that do not need each other run at the same time.",
+        )
         return redirect("stories:detail", code=story.code)
     page = page_number(request)
     # Only the first page follows the list live: a later one stays put.

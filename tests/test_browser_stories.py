@@ -73,7 +73,6 @@ def test_a_story_written_and_rendered_live_on_its_page(page: Page, stack: Stack,
     page.get_by_label("Language model").select_option(MODEL)
     page.get_by_label("Render template").select_option(label="test-video-mp4")
     page.get_by_label("Resolution").select_option("512x512")
-    page.get_by_label("Frames").fill("24")
     with page.expect_navigation():
         page.get_by_role("button", name="Start the story").click()
     story = Story.objects.get()
@@ -143,11 +142,30 @@ def test_a_story_written_and_rendered_live_on_its_page(page: Page, stack: Stack,
 
     # Re-run from the characters: after a confirmation, they and what follows run again, live,
     # and the run they replace is listed as an earlier version.
-    page.once("dialog", lambda dialog: dialog.accept())
+    # A correction by hand that would re-run other steps asks first, naming them; declined, it
+    # saves nothing.
+    asked: list[str] = []
+    posts: list[str] = []
+    page.on("request", lambda r: posts.append(r.url) if r.method == "POST" else None)
+    page.get_by_role("link", name="Characters").click()
+    first = page.locator("form.character-form").first
+    first.locator("textarea[name=look]").fill("a red raincoat")
+    page.once("dialog", lambda dialog: (asked.append(dialog.message), dialog.dismiss()))
+    first.get_by_role("button", name=re.compile("^Save ")).click()
+    expect(page.locator("#story-tab")).to_be_visible()
+    assert asked and asked[0].startswith("Saving this re-runs what depends on the characters: Shots, Visual prompts")
+    page.get_by_role("link", name="Gallery").click()
+
+    page.once("dialog", lambda dialog: (asked.append(dialog.message), dialog.accept()))
     settled(page)
     page.locator("#story-steps select[name=step]").select_option("characters")
     page.get_by_role("button", name="Re-run", exact=True).click()
     expect(page.locator("#messages")).to_contain_text("Re-running from Characters")
+    # The question named the steps that run again, and only those.
+    assert asked[1].startswith("Re-run from Characters? Characters, Shots, Visual prompts, Renders run again: ")
+    assert asked[1].endswith("Story, Segments, Narration, Music cues stay as they are."), asked[1]
+    # The declined correction was never sent (requests come in order: the re-run's came after).
+    assert [u for u in posts if "/characters/" in u] == [] and any("/actions/rerun/" in u for u in posts)
     expect(page.locator("#step-characters")).to_contain_text("1 earlier version", timeout=10_000)
     expect(page.locator("#step-characters")).to_have_attribute("data-status", "completed", timeout=30_000)
     expect(page.locator("#step-story .step-info")).to_contain_text("attempt 1/3")  # upstream left alone

@@ -707,6 +707,15 @@ def test_rerunning_one_prompt_queues_only_that_shot_again(rendered: tuple[Story,
     assert asked(sim).count("ShotsAnswer") == 1
 
 
+def write_prompt_by_hand(story: Story, number: int) -> dict[str, str]:
+    """A shot's prompt written by hand, as the page saves it."""
+    written = {"positive": "a brass lantern on a wet rock, dawn, 35mm", "negative": "text"}
+    with transaction.atomic():
+        Shot.objects.filter(story=story, number=number).update(**written)
+        graph.edited_part(run_of(story, "prompts", number), written, who="ada")
+    return written
+
+
 def test_a_prompt_written_by_hand_requeues_only_that_shot_and_asks_the_model_nothing(
     rendered: tuple[Story, SimOllama],
     lab: Lab,
@@ -714,10 +723,7 @@ def test_a_prompt_written_by_hand_requeues_only_that_shot_and_asks_the_model_not
     story, sim = rendered
     before = jobs_by_target(story)
     asked_before = len(asked(sim))
-    written = {"positive": "a brass lantern on a wet rock, dawn, 35mm", "negative": "text"}
-    with transaction.atomic():
-        Shot.objects.filter(story=story, number=2).update(**written)
-        graph.edited_part(run_of(story, "prompts", 2), written, who="ada")
+    written = write_prompt_by_hand(story, 2)
     story = wait_state(story, Story.COMPLETED)
     after = wait_rendered(lab, story)
 
@@ -727,7 +733,7 @@ def test_a_prompt_written_by_hand_requeues_only_that_shot_and_asks_the_model_not
         t: [j.pk for j in js] for t, js in before.items() if t != "shot:2"
     }
     part = run_of(story, "prompts", 2)
-    assert (part.version, part.edited, part.output) == (2, True, written)
+    assert (part.version, part.edited, {k: v for k, v in part.output.items() if k != "asked"}) == (2, True, written)
     assert len(asked(sim)) == asked_before  # no model was asked
 
 
@@ -753,6 +759,34 @@ def test_a_character_edited_by_hand_reruns_only_the_shots_and_what_follows(
     assert asked(sim).count("CharactersAnswer") == 1 and asked(sim).count("ShotsAnswer") == 2
     shots_asked = [b for _, p, b in sim.state.seen if p == "/api/chat" and b["format"]["title"] == "ShotsAnswer"]
     assert "a red raincoat and a brass lantern" in shots_asked[-1]["messages"][1]["content"]
+
+
+def test_shots_planned_again_as_they_were_keep_their_prompts_and_renders(
+    rendered: tuple[Story, SimOllama], lab: Lab
+) -> None:
+    story, sim = rendered
+    # A prompt written by hand is an answer like the model's: kept too, while its shot is the same.
+    written = write_prompt_by_hand(story, 2)
+    story = wait_state(story, Story.COMPLETED)
+    before = wait_rendered(lab, story)
+    asked_before = asked(sim)
+    prompts = {s.number: (s.positive, s.negative) for s in story.shots.all()}
+
+    # The simulated model plans the same shots for the same question: nothing else is asked again.
+    graph.rerun_from(fresh(story), "shots")
+    story = wait_state(story, Story.COMPLETED)
+    after = wait_rendered(lab, story)
+    assert asked(sim)[len(asked_before) :] == ["ShotsAnswer"]
+    assert {s.number: (s.positive, s.negative) for s in story.shots.all()} == prompts
+    assert prompts[2] == (written["positive"], "text")
+    parts = StepRun.objects.current().filter(story=story, step="prompts").exclude(part=0)
+    assert all("kept the answer of version" in p.log for p in parts) and parts.count() == len(prompts)
+    assert {t: [j.pk for j in js] for t, js in after.items()} == {t: [j.pk for j in js] for t, js in before.items()}
+
+    # Asked for by name, the prompts are written again, however alike the questions.
+    graph.rerun_from(fresh(story), "prompts")
+    story = wait_state(story, Story.COMPLETED)
+    assert asked(sim)[len(asked_before) + 1 :] == ["PromptAnswer"] * len(prompts)
 
 
 def test_rerun_renders_keep_only_jobs_that_would_render_the_same(pipeline: Cluster, lab: Lab) -> None:

@@ -463,8 +463,16 @@ def test_renders_waiting_for_the_user_show_a_render_button(logged_in: Client, te
     steps = re.search(r'<section id="story-steps".*?</section>', html, re.S)
     assert steps and ">Render</button>" in steps.group(0)
     # The re-run menu offers the completed steps only.
-    options = re.findall(r'<option value="([a-z]+)">', steps.group(0))
-    assert options == ["story", "segments", "characters", "shots", "prompts", "narration", "music"]
+    options = dict(re.findall(r'<option value="([a-z]+)" data-confirm="([^"]*)">', steps.group(0)))
+    assert list(options) == ["story", "segments", "characters", "shots", "prompts", "narration", "music"]
+    # Each asks first, naming the steps it runs again, and only those, and what that redoes.
+    assert options["narration"] == "Re-run from Narration? Narration run again: the narration are written again. " + (
+        "Story, Segments, Characters, Shots, Visual prompts, Narration, Music cues, Renders stay as they are."
+    ).replace("Narration, ", "", 1)
+    assert options["shots"].startswith(
+        "Re-run from Shots? Shots, Visual prompts, Renders run again: the 3 shots are planned again; their prompts"
+    )
+    assert options["shots"].endswith("Story, Segments, Characters, Narration, Music cues stay as they are.")
 
 
 def test_the_tabs_show_the_story_segments_characters_shots_and_music(logged_in: Client, templates: None) -> None:
@@ -743,7 +751,8 @@ def test_a_prompt_edited_by_hand_becomes_its_part_s_new_version_and_its_render_f
     assert (shot.positive, shot.negative) == ("a lantern at dawn", "text")
     new = current(story, "prompts", 2)
     assert (new.version, new.status, new.edited) == (2, "completed", True)
-    assert new.output == {"positive": "a lantern at dawn", "negative": "text"}
+    written = {k: v for k, v in new.output.items() if k != "asked"}
+    assert written == {"positive": "a lantern at dawn", "negative": "text"}
     assert f"edited by hand by {user.username}" in new.log and StepRun.objects.get(pk=old.pk).status == "stale"
     assert current(story, "prompts", 1).version == 1 and current(story, "shots").version == 1
     assert current(story, "renders").status == "pending"  # the renders step runs again
@@ -1150,3 +1159,27 @@ def test_the_gallery_says_when_a_shot_renders_shorter_than_planned(logged_in: Cl
     html = page(logged_in, story, "gallery")
     assert "5.1 s of the 8 s planned: test-video-mp4 renders at most 81 frames" in gallery_item(html, 1)
     assert "planned" not in gallery_item(html, 2)
+
+
+def test_a_correction_that_reruns_other_steps_says_which_and_what_they_redo_before_saving(
+    logged_in: Client, templates: None
+) -> None:
+    story = written_and_queued(3)
+    RenderJob.objects.filter(story=str(story.code), target="shot:1").update(status=RenderJob.COMPLETED)
+    html = page(logged_in, story, "characters")
+    forms = re.findall(r'<form method="post" action="[^"]+" class="character-form" data-confirm="([^"]+)">', html)
+    assert (
+        forms
+        == [
+            "Saving this re-runs what depends on the characters: Shots, Visual prompts, Renders "
+            "(the 3 shots are planned again; their prompts are written again (a shot planned as before keeps its "
+            "prompt); the finished render is redone, except where the prompt comes out the same). Save?"
+        ]
+        * 2
+    )
+    shots = page(logged_in, story, "shots")
+    assert 'class="prompt-form" data-confirm="Saving this prompt renders shot 2 again' in shots
+    # A correction that makes nothing else run again saves without a question.
+    narration = page(logged_in, story, "narration")
+    form = re.search(rf'<form method="post" action="/stories/{story.code}/segments/1/narration/"[^>]*>', narration)
+    assert form and "data-confirm" not in form.group(0)

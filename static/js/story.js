@@ -38,6 +38,17 @@
       if (fresh) fresh.open = true;
     });
   });
+  // The re-run question names the steps the chosen one runs again (each option carries its own).
+  document.addEventListener("change", function (e) {
+    var select = e.target.closest && e.target.closest("form.rerun select[name=step]");
+    var option = select && select.selectedOptions[0];
+    if (option) select.form.setAttribute("hx-confirm", option.dataset.confirm || "");
+  });
+  // A correction by hand that makes other steps run again says which, and asks first.
+  document.addEventListener("submit", function (e) {
+    var form = e.target;
+    if (form.dataset && form.dataset.confirm && !window.confirm(form.dataset.confirm)) e.preventDefault();
+  });
   // A refused action answers 400 or 404 with the reason in #messages: show it.
   document.addEventListener("htmx:beforeSwap", function (e) {
     if (e.detail.requestConfig.verb === "post" && [400, 404].indexOf(e.detail.xhr.status) >= 0) {
