@@ -24,7 +24,7 @@ from nodes.sim.comfyui import SimComfyUI
 from renders.management.commands.load_templates import load
 from renders.models import RenderJob
 from tests import test_browser
-from tests.conftest import Stack, executions, free_port
+from tests.conftest import Stack, executions, free_port, wait_until
 from tests.test_browser import SCREENSHOTS, assert_not_reloaded, expect_live, log_in, settled, watch_navigation
 
 # The browser tests' fixtures: headless chromium, and a loopback-only page on the stack's address.
@@ -219,3 +219,67 @@ def test_dragging_a_queued_job_onto_another_reorders_the_queue(page: Page, stack
     expect(page.locator("#queued .job").first).to_have_id(f"job-{jobs[2].code}", timeout=10_000)
     assert queued_codes(page) == [str(jobs[2].code), str(jobs[0].code), str(jobs[1].code)]
     assert_not_reloaded(page, navigations)
+
+
+def eta_shown(page: Page, code: str) -> str:
+    line = page.locator(f"#rendering #job-{code} > p").inner_text()
+    found = re.search(r"about \d+ s left|finishing…", line)
+    assert found, f"no time left on the job's line: {line!r}"
+    return found.group(0)
+
+
+def seconds_shown(page: Page, code: str) -> int:
+    said = eta_shown(page, code)
+    return 0 if said == "finishing…" else int(said.split()[1])
+
+
+def pushes(page: Page) -> int:
+    return int(page.evaluate("window.__pushes"))
+
+
+@pytest.mark.browser
+def test_a_rendering_jobs_time_left_counts_down_between_progress_reports(page: Page, stack: Stack, user: User) -> None:
+    """No worker and no node: the job's row says it renders half done on a node that takes a
+    second per unit of its 40, so 20 s are left until a progress report says otherwise."""
+    from renders.models import Speed, Template
+
+    template = Template.objects.create(name="slow video", workflow={"1": {"class_type": "SaveImage", "inputs": {}}})
+    gpu = Node.objects.create(name="Slow GPU", host=SIM_HOST)
+    cap = Capability.objects.create(node=gpu, kind=Capability.COMFYUI, port=8188, status=Capability.ONLINE)
+    Speed.objects.create(capability=cap, template=template, seconds_per_unit=1.0)
+    job = RenderJob.objects.create(
+        template=template, status=RenderJob.RENDERING, node=gpu, capability=cap, work=40, progress=0.5
+    )
+    code = str(job.code)
+    stack.web()
+    log_in(page)
+    page.goto("/renders/")
+    expect_live(page, "connected", 10)
+    settled(page)  # the snapshot is in; from here on, pushes are counted
+    quiet = pushes(page)
+    first = seconds_shown(page, code)
+    assert 18 <= first <= 20, eta_shown(page, code)
+
+    # It counts down by itself, a second at a time: nothing came from the server meanwhile.
+    wait_until(lambda: seconds_shown(page, code) <= first - 3, 6, "the time left to count down 3 s")
+    assert pushes(page) == quiet, "the server pushed something: the count is not the page's own"
+
+    # A live update that draws the job again without new progress (something else changed):
+    # the count goes on where it was, not back to the 20 s the row still says.
+    before = seconds_shown(page, code)
+    job.changed()
+    wait_until(lambda: pushes(page) > quiet, 10, "the live update to arrive")
+    assert seconds_shown(page, code) <= before
+
+    # A progress report with a fresh figure: the count starts again from it.
+    RenderJob.objects.filter(pk=job.pk).update(progress=0.25)  # 30 s left
+    job.changed("job.progress")
+    wait_until(lambda: seconds_shown(page, code) >= 28, 10, "the fresh figure to show")
+    wait_until(lambda: seconds_shown(page, code) <= 27, 5, "the fresh figure to count down")
+
+    # Near the end, it says it is finishing rather than a time in the past.
+    RenderJob.objects.filter(pk=job.pk).update(progress=0.95)  # 2 s left
+    job.changed("job.progress")
+    expect(page.locator(f"#rendering #job-{code} > p")).to_contain_text("about 2 s left", timeout=10_000)
+    expect(page.locator(f"#rendering #job-{code} > p")).to_contain_text("finishing…", timeout=5_000)
+    page.screenshot(path=str(SCREENSHOTS / "queue-finishing.png"), full_page=True)

@@ -255,6 +255,7 @@ def test_a_finished_discovery_says_which_hosts_were_new_and_which_were_in_the_po
         ],
     )
     html = logged_in.get(reverse("nodes:index")).content.decode()
+    assert '<div id="discoveries">\n    <h3>Discoveries</h3>' in html  # the runs under their own heading
     assert "probed 3: 1 new: 127.0.0.1; 1 already in the pool: big gpu" in html
     assert "127.0.0.1: Ollama 0.12.6 (new)" in html
     assert "127.0.0.2: ComfyUI 0.3.64 (already in the pool as big gpu)" in html

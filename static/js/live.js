@@ -3,6 +3,12 @@
   "use strict";
   // htmx reconnects by itself only after these close codes; anything else is final.
   var RETRIED = [1006, 1011, 1012, 1013];
+  // After the server went away, try again soon and then every second or so, however long it
+  // stays away (htmx's default doubles the wait up to a minute): the page is live again within
+  // moments of the server's return. The jitter spreads a restart's many pages over a second.
+  htmx.config.wsReconnectDelay = function (retries) {
+    return Math.min(250 * Math.pow(2, retries), 1000) * (0.5 + Math.random() / 2);
+  };
   var LABELS = {
     connecting: "connecting…",
     connected: "live",
