@@ -13,6 +13,7 @@ from django.utils import timezone
 
 from renders import queue
 from renders.models import Queue, RenderJob
+from stories import runner
 from stories.forms import CharacterForm
 from stories.graph import ACTIVE, ASK, STEPS, Costs, Step, edit_cost, not_completed, rerun_cost, steps_for
 from stories.models import Scene, Shot, StepRun, Story
@@ -72,6 +73,7 @@ class StepRow:
     done: int = 0  # parts of a fanned-out step, by status
     failed: int = 0
     total: int = 0
+    why: str = ""  # why a pending step has not started
 
     @property
     def status(self) -> str:
@@ -108,6 +110,8 @@ def step_rows(story: Story) -> list[StepRow]:
         # steps card is sent to every watcher at each change.
         row.earlier = [r for r in whole if r.step == step.name and r.status == StepRun.STALE]
         row.waits_for = [STEPS[n].label for n in step.needs if n not in done]
+        if row.run is not None and row.run.status == StepRun.PENDING:
+            row.why = runner.waits_because(row.run, story)
         if step.fans_out:
             row.done = parts[(step.name, StepRun.COMPLETED)]
             row.failed = parts[(step.name, StepRun.FAILED)]

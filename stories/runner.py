@@ -145,6 +145,23 @@ def why_waiting(model: str) -> str:
     return ""
 
 
+def waits_because(run: StepRun, story: Story) -> str:
+    """Why a pending step has not started, as its row and `story show` say it: the reason stored
+    by the last look (no node has its model, or the user's turn), its retry's time, or the nodes
+    that could take it busy with the steps ahead of it. A few queries."""
+    if run.held or run.waiting:
+        return run.waiting
+    if run.not_before and run.not_before > timezone.now():
+        when = timezone.localtime(run.not_before)
+        return f"retry {run.attempts + 1}/{run.max_attempts} at {when:%H:%M:%S}"
+    model = story.model_for(run.step)
+    ahead = ready().filter(Q(created__lt=run.created) | Q(created=run.created, id__lt=run.pk)).count()
+    able = [c for c in Capability.objects.usable(Capability.OLLAMA).with_load() if model in c.model_names()]
+    if able and not any(c.has_room() for c in able):
+        return f"every Ollama node with {model} is busy ({ahead} ahead of it)"
+    return f"queued: {ahead} ahead of it" if ahead else "starting: a free node takes it now"
+
+
 # --- running ---------------------------------------------------------------------------------------
 
 

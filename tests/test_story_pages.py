@@ -1183,3 +1183,59 @@ def test_a_correction_that_reruns_other_steps_says_which_and_what_they_redo_befo
     narration = page(logged_in, story, "narration")
     form = re.search(rf'<form method="post" action="/stories/{story.code}/segments/1/narration/"[^>]*>', narration)
     assert form and "data-confirm" not in form.group(0)
+
+
+def a_pending_step(name: str = "story", **fields: Any) -> tuple[Story, StepRun]:
+    story = Story.objects.create(idea="A lighthouse keeper.", model=MODEL, state=Story.WAITING)
+    return story, StepRun.objects.create(story=story, step=name, **fields)
+
+
+def waiting_on_page(client: Client, story: Story, step: str = "story") -> str:
+    row = step_row(page(client, story), step)
+    m = re.search(r'<span class="waiting">([^<]*)</span>', row)
+    assert m, row
+    return m.group(1)
+
+
+def test_a_step_a_free_node_takes_now_says_it_is_starting(logged_in: Client, ollama: Node) -> None:
+    story, _ = a_pending_step()
+    assert waiting_on_page(logged_in, story) == "starting: a free node takes it now"
+
+
+def test_a_step_waiting_for_its_retry_says_which_attempt_and_when(logged_in: Client, ollama: Node) -> None:
+    at = timezone.now() + timedelta(seconds=90)
+    story, _ = a_pending_step(attempts=1, not_before=at)
+    assert waiting_on_page(logged_in, story) == f"retry 2/3 at {timezone.localtime(at):%H:%M:%S}"
+
+
+def test_a_step_whose_nodes_are_all_busy_says_so_and_how_many_are_ahead(logged_in: Client, ollama: Node) -> None:
+    cap = ollama.capabilities.get()
+    other, _ = a_pending_step()
+    StepRun.objects.create(
+        story=other, step="segments", status=StepRun.RUNNING, capability=cap, heartbeat=timezone.now()
+    )
+    story, _ = a_pending_step()
+    assert waiting_on_page(logged_in, story) == f"every Ollama node with {MODEL} is busy (1 ahead of it)"
+    assert waiting_on_page(logged_in, other) == f"every Ollama node with {MODEL} is busy (0 ahead of it)"
+
+
+def test_a_step_no_node_can_take_says_why_as_the_feed_found_it(logged_in: Client) -> None:
+    story, run = a_pending_step()
+    runner.feed()  # the look that finds no node for it
+    assert waiting_on_page(logged_in, story) == "No Ollama node is online; the step starts when one is."
+    Node.objects.create(name="small", host="127.0.70.8").capabilities.create(
+        kind=Capability.OLLAMA, port=11434, status=Capability.ONLINE, inventory={"models": [{"name": "phi3"}]}
+    )
+    runner.feed()
+    assert waiting_on_page(logged_in, story) == (
+        f"No online Ollama node has the model {MODEL}: pull it on a node, or choose another model."
+    )
+
+
+def test_a_step_waiting_for_others_names_them(logged_in: Client, templates: None) -> None:
+    story = story_with(2, references=True)
+    StepRun.objects.filter(story=story, step="prompts").update(status=StepRun.COMPLETED)
+    run(story, "references", StepRun.RUNNING)
+    html = page(logged_in, story)
+    assert 'data-status="blocked"' in step_row(html, "renders")
+    assert "waits for Character references" in step_row(html, "renders")

@@ -19,7 +19,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from renders.models import Template
-from stories import graph
+from stories import graph, runner
 from stories.context import as_number
 from stories.forms import StoryForm, known_models
 from stories.models import StepRun, Story
@@ -218,8 +218,8 @@ def run_summary(run: StepRun, parts: list[StepRun]) -> str:
     if run.seconds is not None:
         bits.append(f"{run.seconds:.1f} s")
     text = ", ".join(bits)
-    if run.waiting and run.status == StepRun.PENDING:
-        text += f": {run.waiting}"
+    if run.status == StepRun.PENDING:
+        text += f": {runner.waits_because(run, run.story)}"
     if run.error:
         text += f": {run.error}"
     return text
@@ -376,6 +376,8 @@ class Follower:
 
 def step_line(step: graph.Step, run: StepRun, parts: list[StepRun]) -> str:
     if run.status == StepRun.PENDING:
+        if run.not_before and run.not_before > timezone.now() and not run.waiting:
+            return f"waiting: {runner.waits_because(run, run.story)}"
         return f"waiting: {run.waiting}" if run.waiting else ""
     if run.status == StepRun.RUNNING:
         if step.fans_out:
