@@ -307,9 +307,11 @@ class TemplateForm(forms.Form):
 
     def clean(self) -> dict[str, Any]:
         data = super().clean() or {}
+        upload, text = data.get("upload"), data.get("text")
+        if upload and self.errors:
+            self.keep_upload(upload)
         if self.errors:
             return data
-        upload, text = data.get("upload"), data.get("text")
         if upload:
             raw: str | bytes = upload.read(workflows.MAX_BYTES + 1)
         elif text:
@@ -346,6 +348,21 @@ class TemplateForm(forms.Form):
             grouped.setdefault(folder, []).append(name)
         data["needs"] = {"classes": list(classes), "files": grouped}
         return data
+
+    def keep_upload(self, upload: Any) -> None:
+        """Another field is wrong: a workflow file that reads well is put in the paste box of the
+        form shown again, so the user corrects that field and need not choose the file again."""
+        raw = upload.read(workflows.MAX_BYTES + 1)
+        upload.seek(0)
+        try:
+            workflows.parse(raw)
+        except workflows.WorkflowError:
+            return  # its own error shows when the rest is right
+        posted: Any = self.data
+        posted = posted.copy()
+        posted[self.add_prefix("text")] = raw.decode("utf-8", errors="replace")
+        self.data = posted
+        self["text"].help_text = "The file you sent, kept: correct what is marked and save again."
 
     def save(self) -> Template:
         data = self.cleaned_data

@@ -86,6 +86,31 @@ def padded(size: int) -> str:
 
 
 @pytest.mark.django_db
+def test_an_uploaded_workflow_survives_a_form_error(logged_in: Client) -> None:
+    import html as entities
+    import re
+
+    Template.objects.create(name="mine", workflow=still())
+    raw = json.dumps({"prompt": still()})
+    answer = logged_in.post(
+        reverse("renders:template-import"),
+        {"name": "mine", "kind": "still", "upload": SimpleUploadedFile("still.json", raw.encode())},
+    )
+    assert answer.status_code == 400
+    page = answer.content.decode()
+    assert "A template with that name exists already." in page
+    kept = re.search(r'<textarea name="text"[^>]*>(.*?)</textarea>', page, re.S)
+    assert kept and json.loads(entities.unescape(kept.group(1))) == json.loads(raw)
+    assert "The file you sent, kept: correct what is marked and save again." in page
+    # Corrected, the form as shown saves with the file's workflow: the file is not chosen again.
+    logged_in.post(
+        reverse("renders:template-import"),
+        {"name": "mine too", "kind": "still", "text": entities.unescape(kept.group(1))},
+    )
+    assert Template.objects.get(name="mine too").workflow == still()
+
+
+@pytest.mark.django_db
 def test_a_pasted_workflow_of_four_megabytes_is_imported(logged_in: Client) -> None:
     # Over Django's default 2.5 MB for form fields, under our 5 MB for a workflow.
     answer = logged_in.post(
