@@ -76,6 +76,7 @@ LORA_CLASSES = frozenset({"LoraLoader", "LoraLoaderModelOnly"})
 # Inputs that hold a frame count whatever the node; "batch_size" only counts on video latents.
 FRAME_INPUTS = ("length", "frames", "num_frames", "frame_count", "video_frames")
 FPS_INPUTS = ("fps", "frame_rate")
+TEXT_PRIMITIVES = frozenset({"PrimitiveString", "PrimitiveStringMultiline"})
 
 PARAMETERS = (
     "positive",
@@ -349,6 +350,9 @@ def detect(workflow: Mapping[str, Any]) -> ParamMap:
             for name in TEXT_INPUTS:
                 if isinstance(inputs.get(name), str):
                     add(side, node_id, name)
+        if class_type in TEXT_PRIMITIVES and isinstance(inputs.get("value"), str) and "prompt" in _title(node).lower():
+            # A text box titled as a prompt: where the text goes (an encoder it feeds has a link, not text).
+            add("negative" if "neg" in _title(node).lower() else "positive", node_id, "value")
         for name in ("positive_prompt", "negative_prompt"):  # encoders holding both, e.g. WanVideoTextEncode
             if isinstance(inputs.get(name), str):
                 add(name.split("_")[0], node_id, name)

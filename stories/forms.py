@@ -17,7 +17,7 @@ DEFAULT_TEMPLATES = {
     Story.SHOTS: ("wan22-t2v", "hunyuan15-t2v"),
     Story.SCENES: ("holocine-t2v",),
 }
-SIMULATED_TEMPLATE = "test-video-mp4"  # a lab of simulated nodes only renders with this
+SIMULATED_TEMPLATE = "test-video-prompt"  # a lab of simulated nodes has no model files: it renders with this
 
 
 def known_models() -> list[str]:

@@ -248,14 +248,15 @@ def test_a_finished_render_can_be_the_input_image(logged_in: Client, templates: 
     assert answer.status_code == 400 and "Select a valid choice" in answer.content.decode()
 
 
-def test_the_story_form_names_its_default_template_and_says_when_it_takes_no_prompt(
+def test_the_story_form_names_its_default_template_and_it_always_takes_a_prompt(
     logged_in: Client, templates: Path
 ) -> None:
     html = logged_in.get(reverse("stories:index")).content.decode()
     assert "Default: wan22-t2v (for scenes, a HoloCine one)" in html  # nothing can run anything yet
-    assert "takes no prompt" not in html
     cap = comfyui("sim gpu", [])
     Node.objects.filter(pk=cap.node_id).update(simulated=True)
     html = logged_in.get(reverse("stories:index")).content.decode()
-    assert "Default: test-video-mp4 (for scenes, a HoloCine one)" in html
-    assert "the default, test-video-mp4, takes no prompt, so each shot renders a test pattern" in html
+    # A lab of simulated ComfyUIs has no model files: the model-free test video that takes a prompt.
+    assert "Default: test-video-prompt (for scenes, a HoloCine one)" in html
+    assert Template.objects.get(name="test-video-prompt").takes("positive")
+    assert "takes no prompt" not in html

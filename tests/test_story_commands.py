@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.test import Client
@@ -140,6 +141,11 @@ def test_create_wait_prints_each_step_as_it_completes_until_the_story_is_done(la
     story.refresh_from_db()
     assert (story.state, story.progress, story.genre) == (Story.COMPLETED, 1.0, "mystery")
     rendered_once(story, gpu)
+    # The simulated lab renders with the model-free template that takes a prompt: the node got it.
+    job = RenderJob.objects.filter(story=str(story.code)).first()
+    assert job is not None and job.template.name == "test-video-prompt"
+    sent = requests.get(f"{gpu.url}/history/{job.prompt_id}", timeout=5).json()[job.prompt_id]["prompt"][2]
+    assert sent["5"]["inputs"]["value"] == job.prompt == Shot.objects.get(story=story, number=1).positive
 
 
 def test_without_auto_render_wait_stops_at_the_held_renders_and_render_releases_them(

@@ -267,9 +267,9 @@ def comfyui(name: str, host: str, template: str | None = None, *, simulated: boo
         ([("gpu", "127.0.70.20", None, False)], "shots", "wan22-t2v"),  # a real node that has none
         ([("gpu", "127.0.70.20", "hunyuan15-t2v", False)], "shots", "hunyuan15-t2v"),  # the one it can run
         ([("gpu", "127.0.70.20", "wan22-t2v", False)], "shots", "wan22-t2v"),
-        ([("sim", "127.0.70.21", None, True)], "shots", "test-video-mp4"),  # the demo's simulated lab
-        ([("sim", "127.0.70.21", None, True)], "scenes", "test-video-mp4"),
-        ([("sim", "127.0.70.21", "", True)], "shots", "test-video-mp4"),  # not checked yet: still the demo's
+        ([("sim", "127.0.70.21", None, True)], "shots", "test-video-prompt"),  # the demo's simulated lab
+        ([("sim", "127.0.70.21", None, True)], "scenes", "test-video-prompt"),
+        ([("sim", "127.0.70.21", "", True)], "shots", "test-video-prompt"),  # not checked yet: still the demo's
         ([("sim", "127.0.70.21", None, True), ("gpu", "127.0.70.20", None, False)], "shots", "wan22-t2v"),
     ],
 )

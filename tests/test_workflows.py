@@ -26,6 +26,7 @@ from renders.workflows import (
     check_classes,
     detect,
     parse,
+    read,
     requirements,
     shipped,
     validate_settings,
@@ -761,3 +762,15 @@ def test_the_video_templates_need_their_model_files() -> None:
     }
     assert template("hunyuan15-i2v")["needs"]["files"]["clip_vision"] == ["sigclip_vision_patch14_384.safetensors"]
     assert "HunyuanVideo15ImageToVideo" in template("hunyuan15-i2v")["needs"]["classes"]
+
+
+def test_a_text_box_titled_as_a_prompt_is_where_the_prompt_goes() -> None:
+    workflow = {
+        "1": {"class_type": "PrimitiveStringMultiline", "inputs": {"value": "a cat"}, "_meta": {"title": "Prompt"}},
+        "2": {"class_type": "PrimitiveString", "inputs": {"value": "blur"}, "_meta": {"title": "Negative prompt"}},
+        "3": {"class_type": "PrimitiveString", "inputs": {"value": "x"}, "_meta": {"title": "File name"}},
+        "4": {"class_type": "CLIPTextEncode", "inputs": {"text": ["1", 0], "clip": ["9", 1]}},
+    }
+    found = detect(workflow)
+    assert (found["positive"], found["negative"]) == ([("1", "value")], [("2", "value")])
+    assert read(workflow, found)["positive"] == "a cat"

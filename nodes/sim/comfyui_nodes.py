@@ -87,6 +87,10 @@ def classes(models: dict[str, list[str]], inputs: list[str]) -> dict[str, dict[s
     save_hidden = {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"}
     extras = "comfy_extras.nodes_images"
     found = [
+        # A text box of its own (core since ComfyUI 0.3.3x): a model-free workflow carries its prompt
+        # in it, and so in the workflow its outputs keep as metadata.
+        node("PrimitiveStringMultiline", "utils/primitive", {"value": text(multiline=True)}, ["STRING"],
+             module="comfy_extras.nodes_primitive"),
         node("EmptyImage", "image", {
             "width": integer(512, 1, 16384), "height": integer(512, 1, 16384),
             "batch_size": integer(1, 1, 4096), "color": integer(0, 0, 0xFFFFFF, display="color"),
