@@ -132,18 +132,24 @@ def done(run: StepRun | None) -> bool:
     return run is not None and run.status == StepRun.COMPLETED
 
 
-def start(story: Story, step: Step) -> tuple[StepRun, list[StepRun]]:
+def start(story: Story, step: Step, *, keep: bool = True) -> tuple[StepRun, list[StepRun]]:
+    """The step's new run (and a fanned-out step's parts); with `keep`, a run or part whose
+    question an earlier version answered completes at once with that answer."""
     version = (story.runs.filter(step=step.name, part=0).aggregate(v=Max("version"))["v"] or 0) + 1
     now = timezone.now()
     if not step.fans_out:
         held = step.kind == RENDERS and not story.auto_render
+        earlier = answers_kept(story, step.name, [0]).get(0) if step.kind == ASK and keep else None
         run = StepRun.objects.create(
             story=story,
             step=step.name,
             version=version,
             held=held,
             waiting="Waiting for you: press Render to queue the shots." if held else "",
+            **kept_fields(earlier, now),
         )
+        if earlier is not None:
+            keep_answer(story, run)
         story.changed("step.pending")
         return run, []
     numbers = pieces(story)
@@ -155,7 +161,7 @@ def start(story: Story, step: Step) -> tuple[StepRun, list[StepRun]]:
         started=now,
         output={"parts": len(numbers)},
     )
-    kept = answers_kept(story, step.name, numbers)
+    kept = answers_kept(story, step.name, numbers) if keep else {}
     parts = StepRun.objects.bulk_create(
         StepRun(story=story, step=step.name, part=n, version=version, created=now, **kept_fields(kept.get(n), now))
         for n in numbers
@@ -175,12 +181,14 @@ ASKED = "asked"
 
 
 def answers_kept(story: Story, name: str, numbers: list[int]) -> dict[int, StepRun]:
-    """The parts of a fanned-out step, started again, whose question is the one an earlier run
-    answered (the shot planned again as it was, its characters looking the same): that run, by
-    part number. Their answers are kept; the model is not asked again."""
+    """The parts of a step started again (a fanned-out step's by number, else [0]) whose question
+    is the one an earlier run answered (the shots planned from the same segments and cast, a shot
+    planned again as it was, its characters looking the same): that run, by part number. Their
+    answers are kept; the model is not asked again."""
     from stories import steps
 
-    earlier = story.runs.filter(step=name, status=StepRun.STALE, output__has_key=ASKED).exclude(part=0)
+    earlier = story.runs.filter(step=name, status=StepRun.STALE, output__has_key=ASKED)
+    earlier = earlier.filter(part=0) if numbers == [0] else earlier.exclude(part=0)
     answered = {(r.output or {})[ASKED]: r for r in earlier.order_by("version", "id")}  # the latest answer wins
     if not answered:
         return {}
@@ -329,11 +337,12 @@ def rerun_from(story: Story, name: str) -> list[str]:
     """Do `name` and everything downstream of it again; upstream work stays. The runs they
     replace stay as earlier versions (stale), each with its output. Returns the steps marked."""
     marked = downstream(story, name)
-    make_stale(story, marked)
-    if STEPS[name].fans_out:
-        # Asked for again: the earlier answers are not kept, however alike the questions.
-        for run in story.runs.filter(step=name, status=StepRun.STALE, output__has_key=ASKED):
-            StepRun.objects.filter(pk=run.pk).update(output={k: v for k, v in (run.output or {}).items() if k != ASKED})
+    with transaction.atomic():
+        Story.objects.select_for_update().get(pk=story.pk)  # as advance() holds it
+        make_stale(story, marked)
+        # Asked for by name, the step asks again, however alike the question; what follows it
+        # keeps the answers whose questions come out the same.
+        start(story, next(s for s in steps_for(story) if s.name == name), keep=False)
     advance(story.pk)
     return marked
 

@@ -305,9 +305,9 @@ def ask(run: StepRun, me: str, cap: Capability, client: Ollama) -> bool:
 
 
 def complete(run: StepRun, me: str, cap: Capability, answer: steps.BaseModel) -> None:
-    output = answer.model_dump(mode="json")
-    if run.part:  # a part planned again as it was keeps this answer (graph.start)
-        output[graph.ASKED] = steps.question(run.story, run)
+    # What was asked, with the answer: a step (or part) started again with the same question keeps
+    # this answer (graph.start).
+    output = {**answer.model_dump(mode="json"), graph.ASKED: steps.question(run.story, run)}
     with transaction.atomic():
         done = run.transition(
             StepRun.COMPLETED,

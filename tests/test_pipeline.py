@@ -789,6 +789,29 @@ def test_shots_planned_again_as_they_were_keep_their_prompts_and_renders(
     assert asked(sim)[len(asked_before) + 1 :] == ["PromptAnswer"] * len(prompts)
 
 
+def test_a_rerun_whose_answer_comes_out_the_same_keeps_everything_after_it_without_asking(
+    rendered: tuple[Story, SimOllama], lab: Lab
+) -> None:
+    story, sim = rendered
+    before = jobs_by_target(story)
+    asked_before = asked(sim)
+    shots = list(story.shots.values_list("number", "description", "positive"))
+    characters = list(story.characters.values_list("name", "look"))
+
+    # The simulated model answers the same question the same way: the segments come out as they
+    # were, so every step after them has the question it had, and keeps its answer.
+    graph.rerun_from(fresh(story), "segments")
+    story = wait_state(story, Story.COMPLETED)
+    after = wait_rendered(lab, story)
+    assert asked(sim)[len(asked_before) :] == ["SegmentsAnswer"]
+    for name in ("characters", "shots", "narration", "music"):
+        kept = run_of(story, name)
+        assert kept.version == 2 and "kept the answer of version 1" in kept.log, name
+    assert list(story.shots.values_list("number", "description", "positive")) == shots
+    assert list(story.characters.values_list("name", "look")) == characters
+    assert {t: [j.pk for j in js] for t, js in after.items()} == {t: [j.pk for j in js] for t, js in before.items()}
+
+
 def test_rerun_renders_keep_only_jobs_that_would_render_the_same(pipeline: Cluster, lab: Lab) -> None:
     lab.ollama("llm")  # no ComfyUI node: the renders wait in the queue
     story = wait_state(new_story(), WRITTEN)
