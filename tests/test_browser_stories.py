@@ -193,3 +193,28 @@ def test_a_story_written_and_rendered_live_on_its_page(page: Page, stack: Stack,
     if os.environ.get("SPOONFEEDER_SCREENSHOTS"):
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         shutil.copy(SCREENSHOT, SCREENSHOTS / "story-detail.png")
+
+
+@pytest.mark.browser
+def test_an_editor_the_user_opened_stays_open_when_the_tab_follows_the_story(
+    page: Page, stack: Stack, user: User
+) -> None:
+    from stories.models import Shot
+    from tests.test_story_pages import story_with
+
+    load()
+    story = story_with(2)
+    stack.web()
+    log_in(page)
+    page.goto(f"/stories/{story.code}/shots/")
+    expect_live(page, "connected", 10)
+    settled(page)
+    editor = page.locator("#edit-prompt-1")
+    editor.locator("summary").click()
+    expect(editor).to_have_attribute("open", "")
+    # The story changes, and the tab asks for itself again (as when news of it comes over the socket).
+    Shot.objects.filter(story=story, number=2).update(positive="a gull over the pier")
+    page.evaluate("() => htmx.trigger(document.getElementById('story-tab'), 'story:changed')")
+    expect(page.locator("#piece-2")).to_contain_text("a gull over the pier")  # swapped in
+    expect(page.locator("#edit-prompt-1")).to_have_attribute("open", "")
+    expect(page.locator("#edit-prompt-2")).not_to_have_attribute("open", "")

@@ -31,6 +31,20 @@
     var tab = document.getElementById("story-tab");
     if (tab && tab.dataset.inFlight) follow();
   }, 2000);
+  // The tab asking for itself again keeps open what the user opened in it (an editor, a log).
+  var reopen = [];
+  document.addEventListener("htmx:beforeSwap", function (e) {
+    if (e.detail.target && e.detail.target.id === "story-tab") {
+      reopen = Array.prototype.map.call(e.detail.target.querySelectorAll("details[id][open]"), function (d) { return d.id; });
+    }
+  });
+  document.addEventListener("htmx:afterSwap", function () {
+    reopen.forEach(function (id) {
+      var fresh = document.getElementById(id);
+      if (fresh) fresh.open = true;
+    });
+    reopen = [];
+  });
   // A live update keeps open what the user opened: logs, earlier versions.
   document.addEventListener("htmx:oobBeforeSwap", function (e) {
     document.querySelectorAll("details[id][open]").forEach(function (old) {
