@@ -224,7 +224,10 @@ def ready_at(run: StepRun, finished: dict[tuple[int, str], datetime]) -> datetim
 
 def node_times(runs: list[StepRun], clock: list[dict[str, Any]]) -> dict[int, tuple[float, float]]:
     """(arrived, ready) of each run's answer on the node's clock (Sim.answers()), matched by the
-    answer itself: the run's output is the node's text parsed, checked and dumped again."""
+    answer itself: the run's output is the node's text parsed, checked and dumped again (with
+    the question it answered beside it)."""
+    from stories import graph
+
     by_answer: dict[str, list[tuple[float, float]]] = {}
     for a in clock:
         try:
@@ -235,7 +238,8 @@ def node_times(runs: list[StepRun], clock: list[dict[str, Any]]) -> dict[int, tu
     found = {}
     for r in runs:
         assert r.started and r.finished
-        spans = by_answer.get(json.dumps(r.output, sort_keys=True), [])
+        answer = {k: v for k, v in (r.output or {}).items() if k != graph.ASKED}  # the question is ours
+        spans = by_answer.get(json.dumps(answer, sort_keys=True), [])
         inside = [s for s in spans if r.started.timestamp() - 0.001 <= s[0] and s[1] <= r.finished.timestamp() + 0.001]
         if len(inside) != 1:
             raise BenchError(f"{len(inside)} answers on the nodes' clocks match run {r} ({len(spans)} with its text)")
