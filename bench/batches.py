@@ -14,24 +14,19 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "spoonfeeder.settings")
 
+import django  # noqa: E402
+
+django.setup()
+
 from bench.common import machine, verdict  # noqa: E402
 from renders import batches, workflows  # noqa: E402
-
-
-@dataclass
-class Shipped:
-    name: str
-    mapping: dict[str, Any]
-
-    def takes(self, parameter: str) -> bool:
-        return bool(self.mapping.get(parameter))
+from renders.models import Template  # noqa: E402
 
 
 def timed(make: Callable[[], list[Any]], runs: int = 5) -> tuple[float, int]:
@@ -45,7 +40,10 @@ def timed(make: Callable[[], list[Any]], runs: int = 5) -> tuple[float, int]:
 
 
 def main() -> int:
-    sdxl = next(Shipped(t["name"], t["mapping"]) for t in workflows.shipped() if t["name"] == "sdxl-still")
+    # An unsaved template: planning reads only its name and mapping.
+    sdxl = next(
+        Template(name=t["name"], mapping=t["mapping"]) for t in workflows.shipped() if t["name"] == "sdxl-still"
+    )
     print(f"Batch planning benchmarks ({machine()})")
     seeds, n1 = timed(lambda: batches.seed_variations("a lighthouse at dusk", {"steps": 20}, sdxl, count=1000))
     text = "\n".join(f"a lighthouse at dusk, variation {i}, oil painting" for i in range(10_000))

@@ -330,6 +330,10 @@ class RenderJob(models.Model):
         title = getattr(self, "story_title", "")
         return [self.download_name(i, title) for i in range(len(self.outputs))]
 
+    def rendered_with(self) -> dict[str, Any]:
+        """The job's settings as asked, with what its last attempt sent over them (used())."""
+        return {**self.settings, **self.used()}
+
     @classmethod
     def build(cls, template: Template, settings: dict[str, Any], **fields: Any) -> RenderJob:
         """An unsaved job of `template` with these settings: its kind and units of work follow."""

@@ -62,7 +62,7 @@ def form_start(request: HttpRequest) -> dict[str, Any]:
 def reused(job: RenderJob) -> dict[str, Any]:
     """A job's prompt and settings as the render form's first values: as the node was sent them
     (the seed a "random" became), else as they were asked for."""
-    used = {**job.settings, **job.used()}
+    used = job.rendered_with()
     initial: dict[str, Any] = {"prompt": job.prompt, "negative": job.negative, "priority": job.priority}
     if used.get("width") and used.get("height"):
         initial["resolution"] = f"{int(used['width'])}x{int(used['height'])}"

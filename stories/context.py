@@ -233,7 +233,7 @@ class GalleryItem:
         """How much shorter than planned its render is (the template caps its frames), or ""."""
         if self.job is None:
             return ""
-        values = {**self.job.settings, **self.job.used()}
+        values = self.job.rendered_with()
         frames, fps = values.get("frames"), values.get("fps")
         if not frames or not fps:
             return ""

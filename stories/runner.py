@@ -271,9 +271,10 @@ def ask(run: StepRun, me: str, cap: Capability, client: Ollama) -> bool:
     not answer."""
     story: Story = run.story
     asking = steps.ASKING[run.step]
+    prompt = asking.prompt(story, run)
     messages = [
         {"role": "system", "content": steps.SYSTEM},
-        {"role": "user", "content": asking.prompt(story, run)},
+        {"role": "user", "content": prompt},
     ]
     schema = asking.schema(story)
     reasons: list[str] = []
@@ -298,16 +299,16 @@ def ask(run: StepRun, me: str, cap: Capability, client: Ollama) -> bool:
                 {"role": "user", "content": f"That answer does not fit: {e}. Answer again, fixing that."},
             ]
             continue
-        complete(run, me, cap, answer)
+        complete(run, me, cap, answer, steps.question(story, run, prompt))
         return True
     run.fail(f"the model's answers did not fit, {ANSWERS} times; the last: {'; '.join(reasons)}", me)
     return True
 
 
-def complete(run: StepRun, me: str, cap: Capability, answer: steps.BaseModel) -> None:
+def complete(run: StepRun, me: str, cap: Capability, answer: steps.BaseModel, asked: str) -> None:
     # What was asked, with the answer: a step (or part) started again with the same question keeps
     # this answer (graph.start).
-    output = {**answer.model_dump(mode="json"), graph.ASKED: steps.question(run.story, run)}
+    output = {**answer.model_dump(mode="json"), graph.ASKED: asked}
     with transaction.atomic():
         done = run.transition(
             StepRun.COMPLETED,

@@ -389,10 +389,11 @@ class Asking:
         return answer
 
 
-def question(story: Story, run: StepRun) -> str:
-    """What step `run` asks, as a digest of its model and its prompt: two runs with the same
-    digest ask the same thing, so one's answer serves the other."""
-    asked = f"{story.model_for(run.step)}\n{ASKING[run.step].prompt(story, run)}"
+def question(story: Story, run: StepRun, prompt: str | None = None) -> str:
+    """What step `run` asks, as a digest of its model and its prompt (`prompt` when the caller
+    built it already): two runs with the same digest ask the same thing, so one's answer serves
+    the other."""
+    asked = f"{story.model_for(run.step)}\n{ASKING[run.step].prompt(story, run) if prompt is None else prompt}"
     return hashlib.sha256(asked.encode()).hexdigest()[:32]
 
 

@@ -4,27 +4,15 @@ every item's prompt, seed and settings fixed at creation, and bad input refused 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
 from renders import batches, workflows
 from renders.batches import BatchError, axis, grid, prompt_items, prompt_list, seed_variations
+from renders.models import Template
 
-
-@dataclass
-class Shipped:
-    """A shipped template as planning sees it."""
-
-    name: str
-    mapping: dict[str, Any]
-
-    def takes(self, parameter: str) -> bool:
-        return bool(self.mapping.get(parameter))
-
-
-SHIPPED = {t["name"]: Shipped(t["name"], t["mapping"]) for t in workflows.shipped()}
+SHIPPED = {t["name"]: Template(name=t["name"], mapping=t["mapping"]) for t in workflows.shipped()}  # unsaved
 SDXL, WAN, TEST = SHIPPED["sdxl-still"], SHIPPED["wan22-t2v"], SHIPPED["test-still-image"]
 
 
@@ -127,7 +115,8 @@ def test_a_grid_is_every_combination_with_its_labels_and_a_seed_each() -> None:
 
 
 def test_a_grid_over_templates_and_loras_names_them_on_each_item() -> None:
-    shipped = {**SHIPPED, "lora-still": Shipped("lora-still", {**SDXL.mapping, "loras": [["9", "lora_name"]]})}
+    lora_still = Template(name="lora-still", mapping={**SDXL.mapping, "loras": [["9", "lora_name"]]})
+    shipped = {**SHIPPED, "lora-still": lora_still}
     items = grid(
         "a lighthouse",
         {},
