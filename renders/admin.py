@@ -4,7 +4,7 @@ from django.contrib import admin
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from renders.models import RenderJob, Template
+from renders.models import Batch, RenderJob, Template
 
 
 @admin.register(Template)
@@ -39,3 +39,32 @@ class RenderJobAdmin(admin.ModelAdmin):
         for job in queryset.filter(status=RenderJob.QUEUED):
             done += job.move("bottom")
         self.message_user(request, f"Moved {done} queued job(s) to the end.")
+
+
+@admin.register(Batch)
+class BatchAdmin(admin.ModelAdmin):
+    list_display = ("name", "kind", "template", "status", "total", "priority", "created", "finished")
+    list_filter = ("status", "kind", "template")
+    search_fields = ("name", "code", "prompt")
+    list_select_related = ("template",)
+    readonly_fields = ("code", "kind", "template", "total", "axes", "settings", "created", "started", "finished")
+    actions = ["pause", "resume", "cancel"]
+
+    def act(self, request: HttpRequest, queryset: QuerySet[Batch], what: str) -> None:
+        refused = [why for batch in queryset if (why := getattr(batch, what)())]
+        done = queryset.count() - len(refused)
+        self.message_user(
+            request, f"{what.capitalize()}: {done} batch(es)." + (" " + " ".join(refused) if refused else "")
+        )
+
+    @admin.action(description="Pause (running items finish)")
+    def pause(self, request: HttpRequest, queryset: QuerySet[Batch]) -> None:
+        self.act(request, queryset, "pause")
+
+    @admin.action(description="Resume")
+    def resume(self, request: HttpRequest, queryset: QuerySet[Batch]) -> None:
+        self.act(request, queryset, "resume")
+
+    @admin.action(description="Cancel (what finished stays)")
+    def cancel(self, request: HttpRequest, queryset: QuerySet[Batch]) -> None:
+        self.act(request, queryset, "cancel")

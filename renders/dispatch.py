@@ -55,7 +55,7 @@ from nodes.clients.comfyui import (
 )
 from nodes.models import PREFETCH, Capability, none_can_run
 from renders import media, workflows
-from renders.models import Queue, RenderJob, Speed, Template, wake
+from renders.models import Batch, Queue, RenderJob, Speed, Template, wake
 from spoonfeeder import work
 from spoonfeeder.models import Event
 from spoonfeeder.tasks import enqueue
@@ -88,7 +88,8 @@ def params_of(job: RenderJob) -> dict[str, Any]:
 
 def feed() -> int:
     """Claim the best runnable job for every ComfyUI with room and queue an attempt for each;
-    the number claimed."""
+    the number claimed. Batches put their next items in the queue first (Batch.feed)."""
+    Batch.feed()
     if Queue.get().paused or not RenderJob.objects.runnable().exists():
         return 0
     queued = 0
@@ -192,9 +193,10 @@ def next_job(cap: Capability, worker: str = "", *, alone: bool | None = None) ->
             )
             # The pause is read again by the claim itself: a pass that began before the queue was
             # paused claims nothing queued after it.
+            # So is its batch's: nothing of a paused batch is claimed once the pause is committed.
             claimed = (
                 RenderJob.objects.filter(pk=job.pk, status=RenderJob.QUEUED)
-                .filter(~Exists(Queue.objects.filter(paused=True)))
+                .filter(~Exists(Queue.objects.filter(paused=True)), fed())
                 .update(**fields, claimed=Now(), heartbeat=Now())
             )
             if not claimed and Queue.get().paused:
@@ -210,6 +212,11 @@ def next_job(cap: Capability, worker: str = "", *, alone: bool | None = None) ->
                     enqueue("renders.tasks.attempt", job.pk, job.prompt_id, timeout=RENDER_DEADLINE)
                 return job, cap.limit + PREFETCH - free
         # another runner took that job first
+
+
+def fed() -> Q:
+    """A job of no batch, or of one that feeds the queue (not paused, not ended)."""
+    return Q(batch=None) | Q(batch__status__in=Batch.FED)
 
 
 def best_fit(cap: Capability, exclude: set[int] | None = None, alone: bool | None = None) -> RenderJob | None:
@@ -375,7 +382,8 @@ def follow_on(run: Attempt | None) -> str:
     while run is not None:
         outcomes.append(run.run())
         # Only a job handed on can be let go: no query for it otherwise (this runs at every job's end).
-        if run.next is not None and (time.monotonic() >= ends or starving()):
+        # A job handed on and pulled back is settled by this worker (once it is this run's turn).
+        if run.next is not None and run.next.pulled is None and (time.monotonic() >= ends or starving()):
             run.let_go()
         run = run.next
     return f"{len(outcomes)} job(s): {outcomes[-1]}" if len(outcomes) > 1 else outcomes[0]
@@ -416,6 +424,7 @@ class Attempt:
         self.silent_since: float | None = None
         self.dropped = ""  # outputs ComfyUI refused to run (node_errors), said on the job
         self.next: Attempt | None = None  # the node's next job, handed on to this worker
+        self.interrupted = False  # interrupted on the node because its batch was paused
         self.frames: list[str] = []  # streamed outputs kept, relative to the media folder
         self.first = first
         # When the next looks at the controls and at the node are due (monotonic): a job sent or
@@ -497,8 +506,12 @@ class Attempt:
             job.fail(f"the settings do not fit the template: {e}", permanent=True)
             return self.done("failed: settings")
         client_id = f"spoonfeeder-{job.prompt_id}"
-        # Stored before the POST: after a crash, the node is asked about this prompt_id.
-        if not RenderJob.objects.filter(pk=job.pk, worker=self.me).update(workflow=workflow, client_id=client_id):
+        # Stored before the POST: after a crash, the node is asked about this prompt_id. Not for
+        # an item of a batch paused since its claim: it goes back unsent (its batch holds it).
+        mine = RenderJob.objects.filter(pk=job.pk, worker=self.me)
+        if not mine.filter(fed()).update(workflow=workflow, client_id=client_id):
+            if mine.exists():
+                return self.back_to_batch("its batch was paused before it was sent")
             return "not this attempt's any more"
         job.workflow, job.client_id = workflow, client_id
         self.open_socket()  # before the POST: a quick job's first messages are not missed
@@ -537,6 +550,22 @@ class Attempt:
         deadline = time.monotonic() + SEND_IN_ORDER
         while ahead.exists() and time.monotonic() < deadline:
             time.sleep(0.005)
+
+    def back_to_batch(self, why: str) -> str:
+        """An item of a paused batch back to the queue, this attempt not counted: never sent, or
+        interrupted on the node at the pause. Its batch holds it again (Batch.feed) until resumed."""
+        self.job.transition(
+            RenderJob.QUEUED,
+            expect=RenderJob.ON_NODE,
+            node_id=None,
+            worker="",
+            client_id="",
+            attempts=max(self.job.attempts - 1, 0),
+            heartbeat=None,
+            error=why,
+            **RenderJob.NOT_STARTED,
+        )
+        return self.done(why)
 
     def node_fault(self, error: str) -> str:
         """The node, not the job, failed before the job reached it (refused, down): the job goes
@@ -606,6 +635,7 @@ class Attempt:
             outcome = self.controls()
             if outcome:
                 return outcome
+            self.watch_next()
             self.next_controls = now + CONTROLS
         if self.pulled is not None:
             return self.settle_pulled_back()
@@ -793,6 +823,8 @@ class Attempt:
             job.fail(f"{lost}; it will be rendered again", permanent=False)
             return self.done("lost on the node")
         failed = failure(entry)
+        if failed and self.interrupted and failed["type"] == "execution_interrupted":
+            return self.back_to_batch("interrupted when its batch was paused: it renders again when the batch goes on")
         if failed:
             kind = str(failed.get("exception_type") or failed["type"])
             message = str(failed.get("exception_message", "")).strip()
@@ -947,7 +979,7 @@ class Attempt:
         """A cancelled job is interrupted or taken off the node's queue; one still waiting in the
         node's queue is pulled back when the queue is paused or a better job was queued."""
         fields = ("status", "priority", "position", "worker", "claimed")
-        row = RenderJob.objects.filter(pk=self.job.pk).values(*fields).first()
+        row = RenderJob.objects.filter(pk=self.job.pk).values(*fields, "batch__status", "batch__interrupt").first()
         if row is None:
             return self.done("the job was deleted")
         if row["worker"] != self.me:
@@ -956,11 +988,33 @@ class Attempt:
             setattr(self.job, name, row[name])
         if row["status"] == RenderJob.CANCELLED:
             return self.take_off()
+        held = row["batch__status"] in Batch.HELD_BACK
+        if held and row["batch__interrupt"] and row["status"] == RenderJob.RENDERING:
+            self.interrupt()
         if row["status"] != RenderJob.ASSIGNED or self.pulled is not None:
             return ""
-        if Queue.get().paused or self.outranked():
+        if held or Queue.get().paused or self.outranked():
             self.pull_back()
         return ""
+
+    def watch_next(self) -> None:
+        """The job handed on waits in the node's queue behind this one: the user's controls act
+        on it now (taken off when cancelled, pulled back when its batch or the queue is paused),
+        not once this one has ended, when the node may have started it."""
+        following = self.next
+        if following is not None and following.pulled is None and following.controls():
+            self.next = None  # ended here (taken off the node): nothing more to follow
+
+    def interrupt(self) -> None:
+        """Stop the job running on the node (its batch was paused with "interrupt"): it goes back
+        to its batch when the node says it ended (finish)."""
+        if self.interrupted:
+            return
+        try:
+            self.client.interrupt(self.job.prompt_id)
+        except ServiceError:
+            return  # asked again at the next look
+        self.interrupted = True
 
     def outranked(self) -> bool:
         """Whether a runnable job that this node should take was put before this one (queued or
@@ -1087,8 +1141,12 @@ def sweep() -> bool:
         with transaction.atomic():
             if still.update(worker="", heartbeat=Now(), crashes=crashes):
                 enqueue("renders.tasks.attempt", job.pk, job.prompt_id, timeout=RENDER_DEADLINE)
+    Batch.feed()
     if claimable():
         # A feed task claims it and sends it itself; claimed here, it would wait for an attempt
         # task, and race the feed task of the change that made it runnable.
         wake()
-    return RenderJob.objects.filter(status__in=(RenderJob.QUEUED, RenderJob.ASSIGNED, RenderJob.RENDERING)).exists()
+    return (
+        RenderJob.objects.filter(status__in=(RenderJob.QUEUED, RenderJob.ASSIGNED, RenderJob.RENDERING)).exists()
+        or Batch.objects.filter(status=Batch.PAUSING).exists()
+    )

@@ -7,7 +7,7 @@ from django import forms
 from django.urls import reverse
 
 from nodes.models import Capability, Node, none_can_run
-from renders import media, workflows
+from renders import batches, media, workflows
 from renders.models import Template
 
 RESOLUTIONS = [
@@ -388,3 +388,92 @@ def finished_images() -> list[tuple[str, str]]:
         if image:
             choices.append((str(image["path"]), f"{job.prompt[:60]} ({str(job.code)[:8]})"))
     return choices
+
+
+class BatchForm(RenderForm):
+    """A batch: the render settings of its template, and what varies from item to item (seeds, a
+    list of prompts, or a grid of up to three axes). Its items are planned when it is checked
+    (renders.batches), so a preview shows what would be queued, and nothing is made unless all
+    of it is right."""
+
+    name = forms.CharField(max_length=200, required=False, help_text="Left empty, it is named after what it varies.")
+    kind = forms.ChoiceField(
+        choices=[("seeds", "Seed variations"), ("prompts", "Prompt list"), ("grid", "Parameter grid")]
+    )
+    count = forms.CharField(  # type: ignore[assignment]  # checked by renders.batches, with its words
+        label="How many", initial="4", required=False, max_length=12, help_text="Seed variations: 1 to 1,000 images."
+    )
+    sequential = forms.BooleanField(required=False, label="Seeds in a row", help_text="Else random seeds.")
+    start = forms.CharField(required=False, max_length=24, label="Start seed", initial="0")
+    prompts = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 6}),
+        required=False,
+        max_length=batches.MAX_PROMPT_FILE,
+        label="Prompts",
+        help_text="One per line, up to 10,000; blank and repeated lines are left out and reported.",
+    )
+    prompts_file = forms.FileField(
+        required=False, label="…or a text file", help_text="UTF-8, one prompt per line, at most 5 MB."
+    )
+    axis_1 = forms.CharField(
+        required=False,
+        max_length=2000,
+        label="Rows",
+        help_text="As cfg=4,6,8; size=512x512,768x768; prompt=a cat|a dog.",
+    )
+    axis_2 = forms.CharField(required=False, max_length=2000, label="Columns", help_text="As steps=20,30 (optional).")
+    axis_3 = forms.CharField(required=False, max_length=2000, label="Sheets", help_text="A third axis (optional).")
+
+    FIELD_ORDER = ("name", "kind", "template", "prompt", "count", "sequential", "start", "prompts", "prompts_file")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["prompt"].required = False  # a prompt list brings its own
+        self.fields["prompt"].help_text = "Every item's prompt (a prompt list gives its own; a grid may vary it)."
+        self.fields.pop("seed", None)  # each item gets its own
+        self.fields["template"].widget.attrs["hx-get"] = reverse("renders:batches")
+        self.fields["template"].widget.attrs["hx-target"] = "#batch-form"
+        self.fields["template"].widget.attrs["hx-include"] = "#batch-form [name]"
+        self.order_fields(self.FIELD_ORDER)
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        if self.errors:
+            return data
+        template: Template = data["template"]
+        settings = data.get("settings", {})
+        kind = data.get("kind")
+        try:
+            if kind == "seeds":
+                data["items"] = batches.seed_variations(
+                    data.get("prompt", ""),
+                    settings,
+                    template,
+                    count=data.get("count", ""),
+                    sequential=data.get("sequential", False),
+                    start=data.get("start"),
+                )
+                data["summary"] = f"{len(data['items']):,} images of one prompt, each with its own seed."
+            elif kind == "prompts":
+                upload = data.get("prompts_file")
+                text: str | bytes = upload.read(batches.MAX_PROMPT_FILE + 1) if upload else data.get("prompts", "")
+                listed = batches.prompt_list(text)
+                data["items"] = batches.prompt_items(listed, settings, template)
+                data["summary"] = listed.summary()
+            else:
+                axes = [batches.axis(t) for t in (data.get("axis_1"), data.get("axis_2"), data.get("axis_3")) if t]
+                by_name = {t.name: t for t in Template.objects.all()}
+                data["items"] = batches.grid(data.get("prompt", ""), settings, template, axes, by_name)
+                data["axes"] = [{"name": a.name, "values": list(a.shown)} for a in axes]
+                data["summary"] = (
+                    " × ".join(f"{len(a.values)} {a.name}" for a in axes) + f" = {len(data['items']):,} items."
+                )
+        except batches.BatchError as e:
+            field = {"seeds": "count", "prompts": "prompts", "grid": "axis_1"}.get(str(kind))
+            message = str(e)
+            if message.startswith(("The start seed",)):
+                field = "start"
+            elif message.startswith(("The prompt is", "The prompt has")):
+                field = "prompt"
+            self.add_error(field if field in self.fields else None, message)
+        return data

@@ -7,14 +7,14 @@ from typing import Any
 
 from django.conf import settings
 from django.db import models, transaction
-from django.db.models import Q
+from django.db.models import Case, Count, Exists, F, OuterRef, Q, Value, When
 from django.db.models.functions import Now
 from django.utils import timezone
 from django.utils.text import slugify
 
-from nodes.models import Capability, Node, Requirements
+from nodes.models import PREFETCH, Capability, Node, Requirements
 from nodes.pool import TEST_TARGET
-from renders import workflows
+from renders import batches, workflows
 from spoonfeeder.models import Event
 
 
@@ -128,7 +128,8 @@ class JobQuerySet(models.QuerySet["RenderJob"]):
 
 
 class RenderJob(models.Model):
-    QUEUED, ASSIGNED, RENDERING, COMPLETED, FAILED, CANCELLED = (
+    HELD, QUEUED, ASSIGNED, RENDERING, COMPLETED, FAILED, CANCELLED = (
+        "held",
         "queued",
         "assigned",
         "rendering",
@@ -137,6 +138,8 @@ class RenderJob(models.Model):
         "cancelled",
     )
     STATUSES = [
+        # An item of a batch, not yet in the queue: its batch feeds a few at a time (Batch.feed).
+        (HELD, "Waiting in its batch"),
         (QUEUED, "Queued"),
         (ASSIGNED, "Waiting on node"),
         (RENDERING, "Rendering"),
@@ -145,6 +148,8 @@ class RenderJob(models.Model):
         (CANCELLED, "Cancelled"),
     ]
     ENDED = (COMPLETED, FAILED, CANCELLED)
+    WAITING = (HELD, QUEUED)  # not on a node: nothing follows it
+    ON_NODE = (ASSIGNED, RENDERING)
     # What a job that goes back to the queue forgets of its last run.
     NOT_STARTED: dict[str, Any] = {"progress": 0, "step": 0, "steps": 0, "current": ""}
     IMAGE, VIDEO = "image", "video"
@@ -155,6 +160,11 @@ class RenderJob(models.Model):
     # What the render is for: empty for a standalone job; "story:<code>/shot:<n>" for story jobs.
     target = models.CharField(max_length=200, blank=True)
     story = models.CharField(max_length=64, blank=True, db_index=True)
+    # The batch it is an item of, and its place there (fixed when the batch is made).
+    batch = models.ForeignKey("Batch", on_delete=models.SET_NULL, null=True, blank=True, related_name="items")
+    index = models.PositiveIntegerField(default=0)
+    # A grid item's place on the grid: axis -> the value as typed, for the rows and columns.
+    labels = models.JSONField(default=dict, blank=True)
     prompt = models.TextField(blank=True)
     negative = models.TextField(blank=True)
     settings = models.JSONField(default=dict, blank=True)
@@ -214,6 +224,11 @@ class RenderJob(models.Model):
             models.Index(fields=["-priority", "position", "created"], condition=Q(status="queued"), name="job_queued"),
             models.Index(fields=["status", "-created"], name="job_status_created"),
             models.Index(fields=["node", "status"], name="job_node_status"),
+            # A batch's items in order (its page, its feeding: Batch.feed), and its counts.
+            models.Index(fields=["batch", "index"], name="job_batch_index"),
+            models.Index(fields=["batch", "status"], name="job_batch_status"),
+            # The History page: every finished output, newest first.
+            models.Index(fields=["-finished", "-id"], condition=Q(status="completed"), name="job_history"),
         ]
 
     def __str__(self) -> str:
@@ -231,15 +246,30 @@ class RenderJob(models.Model):
             topics.append("dashboard")
             if self.story:  # the story's page shows its renders (progress it polls for)
                 topics.append(f"story-{self.story}")
+            if self.batch_id:
+                topics += ["batches", f"batch-{self.batch_code()}"]
         Event.objects.bulk_create([Event(topic=t, kind=kind, ref=str(self.code)) for t in topics])
+
+    def batch_code(self) -> str:
+        """Its batch's code (a query the first time): the batch's live topic."""
+        if "_batch_code" not in self.__dict__:
+            code = Batch.objects.filter(pk=self.batch_id or 0).values_list("code", flat=True).first()
+            self.__dict__["_batch_code"] = str(code or "")
+        return str(self.__dict__["_batch_code"])
 
     def transition(self, to: str, *, expect: tuple[str, ...], **fields: Any) -> bool:
         """Guarded state change: only from one of `expect`; False if another process moved it. A
         job that leaves the node (queued again, or ended) no longer holds its capacity."""
         if to not in (self.ASSIGNED, self.RENDERING):
             fields.setdefault("capability", None)
+        status: Any = to
+        if to == self.QUEUED and self.batch_id:
+            # An item of a paused batch goes back to it, not to the queue: decided by the row of
+            # the batch as the update finds it, so a pause committed meanwhile is never missed.
+            held_back = Batch.objects.filter(pk=self.batch_id, status__in=Batch.HELD_BACK)
+            status = Case(When(Exists(held_back), then=Value(self.HELD)), default=Value(to))
         with transaction.atomic():
-            done = RenderJob.objects.filter(pk=self.pk, status__in=expect).update(status=to, **fields)
+            done = RenderJob.objects.filter(pk=self.pk, status__in=expect).update(status=status, **fields)
             if done:
                 self.changed(f"job.{to}", finished=to in self.ENDED or any(e in self.ENDED for e in expect))
                 if to == self.QUEUED:
@@ -251,7 +281,10 @@ class RenderJob(models.Model):
         return bool(done)
 
     def retry(self) -> bool:
-        """A failed or cancelled job back to the end of the queue, with its attempts reset."""
+        """A failed or cancelled job back to the end of the queue, with its attempts reset; an
+        item of a batch back to its batch, which feeds it again (Batch.feed)."""
+        if self.batch_id:
+            return Batch.objects.get(pk=self.batch_id).retry([self.pk]) > 0
         return self.transition(
             self.QUEUED,
             expect=(self.FAILED, self.CANCELLED),
@@ -269,7 +302,7 @@ class RenderJob(models.Model):
     def cancel(self) -> bool:
         """Rows first: the job's attempt task interrupts it on the node or takes it off the node's queue."""
         return self.transition(
-            self.CANCELLED, expect=(self.QUEUED, self.ASSIGNED, self.RENDERING), finished=timezone.now()
+            self.CANCELLED, expect=(self.HELD, self.QUEUED, self.ASSIGNED, self.RENDERING), finished=timezone.now()
         )
 
     def release(self) -> None:
@@ -437,6 +470,385 @@ class RenderJob(models.Model):
             if moved:
                 self.changed("job.moved")
         return bool(moved)
+
+
+class BatchQuerySet(models.QuerySet["Batch"]):
+    def with_counts(self) -> BatchQuerySet:
+        """Each batch with how many of its items are done, failed, cancelled, on a node and
+        waiting, counted from the items in the same query (never stored: the rows say it)."""
+
+        def items(*statuses: str) -> Count:
+            return Count("items", filter=Q(items__status__in=statuses))
+
+        return self.annotate(
+            done=items(RenderJob.COMPLETED),
+            failed=items(RenderJob.FAILED),
+            cancelled=items(RenderJob.CANCELLED),
+            on_node=items(*RenderJob.ON_NODE),
+            rendering=items(RenderJob.RENDERING),
+            waiting=items(*RenderJob.WAITING),
+        )
+
+
+class Batch(models.Model):
+    """A set of render jobs made at once: seed variations, a prompt list or a parameter grid.
+    Every item's prompt, seed and settings are fixed when it is made (renders.batches), so any
+    item renders again exactly. Its items wait as HELD jobs and it feeds a few at a time into
+    the queue (Batch.feed), so other work and other batches interleave by priority, and one
+    batch can be paused alone."""
+
+    SEEDS, PROMPTS, GRID = "seeds", "prompts", "grid"
+    KINDS = [(SEEDS, "Seed variations"), (PROMPTS, "Prompt list"), (GRID, "Parameter grid")]
+    PENDING, RUNNING, PAUSING, PAUSED, COMPLETED, FAILED, CANCELLED = (
+        "pending",
+        "running",
+        "pausing",
+        "paused",
+        "completed",
+        "failed",
+        "cancelled",
+    )
+    STATUSES = [
+        (PENDING, "Pending"),
+        (RUNNING, "Running"),
+        # Paused by the user, while its items waiting in nodes' queues are taken back.
+        (PAUSING, "Pausing"),
+        (PAUSED, "Paused"),
+        (COMPLETED, "Completed"),
+        (FAILED, "Completed with failures"),
+        (CANCELLED, "Cancelled"),
+    ]
+    FED = (PENDING, RUNNING)  # its items may be claimed
+    ENDED = (COMPLETED, FAILED, CANCELLED)
+    HELD_BACK = (PAUSING, PAUSED)
+
+    code = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    name = models.CharField(max_length=200)
+    kind = models.CharField(max_length=10, choices=KINDS)
+    template = models.ForeignKey(Template, on_delete=models.PROTECT, related_name="batches")
+    prompt = models.TextField(blank=True)
+    negative = models.TextField(blank=True)
+    settings = models.JSONField(default=dict, blank=True)
+    # A grid's axes in order, each {"name": ..., "values": [as typed]}: its rows and columns.
+    axes = models.JSONField(default=list, blank=True)
+    priority = models.IntegerField(default=0)
+    status = models.CharField(max_length=10, choices=STATUSES, default=PENDING)
+    # Paused with its running items interrupted (they go back to it), not left to finish.
+    interrupt = models.BooleanField(default=False)
+    total = models.PositiveIntegerField(default=0)  # its items, fixed when it is made
+    error = models.TextField(blank=True)
+    created = models.DateTimeField(default=timezone.now)
+    started = models.DateTimeField(null=True, blank=True)
+    finished = models.DateTimeField(null=True, blank=True)
+    changed_at = models.DateTimeField(default=timezone.now)
+
+    objects = BatchQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created", "-id"]
+        indexes = [
+            # Read by Batch.feed at every feed of the pool: the batches that may have work.
+            models.Index(
+                fields=["status"], condition=Q(status__in=("pending", "running", "pausing")), name="batch_live"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def changed(self, kind: str = "batch.changed") -> None:
+        """Its page, the Batches page, and the queue (its items waiting there) are told."""
+        Event.objects.bulk_create(
+            [Event(topic=t, kind=kind, ref=str(self.code)) for t in ("batches", f"batch-{self.code}", "renders")]
+        )
+
+    def set_status(self, to: str, *, expect: tuple[str, ...], **fields: Any) -> bool:
+        """Guarded: only from one of `expect`; False if it stood otherwise (another process, or
+        the user, moved it)."""
+        with transaction.atomic():
+            done = Batch.objects.filter(pk=self.pk, status__in=expect).update(
+                status=to, changed_at=timezone.now(), **fields
+            )
+            if done:
+                self.status = to
+                for name, value in fields.items():
+                    setattr(self, name, value)
+                self.changed(f"batch.{to}")
+        return bool(done)
+
+    # --- making it -------------------------------------------------------------------------------
+
+    @classmethod
+    def make(
+        cls,
+        *,
+        name: str,
+        kind: str,
+        template: Template,
+        items: list[batches.Item],
+        prompt: str = "",
+        negative: str = "",
+        settings: dict[str, Any] | None = None,
+        axes: list[dict[str, Any]] | None = None,
+        priority: int = 0,
+        pin: Node | None = None,
+    ) -> Batch:
+        """The batch and all its items (as held jobs), in one transaction; the pool is fed once
+        it commits. `items` come from renders.batches, checked."""
+        templates = {t.name: t for t in Template.objects.filter(name__in={i.template for i in items if i.template})}
+        kinds: dict[int, str] = {}
+        with transaction.atomic():
+            batch = cls.objects.create(
+                name=name[:200] or f"{cls(kind=kind).get_kind_display()} of {template.name}",
+                kind=kind,
+                template=template,
+                prompt=prompt,
+                negative=negative,
+                settings=settings or {},
+                axes=axes or [],
+                priority=priority,
+                total=len(items),
+            )
+            jobs = []
+            for item in items:
+                t = templates.get(item.template, template)
+                if t.pk not in kinds:
+                    kinds[t.pk] = RenderJob.build(t, {}).kind
+                jobs.append(
+                    RenderJob(
+                        template=t,
+                        kind=kinds[t.pk],
+                        batch=batch,
+                        index=item.index,
+                        labels=item.labels,
+                        prompt=item.prompt,
+                        negative=negative,
+                        settings=item.settings,
+                        work=work_of(item.settings),
+                        priority=priority,
+                        pin=pin,
+                        status=RenderJob.HELD,
+                    )
+                )
+            RenderJob.objects.bulk_create(jobs, batch_size=500)
+            batch.changed("batch.created")
+            wake()
+        return batch
+
+    # --- feeding the queue -----------------------------------------------------------------------
+
+    @staticmethod
+    def feed() -> int:
+        """Keep each batch that runs WINDOW of its items in the queue or on a node (the next in
+        its order, at the end of the queue at its priority), hold again what a paused batch has
+        in the queue, settle pauses and finish batches whose items have all ended; the number of
+        items put in the queue. Called at every feed of the pool (renders.dispatch.feed) and by
+        the sweeper: one query when no batch may have work."""
+        live = list(Batch.objects.filter(status__in=(*Batch.FED, Batch.PAUSING)).values_list("pk", "status"))
+        if not live:
+            return 0
+        if any(status == Batch.PAUSING for _, status in live):
+            Batch.settle_pauses()
+        fed = [pk for pk, status in live if status in Batch.FED]
+        if not fed:
+            return 0
+        window = Batch.window()
+        counts = dict(
+            RenderJob.objects.filter(batch__in=fed)
+            .exclude(status__in=RenderJob.ENDED)
+            .values_list("batch")
+            .annotate(n=Count("id"), held=Count("id", filter=Q(status=RenderJob.HELD)))
+            .values_list("batch", "n")
+        )
+        in_queue = dict(
+            RenderJob.objects.filter(batch__in=fed, status__in=(RenderJob.QUEUED, *RenderJob.ON_NODE))
+            .values_list("batch")
+            .annotate(n=Count("id"))
+            .values_list("batch", "n")
+        )
+        released = 0
+        for batch in Batch.objects.filter(pk__in=fed).order_by("-priority", "created", "id"):
+            if not counts.get(batch.pk):
+                batch.finish()
+                continue
+            need = window - in_queue.get(batch.pk, 0)
+            if need > 0:
+                released += batch.release(need)
+        return released
+
+    @staticmethod
+    def window() -> int:
+        """Items of one batch in the queue or on a node at once: as many as the pool's ComfyUIs
+        take (each its limit plus the one waiting in its queue), so the batch alone keeps every
+        node busy, and work queued behind it waits for no more than that."""
+        caps = Capability.objects.usable(Capability.COMFYUI).values_list("limit", flat=True)
+        return max(sum(limit + PREFETCH for limit in caps), 1)
+
+    def release(self, n: int) -> int:
+        """Its next `n` held items into the queue, at its end at the batch's priority."""
+        ids = list(
+            self.items.filter(status=RenderJob.HELD).order_by("index").values_list("pk", "index")[:n]  # type: ignore[misc]
+        )
+        if not ids:
+            return 0
+        with transaction.atomic():
+            base = RenderJob.last_position() - ids[0][1]
+            done = RenderJob.objects.filter(pk__in=[pk for pk, _ in ids], status=RenderJob.HELD).update(
+                status=RenderJob.QUEUED, position=F("index") + base, priority=self.priority, moved=Now()
+            )
+            if done:
+                Event.emit("renders", "job.queued")
+                if self.status == Batch.PENDING:
+                    self.set_status(Batch.RUNNING, expect=(Batch.PENDING,), started=timezone.now())
+                else:
+                    self.changed("batch.fed")
+        return done
+
+    def finish(self) -> bool:
+        """Every item has ended: completed, or completed with failures (a failed item never stops
+        its batch; "retry failed" takes it up again)."""
+        failed = self.items.filter(status=RenderJob.FAILED).count()
+        error = f"{failed} of its {self.total} items failed: retry them, or look at each" if failed else ""
+        to = Batch.FAILED if failed else Batch.COMPLETED
+        busy = self.items.exclude(status__in=RenderJob.ENDED)
+        with transaction.atomic():
+            done = (
+                Batch.objects.filter(pk=self.pk, status__in=Batch.FED)
+                .filter(~Exists(busy))
+                .update(status=to, error=error, finished=timezone.now(), changed_at=timezone.now())
+            )
+            if done:
+                self.status = to
+                self.changed(f"batch.{to}")
+        return bool(done)
+
+    @staticmethod
+    def settle_pauses() -> None:
+        """A pausing batch is paused once none of its items waits in a node's queue (each taken
+        back by its attempt: renders.dispatch.Attempt.controls): from then on nothing of it
+        starts on any node."""
+        waiting = RenderJob.objects.filter(batch=OuterRef("pk"), status=RenderJob.ASSIGNED, capability__isnull=False)
+        for batch in Batch.objects.filter(status=Batch.PAUSING).filter(~Exists(waiting)):
+            with transaction.atomic():
+                # Sent back to the queue meanwhile (a retry, a node's fault): held again.
+                batch.items.filter(status=RenderJob.QUEUED).update(status=RenderJob.HELD)
+                batch.set_status(Batch.PAUSED, expect=(Batch.PAUSING,))
+
+    # --- the user's controls ---------------------------------------------------------------------
+
+    def pause(self, *, interrupt: bool = False) -> str:
+        """Nothing more of it starts: its queued items are held, those waiting in a node's queue
+        taken back; the running ones finish, or are interrupted and go back to it. "" if it
+        paused, else why not."""
+        if self.status not in (*Batch.FED, Batch.PAUSING):
+            return f"{self.name} is {self.get_status_display().lower()}: there is nothing to pause."
+        with transaction.atomic():
+            if not self.set_status(Batch.PAUSING, expect=(*Batch.FED, Batch.PAUSING), interrupt=interrupt):
+                return f"{self.name} changed meanwhile: look again."
+            if self.items.filter(status=RenderJob.QUEUED).update(status=RenderJob.HELD):
+                Event.emit("renders", "job.held")
+        Batch.settle_pauses()
+        return ""
+
+    def resume(self) -> str:
+        if self.status not in Batch.HELD_BACK:
+            if self.status == Batch.CANCELLED:
+                return f"{self.name} was cancelled: retry its items to render them after all."
+            return f"{self.name} is {self.get_status_display().lower()}, not paused: there is nothing to resume."
+        with transaction.atomic():
+            to = Batch.RUNNING if self.started else Batch.PENDING
+            if not self.set_status(to, expect=Batch.HELD_BACK, interrupt=False):
+                return f"{self.name} changed meanwhile: look again."
+            wake()
+        return ""
+
+    def cancel(self) -> str:
+        """Its waiting items cancelled, those on a node taken off or interrupted there (by their
+        attempts); what has finished stays."""
+        if self.status in Batch.ENDED:
+            return f"{self.name} has ended ({self.get_status_display().lower()}): there is nothing to cancel."
+        now = timezone.now()
+        with transaction.atomic():
+            if not self.set_status(Batch.CANCELLED, expect=(*Batch.FED, *Batch.HELD_BACK), finished=now):
+                return f"{self.name} changed meanwhile: look again."
+            waiting = self.items.filter(status__in=RenderJob.WAITING)
+            if waiting.update(status=RenderJob.CANCELLED, finished=now, capability=None):
+                Event.emit("renders", "job.cancelled")
+                Event.emit("renders-done", "job.cancelled")
+        for job in self.items.filter(status__in=RenderJob.ON_NODE):
+            job.cancel()
+        return ""
+
+    def retry(self, only: list[int] | None = None) -> int:
+        """Its failed items (or those of `only` that failed or were cancelled) back to it, their
+        attempts reset, and the batch running again; how many."""
+        again = self.items.filter(status=RenderJob.FAILED)
+        if only is not None:
+            again = self.items.filter(pk__in=only, status__in=(RenderJob.FAILED, RenderJob.CANCELLED))
+        with transaction.atomic():
+            n = again.update(
+                status=RenderJob.HELD,
+                attempts=0,
+                crashes=0,
+                error="",
+                not_before=None,
+                node=None,
+                finished=None,
+                outputs=[],
+                **RenderJob.NOT_STARTED,
+            )
+            if n:
+                Batch.objects.filter(pk=self.pk, status__in=(*Batch.ENDED,)).update(
+                    status=Batch.RUNNING if self.started else Batch.PENDING,
+                    error="",
+                    finished=None,
+                    changed_at=timezone.now(),
+                )
+                self.refresh_from_db(fields=["status", "error", "finished"])
+                self.changed("batch.retried")
+                Event.emit("renders-done", "job.retried")
+                wake()
+        return n
+
+    def set_priority(self, priority: int) -> None:
+        """Its items waiting take the new priority (those on a node go on)."""
+        with transaction.atomic():
+            Batch.objects.filter(pk=self.pk).update(priority=priority, changed_at=timezone.now())
+            self.items.filter(status__in=RenderJob.WAITING).update(priority=priority, moved=Now())
+            self.priority = priority
+            self.changed("batch.priority")
+            wake()
+
+    def delete_with(self, *, outputs: bool) -> str:
+        """Delete it once nothing of it is on a node: its unfinished items go; its finished ones
+        go too with their files (`outputs`), or stay as jobs of their own, in the History. "" if
+        deleted, else why not."""
+        on_node = self.items.filter(status__in=RenderJob.ON_NODE).count()
+        if on_node:
+            return (
+                f"{on_node} of its items {'are' if on_node != 1 else 'is'} on a node: cancel the batch first, "
+                "then delete it once they have come off."
+            )
+        from renders import media
+
+        with transaction.atomic():
+            gone = self.items.all() if outputs else self.items.exclude(status=RenderJob.COMPLETED)
+            files = [job_outputs for job_outputs in gone.values_list("outputs", flat=True)] if outputs else []
+            gone.delete()
+            code = str(self.code)
+            self.delete()
+            Event.objects.bulk_create(
+                [Event(topic=t, kind="batch.deleted", ref=code) for t in ("batches", "renders", "renders-done")]
+            )
+        for listed in files:  # after the commit: a file gone is never a row left pointing at it
+            media.forget(listed)
+        return ""
+
+    # --- what its pages show ---------------------------------------------------------------------
+
+    def progress(self) -> float:
+        done = getattr(self, "done", 0) + getattr(self, "failed", 0) + getattr(self, "cancelled", 0)
+        return done / self.total if self.total else 0.0
 
 
 def wake() -> None:
