@@ -61,6 +61,7 @@ bench: $(VENV)/.test-installed
 	$(BIN)/python bench/render_queue.py
 	$(BIN)/python bench/stories.py
 	$(BIN)/python bench/batches.py
+	$(BIN)/python bench/batch_pages.py
 	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) $(BIN)/python bench/event_latency.py
 	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) $(BIN)/python bench/engine.py
 

@@ -824,7 +824,11 @@ class Attempt:
             return self.done("lost on the node")
         failed = failure(entry)
         if failed and self.interrupted and failed["type"] == "execution_interrupted":
-            return self.back_to_batch("interrupted when its batch was paused: it renders again when the batch goes on")
+            if not outputs_of(entry):
+                return self.back_to_batch(
+                    "interrupted when its batch was paused: it renders again when the batch goes on"
+                )
+            failed = None  # interrupted after its outputs were saved: it rendered, and is kept
         if failed:
             kind = str(failed.get("exception_type") or failed["type"])
             message = str(failed.get("exception_message", "")).strip()

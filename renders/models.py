@@ -657,12 +657,6 @@ class Batch(models.Model):
             RenderJob.objects.filter(batch__in=fed)
             .exclude(status__in=RenderJob.ENDED)
             .values_list("batch")
-            .annotate(n=Count("id"), held=Count("id", filter=Q(status=RenderJob.HELD)))
-            .values_list("batch", "n")
-        )
-        in_queue = dict(
-            RenderJob.objects.filter(batch__in=fed, status__in=(RenderJob.QUEUED, *RenderJob.ON_NODE))
-            .values_list("batch")
             .annotate(n=Count("id"))
             .values_list("batch", "n")
         )
@@ -670,10 +664,8 @@ class Batch(models.Model):
         for batch in Batch.objects.filter(pk__in=fed).order_by("-priority", "created", "id"):
             if not counts.get(batch.pk):
                 batch.finish()
-                continue
-            need = window - in_queue.get(batch.pk, 0)
-            if need > 0:
-                released += batch.release(need)
+            else:
+                released += batch.release(window)
         return released
 
     @staticmethod
@@ -684,14 +676,21 @@ class Batch(models.Model):
         caps = Capability.objects.usable(Capability.COMFYUI).values_list("limit", flat=True)
         return max(sum(limit + PREFETCH for limit in caps), 1)
 
-    def release(self, n: int) -> int:
-        """Its next `n` held items into the queue, at its end at the batch's priority."""
-        ids = list(
-            self.items.filter(status=RenderJob.HELD).order_by("index").values_list("pk", "index")[:n]  # type: ignore[misc]
-        )
-        if not ids:
-            return 0
+    def release(self, window: int) -> int:
+        """Its next held items into the queue, at its end at the batch's priority, until `window`
+        of its items are in the queue or on a node; how many."""
         with transaction.atomic():
+            # One feeder at a time per batch (the row locked on PostgreSQL; SQLite's write lock is
+            # taken as the transaction begins): two that counted at once would both fill the window.
+            Batch.objects.select_for_update().filter(pk=self.pk).values_list("pk").first()
+            out = self.items.filter(status__in=(RenderJob.QUEUED, *RenderJob.ON_NODE)).count()
+            if out >= window:
+                return 0
+            ids = list(
+                self.items.filter(status=RenderJob.HELD).order_by("index").values_list("pk", "index")[: window - out]  # type: ignore[misc]
+            )
+            if not ids:
+                return 0
             base = RenderJob.last_position() - ids[0][1]
             done = RenderJob.objects.filter(pk__in=[pk for pk, _ in ids], status=RenderJob.HELD).update(
                 status=RenderJob.QUEUED, position=F("index") + base, priority=self.priority, moved=Now()
