@@ -339,7 +339,9 @@ def make_batch(form: BatchForm) -> Batch:
 def batch_list(page: str = "1") -> dict[str, Any]:
     """A page of batches, newest first, each with its counts and an ETA: a few queries whatever
     the number of batches or items."""
-    shown = Paginator(Batch.objects.select_related("template").with_counts(), BATCHES_PAGE).get_page(page)
+    shown = Paginator(
+        Batch.objects.select_related("template").with_counts().order_by("-created", "-id"), BATCHES_PAGE
+    ).get_page(page)
     batch_etas(list(shown))
     return {"batches": shown}
 
