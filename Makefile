@@ -62,6 +62,7 @@ bench: $(VENV)/.test-installed
 	$(BIN)/python bench/stories.py
 	$(BIN)/python bench/batches.py
 	$(BIN)/python bench/batch_pages.py
+	$(BIN)/python bench/batch_runs.py
 	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) $(BIN)/python bench/event_latency.py
 	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) $(BIN)/python bench/engine.py
 

@@ -85,15 +85,16 @@ def run() -> None:
 
 
 @contextmanager
-def pool(knobs: list[dict[str, Any]], logs: Path) -> Iterator[list[tuple[Capability, Sim]]]:
-    """One simulated ComfyUI per entry of `knobs`, each a Node with an online ComfyUI capability."""
+def pool(knobs: list[dict[str, Any]], logs: Path, net: str = NET) -> Iterator[list[tuple[Capability, Sim]]]:
+    """One simulated ComfyUI per entry of `knobs` (on net.1, net.2, ...), each a Node with an
+    online ComfyUI capability."""
     from nodes.models import Capability, Node
 
     sims: list[Sim] = []
     made: list[tuple[Capability, Sim]] = []
     try:
         for i, k in enumerate(knobs):
-            sim = Sim("comfyui", f"{NET}.{i + 1}", k, logs)
+            sim = Sim("comfyui", f"{net}.{i + 1}", k, logs)
             sims.append(sim)
             node = Node.objects.create(name=f"sim {i + 1}", host=sim.host, simulated=True)
             cap = Capability.objects.create(node=node, kind=Capability.COMFYUI, port=sim.port, status=Capability.ONLINE)
@@ -102,7 +103,7 @@ def pool(knobs: list[dict[str, Any]], logs: Path) -> Iterator[list[tuple[Capabil
     finally:
         for sim in sims:
             sim.child.stop(grace=10)
-        Node.objects.filter(host__startswith=f"{NET}.").delete()
+        Node.objects.filter(host__startswith=f"{net}.").delete()
 
 
 WORKERS = 12  # the pool's slots (4 nodes x limit 1 + prefetch 1) and a few for short tasks

@@ -36,6 +36,8 @@ AXES: dict[str, str | None] = {
     "prompt": "positive",
     "template": None,
 }
+# The settings an axis sets on its items (the batch's own value of them is not every item's).
+SETS = {"size": ("width", "height"), "lora": ("lora", "loras"), "lora_strength": ("lora", "loras")}
 
 
 class BatchError(ValueError):

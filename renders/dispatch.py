@@ -266,6 +266,8 @@ class PoolView:
     # (job, template, work, pinned node, node to avoid), in dispatch order
     queued: Sequence[tuple[int, int, float, int | None, int | None]]
     node_of: dict[int, int]  # capability -> its node
+    # A held item (of a batch that runs) -> (its batch, its template): work not in the queue yet.
+    held: dict[int, tuple[int, int]] = dataclasses.field(default_factory=dict)
     plans: dict[int, set[int]] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -283,12 +285,19 @@ class PoolView:
         mean = mean_rates(rates)
         for c, t, units, progress in active.values_list("node__capabilities__pk", "template_id", "work", "progress"):
             backlog[c] += units * (1 - progress) * rates.get((c, t), mean.get(c, 0.0))
-        queued = list(
-            RenderJob.objects.runnable()
-            .in_dispatch_order()
-            .values_list("pk", "template_id", "work", "pin_id", "avoid_id")[:PLAN_AHEAD]
+        fields = ("pk", "template_id", "work", "pin_id", "avoid_id", "priority", "batch_id")
+        queued = list(RenderJob.objects.runnable().in_dispatch_order().values_list(*fields)[:PLAN_AHEAD])
+        # A running batch's held items are queued work too, only not in the queue yet (it is fed
+        # a window at a time): each comes after what is queued at its priority.
+        held = list(
+            RenderJob.objects.filter(status=RenderJob.HELD, batch__status__in=Batch.FED)
+            .order_by("-priority", "batch__created", "batch_id", "index")
+            .values_list(*fields)[: PLAN_AHEAD - len(queued)]
         )
-        return cls(rates, set(node_of), backlog, queued, node_of)
+        if held:
+            queued = sorted(queued + held, key=lambda row: -row[5])  # stable: each kept in its order
+        planned = [row[:5] for row in queued]
+        return cls(rates, set(node_of), backlog, planned, node_of, {row[0]: (row[6], row[1]) for row in held})
 
     def plan(self, cap: Capability) -> set[int]:
         """The queued jobs this node would render if every job, in dispatch order, went to the
@@ -320,6 +329,11 @@ class PoolView:
             self.plans[cap.pk] = mine
         return self.plans[cap.pk]
 
+    def batch_work(self, cap: Capability) -> set[tuple[int, int]]:
+        """(batch, template) of the held items the plan gives this node: any item of that batch
+        and template in the queue now stands for one of them (the window lets in only the first)."""
+        return {self.held[pk] for pk in self.plan(cap) if pk in self.held}
+
 
 def mean_rates(rates: dict[tuple[int, int], float]) -> dict[int, float]:
     per_cap: dict[int, list[float]] = {}
@@ -342,7 +356,7 @@ def worth_it(cap: Capability, job: RenderJob, view: PoolView | None = None) -> b
     if (cap.pk, job.template_id) not in view.rates:
         return True  # never rendered this template here: render, and so measure
     planned = view.plan(cap)
-    if job.pk in planned:
+    if job.pk in planned or (job.batch_id, job.template_id) in view.batch_work(cap):
         return True
     # Beyond the plan's horizon, or a job the plan did not see (queued since): keep busy.
     return job.pk not in view.seen
@@ -1014,6 +1028,9 @@ class Attempt:
         to its batch when the node says it ended (finish)."""
         if self.interrupted:
             return
+        # Its batch's items waiting behind it are taken off first: else the node starts one the
+        # moment this one stops.
+        take_back(self.job.batch_id, self.cap)
         try:
             self.client.interrupt(self.job.prompt_id)
         except ServiceError:
@@ -1105,6 +1122,28 @@ class Attempt:
             return ""  # the delete has not taken yet: again at the next look
         self.job.release()
         return self.done("cancelled")
+
+
+def take_back(batch_pk: int | None, only: Capability | None = None) -> int:
+    """A paused batch's items waiting in nodes' queues (on `only`, else on any node), taken off
+    them at once: a node would start one the moment its running job ends, before that item's
+    attempt looks at the controls. Their attempts find them gone and give them back (pull_back);
+    a node that cannot be asked is asked again by them. How many were asked off."""
+    waiting = RenderJob.objects.filter(batch=batch_pk, status=RenderJob.ASSIGNED, capability__isnull=False)
+    if only is not None:
+        waiting = waiting.filter(capability=only)
+    by_cap: dict[int, list[str]] = {}
+    for cap_pk, prompt_id in waiting.exclude(client_id="").values_list("capability", "prompt_id"):
+        by_cap.setdefault(cap_pk, []).append(prompt_id)
+    asked = 0
+    for cap in [only] if only is not None else Capability.objects.filter(pk__in=by_cap).select_related("node"):
+        if by_cap.get(cap.pk):
+            try:
+                ComfyUI(cap.url, timeout=NODE_TIMEOUT).delete_queued(by_cap[cap.pk])
+            except ServiceError:
+                continue
+            asked += len(by_cap[cap.pk])
+    return asked
 
 
 def over_cap() -> str:

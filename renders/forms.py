@@ -429,7 +429,11 @@ class BatchForm(RenderForm):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.fields["prompt"].required = False  # a prompt list brings its own
-        self.fields["prompt"].help_text = "Every item's prompt (a prompt list gives its own; a grid may vary it)."
+        if self.fields["prompt"].label == "Name":  # a template without a prompt: the text names the items
+            self.fields["prompt"].label = "Items' name"
+            self.fields["prompt"].help_text = "This template takes no prompt: the text only names the batch's items."
+        else:
+            self.fields["prompt"].help_text = "Every item's prompt (a prompt list gives its own; a grid may vary it)."
         self.fields.pop("seed", None)  # each item gets its own
         self.fields["template"].widget.attrs["hx-get"] = reverse("renders:batches")
         self.fields["template"].widget.attrs["hx-target"] = "#batch-form"

@@ -562,6 +562,11 @@ class Batch(models.Model):
             [Event(topic=t, kind=kind, ref=str(self.code)) for t in ("batches", f"batch-{self.code}", "renders")]
         )
 
+    def fixed_settings(self) -> dict[str, Any]:
+        """Its settings that every item has: those no axis of its grid varies."""
+        varied = {name for a in self.axes for name in batches.SETS.get(a["name"], (a["name"],))}
+        return {k: v for k, v in self.settings.items() if k not in varied}
+
     def set_status(self, to: str, *, expect: tuple[str, ...], **fields: Any) -> bool:
         """Guarded: only from one of `expect`; False if it stood otherwise (another process, or
         the user, moved it)."""
@@ -670,11 +675,12 @@ class Batch(models.Model):
 
     @staticmethod
     def window() -> int:
-        """Items of one batch in the queue or on a node at once: as many as the pool's ComfyUIs
+        """Items of one batch in the queue or on a node at once: twice what the pool's ComfyUIs
         take (each its limit plus the one waiting in its queue), so the batch alone keeps every
-        node busy, and work queued behind it waits for no more than that."""
+        node busy (a node with room finds one of its items in the queue, whichever node freed
+        the last one), and work queued behind it waits for no more than that."""
         caps = Capability.objects.usable(Capability.COMFYUI).values_list("limit", flat=True)
-        return max(sum(limit + PREFETCH for limit in caps), 1)
+        return max(2 * sum(limit + PREFETCH for limit in caps), 1)
 
     def release(self, window: int) -> int:
         """Its next held items into the queue, at its end at the batch's priority, until `window`
@@ -746,6 +752,10 @@ class Batch(models.Model):
                 return f"{self.name} changed meanwhile: look again."
             if self.items.filter(status=RenderJob.QUEUED).update(status=RenderJob.HELD):
                 Event.emit("renders", "job.held")
+            if self.items.filter(status=RenderJob.ASSIGNED, capability__isnull=False).exclude(client_id="").exists():
+                from spoonfeeder.tasks import enqueue
+
+                enqueue("renders.tasks.take_back", self.pk, timeout=30, routine=True)
         Batch.settle_pauses()
         return ""
 

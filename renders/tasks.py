@@ -18,3 +18,8 @@ def feed() -> str:
 def attempt(job_pk: int, prompt_id: str) -> str:
     """Send one job to the node it was claimed for and follow it to its end."""
     return dispatch.attempt(job_pk, prompt_id)
+
+
+def take_back(batch_pk: int) -> str:
+    """A batch was paused: its items waiting in nodes' queues come off them now."""
+    return f"asked {dispatch.take_back(batch_pk)} item(s) off their nodes"

@@ -13,7 +13,7 @@ from django.contrib import messages
 from django.core.paginator import Paginator
 from django.db import transaction
 from django.db.models import F, QuerySet, Sum
-from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+from django.http import HttpRequest, HttpResponse, QueryDict, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils.dateparse import parse_date
@@ -280,7 +280,8 @@ ITEMS_PAGE = 100
 def batches(request: HtmxHttpRequest) -> HttpResponse:
     """The Batches page: every batch with its progress and controls, and the form that makes one
     (previewed first: what it would queue, and how many)."""
-    posted = request.method == "POST"
+    carried = request.method == "POST" and "as_batch" in request.POST
+    posted = request.method == "POST" and not carried
     form = BatchForm(request.POST, request.FILES) if posted else BatchForm(**batch_start(request))
     if request.htmx and not posted and "template" in request.GET:
         return render(request, "renders/batches.html#batch-form", {"form": form})
@@ -292,7 +293,11 @@ def batches(request: HtmxHttpRequest) -> HttpResponse:
             message += f" No online ComfyUI can run it yet ({lacking}): it waits until one can."
         messages.success(request, message)
         return redirect("renders:batch", code=batch.code)
-    context = {**batch_list(request.GET.get("page", "1")), "form": form, "form_open": posted or bool(request.GET)}
+    context = {
+        **batch_list(request.GET.get("page", "1")),
+        "form": form,
+        "form_open": posted or carried or bool(request.GET),
+    }
     if posted and form.is_valid():  # a preview
         context["preview"] = preview(form)
     return render(request, "renders/batches.html", context, status=400 if form.errors else 200)
@@ -301,6 +306,8 @@ def batches(request: HtmxHttpRequest) -> HttpResponse:
 def batch_start(request: HttpRequest) -> dict[str, Any]:
     """An empty batch form: fitted to the template chosen in it, or "more like this" of a job
     (its template, prompt and settings)."""
+    if request.method == "POST":  # the render dialog's "As a batch…": what was typed there
+        return carried_over(request.POST)
     start = form_start(request)
     like = request.GET.get("like", "")
     job = RenderJob.objects.select_related("template").filter(code=like).first() if is_uuid(like) else None
@@ -312,6 +319,19 @@ def batch_start(request: HttpRequest) -> dict[str, Any]:
     if "template" in start:
         start["initial"].update({k: request.GET[k] for k in BatchForm.FIELD_ORDER if request.GET.get(k)})
     return start
+
+
+def carried_over(posted: QueryDict) -> dict[str, Any]:
+    """The render dialog's settings as the start of a batch of seed variations of them (a file
+    chosen there is not carried: an image already kept is)."""
+    chosen = posted.get("template", "")
+    template = Template.objects.filter(pk=chosen).first() if chosen.isdigit() else None
+    if template is None:
+        return {}
+    skipped = {"csrfmiddlewaretoken", "as_batch", "template", "seed", "count", "image"}
+    initial: dict[str, Any] = {k: v for k, v in posted.items() if k not in skipped and v != ""}
+    initial.update(kind="seeds", count="8")
+    return {"template": template, "initial": initial}
 
 
 def preview(form: BatchForm) -> dict[str, Any]:

@@ -266,6 +266,29 @@ def test_more_like_this_opens_the_form_with_the_job_settings(logged_in: Client, 
     assert "a blue lighthouse" in page and 'value="8"' in page
 
 
+def test_the_render_dialogs_settings_go_on_as_a_batch_and_nothing_is_queued(logged_in: Client, templates: None) -> None:
+    """ "As a batch…" in the Render queue's dialog opens the batch form with what was typed there,
+    as seed variations; nothing is queued until that form is sent."""
+    queue_page = logged_in.get(reverse("renders:index")).content.decode()
+    assert 'name="as_batch"' in queue_page
+    typed = {**form(), "prompt": "a red kite over <b>dunes</b>", "resolution": "256x256", "seed": "42", "as_batch": "1"}
+    typed.pop("kind")
+    page = logged_in.post(reverse("renders:batches"), typed)
+    text = page.content.decode()
+    assert page.status_code == 200
+    assert "a red kite over &lt;b&gt;dunes&lt;/b&gt;" in text and 'value="42"' not in text
+    assert 'value="8"' in text and "<details" in text and "errorlist" not in text
+    assert not RenderJob.objects.exists() and not Batch.objects.exists()
+
+
+def test_a_finished_item_offers_reproduce_and_vary(logged_in: Client, templates: None, settings: Any) -> None:
+    batch = make(n=2)
+    finish(batch, Path(settings.MEDIA_ROOT))
+    code = str(batch.items.first().code)
+    page = logged_in.get(reverse("renders:batch", args=[batch.code])).content.decode()
+    assert f"?reuse={code}" in page and f"?like={code}" in page
+
+
 def test_the_batch_command_makes_lists_shows_and_controls(templates: None, tmp_path: Path) -> None:
     out = StringIO()
     call_command(
