@@ -649,7 +649,6 @@ class Attempt:
             outcome = self.controls()
             if outcome:
                 return outcome
-            self.watch_next()
             self.next_controls = now + CONTROLS
         if self.pulled is not None:
             return self.settle_pulled_back()
@@ -921,7 +920,7 @@ class Attempt:
                         error=f"could not store the outputs ({e.strerror or e}); trying again in {wait:.0f} s"
                     )
                     self.job.changed("job.storage")
-                time.sleep(wait)
+                self.wait_watching_next(wait)
                 wait = min(wait * 2, COPY_RETRY[1])
         now = timezone.now()
         job = self.job
@@ -1015,10 +1014,19 @@ class Attempt:
             self.pull_back()
         return ""
 
+    def wait_watching_next(self, seconds: float) -> None:
+        """Wait, acting on the user's controls of the job handed on meanwhile (it may be waiting
+        in the node's queue, or running there, for as long as this copy is retried)."""
+        until = time.monotonic() + seconds
+        while (left := until - time.monotonic()) > 0:
+            self.watch_next()
+            with work.interruptible():
+                time.sleep(min(left, CONTROLS))
+
     def watch_next(self) -> None:
-        """The job handed on waits in the node's queue behind this one: the user's controls act
-        on it now (taken off when cancelled, pulled back when its batch or the queue is paused),
-        not once this one has ended, when the node may have started it."""
+        """The user's controls act on the job handed on while this one's copy is retried (taken
+        off the node when cancelled, pulled back or interrupted when its batch is paused), not
+        only once this one is complete."""
         following = self.next
         if following is not None and following.pulled is None and following.controls():
             self.next = None  # ended here (taken off the node): nothing more to follow

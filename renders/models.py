@@ -658,18 +658,24 @@ class Batch(models.Model):
         if not fed:
             return 0
         window = Batch.window()
-        counts = dict(
-            RenderJob.objects.filter(batch__in=fed)
+        # Per batch: its items held, and those in the queue or on a node (one query for all).
+        counts = {
+            pk: (held, out)
+            for pk, held, out in RenderJob.objects.filter(batch__in=fed)
             .exclude(status__in=RenderJob.ENDED)
             .values_list("batch")
-            .annotate(n=Count("id"))
-            .values_list("batch", "n")
-        )
+            .annotate(
+                held=Count("id", filter=Q(status=RenderJob.HELD)),
+                out=Count("id", filter=Q(status__in=(RenderJob.QUEUED, *RenderJob.ON_NODE))),
+            )
+            .values_list("batch", "held", "out")
+        }
         released = 0
         for batch in Batch.objects.filter(pk__in=fed).order_by("-priority", "created", "id"):
-            if not counts.get(batch.pk):
+            held, out = counts.get(batch.pk, (0, 0))
+            if not held and not out:
                 batch.finish()
-            else:
+            elif held and out < window:  # else nothing to let in: no lock taken, no query more
                 released += batch.release(window)
         return released
 

@@ -439,6 +439,55 @@ def test_a_full_media_disk_for_a_while_is_waited_out_and_nothing_is_rendered_aga
         assert (job.attempts, job.crashes, job.error, executions(sim, job)) == (1, 0, "", 1)
 
 
+def in_queue(sim: Any, prompt_id: str) -> bool:
+    """Whether the simulated node holds the prompt in its queue, not started."""
+    return any(item[1] == prompt_id for item in list(sim.state.pending))
+
+
+def test_the_job_handed_on_is_taken_off_the_node_when_cancelled_while_the_copy_before_it_waits_for_disk(
+    cluster: Cluster, node: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker waiting out a full disk for one job's outputs acts on the user's controls of the
+    job it handed on meanwhile: cancelled, that job comes off the node's queue at once, before
+    the node gets to it."""
+    _, sim = node
+    sim.knobs.seconds_per_node = 1.0
+    monkeypatch.setattr(dispatch, "COPY_RETRY", (0.2, 0.5))
+    full = threading.Event()
+    full.set()
+    collect = dispatch.media.collect
+
+    def copy(*args: Any, **kwargs: Any) -> Any:
+        if full.is_set():
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return collect(*args, **kwargs)
+
+    monkeypatch.setattr(dispatch.media, "collect", copy)
+    first, *others = queue("test-still-image-slow", n=3)
+    wait_until(lambda: "No space left" in RenderJob.objects.get(pk=first.pk).error, 60, "the disk to be full")
+    copying = RenderJob.objects.get(pk=first.pk).worker
+
+    def handed_on() -> RenderJob | None:
+        jobs = RenderJob.objects.filter(pk__in=[j.pk for j in others], worker=copying).exclude(client_id="")
+        return next((j for j in jobs if in_queue(sim, j.prompt_id)), None)
+
+    waiting = wait_until(handed_on, 30, "a job handed on to the worker copying the first, in the node's queue")
+    [running] = [j for j in others if j.pk != waiting.pk]
+    assert waiting.cancel()
+
+    def taken_off() -> bool:
+        on_node = sim.state.running is not None and sim.state.running[1] == waiting.prompt_id
+        return not in_queue(sim, waiting.prompt_id) and not on_node
+
+    wait_until(taken_off, 10, "the cancelled job off the node's queue")
+    assert status(running) == "rendering" and full.is_set()  # the node had not got to it; the copy still waits
+    full.clear()
+    for job in (first, running):
+        wait_status(job, "completed", timeout=60)
+        assert executions(sim, job) == 1
+    assert status(waiting) == "cancelled" and waiting.prompt_id not in sim.state.history
+
+
 def test_a_job_no_node_has_the_classes_for_waits_saying_what_each_lacks(
     cluster: Cluster, node: Any, admin_client: Any
 ) -> None:
