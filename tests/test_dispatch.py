@@ -409,12 +409,10 @@ def test_a_prompt_comfyui_accepts_with_a_branch_dropped_says_so_on_the_job(clust
     assert executions(sim, job) == 1
 
 
-def test_a_full_media_disk_for_a_while_is_waited_out_and_nothing_is_rendered_again(
-    cluster: Cluster, node: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A copy our disk refuses (ENOSPC) is tried again, with the job still on its attempt: when
-    space comes back every job completes, rendered once, none failed or quarantined."""
-    _, sim = node
+@pytest.fixture
+def full(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
+    """The media disk full (every copy of outputs refused with ENOSPC) until the event is cleared;
+    copies tried again every few tenths of a second."""
     monkeypatch.setattr(dispatch, "COPY_RETRY", (0.1, 0.3))
     full = threading.Event()
     full.set()
@@ -426,6 +424,15 @@ def test_a_full_media_disk_for_a_while_is_waited_out_and_nothing_is_rendered_aga
         return collect(*args, **kwargs)
 
     monkeypatch.setattr(dispatch.media, "collect", copy)
+    return full
+
+
+def test_a_full_media_disk_for_a_while_is_waited_out_and_nothing_is_rendered_again(
+    cluster: Cluster, node: Any, full: threading.Event
+) -> None:
+    """A copy our disk refuses (ENOSPC) is tried again, with the job still on its attempt: when
+    space comes back every job completes, rendered once, none failed or quarantined."""
+    _, sim = node
     jobs = queue(n=3)
     wait_until(
         lambda: "could not store the outputs (No space left on device)" in RenderJob.objects.get(pk=jobs[0].pk).error,
@@ -445,24 +452,13 @@ def in_queue(sim: Any, prompt_id: str) -> bool:
 
 
 def test_the_job_handed_on_is_taken_off_the_node_when_cancelled_while_the_copy_before_it_waits_for_disk(
-    cluster: Cluster, node: Any, monkeypatch: pytest.MonkeyPatch
+    cluster: Cluster, node: Any, full: threading.Event
 ) -> None:
     """The worker waiting out a full disk for one job's outputs acts on the user's controls of the
     job it handed on meanwhile: cancelled, that job comes off the node's queue at once, before
     the node gets to it."""
     _, sim = node
     sim.knobs.seconds_per_node = 1.0
-    monkeypatch.setattr(dispatch, "COPY_RETRY", (0.2, 0.5))
-    full = threading.Event()
-    full.set()
-    collect = dispatch.media.collect
-
-    def copy(*args: Any, **kwargs: Any) -> Any:
-        if full.is_set():
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return collect(*args, **kwargs)
-
-    monkeypatch.setattr(dispatch.media, "collect", copy)
     first, *others = queue("test-still-image-slow", n=3)
     wait_until(lambda: "No space left" in RenderJob.objects.get(pk=first.pk).error, 60, "the disk to be full")
     copying = RenderJob.objects.get(pk=first.pk).worker
