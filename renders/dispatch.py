@@ -26,7 +26,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Exists, Q
+from django.db.models import Exists, OuterRef, Q
 from django.db.models.functions import Now
 from django.template.defaultfilters import filesizeformat
 from django.utils import timezone
@@ -215,8 +215,11 @@ def next_job(cap: Capability, worker: str = "", *, alone: bool | None = None) ->
 
 
 def fed() -> Q:
-    """A job of no batch, or of one that feeds the queue (not paused, not ended)."""
-    return Q(batch=None) | Q(batch__status__in=Batch.FED)
+    """A job of no batch, or of one that feeds the queue (not paused, not ended). Its batch is
+    looked up by a subquery of the row itself, never a join: Django makes an update with a join
+    `id IN (SELECT ...)`, which PostgreSQL does not check again against a row another claimer has
+    just changed, so two guarded claims of one job would both succeed."""
+    return Q(batch=None) | Q(Exists(Batch.objects.filter(pk=OuterRef("batch_id"), status__in=Batch.FED)))
 
 
 def best_fit(cap: Capability, exclude: set[int] | None = None, alone: bool | None = None) -> RenderJob | None:

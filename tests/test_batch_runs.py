@@ -9,17 +9,18 @@ import contextlib
 import os
 import random
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from django.db import transaction
+from django.db import connections, transaction
 
 from nodes.models import Capability, Node
 from nodes.sim.comfyui import SimComfyUI
-from renders import batches
+from renders import batches, dispatch
 from renders.management.commands.load_templates import load
 from renders.models import Batch, Queue, RenderJob, Template
 from spoonfeeder.models import Event
@@ -113,7 +114,12 @@ def other_work_runs_and_nothing_of_the_batch_starts(sims: list[SimComfyUI], batc
 def all_ran_once(sims: list[SimComfyUI], batch: Batch) -> None:
     items = list(RenderJob.objects.filter(batch=batch))
     counted = {job.index: runs(sims, job) for job in items if job.status == RenderJob.COMPLETED}
-    assert counted and all(n == 1 for n in counted.values()), counted
+    wrong = {
+        job.index: (counted[job.index], job.attempts, job.crashes, job.error)
+        for job in items
+        if counted.get(job.index, 1) != 1
+    }
+    assert counted and not wrong, f"items that did not run once (runs, attempts, crashes, error): {wrong}"
 
 
 def test_a_batch_renders_every_item_once_feeding_a_few_at_a_time(cluster: Cluster, pool: list[SimComfyUI]) -> None:
@@ -410,3 +416,56 @@ def test_a_batch_survives_a_killed_cluster_and_a_stack_killed_while_pausing_and_
     finally:
         for sim in sims:
             sim.close()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_claims_of_one_batch_item_at_once_give_it_to_one() -> None:
+    """The guarded claim of a batch item, made by two processes at once (one waiting on the other's
+    lock, as two nodes' feeds do on PostgreSQL): the second finds it claimed and changes nothing.
+    (An update that joined the batch's row checked the first's change too late, and both claimed
+    it under different prompt ids: the item rendered twice.)"""
+    load()
+    [item] = make(1).items.all()
+    RenderJob.objects.filter(pk=item.pk).update(status=RenderJob.QUEUED)
+    first_holds, release = threading.Event(), threading.Event()
+    results: dict[str, int] = {}
+
+    def claim(name: str, hold: bool) -> None:
+        try:
+            with transaction.atomic():
+                results[name] = (
+                    RenderJob.objects.filter(pk=item.pk, status=RenderJob.QUEUED)
+                    .filter(dispatch.fed())
+                    .update(status=RenderJob.ASSIGNED, prompt_id=name)
+                )
+                if hold:
+                    first_holds.set()
+                    release.wait(20)
+        finally:
+            connections.close_all()
+
+    first = threading.Thread(target=claim, args=("first", True))
+    first.start()
+    assert first_holds.wait(10)
+    second = threading.Thread(target=claim, args=("second", False))
+    second.start()
+    # The first commits once the second waits for the row it holds (SQLite: for its write lock).
+    wait_until(lambda: not POSTGRES or waiting_for_a_lock(), 10, "the second claim to wait")
+    release.set()
+    first.join(20)
+    second.join(20)
+    assert results == {"first": 1, "second": 0}
+    assert RenderJob.objects.get(pk=item.pk).prompt_id == "first"
+
+
+POSTGRES = bool(os.environ.get("DATABASE_URL"))
+
+
+def waiting_for_a_lock() -> bool:
+    """Whether another session of this database waits for a row lock (PostgreSQL)."""
+    with connections["default"].cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
+        )
+        return bool(cursor.fetchone()[0])
