@@ -61,12 +61,15 @@ def run() -> None:
             Batch.make(name=f"batch {i}", kind=Batch.SEEDS, template=template, items=items)
         big = Batch.objects.get(total=10_000)
         now = timezone.now()
-        jobs = [
-            RenderJob(template=template, prompt=f"history {i}", status=RenderJob.COMPLETED, finished=now, work=1)
-            for i in range(100_000 - RenderJob.objects.count())
-        ]
-        RenderJob.objects.bulk_create(jobs, batch_size=2000)
         RenderJob.objects.filter(batch=big, index__lt=5000).update(status=RenderJob.COMPLETED, finished=now)
+        # The History's rows: 100,000 finished outputs in all, each with its file and thumbnail.
+        jobs = []
+        for i in range(100_000 - RenderJob.objects.filter(status=RenderJob.COMPLETED).count()):
+            job = RenderJob(template=template, prompt=f"history {i}", status=RenderJob.COMPLETED, finished=now, work=1)
+            base = f"renders/{str(job.code)[:2]}/{job.code}"
+            job.outputs = [{"path": f"{base}/00.png", "kind": "image", "thumbnail": f"{base}/00.png.thumb.jpg"}]
+            jobs.append(job)
+        RenderJob.objects.bulk_create(jobs, batch_size=2000)
         ok = seeds <= 1 and grid <= 5
         for label, path in (
             (f"Batches page ({Batch.objects.count()} batches)", "/renders/batches/"),

@@ -151,6 +151,23 @@ def pause(logs: Path) -> None:
     )
 
 
+def committing(batch: Batch) -> list[float]:
+    """When the transaction that next changes the batch's status commits (time.time()), noted by
+    a hook on that transaction, once it has."""
+    from django.db import transaction
+
+    when: list[float] = []
+    change = batch.set_status
+
+    def noted(*args: Any, **kwargs: Any) -> bool:
+        transaction.on_commit(lambda: when.append(time.time()))
+        batch.set_status = change  # type: ignore[method-assign]
+        return change(*args, **kwargs)
+
+    batch.set_status = noted  # type: ignore[method-assign]
+    return when
+
+
 def pause_round(
     batch: Batch, sims: list[Sim], template: Template, round_: int, after: int, codes: set[str], others: set[str]
 ) -> bool:
@@ -158,8 +175,6 @@ def pause_round(
     (interrupting its running items in the second round) until that work has rendered, then
     resumed; whether nothing of it started after the pause and other work started within 1 s.
     The other jobs' codes are added to `others`."""
-    from django.db import transaction
-
     from renders.models import Batch, RenderJob
 
     def completed() -> bool:
@@ -173,13 +188,11 @@ def pause_round(
     batch.refresh_from_db()
     interrupt = round_ == 1
     on_node = batch.items.filter(status__in=RenderJob.ON_NODE).count()
-    click, committed = time.time(), [0.0]
-    with transaction.atomic():
-        refused = batch.pause(interrupt=interrupt)
-        transaction.on_commit(lambda: committed.append(time.time()))
+    click, committed = time.time(), committing(batch)
+    refused = batch.pause(interrupt=interrupt)
     if refused:
         raise BenchError(f"the pause was refused: {refused}")
-    commit = committed[-1]
+    commit = committed[0]
 
     def paused() -> bool:
         return Batch.objects.filter(pk=batch.pk, status=Batch.PAUSED).exists()
@@ -202,6 +215,10 @@ def pause_round(
         f"(between the click and the commit {len(after_click) - len(after_commit)}); interrupted {interrupted}; "
         f"commit -> first other job started {(first_other - commit) * 1000:.0f} ms"
     )
+    for code, start, _, how in after_commit:  # what slipped through, against the commit
+        job = RenderJob.objects.get(code=code)
+        at = {k: round((t.timestamp() - commit) * 1000) for k, t in (("claimed", job.claimed), ("sent", job.sent)) if t}
+        print(f"    started after the commit: {(start - commit) * 1000:.0f} ms after it ({how}); {at} ms")
     if batch.resume():
         raise BenchError("the resume was refused")
     return not after_commit and not after_paused and first_other - commit <= 1.0

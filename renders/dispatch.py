@@ -828,6 +828,8 @@ class Attempt:
             job.release()
             return self.done("cancelled")
         entry = where.entry
+        if entry is None and Batch.objects.filter(items=job.pk, status__in=Batch.HELD_BACK).exists():
+            return self.back_to_batch("taken off its node's queue when its batch was paused")
         if entry is None:
             # In neither /queue nor /history, for longer than an entry can lag: it never ran (taken
             # off the node's queue), or the server restarted and forgot it. Not done, either way.
@@ -1135,7 +1137,7 @@ class Attempt:
         return self.done("cancelled")
 
 
-def take_back(batch_pk: int | None, only: Capability | None = None) -> int:
+def take_back(batch_pk: int | None, only: Capability | None = None, timeout: float = NODE_TIMEOUT) -> int:
     """A paused batch's items waiting in nodes' queues (on `only`, else on any node), taken off
     them at once: a node would start one the moment its running job ends, before that item's
     attempt looks at the controls. Their attempts find them gone and give them back (pull_back);
@@ -1150,7 +1152,7 @@ def take_back(batch_pk: int | None, only: Capability | None = None) -> int:
     for cap in [only] if only is not None else Capability.objects.filter(pk__in=by_cap).select_related("node"):
         if by_cap.get(cap.pk):
             try:
-                ComfyUI(cap.url, timeout=NODE_TIMEOUT).delete_queued(by_cap[cap.pk])
+                ComfyUI(cap.url, timeout=timeout).delete_queued(by_cap[cap.pk])
             except ServiceError:
                 continue
             asked += len(by_cap[cap.pk])

@@ -753,6 +753,13 @@ class Batch(models.Model):
         paused, else why not."""
         if self.status not in (*Batch.FED, Batch.PAUSING):
             return f"{self.name} is {self.get_status_display().lower()}: there is nothing to pause."
+        from renders.dispatch import take_back  # the dispatcher builds on this module
+
+        # Its items waiting in nodes' queues come off them just before the pause is committed,
+        # and again just after (any sent meanwhile): a node whose running job ends at that moment
+        # starts none of them after the pause. Their attempts find them gone and give them back
+        # to it, uncounted. Briefly: a node slow to answer is left to the task queued below.
+        take_back(self.pk, timeout=1.0)
         with transaction.atomic():
             if not self.set_status(Batch.PAUSING, expect=(*Batch.FED, Batch.PAUSING), interrupt=interrupt):
                 return f"{self.name} changed meanwhile: look again."
@@ -762,6 +769,7 @@ class Batch(models.Model):
                 from spoonfeeder.tasks import enqueue
 
                 enqueue("renders.tasks.take_back", self.pk, timeout=30, routine=True)
+        take_back(self.pk, timeout=1.0)
         Batch.settle_pauses()
         return ""
 
