@@ -397,6 +397,13 @@ def test_a_batch_survives_a_killed_cluster_and_a_stack_killed_while_pausing_and_
         def completed() -> int:
             return batch.items.filter(status=RenderJob.COMPLETED).count()
 
+        def held_by_the_second() -> bool:
+            theirs = {str(pid) for pid in stack_tree(second.popen.pid)} if second.popen else set()
+            workers = batch.items.exclude(worker="").values_list("worker", flat=True)
+            return any(w.split(":")[1] in theirs for w in workers)
+
+        # The second cluster takes its share: items followed by its workers.
+        wait_until(held_by_the_second, 60, "an item followed by the second cluster")
         wait_until(lambda: completed() >= 10, 60, "10 items")
         kill_tree(second)
         wait_until(lambda: completed() >= 20, 60, "20 items after the second cluster died")
