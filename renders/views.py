@@ -41,7 +41,7 @@ def index(request: HtmxHttpRequest) -> HttpResponse:
         # Another template chosen in the form: the form again, fitted to it.
         return render(request, "renders/queue.html#render-form", {"form": form})
     if posted and form.is_valid():
-        created = queue_jobs(form)
+        created = len(queue_jobs(form))
         message = f"Queued {created} render job{'s' if created != 1 else ''}."
         lacking = form.unrunnable.get(form.cleaned_data["template"].pk)
         if lacking and not form.cleaned_data.get("node"):
@@ -89,13 +89,14 @@ def reused(job: RenderJob) -> dict[str, Any]:
     return initial
 
 
-def queue_jobs(form: RenderForm) -> int:
+def queue_jobs(form: RenderForm) -> list[RenderJob]:
     data = form.cleaned_data
     template = data["template"]
     with transaction.atomic():
         position = RenderJob.last_position()
+        jobs = []
         for i in range(data["count"]):
-            RenderJob.build(
+            job = RenderJob.build(
                 template,
                 data["settings"],
                 prompt=data["prompt"],
@@ -103,9 +104,11 @@ def queue_jobs(form: RenderForm) -> int:
                 priority=data["priority"],
                 position=position + i,
                 pin=data.get("node"),
-            ).save()
+            )
+            job.save()
+            jobs.append(job)
         RenderJob.announce_queued()
-    return int(data["count"])
+    return jobs
 
 
 @require_POST

@@ -160,6 +160,11 @@ RENDER_BACKOFF = config.env_number("SPOONFEEDER_RENDER_BACKOFF", 5, minimum=0)
 MAX_REST = config.env_number("SPOONFEEDER_MAX_REST", 60, minimum=1)
 # A node that does not answer for this long has its running jobs retried elsewhere.
 RENDER_NODE_TIMEOUT = config.env_number("SPOONFEEDER_RENDER_NODE_TIMEOUT", 30, minimum=1)
+# Scheduled tasks (scheduling/fire.py): a due time later than this when the minute's tick looks
+# was missed (Spoon Feeder was not running), and follows the task's rule for missed runs. A retry
+# of a failed run waits SCHEDULE_BACKOFF seconds, doubling with each try.
+SCHEDULE_GRACE = config.env_number("SPOONFEEDER_SCHEDULE_GRACE", 300, minimum=60)
+SCHEDULE_BACKOFF = config.env_number("SPOONFEEDER_SCHEDULE_BACKOFF", 60, minimum=1)
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},

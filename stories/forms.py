@@ -3,6 +3,7 @@ from __future__ import annotations
 from typing import Any
 
 from django import forms
+from django.db import transaction
 
 from nodes.models import Capability
 from renders.forms import RenderForm
@@ -176,6 +177,15 @@ class StoryForm(RenderForm):
             reference_template=data["reference_template"] if data["references"] else None,
             render_settings=data["settings"],
         )
+
+    def start(self) -> Story:
+        """The story saved and its first steps queued once the caller's transaction commits (the
+        Stories page, `manage.py story create`, a scheduled run)."""
+        with transaction.atomic():
+            story = self.save()
+            story.changed("story.created")
+            transaction.on_commit(lambda: graph.advance(story.pk))
+        return story
 
 
 def default_template(mode: str) -> Template | None:

@@ -28,10 +28,7 @@ CSRF_INPUT = re.compile(r'<input type="hidden" name="csrfmiddlewaretoken" value=
 def index(request: HtmxHttpRequest) -> HttpResponse:
     form = StoryForm(request.POST if request.method == "POST" else None)
     if request.method == "POST" and form.is_valid():
-        with transaction.atomic():
-            story = form.save()
-            story.changed("story.created")
-        graph.advance(story.pk)
+        story = form.start()
         messages.success(
             request,
             "Story started: each step runs on an Ollama node as soon as what it needs is written; "

@@ -69,9 +69,7 @@ class Command(BaseCommand):
         form = RenderForm({k: v for k, v in data.items() if v is not None})
         if not form.is_valid():
             raise CommandError("; ".join(f"{f}: {' '.join(map(str, e))}" for f, e in form.errors.items()))
-        queue_jobs(form)
-        job = RenderJob.objects.order_by("-id").first()
-        assert job is not None
+        job = queue_jobs(form)[0]
         self.stdout.write(f"Queued job {job.code}.")
         lacking = form.unrunnable.get(template.pk)
         if lacking and pin is None:

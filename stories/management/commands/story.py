@@ -15,7 +15,6 @@ from typing import Any
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from django.db import transaction
 from django.utils import timezone
 
 from renders.models import Template
@@ -148,10 +147,7 @@ class Command(BaseCommand):
             if not data["model"]:
                 errors["--model"] = "no Ollama node has reported a model yet: add one on the Nodes page, or name one"
             raise CommandError("; ".join(f"{f}: {e}" for f, e in errors.items()))
-        with transaction.atomic():
-            story = form.save()
-            story.changed("story.created")
-        graph.advance(story.pk)
+        story = form.start()
         self.write(f"Story {story.code} created.")
         return story
 
