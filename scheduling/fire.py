@@ -43,8 +43,8 @@ def tick(now: datetime | None = None) -> str:
     for task in ScheduledTask.objects.filter(enabled=True, next_run__lte=now).order_by("next_run"):
         try:
             fired += fire_due(task, now)
-        except cron.CronError as e:  # a time zone gone from this machine's database since
-            log.error("scheduled task %s: %s", task.name, e)
+        except Exception as e:  # one task's fault (a time zone gone from this machine since) stops no other
+            log.exception("scheduled task %s could not fire: %s", task.name, e)
     followed = follow(now)
     return f"fired {fired} run(s); {followed}"
 

@@ -73,7 +73,9 @@ class ScheduleForm(forms.ModelForm):
         self.fields["kind"].widget.attrs.update(refit())
         self.fields["wait_minutes"].validators.append(lambda v: limit(v, 1, 1440, "minutes"))
         self.fields["retries"].validators.append(lambda v: limit(v, 0, 10, "retries"))
-        if self.instance.pk and not self.is_bound:
+        if self.kind() != ScheduledTask.BATCH:
+            del self.fields["until"]  # only a batch has unfinished items to pause
+        elif self.instance.pk and not self.is_bound:
             self.initial["until"] = self.instance.settings.get("until", "")
 
     def kind(self) -> str:

@@ -259,3 +259,30 @@ def test_the_schedule_command_refuses_bad_input_and_saves_nothing(
     with pytest.raises(CommandError, match=message):
         command(*args)
     assert ScheduledTask.objects.count() == 0
+
+
+def test_the_live_fragments_are_the_page_partials(logged_in: Client, templates: None, sent: list[int]) -> None:
+    import re
+
+    from scheduling import live
+    from spoonfeeder import live as topics
+
+    logged_in.post(reverse("scheduling:new"), batch_form())
+    task = ScheduledTask.objects.get()
+    fire.run_now(task)
+    assert topics.known("schedules") and topics.known(f"schedule-{task.code}")
+
+    def unsigned(html: str) -> str:
+        return re.sub(r'<input type="hidden" name="csrfmiddlewaretoken"[^>]*>', "", html)
+
+    with time_machine.travel(timezone.now(), tick=False):
+        listed, page = live.list_fragments(), logged_in.get(reverse("scheduling:index")).content.decode()
+        pushed, detail = (
+            live.task_fragments(str(task.code)),
+            logged_in.get(reverse("scheduling:task", args=[task.code])),
+        )
+    part = re.search(r'<section id="task-list".*?</section>', page, re.S)
+    assert part and unsigned(part.group(0)) == unsigned(listed).strip()
+    runs = re.search(r'<section id="schedule-runs".*?</section>', detail.content.decode(), re.S)
+    assert runs and unsigned(runs.group(0)) in unsigned(pushed) and "Run now." in pushed
+    assert live.task_fragments("5b0e9a2c-0000-4000-8000-000000000000") == ""

@@ -5,6 +5,7 @@ Time is travelled (time-machine); the runs' tasks are run here, one by one, as a
 
 from __future__ import annotations
 
+import importlib
 import threading
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -387,3 +388,92 @@ def test_a_cleanup_shows_what_it_would_delete_and_deletes_just_that(templates: N
         fire.run_now(t)
         assert work(sent) == ["Deleted 1 finished render, 1 file (2.0 KB)."]
     assert RenderJob.objects.count() == 3
+
+
+def kind_settings(kind: str, **fields: Any) -> dict[str, Any]:
+    """A kind's form as its page first shows it (a template's own settings), with `fields`."""
+    form = kinds.form_class(kind)(
+        **({"template": Template.objects.get(name=fields["template"])} if "template" in fields else {})
+    )
+    values = {name: form[name].value() for name in form.fields}
+    settings = {n: getattr(v, "pk", v) for n, v in values.items() if v is not None and v != "" and v is not False}
+    settings.update({k: (Template.objects.get(name=v).pk if k == "template" else v) for k, v in fields.items()})
+    return {k: str(v) if not isinstance(v, bool | list) else v for k, v in settings.items()}
+
+
+@pytest.mark.django_db
+def test_a_story_run_starts_its_story_and_ends_with_it(templates: None, sent: list[int]) -> None:
+    from stories.models import Story
+
+    t = task(kind=ScheduledTask.STORY, settings=kind_settings("story", idea="A lighthouse keeper", model="m:1"))
+    fire.run_now(t)
+    assert work(sent)[0].startswith("Started the story ")
+    run = ScheduledRun.objects.get(task=t)
+    assert run.status == "running" and run.story is not None and run.story.idea == "A lighthouse keeper"
+    fire.follow(timezone_now())
+    assert ScheduledRun.objects.get(pk=run.pk).status == "running"
+    Story.objects.filter(pk=run.story_id).update(state=Story.FAILED)
+    fire.follow(timezone_now())
+    run.refresh_from_db()
+    assert (run.status, run.error) == ("failed", f"The story {run.story} failed: see its page.")
+
+
+@pytest.mark.django_db
+def test_a_render_run_queues_its_jobs_and_ends_when_they_have(templates: None, sent: list[int]) -> None:
+    t = task(
+        kind=ScheduledTask.RENDER, settings=kind_settings("render", template="sdxl-still", prompt="a fox", count=2)
+    )
+    fire.run_now(t)
+    assert work(sent) == ["Queued 2 render jobs."]
+    run = ScheduledRun.objects.get(task=t)
+    jobs = RenderJob.objects.filter(code__in=run.result["jobs"])
+    assert jobs.count() == 2 and run.job in jobs and {j.prompt for j in jobs} == {"a fox"}
+    jobs.filter(pk=run.job_id).update(status=RenderJob.COMPLETED)
+    fire.follow(timezone_now())
+    assert ScheduledRun.objects.get(pk=run.pk).status == "running"
+    jobs.update(status=RenderJob.FAILED)
+    fire.follow(timezone_now())
+    run.refresh_from_db()
+    assert (run.status, run.error, run.attempts) == ("failed", "0 of 2 render jobs completed.", 1)
+
+
+@pytest.mark.django_db
+def test_one_broken_task_does_not_stop_the_others_firing(sent: list[int], caplog: Any) -> None:
+    with time_machine.travel(at(2027, 1, 1, 1), tick=False):
+        broken = task(name="broken", cron="0 2 * * *")
+        fine = task(name="fine", cron="0 2 * * *")
+    ScheduledTask.objects.filter(pk=broken.pk).update(time_zone="Gone/Zone")
+    with time_machine.travel(at(2027, 1, 1, 2, 0, 10), tick=False):
+        fire.tick()
+    assert runs(fine) == [("01-01 02:00", "pending", "")]
+    assert "broken" in caplog.text and "is not a time zone" in caplog.text
+
+
+def timezone_now() -> datetime:
+    from django.utils import timezone
+
+    return timezone.now()
+
+
+def test_the_system_schedule_fires_the_tick_on_the_real_cluster(stack: Any) -> None:
+    """The wiring end to end: django-q2's schedule row queues the tick, a worker of a real
+    cluster runs it, and the tick queues the due task's run, which that cluster runs too."""
+    from django.apps import apps as django_apps
+    from django.utils import timezone
+    from django_q.brokers import get_broker
+    from django_q.models import Schedule
+    from django_q.scheduler import scheduler
+
+    from tests.conftest import wait_until
+
+    t = task(kind=ScheduledTask.HEALTH, settings={"nodes": [], "full": False})
+    ScheduledTask.objects.filter(pk=t.pk).update(next_run=timezone.now() - timedelta(seconds=5))
+    # The migration's schedule row (a transactional test before this one may have flushed it).
+    importlib.import_module("scheduling.migrations.0001_scheduled_tasks").add_schedule(django_apps, None)
+    Schedule.objects.filter(func="scheduling.tasks.tick").update(next_run=timezone.now() - timedelta(seconds=1))
+    stack.worker()
+    scheduler(broker=get_broker())  # as the cluster's guard does about every 30 s
+    wait_until(lambda: ScheduledRun.objects.filter(task=t, status=ScheduledRun.FAILED).exists(), 60, "the run to end")
+    run = ScheduledRun.objects.get(task=t)
+    assert run.error == "There are no nodes to check: add one on the Nodes page." and run.worker
+    assert ScheduledTask.objects.get(pk=t.pk).next_run > timezone.now()

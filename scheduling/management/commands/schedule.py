@@ -53,14 +53,9 @@ class Command(BaseCommand):
             return self.add(o)
         if action == "list":
             for task in ScheduledTask.objects.order_by("name"):
-                last = (
-                    f"last {task.last_status} {task.last_run_at:%Y-%m-%d %H:%M}" if task.last_run_at else "not run yet"
-                )
-                self.stdout.write(
-                    f"{task.name}\t{task.get_kind_display()}\t{task.described()}\t"
-                    f"{'next ' + timezone.localtime(task.next_run).strftime('%Y-%m-%d %H:%M') if task.next_run else 'disabled'}"
-                    f"\t{last}"
-                )
+                last = f"last {task.last_status} {task.last_local:%Y-%m-%d %H:%M}" if task.last_local else "not run yet"
+                upcoming = f"next {task.next_local:%Y-%m-%d %H:%M}" if task.next_local else "disabled"
+                self.stdout.write(f"{task.name}\t{task.get_kind_display()}\t{task.described()}\t{upcoming}\t{last}")
             return None
         found = ScheduledTask.objects.filter(name=o["name"]).first()
         if found is None:
