@@ -50,7 +50,12 @@ class ScheduleForm(forms.ModelForm):
             "wait_minutes",
             "retries",
         ]
-        labels = {"cron": "Schedule", "only_online": "Only when a ComfyUI node is online", "retries": "Retries"}
+        labels = {
+            "kind": "What it runs",
+            "cron": "Schedule",
+            "only_online": "Only when a ComfyUI node is online",
+            "retries": "Retries",
+        }
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -152,7 +152,7 @@ def start(run: ScheduledRun) -> Started:
     if task.kind == ScheduledTask.STORY:
         run.story = form.start()  # type: ignore[attr-defined]
         return Started(f"Started the story {run.story}.", ended=False)
-    return Started("Checking the nodes…" if task.kind == ScheduledTask.HEALTH else "Cleaning up…", ended=False)
+    return Started("", ended=False)  # it says what it did when it has done it
 
 
 def work(run: ScheduledRun) -> Started:

@@ -26,8 +26,8 @@ class ScheduledTask(models.Model):
         (RENDER, "Render"),
     ]
     SKIP, ONCE, ALLOW = "skip", "once", "allow"
-    MISSED = [(SKIP, "Skip the runs missed"), (ONCE, "Run once when back")]
-    OVERLAP = [(SKIP, "Skip while the previous run runs"), (ALLOW, "Run anyway")]
+    MISSED = [(SKIP, "Skip them"), (ONCE, "Run once when back")]
+    OVERLAP = [(SKIP, "Skip while one runs"), (ALLOW, "Run anyway")]
 
     code = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
     name = models.CharField(max_length=200, unique=True)

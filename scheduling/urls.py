@@ -11,5 +11,6 @@ urlpatterns = [
     path("<uuid:code>/", views.detail, name="task"),
     path("<uuid:code>/edit/", views.edit, name="edit"),
     path("<uuid:code>/runs/", views.run_list, name="runs"),
+    path("<uuid:code>/delete/", views.delete, name="delete"),
     path("<uuid:code>/<str:what>/", views.action, name="action"),
 ]

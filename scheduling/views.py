@@ -156,20 +156,27 @@ def action(request: HtmxHttpRequest, code: str, what: str) -> HttpResponse:
     if what in ("enable", "disable"):
         task.set_enabled(what == "enable")
         return done(request, f"{task.name} {'enabled' if task.enabled else 'disabled'}: {next_words(task)}", to)
-    if what == "delete":
-        with transaction.atomic():
-            name = task.name
-            unfinished = task.unfinished().count()
-            task.changed("schedule.deleted")
-            task.delete()
-        note = (
-            f" Its {unfinished} unfinished run{'s' if unfinished != 1 else ''} stopped; what they made runs on."
-            if unfinished
-            else ""
-        )
-        messages.success(request, f"Deleted {name} and its run history.{note}")
-        return redirect("scheduling:index")
     return HttpResponse(status=404)
+
+
+def delete(request: HttpRequest, code: str) -> HttpResponse:
+    """What deleting the task would do (GET), and the deletion (POST)."""
+    task = get_object_or_404(ScheduledTask, code=code)
+    unfinished = task.unfinished().count()
+    if request.method != "POST":
+        context = {"task": task, "runs": task.runs.count(), "unfinished": unfinished}
+        return render(request, "scheduling/delete.html", context)
+    with transaction.atomic():
+        name = task.name
+        task.changed("schedule.deleted")
+        task.delete()
+    note = (
+        f" Its {unfinished} unfinished run{'s' if unfinished != 1 else ''} stopped; what they made runs on."
+        if unfinished
+        else ""
+    )
+    messages.success(request, f"Deleted {name} and its run history.{note}")
+    return redirect("scheduling:index")
 
 
 def run_list(request: HttpRequest, code: str) -> HttpResponse:

@@ -179,12 +179,12 @@ class StoryForm(RenderForm):
         )
 
     def start(self) -> Story:
-        """The story saved and its first steps queued once the caller's transaction commits (the
-        Stories page, `manage.py story create`, a scheduled run)."""
+        """The story saved and its first steps queued (the Stories page, `manage.py story create`,
+        a scheduled run: in its transaction, so that the story and its link commit together)."""
         with transaction.atomic():
             story = self.save()
             story.changed("story.created")
-            transaction.on_commit(lambda: graph.advance(story.pk))
+        graph.advance(story.pk)
         return story
 
 

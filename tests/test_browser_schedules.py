@@ -3,7 +3,8 @@ cluster on the test database): a health check scheduled through the form, whose 
 form fitted to it and whose cron helper says the expression in words with its next five runs as it
 is typed (and what is wrong with a bad one), a preset followed by the helper; then, on the task's
 page, Run now with its run history filled in live, and the Disable button, seen on the task's page
-and on the list.
+and on the list, whose own button enables it again; and Delete…, which asks first on a page of its
+own.
 
 There are no nodes on the test database: a health check's run fails, saying so, which is what the
 run history must show.
@@ -45,25 +46,27 @@ def screenshot(page: Page, name: str) -> None:
 def open_new_form(page: Page) -> None:
     """From the Schedules page, as a person gets there: the menu, then "New scheduled task"."""
     page.get_by_role("navigation", name="Main").get_by_role("link", name="Schedules").click()
-    expect(page).to_have_url(re.compile(r"/schedules/$"))
-    expect(page.locator("h1")).to_have_text("Schedules")
+    expect(page).to_have_url(re.compile(r"/schedules/$"), timeout=QUICK)
+    expect(page.locator("h1")).to_have_text("Schedules", timeout=QUICK)
     page.get_by_role("link", name="New scheduled task").click()
-    expect(page).to_have_url(re.compile(r"/schedules/new/$"))
-    expect(page.locator("h1")).to_have_text("New scheduled task")
+    expect(page).to_have_url(re.compile(r"/schedules/new/$"), timeout=QUICK)
+    expect(page.locator("h1")).to_have_text("New scheduled task", timeout=QUICK)
 
 
 def kind_select(page: Page) -> Locator:
-    """The task's Kind ("When"), not the batch's own Kind ("What it runs") of the batch form."""
+    """What the task runs (a select of "When"), not the batch form's own Kind."""
     select = page.locator("#schedule-form #id_kind")
-    expect(page.locator("#schedule-form label[for=id_kind]")).to_have_text("Kind")
+    expect(page.locator("#schedule-form label[for=id_kind]")).to_have_text("What it runs")
     return select
 
 
 def choose_health_check(page: Page) -> None:
     """Choose the kind: the form is drawn again over htmx, fitted to a health check."""
     form = page.locator("#schedule-form")
-    expect(form.get_by_role("heading", name="What it runs: batch")).to_be_visible()
+    expect(form.get_by_role("heading", name="What it runs: batch")).to_be_visible(timeout=QUICK)
     navigations = watch_navigation(page)
+    # As a person is never quicker than htmx: it has taken the select in hand.
+    page.wait_for_function("() => !!document.querySelector('#schedule-form #id_kind')?.['htmx-internal-data']")
     kind_select(page).select_option(label="Health check")
     expect(form.get_by_role("heading", name="What it runs: health check")).to_be_visible(timeout=QUICK)
     assert_not_reloaded(page, navigations)
@@ -109,7 +112,7 @@ def save(page: Page) -> ScheduledTask:
 
 def assert_saved_page(page: Page, task: ScheduledTask, name: str) -> None:
     expect(page.locator("#messages")).to_contain_text(
-        re.compile(rf"Saved {re.escape(name)}: next run \d{{4}}-\d{{2}}-\d{{2}} \d{{2}}:00 \(UTC\)\.")
+        re.compile(rf"Saved {re.escape(name)}: next run \d{{4}}-\d{{2}}-\d{{2}} \d{{2}}:00 \(UTC\)\."), timeout=QUICK
     )
     head = page.locator("#schedule-head")
     expect(head.locator("h1")).to_contain_text(name)
@@ -145,7 +148,9 @@ def test_a_health_check_is_scheduled_through_the_form_its_cron_said_in_words_as_
 
     # Typed a character at a time, as a person types: the helper says what is still missing...
     schedule.press_sequentially("0 2", delay=60)
-    expect(helper.locator(".message.error")).to_contain_text("That has 2 fields; a cron expression has five", timeout=QUICK)
+    expect(helper.locator(".message.error")).to_contain_text(
+        "That has 2 fields; a cron expression has five", timeout=QUICK
+    )
     expect(helper.locator("ol")).to_have_count(0)
     # ...and, once it is whole, what it means and its next five runs.
     schedule.press_sequentially(" * * *", delay=60)
@@ -237,14 +242,59 @@ def test_run_now_fills_the_run_history_live_and_disable_shows_on_the_task_and_th
     assert (task.enabled, task.next_run) == (False, None)
 
     page.get_by_role("navigation", name="Main").get_by_role("link", name="Schedules").click()
-    expect(page).to_have_url(re.compile(r"/schedules/$"))
+    expect(page).to_have_url(re.compile(r"/schedules/$"), timeout=QUICK)
     row = page.locator(f"#schedule-{task.code}")
-    expect(row).to_have_class(re.compile(r"\bdisabled\b"))
+    expect(row).to_have_class(re.compile(r"\bdisabled\b"), timeout=QUICK)
     expect(row.locator("td").nth(0)).to_have_text("Node check")
     expect(row.locator("td").nth(1)).to_have_text("Health check")
     expect(row.locator("td").nth(2)).to_contain_text("Every hour")
     expect(row.locator("td").nth(3)).to_have_text("disabled")
     expect(row.locator(".status")).to_have_text("Failed")
     expect(row).to_contain_text(NO_NODES)
-    expect(row.get_by_label("Enabled")).not_to_be_checked()
+    expect(row.get_by_role("button", name="Enable", exact=True)).to_be_visible()
     screenshot(page, "schedules-list.png")
+
+    # The list's own button: enabled again from there, the row says when it runs next.
+    expect_live(page, "connected", 10)
+    settled(page)
+    row.get_by_role("button", name="Enable", exact=True).click()
+    expect(page.locator("#messages")).to_contain_text(
+        re.compile(r"Node check enabled: next run \d{4}-\d{2}-\d{2} \d{2}:00 \(UTC\)\."), timeout=QUICK
+    )
+    expect(row).not_to_have_class(re.compile(r"\bdisabled\b"), timeout=QUICK)
+    expect(row.locator("td").nth(3)).to_contain_text(re.compile(r"^\d{4}-\d{2}-\d{2} \d{2}:00 in "), timeout=QUICK)
+    expect(row.get_by_role("button", name="Disable", exact=True)).to_be_visible(timeout=QUICK)
+    task.refresh_from_db()
+    assert task.enabled and task.next_run is not None
+
+
+@pytest.mark.browser
+def test_a_task_is_deleted_from_its_page_only_once_the_question_is_answered(
+    page: Page, stack: Stack, user: User
+) -> None:
+    """Delete… asks first, on a page of its own: kept, nothing happens; confirmed, the list says
+    the task and its history are gone. The task's page is live (its parts have come over the
+    socket) when Delete… is pressed, as it is for anyone who reads the page before deleting."""
+    task = ScheduledTask(name="Weekly check", kind="health", cron="0 0 * * 0", settings={"nodes": [], "full": True})
+    task.plan()
+    task.save()
+    stack.web()
+    log_in(page)
+    page.goto(f"/schedules/{task.code}/")
+    expect(page.locator("#schedule-head h1")).to_contain_text("Weekly check", timeout=QUICK)
+    expect(page.locator("#schedule-head")).to_contain_text("At 00:00, only on Sunday")
+    page.get_by_role("link", name="Delete…").click()
+    expect(page.locator("h1")).to_have_text("Delete the scheduled task Weekly check?", timeout=QUICK)
+    expect(page.locator("main")).to_contain_text("What its runs made (batches, stories, renders) stays.")
+    page.get_by_role("link", name="Keep it").click()
+    expect(page.locator("#schedule-head h1")).to_contain_text("Weekly check", timeout=QUICK)
+    assert ScheduledTask.objects.filter(pk=task.pk).exists()
+
+    expect_live(page, "connected", 10)
+    settled(page)  # the head has come over the socket: its Delete… still leads to the question
+    page.get_by_role("link", name="Delete…").click()
+    page.get_by_role("button", name="Delete the task").click()
+    expect(page).to_have_url(re.compile(r"/schedules/$"), timeout=QUICK)
+    expect(page.locator("#messages")).to_contain_text("Deleted Weekly check and its run history.", timeout=QUICK)
+    expect(page.locator("#task-list")).to_contain_text("No scheduled tasks yet.")
+    assert not ScheduledTask.objects.exists()

@@ -198,7 +198,10 @@ def test_a_task_is_deleted_with_its_history_but_not_what_it_made(
     task = ScheduledTask.objects.get()
     fire.run_now(task)
     fire.execute(sent.pop())
-    response = logged_in.post(reverse("scheduling:action", args=[task.code, "delete"]), follow=True)
+    asked = logged_in.get(reverse("scheduling:delete", args=[task.code])).content.decode()
+    assert "Delete the scheduled task Nightly lighthouses?" in asked and "run history (1 run)" in asked
+    assert ScheduledTask.objects.count() == 1  # asking deletes nothing
+    response = logged_in.post(reverse("scheduling:delete", args=[task.code]), follow=True)
     assert "Deleted Nightly lighthouses and its run history." in response.content.decode()
     assert ScheduledTask.objects.count() == 0 and ScheduledRun.objects.count() == 0
     from renders.models import Batch
