@@ -63,6 +63,7 @@ bench: $(VENV)/.test-installed
 	$(BIN)/python bench/batches.py
 	$(BIN)/python bench/batch_pages.py
 	$(BIN)/python bench/batch_runs.py
+	$(BIN)/python bench/schedule_pages.py
 	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) $(BIN)/python bench/event_latency.py
 	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) $(BIN)/python bench/engine.py
 

@@ -296,6 +296,48 @@ def django_on_sqlite(data: Path) -> None:
     call_command("createcachetable", verbosity=0)
 
 
+@contextmanager
+def database(db: str, data: Path, queue: str = "bench") -> Iterator[str]:
+    """Django set up in this process: on a fresh SQLite database in `data`, or on a throwaway
+    PostgreSQL database (and Redis when REDIS_URL is set, under a queue name of its own, `queue`
+    and this process's id)."""
+    if db == "sqlite":
+        django_on_sqlite(data)
+        yield "SQLite, ORM broker"
+        return
+    url = os.environ.get("DATABASE_URL", "").strip()
+    redis_url = os.environ.get("REDIS_URL", "").strip()
+    name = f"{queue}-{os.getpid()}"
+    with postgres_database(url) as throwaway:
+        os.environ.update(
+            DATABASE_URL=throwaway,
+            SPOONFEEDER_DATA_DIR=str(data),
+            SPOONFEEDER_QUEUE=name,
+            DJANGO_SETTINGS_MODULE="spoonfeeder.settings",
+        )
+        os.environ.setdefault("LOG_LEVEL", "WARNING")
+        import django
+
+        django.setup()
+        from django.core.management import call_command
+        from django.db import connections
+
+        call_command("migrate", verbosity=0)
+        if not redis_url:
+            call_command("createcachetable", verbosity=0)
+        try:
+            yield f"PostgreSQL {'+ Redis' if redis_url else '+ ORM broker'}"
+        finally:
+            connections.close_all()
+            if redis_url:
+                import redis
+
+                r = redis.Redis.from_url(redis_url)
+                for pattern in (f"django_q:{name}:*", f"{name}:*", f"*:{name}:*"):
+                    for key in r.scan_iter(pattern):
+                        r.delete(key)
+
+
 def time_page(path: str, runs: int = 20) -> tuple[float, float, list[int]]:
     """Server time of a page for a logged-in user (median and max ms) and the query counts seen."""
     from django.contrib.auth.models import User

@@ -61,15 +61,14 @@ from bench.common import (  # noqa: E402
     base_env,
     cpu_hog,
     cpu_ticks,
+    database,
     descendants,
-    django_on_sqlite,
     executions,
     executions_line,
     free_port,
     machine,
     main,
     percentile,
-    postgres_database,
     proc_stat,
     process_tree,
     pss_kb,
@@ -152,7 +151,11 @@ def run() -> None:
 
 
 def serve_part(part: str, db: str) -> None:
-    with time_limit(LIMITS[part]), temp_dir(f"sf-bench-engine-{part}-") as data, database(db, data) as mode:
+    with (
+        time_limit(LIMITS[part]),
+        temp_dir(f"sf-bench-engine-{part}-") as data,
+        database(db, data, "bench-engine") as mode,
+    ):
         from renders.management.commands.load_templates import load
 
         load()
@@ -170,47 +173,6 @@ def serve_part(part: str, db: str) -> None:
             busy(net, logs, data)
         elif part == "scaleout":
             scaleout(net, logs)
-
-
-@contextmanager
-def database(db: str, data: Path) -> Iterator[str]:
-    """Django set up in this process: on a fresh SQLite database in `data`, or on a throwaway
-    PostgreSQL database (and Redis when REDIS_URL is set, under a queue name of its own)."""
-    if db == "sqlite":
-        django_on_sqlite(data)
-        yield "SQLite, ORM broker"
-        return
-    url = os.environ.get("DATABASE_URL", "").strip()
-    redis_url = os.environ.get("REDIS_URL", "").strip()
-    name = f"bench-engine-{os.getpid()}"
-    with postgres_database(url) as throwaway:
-        os.environ.update(
-            DATABASE_URL=throwaway,
-            SPOONFEEDER_DATA_DIR=str(data),
-            SPOONFEEDER_QUEUE=name,
-            DJANGO_SETTINGS_MODULE="spoonfeeder.settings",
-        )
-        os.environ.setdefault("LOG_LEVEL", "WARNING")
-        import django
-
-        django.setup()
-        from django.core.management import call_command
-        from django.db import connections
-
-        call_command("migrate", verbosity=0)
-        if not redis_url:
-            call_command("createcachetable", verbosity=0)
-        try:
-            yield f"PostgreSQL {'+ Redis' if redis_url else '+ ORM broker'}"
-        finally:
-            connections.close_all()
-            if redis_url:
-                import redis
-
-                r = redis.Redis.from_url(redis_url)
-                for pattern in (f"django_q:{name}:*", f"{name}:*", f"*:{name}:*"):
-                    for key in r.scan_iter(pattern):
-                        r.delete(key)
 
 
 # --- helpers ----------------------------------------------------------------------------------

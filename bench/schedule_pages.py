@@ -76,7 +76,7 @@ def kind_settings(kind: str, template: Any) -> dict[str, Any]:
     person would: the settings a saved task keeps."""
     from scheduling import kinds
 
-    cls = kinds.form_class(kind)
+    cls: Any = kinds.form_class(kind)
     form = cls(template=template) if kind in ("batch", "render", "story") else cls()
     values = {name: form[name].value() for name in form.fields}
     settings = {n: (v.pk if hasattr(v, "pk") else v) for n, v in values.items() if v not in (None, "", False)}
