@@ -289,3 +289,20 @@ def test_the_live_fragments_are_the_page_partials(logged_in: Client, templates: 
     runs = re.search(r'<section id="schedule-runs".*?</section>', detail.content.decode(), re.S)
     assert runs and unsigned(runs.group(0)) in unsigned(pushed) and "Run now." in pushed
     assert live.task_fragments("5b0e9a2c-0000-4000-8000-000000000000") == ""
+
+
+def test_a_task_is_edited_through_its_form_filled_in_as_saved(logged_in: Client, templates: None) -> None:
+    logged_in.post(reverse("scheduling:new"), batch_form(until="06:00"))
+    task = ScheduledTask.objects.get()
+    page = logged_in.get(reverse("scheduling:edit", args=[task.code])).content.decode()
+    assert 'value="Nightly lighthouses"' in page and 'value="0 2 * * *"' in page and 'value="06:00"' in page
+    assert "a lighthouse at dusk</textarea>" in page and 'name="k-count" value="4"' in page
+    with time_machine.travel("2026-01-10 12:00Z", tick=False):
+        response = logged_in.post(
+            reverse("scheduling:edit", args=[task.code]), batch_form(cron="30 4 * * 1", **{"k-count": "9"})
+        )
+    assert response.status_code == 302
+    task.refresh_from_db()
+    assert (task.cron, task.settings["count"], "until" in task.settings) == ("30 4 * * 1", "9", False)
+    assert task.next_run.isoformat() == "2026-01-12T03:30:00+00:00"  # Monday 04:30 in Berlin
+    assert ScheduledTask.objects.count() == 1
