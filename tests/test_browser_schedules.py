@@ -40,7 +40,9 @@ def screenshot(page: Page, name: str) -> None:
     """A full-page screenshot for people, in bench/out/, when SPOONFEEDER_SCREENSHOTS is set."""
     if os.environ.get("SPOONFEEDER_SCREENSHOTS"):
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=SCREENSHOTS / name, full_page=True)
+        # caret="initial": Playwright hides a focused field's caret with a style of its own, which
+        # the page's policy refuses (and the page fixture fails on what the policy refuses).
+        page.screenshot(path=SCREENSHOTS / name, full_page=True, caret="initial")
 
 
 def open_new_form(page: Page) -> None:
