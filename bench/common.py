@@ -338,6 +338,21 @@ def database(db: str, data: Path, queue: str = "bench") -> Iterator[str]:
                         r.delete(key)
 
 
+def run_parts(parts: list[tuple[str, list[str], float]]) -> None:
+    """Run each part of a benchmark in a child process of its own (name, argv, its time limit),
+    one after the other; BenchError naming those that could not measure."""
+    failed = []
+    for name, argv, limit in parts:
+        try:
+            code = subprocess.run(argv, timeout=limit + 60).returncode
+        except subprocess.TimeoutExpired:
+            code = -1
+        if code:
+            failed.append(f"{name}: exit {code}")
+    if failed:
+        raise BenchError(f"could not measure: {'; '.join(failed)}")
+
+
 def time_page(path: str, runs: int = 20) -> tuple[float, float, list[int]]:
     """Server time of a page for a logged-in user (median and max ms) and the query counts seen."""
     from django.contrib.auth.models import User

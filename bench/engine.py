@@ -44,7 +44,6 @@ import os
 import random
 import signal
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -72,6 +71,7 @@ from bench.common import (  # noqa: E402
     proc_stat,
     process_tree,
     pss_kb,
+    run_parts,
     short_command,
     start_run,
     temp_dir,
@@ -135,19 +135,10 @@ def run() -> None:
     print(f"Engine benchmarks ({machine()}; each simulated node in a process of its own)", flush=True)
     if not postgres and (not only or {"idle", "scaleout"} & only):
         print("  DATABASE_URL is not set: the busy half of idle and all of scaleout need PostgreSQL; skipped")
-    failed = []
     with temp_dir("sf-bench-engine-hog-") as tmp, cpu_hog(tmp, os.environ.get("BENCH_HOG") == "1"):
-        for part, db in plan:
-            argv = [PYTHON, __file__, "--part", part, "--db", db]
-            try:
-                done = subprocess.run(argv, timeout=LIMITS[part] + 60)
-                code = done.returncode
-            except subprocess.TimeoutExpired:
-                code = -1
-            if code:
-                failed.append(f"{part} ({db}): exit {code}")
-    if failed:
-        raise BenchError(f"could not measure: {'; '.join(failed)}")
+        run_parts(
+            [(f"{part} ({db})", [PYTHON, __file__, "--part", part, "--db", db], LIMITS[part]) for part, db in plan]
+        )
 
 
 def serve_part(part: str, db: str) -> None:

@@ -40,7 +40,6 @@ import argparse
 import os
 import re
 import statistics
-import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -59,6 +58,7 @@ from bench.common import (  # noqa: E402
     executions_line,
     machine,
     main,
+    run_parts,
     temp_dir,
     time_limit,
     verdict,
@@ -107,16 +107,7 @@ def run() -> None:
     print(f"Scheduled tasks firing ({machine()}; the simulated ComfyUI in a process of its own)", flush=True)
     if not (postgres and redis):
         print("  DATABASE_URL and REDIS_URL are not both set: part B (PostgreSQL + Redis, two clusters) skipped")
-    failed = []
-    for db in plan:
-        try:
-            code = subprocess.run([PYTHON, __file__, "--part", db], timeout=limit(due_times(db)) + 60).returncode
-        except subprocess.TimeoutExpired:
-            code = -1
-        if code:
-            failed.append(f"{db}: exit {code}")
-    if failed:
-        raise BenchError(f"could not measure: {'; '.join(failed)}")
+    run_parts([(db, [PYTHON, __file__, "--part", db], limit(due_times(db))) for db in plan])
 
 
 def limit(count: int) -> int:

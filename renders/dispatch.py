@@ -828,7 +828,8 @@ class Attempt:
             job.release()
             return self.done("cancelled")
         entry = where.entry
-        if entry is None and Batch.objects.filter(items=job.pk, status__in=Batch.HELD_BACK).exists():
+        batch = job.batch_id
+        if entry is None and batch is not None and Batch.objects.filter(pk=batch, status__in=Batch.HELD_BACK).exists():
             return self.back_to_batch("taken off its node's queue when its batch was paused")
         if entry is None:
             # In neither /queue nor /history, for longer than an entry can lag: it never ran (taken

@@ -32,10 +32,6 @@ MISSED_COUNTED = 1000  # missed due times counted one by one; past this, "1,000 
 RESEND_AFTER = timedelta(seconds=60)  # a run queued this long ago and not started: its message was lost
 
 
-def local(task: ScheduledTask, moment: datetime) -> str:
-    return timezone.localtime(moment, timezone=cron.zone(task.time_zone)).strftime("%Y-%m-%d %H:%M")
-
-
 def tick(now: datetime | None = None) -> str:
     """Fire what is due, follow what runs; what it did, in words."""
     now = now or timezone.now()
@@ -85,7 +81,7 @@ def missed_words(missed: list[datetime]) -> str:
 
 
 def spanned(task: ScheduledTask, missed: list[datetime]) -> str:
-    return local(task, missed[0]) + (f" to {local(task, missed[-1])}" if len(missed) > 1 else "")
+    return task.shown(missed[0]) + (f" to {task.shown(missed[-1])}" if len(missed) > 1 else "")
 
 
 def record_skipped(task: ScheduledTask, due: datetime, note: str) -> None:
@@ -111,7 +107,7 @@ def claim(
         busy = locked.unfinished().order_by("due").first()
         if busy is not None and locked.overlap == ScheduledTask.SKIP:
             why = (
-                f"The run due {local(locked, busy.due)} is still {busy.get_status_display().lower()} "
+                f"The run due {locked.shown(busy.due)} is still {busy.get_status_display().lower()} "
                 "(this task skips a run while the previous one runs)."
             )
             if manual:
@@ -210,7 +206,7 @@ def fail(run: ScheduledRun, message: str, *, again: bool, summary: str = "") -> 
                 status=ScheduledRun.PENDING,
                 not_before=at,
                 error=message[:5000],
-                note=f"Try {run.attempts + 1} of {task.retries + 1} at {local(task, at)}.",
+                note=f"Try {run.attempts + 1} of {task.retries + 1} at {task.shown(at)}.",
                 batch=None,
                 story=None,
                 job=None,

@@ -11,11 +11,13 @@ from typing import Any
 from django import forms
 from django.db import transaction
 from django.db.models import Q
+from django.template.defaultfilters import filesizeformat
 from django.utils import timezone
 
 from nodes.models import Capability, Node
 from renders.forms import BatchForm, RenderForm
 from renders.models import Batch, RenderJob, Template
+from scheduling import cron
 from scheduling.models import ScheduledRun, ScheduledTask
 
 
@@ -65,7 +67,7 @@ FORMS: dict[str, type[forms.Form]] = {
     ScheduledTask.RENDER: RenderForm,
 }
 # Kept as the form was filled in, but never from a file: a list of prompts is kept as its text.
-FILES = {"prompts_file": "prompts", "image": ""}
+FILES = ("prompts_file", "image")
 
 
 def form_class(kind: str) -> type[forms.Form]:
@@ -135,7 +137,7 @@ def start(run: ScheduledRun) -> Started:
     (health checks and clean-ups run after it: they call nodes and delete files)."""
     task = run.task
     form = bound(task)
-    stamp = timezone.localtime(run.due, timezone=_zone(task)).strftime("%Y-%m-%d %H:%M")
+    stamp = task.shown(run.due)
     if task.kind == ScheduledTask.BATCH:
         from renders.views import make_batch
 
@@ -163,12 +165,6 @@ def work(run: ScheduledRun) -> Started:
     if run.task.kind == ScheduledTask.CLEANUP:
         return cleanup(form.cleaned_data, run)
     raise RunError(f"Nothing to do for a {run.task.kind} task after it started.")
-
-
-def _zone(task: ScheduledTask) -> Any:
-    from scheduling import cron
-
-    return cron.zone(task.time_zone)
 
 
 def health_check(nodes: Any, full: bool, run: ScheduledRun) -> Started:
@@ -213,18 +209,11 @@ class Sweep:
         if self.batches:
             parts.append(f"{self.batches:,} batch{'es' if self.batches != 1 else ''} ({self.items:,} items)")
         if self.files:
-            parts.append(f"{self.files:,} file{'s' if self.files != 1 else ''} ({size(self.bytes)})")
+            size = filesizeformat(self.bytes).replace("\xa0", " ")
+            parts.append(f"{self.files:,} file{'s' if self.files != 1 else ''} ({size})")
         if self.runs:
             parts.append(f"{self.runs:,} schedule run{'s' if self.runs != 1 else ''}")
         return ", ".join(parts) or "nothing"
-
-
-def size(n: int) -> str:
-    for unit in ("bytes", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:,} {unit}" if unit == "bytes" else f"{n:,.1f} {unit}"
-        n /= 1024  # type: ignore[assignment]
-    return str(n)
 
 
 def swept(data: dict[str, Any], now: datetime) -> tuple[Any, Any, Any]:
@@ -330,11 +319,9 @@ def until_instant(run: ScheduledRun, now: datetime) -> datetime | None:
     if not text or run.started is None:
         return None
     hours, minutes = (int(x) for x in text.split(":"))
-    where = _zone(run.task)
+    where = cron.zone(run.task.time_zone)
     local = timezone.localtime(run.started, timezone=where)
     candidate = local.replace(hour=hours, minute=minutes, second=0, microsecond=0)
     if candidate <= local:
         candidate += timedelta(days=1)
-    from scheduling import cron
-
     return cron.instants(candidate.replace(tzinfo=None), where)[0]

@@ -91,6 +91,10 @@ class ScheduledTask(models.Model):
             return None
         return timezone.localtime(moment, timezone=cron.zone(self.time_zone)).replace(tzinfo=None)
 
+    def shown(self, moment: datetime) -> str:
+        """A moment as the task's clocks show it, in words and notes: "2027-01-01 02:00"."""
+        return f"{self.in_zone(moment):%Y-%m-%d %H:%M}"
+
     @property
     def next_local(self) -> datetime | None:
         return self.in_zone(self.next_run)

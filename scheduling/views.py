@@ -16,7 +16,7 @@ from django_q.models import Schedule
 
 from scheduling import cron, fire, kinds
 from scheduling.forms import ScheduleForm, kind_form, save, typed, zones
-from scheduling.models import ScheduledRun, ScheduledTask
+from scheduling.models import ScheduledTask
 from spoonfeeder.views import HtmxHttpRequest, done
 
 TASKS_PAGE = 100
@@ -129,8 +129,7 @@ def next_words(task: ScheduledTask) -> str:
         return "it is disabled."
     if task.next_run is None:
         return "it never runs again."
-    where = cron.zone(task.time_zone)
-    return f"next run {timezone.localtime(task.next_run, timezone=where):%Y-%m-%d %H:%M} ({task.time_zone})."
+    return f"next run {task.shown(task.next_run)} ({task.time_zone})."
 
 
 def detail(request: HttpRequest, code: str) -> HttpResponse:
@@ -182,7 +181,3 @@ def delete(request: HttpRequest, code: str) -> HttpResponse:
 def run_list(request: HttpRequest, code: str) -> HttpResponse:
     task = get_object_or_404(ScheduledTask, code=code)
     return render(request, "scheduling/task.html#runs", task_context(task, request.GET.get("page", "1")))
-
-
-def status_class(run: ScheduledRun) -> str:
-    return {"failed": "bad", "skipped": "muted", "succeeded": "ok"}.get(run.status, "")

@@ -16,7 +16,7 @@ from django.http import QueryDict
 from django.utils import timezone
 
 from renders.models import Template
-from scheduling import cron, fire
+from scheduling import fire
 from scheduling.forms import PREFIX, ScheduleForm, kind_form, save
 from scheduling.models import ScheduledTask
 from scheduling.views import next_words
@@ -71,9 +71,8 @@ class Command(BaseCommand):
             task.set_enabled(action == "enable")
             self.stdout.write(f"{task.name} {action}d: {next_words(task)}")
         else:
-            zone = cron.zone(task.time_zone)
             for run in task.runs.order_by("-due", "-id")[:50]:
-                due = timezone.localtime(run.due, timezone=zone).strftime("%Y-%m-%d %H:%M")
+                due = task.shown(run.due)
                 what = run.summary() or run.error or run.note
                 self.stdout.write(f"{due}\t{run.status}{' (run now)' if run.manual else ''}\t{what}")
         return None
