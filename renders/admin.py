@@ -4,24 +4,50 @@ from django.contrib import admin
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from renders.models import Batch, RenderJob, Template
+from renders.models import Batch, JobInput, RenderJob, Template
 
 
 @admin.register(Template)
 class TemplateAdmin(admin.ModelAdmin):
-    list_display = ("name", "kind", "shipped", "created")
-    list_filter = ("kind", "shipped")
+    list_display = ("name", "kind", "role", "shipped", "created")
+    list_filter = ("kind", "role", "shipped")
     search_fields = ("name", "description")
+
+
+class JobInputInline(admin.TabularInline):
+    """The outputs of other jobs this job takes (the render graph), and how each reached its node."""
+
+    model = JobInput
+    fk_name = "job"
+    fields = ("parameter", "source", "local", "uploaded")
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+
+    def has_add_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
 
 
 @admin.register(RenderJob)
 class RenderJobAdmin(admin.ModelAdmin):
-    list_display = ("code", "template", "status", "node", "attempts", "priority", "created", "finished")
-    list_filter = ("status", "template", "node")
+    list_display = (
+        "code",
+        "template",
+        "stage",
+        "target",
+        "status",
+        "node",
+        "attempts",
+        "priority",
+        "created",
+        "finished",
+    )
+    list_filter = ("status", "stage", "template", "node")
     search_fields = ("code", "prompt", "prompt_id", "story")
     list_select_related = ("template", "node")
     readonly_fields = ("code", "prompt_id", "client_id", "workflow", "outputs", "heartbeat", "started", "finished")
     actions = ["retry", "cancel", "requeue"]
+    inlines = [JobInputInline]
 
     @admin.action(description="Retry (failed or cancelled)")
     def retry(self, request: HttpRequest, queryset: QuerySet[RenderJob]) -> None:

@@ -26,7 +26,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Exists, OuterRef, Q
+from django.db.models import Exists, IntegerField, OuterRef, Q, Subquery, Value
 from django.db.models.functions import Now
 from django.template.defaultfilters import filesizeformat
 from django.utils import timezone
@@ -55,7 +55,7 @@ from nodes.clients.comfyui import (
 )
 from nodes.models import PREFETCH, Capability, none_can_run
 from renders import media, workflows
-from renders.models import Batch, Queue, RenderJob, Speed, Template, wake
+from renders.models import Batch, JobInput, Queue, RenderJob, Speed, Template, inputs_ready, wake
 from spoonfeeder import work
 from spoonfeeder.models import Event
 from spoonfeeder.tasks import enqueue
@@ -196,7 +196,7 @@ def next_job(cap: Capability, worker: str = "", *, alone: bool | None = None) ->
             # So is its batch's: nothing of a paused batch is claimed once the pause is committed.
             claimed = (
                 RenderJob.objects.filter(pk=job.pk, status=RenderJob.QUEUED)
-                .filter(~Exists(Queue.objects.filter(paused=True)), fed())
+                .filter(~Exists(Queue.objects.filter(paused=True)), fed(), inputs_ready())
                 .update(**fields, claimed=Now(), heartbeat=Now())
             )
             if not claimed and Queue.get().paused:
@@ -266,8 +266,8 @@ class PoolView:
     rates: dict[tuple[int, int], float]  # (capability, template) -> seconds per unit of work
     usable: set[int]
     backlog: dict[int, float]  # capability -> seconds of work already sent to it
-    # (job, template, work, pinned node, node to avoid), in dispatch order
-    queued: Sequence[tuple[int, int, float, int | None, int | None]]
+    # (job, template, work, pinned node, node to avoid, node that has its input), in dispatch order
+    queued: Sequence[tuple[int, int, float, int | None, int | None, int | None]]
     node_of: dict[int, int]  # capability -> its node
     # A held item (of a batch that runs) -> (its batch, its template): work not in the queue yet.
     held: dict[int, tuple[int, int]] = dataclasses.field(default_factory=dict)
@@ -288,32 +288,42 @@ class PoolView:
         mean = mean_rates(rates)
         for c, t, units, progress in active.values_list("node__capabilities__pk", "template_id", "work", "progress"):
             backlog[c] += units * (1 - progress) * rates.get((c, t), mean.get(c, 0.0))
-        fields = ("pk", "template_id", "work", "pin_id", "avoid_id", "priority", "batch_id")
-        queued = list(RenderJob.objects.runnable().in_dispatch_order().values_list(*fields)[:PLAN_AHEAD])
+        fields = ("pk", "template_id", "work", "pin_id", "avoid_id", "at", "priority", "batch_id")
+        made_at = JobInput.objects.filter(job=OuterRef("pk")).values("source__node_id")[:1]
+        queued = list(
+            RenderJob.objects.runnable()
+            .annotate(at=Subquery(made_at))
+            .in_dispatch_order()
+            .values_list(*fields)[:PLAN_AHEAD]
+        )
         # A running batch's held items are queued work too, only not in the queue yet (it is fed
         # a window at a time): each comes after what is queued at its priority.
         held = list(
             RenderJob.objects.filter(status=RenderJob.HELD, batch__status__in=Batch.FED)
+            .annotate(at=Value(None, output_field=IntegerField()))
             .order_by("-priority", "batch__created", "batch_id", "index")
             .values_list(*fields)[: PLAN_AHEAD - len(queued)]
         )
         if held:
-            queued = sorted(queued + held, key=lambda row: -row[5])  # stable: each kept in its order
-        planned = [row[:5] for row in queued]
-        return cls(rates, set(node_of), backlog, planned, node_of, {row[0]: (row[6], row[1]) for row in held})
+            queued = sorted(queued + held, key=lambda row: -row[6])  # stable: each kept in its order
+        planned = [row[:6] for row in queued]
+        return cls(rates, set(node_of), backlog, planned, node_of, {row[0]: (row[7], row[1]) for row in held})
 
     def plan(self, cap: Capability) -> set[int]:
         """The queued jobs this node would render if every job, in dispatch order, went to the
         node that would finish it first (earliest finish time, by measured speeds and the work
         each node already has). A node that has never rendered a template is not planned for it,
         so a job only some nodes can run is never planned onto one that cannot; nor is a retry
-        planned onto the node it failed on while another can take it (as `fitting` honours)."""
+        planned onto the node it failed on while another can take it (as `fitting` honours). A
+        job whose input a node made goes to that node when it would finish it at most
+        settings.RENDER_NEAR_ENOUGH seconds after the soonest: the input is there, no upload."""
         if cap.pk not in self.plans:
             free = dict(self.backlog)
             free.setdefault(cap.pk, 0.0)
             mine: set[int] = set()
             by_node = {node: c for c, node in self.node_of.items()}
-            for pk, template, work, pin, avoid in self.queued:
+            near_enough = float(settings.RENDER_NEAR_ENOUGH)
+            for pk, template, work, pin, avoid, at in self.queued:
                 if pin is not None:
                     if pin in by_node:
                         c = by_node[pin]
@@ -326,6 +336,9 @@ class PoolView:
                 if not finish:
                     continue
                 best = min(finish, key=lambda c: (finish[c], c != cap.pk))
+                local = by_node.get(at) if at is not None and near_enough >= 0 else None
+                if local is not None and local in finish and finish[local] <= finish[best] + near_enough:
+                    best = local
                 free[best] = finish[best]
                 if best == cap.pk:
                     mine.add(pk)
@@ -444,6 +457,8 @@ class Attempt:
         self.interrupted = False  # interrupted on the node because its batch was paused
         self.frames: list[str] = []  # streamed outputs kept, relative to the media folder
         self.first = first
+        self.upload_inputs = False  # upload every input, even one the node made (it refused its own)
+        self.loaded_here = False  # the last send had the node load a file of its own output folder
         # When the next looks at the controls and at the node are due (monotonic): a job sent or
         # re-attached is looked at at once.
         self.next_controls = self.next_poll = 0.0
@@ -513,12 +528,13 @@ class Attempt:
         try:
             if job.settings.get("input_image"):
                 params["image"] = self.upload_input(str(job.settings["input_image"]))
+            params.update(self.place_inputs())
             workflow = workflows.apply(job.template.workflow, job.template.mapping, params)
         except media.MediaError as e:
             job.fail(str(e), permanent=True)
             return self.done("failed: input")
         except ServiceError as e:
-            return self.node_fault(f"could not send the input image to {self.cap.node.name}: {e}")
+            return self.node_fault(f"could not send the input to {self.cap.node.name}: {e}")
         except (workflows.WorkflowError, KeyError, ValueError) as e:
             job.fail(f"the settings do not fit the template: {e}", permanent=True)
             return self.done("failed: settings")
@@ -537,6 +553,13 @@ class Attempt:
         try:
             submitted = self.client.submit(workflow, prompt_id=job.prompt_id, client_id=client_id, number=rank(job))
         except WorkflowRejected as e:
+            if self.loaded_here and not self.upload_inputs:
+                # The node no longer has a file it made (its output folder was cleaned): send the
+                # job again with the file uploaded.
+                log.info("%s refused a job loading its own output (%s); uploading it instead", self.cap.url, e)
+                self.upload_inputs = True
+                self.close_socket()
+                return self.send()
             job.fail(f"ComfyUI refused the workflow: {e}", permanent=True)
             return self.done("failed: refused")
         except ServiceError as e:
@@ -603,17 +626,42 @@ class Attempt:
         self.cap.rest(error)
         return self.done("node fault: back in the queue")
 
-    def upload_input(self, relative: str) -> str:
-        """Put the job's input image (a file in our media folder) on the node, under a name of
-        ours; the name the node gave it, for the workflow's image input."""
+    def place_inputs(self) -> dict[str, str]:
+        """The outputs of other jobs this job takes (JobInput), by parameter, as the node will load
+        them: from its own output folder when it made the file (no transfer), else uploaded. How
+        each went is stored on its row, for the figures."""
+        placed: dict[str, str] = {}
+        self.loaded_here = False
+        for taken in JobInput.objects.filter(job=self.job).select_related("source"):
+            file = taken.file
+            if file is None:
+                raise media.MediaError(f"its {taken.parameter} input has no output to take: {taken.waiting() or ''}")
+            here = taken.source is not None and taken.source.node_id == self.cap.node_id and file.get("remote")
+            if here and not self.upload_inputs:
+                placed[taken.parameter] = str(file["remote"])
+                local, sent = True, 0
+                self.loaded_here = True
+            else:
+                placed[taken.parameter] = self.upload_input(str(file["path"]), taken.parameter)
+                local, sent = False, int(file.get("size") or 0)
+            JobInput.objects.filter(pk=taken.pk).update(local=local, uploaded=sent)
+        return placed
+
+    def upload_input(self, relative: str, parameter: str = "image") -> str:
+        """Put an input of the job (a file in our media folder: an image, or a video) on the node,
+        under a name of ours; the name the node gave it, for the workflow's input."""
+        what = "input video" if parameter == "video" else "input image"
         path = media.inside(self.media_root, relative)
         if path is None or not path.is_file():
-            raise media.MediaError(f"the input image {relative!r} is not in the media folder (was it deleted?)")
-        if path.stat().st_size > media.MAX_INPUT:
-            raise media.MediaError(f"the input image {relative!r} is over {media.MAX_INPUT // 1048576} MB")
-        suffix = path.suffix.lower() if path.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp") else ".png"
-        # In the input folder itself, where LoadImage lists its choices.
-        name = f"spoonfeeder-{self.job.code}{suffix}"
+            raise media.MediaError(f"the {what} {relative!r} is not in the media folder (was it deleted?)")
+        limit = media.MAX_INPUT_VIDEO if parameter == "video" else media.MAX_INPUT
+        if path.stat().st_size > limit:
+            raise media.MediaError(f"the {what} {relative!r} is over {limit // 1048576} MB")
+        kept = media.VIDEO_INPUTS if parameter == "video" else media.IMAGE_INPUTS
+        suffix = path.suffix.lower() if path.suffix.lower() in kept else kept[0]
+        # In the input folder itself, where LoadImage and LoadVideo list their choices.
+        tail = "" if parameter == "image" else f"-{parameter}"
+        name = f"spoonfeeder-{self.job.code}{tail}{suffix}"
         uploaded = self.client.upload_image(name, path.read_bytes(), overwrite=True)
         return f"{uploaded['subfolder']}/{uploaded['name']}" if uploaded["subfolder"] else uploaded["name"]
 

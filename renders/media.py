@@ -25,6 +25,9 @@ from nodes.clients.comfyui import DOWNLOAD_LIMIT, ComfyUI, FileRef
 Kind = Literal["image", "video", "animation"]
 THUMBNAIL_SIZE = 320
 MAX_INPUT = 50 * 1024 * 1024  # an input image sent to a node
+MAX_INPUT_VIDEO = 100 * 1024 * 1024  # an input video sent to a node (ComfyUI's own upload limit)
+IMAGE_INPUTS = (".png", ".jpg", ".jpeg", ".webp")  # the suffixes an uploaded input keeps; else the first
+VIDEO_INPUTS = (".mp4", ".webm", ".mov")
 THUMBNAIL_SUFFIX = ".thumb.jpg"
 JOB_CODE = re.compile(r"[A-Za-z0-9_-]{2,64}")
 
@@ -65,6 +68,10 @@ class Output:
     frames: int
     duration: float | None  # seconds; None for a still image
     thumbnail: str  # relative to MEDIA_ROOT, a JPEG at most THUMBNAIL_SIZE on the long side
+    # Where the node that made it keeps it, as its loaders take a file of the output folder
+    # ("sub/name.png [output]"): a later job on that node loads it from there, with no upload.
+    # Only ever sent back to that node, never a local path.
+    remote: str = ""
 
 
 def inside(root: Path, relative: str) -> Path | None:
@@ -129,11 +136,15 @@ def collect(
             ) from e
         raise
     try:
-        return describe(dest, relative)
+        out = describe(dest, relative)
     except MediaError:
         dest.unlink(missing_ok=True)
         dest.with_name(dest.name + THUMBNAIL_SUFFIX).unlink(missing_ok=True)  # from an earlier copy
         raise
+    if ref.get("type", "output") == "output":
+        name = f"{ref['subfolder']}/{ref['filename']}" if ref.get("subfolder") else ref["filename"]
+        out.remote = f"{name} [output]"
+    return out
 
 
 def describe(path: Path, relative: str) -> Output:
@@ -331,3 +342,48 @@ def kept_input(relative: str, media_root: Path | None = None) -> bool:
         return False
     path = inside(Path(media_root or settings.MEDIA_ROOT), relative)
     return path is not None and path.is_file()
+
+
+MUSIC_SUFFIXES = (".mp3", ".wav", ".ogg", ".flac", ".m4a", ".aac", ".opus")
+MAX_MUSIC = 100 * 1024 * 1024  # bytes of an uploaded music track
+MAX_MUSIC_SECONDS = 3 * 3600
+
+
+def keep_music(data: bytes, filename: str, media_root: Path | None = None) -> str:
+    """An uploaded music track checked (an audio stream FFmpeg decodes, of a sane length) and kept
+    under a name of ours; its path relative to the media folder. MediaError says what is wrong."""
+    import io
+    import uuid
+
+    from django.conf import settings
+
+    suffix = Path(filename).suffix.lower()
+    if suffix not in MUSIC_SUFFIXES:
+        raise MediaError(f"Send the music as {', '.join(s[1:].upper() for s in MUSIC_SUFFIXES)}.")
+    if len(data) > MAX_MUSIC:
+        raise MediaError(f"The music is over {MAX_MUSIC // 1048576} MB; send a shorter or smaller file.")
+    try:
+        with av.open(io.BytesIO(data), mode="r") as container:
+            if not container.streams.audio:
+                raise MediaError("That file has no sound in it.")
+            stream = container.streams.audio[0]
+            seconds = float(stream.duration * stream.time_base) if stream.duration and stream.time_base else 0.0
+            if not seconds and container.duration:
+                seconds = container.duration / 1_000_000
+            decoded = next(container.decode(stream), None)
+    except MediaError:
+        raise
+    except Exception as e:  # a decoder of an untrusted file fails in many ways: each means unreadable
+        raise MediaError(f"The music could not be read ({type(e).__name__}); save it again as MP3 or WAV.") from None
+    if decoded is None:
+        raise MediaError("The music has no sound that could be decoded; save it again as MP3 or WAV.")
+    if seconds > MAX_MUSIC_SECONDS:
+        hours = MAX_MUSIC_SECONDS // 3600
+        raise MediaError(f"The music is {seconds / 3600:.1f} hours long; at most {hours} are taken.")
+    relative = f"{INPUTS}/music-{uuid.uuid4().hex}{suffix}"
+    path = Path(media_root or settings.MEDIA_ROOT) / relative
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".part")
+    partial.write_bytes(data)
+    os.replace(partial, path)
+    return relative

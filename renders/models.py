@@ -21,13 +21,31 @@ from spoonfeeder.models import Event
 class Template(models.Model):
     """A ComfyUI API-format workflow and where its parameters go."""
 
-    STILL, T2V, I2V, TEST = "still", "t2v", "i2v", "test"
-    KINDS = [(STILL, "Still image"), (T2V, "Text to video"), (I2V, "Image to video"), (TEST, "Test (no models)")]
+    STILL, T2V, I2V, UPSCALE, INTERP, TEST = "still", "t2v", "i2v", "upscale", "interp", "test"
+    KINDS = [
+        (STILL, "Still image"),
+        (T2V, "Text to video"),
+        (I2V, "Image to video"),
+        (UPSCALE, "Upscale a video"),
+        (INTERP, "Frame interpolation"),
+        (TEST, "Test (no models)"),
+    ]
+    # The step of a render graph a template does (stories.movie): what it takes and makes.
+    KEYFRAME = "keyframe"
+    ROLES = [
+        ("", "—"),
+        (KEYFRAME, "Keyframe (still image)"),
+        (T2V, "Text to video"),
+        (I2V, "Image to video"),
+        (UPSCALE, "Upscale"),
+        (INTERP, "Frame interpolation"),
+    ]
 
     code = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
     name = models.CharField(max_length=100, unique=True)
     description = models.TextField(blank=True)
     kind = models.CharField(max_length=10, choices=KINDS, default=STILL)
+    role = models.CharField(max_length=10, choices=ROLES, blank=True, help_text="Its step in a movie's render graph.")
     workflow = models.JSONField()
     # parameter -> [[node id, input name], ...], as renders.workflows.detect() finds it
     mapping = models.JSONField(default=dict, blank=True)
@@ -113,10 +131,18 @@ TEST_PRIORITY = 1000
 TIMELINE_KINDS = frozenset({"job.rendering", "job.completed", "job.failed", "job.cancelled", "job.queued"})
 
 
+def inputs_ready() -> Q:
+    """A job none of whose inputs (JobInput) is still to be rendered: it may start. Its inputs are
+    looked up by a subquery of the row itself, never a join (see renders.dispatch.fed)."""
+    unready = JobInput.objects.filter(job=OuterRef("pk")).exclude(source__status=RenderJob.COMPLETED)
+    return ~Q(Exists(unready))
+
+
 class JobQuerySet(models.QuerySet["RenderJob"]):
     def runnable(self) -> JobQuerySet:
         now = timezone.now()
-        return self.filter(status=RenderJob.QUEUED).filter(Q(not_before=None) | Q(not_before__lte=now))
+        waited = Q(not_before=None) | Q(not_before__lte=now)
+        return self.filter(status=RenderJob.QUEUED).filter(waited, inputs_ready())
 
     def in_dispatch_order(self) -> JobQuerySet:
         # Highest priority, then queue position, then age. Positions grow with time, so FIFO
@@ -157,6 +183,9 @@ class RenderJob(models.Model):
     code = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
     template = models.ForeignKey(Template, on_delete=models.PROTECT, related_name="jobs")
     kind = models.CharField(max_length=10, choices=[(IMAGE, "Image"), (VIDEO, "Video")], default=IMAGE)
+    # Its step in a story's render graph (stories.movie): "" for a job of its own or the story's
+    # renders step, else keyframe, video, upscale or interp.
+    stage = models.CharField(max_length=10, blank=True)
     # What the render is for: empty for a standalone job; "story:<code>/shot:<n>" for story jobs.
     target = models.CharField(max_length=200, blank=True)
     story = models.CharField(max_length=64, blank=True, db_index=True)
@@ -272,8 +301,8 @@ class RenderJob(models.Model):
             done = RenderJob.objects.filter(pk=self.pk, status__in=expect).update(status=status, **fields)
             if done:
                 self.changed(f"job.{to}", finished=to in self.ENDED or any(e in self.ENDED for e in expect))
-                if to == self.QUEUED:
-                    wake()
+                if to == self.QUEUED or (to == self.COMPLETED and JobInput.objects.filter(source=self.pk).exists()):
+                    wake()  # it may run now; or the jobs that take its output may
         if done:  # the row now holds exactly these values: no need to read it back
             self.status = to
             for name, value in fields.items():
@@ -470,6 +499,46 @@ class RenderJob(models.Model):
             if moved:
                 self.changed("job.moved")
         return bool(moved)
+
+
+class JobInput(models.Model):
+    """A job takes another job's output as an input (a keyframe's image for an image-to-video
+    job, a video for an upscale): it stays queued, and no node claims it, until the source has
+    completed (inputs_ready). How the file reached the node is kept for the figures: from the
+    node's own output folder (local) or uploaded (its bytes)."""
+
+    job = models.ForeignKey(RenderJob, on_delete=models.CASCADE, related_name="inputs")
+    # A deleted source leaves the job waiting, saying so, rather than rendering without it.
+    source = models.ForeignKey(RenderJob, on_delete=models.SET_NULL, null=True, related_name="feeds")
+    parameter = models.CharField(max_length=20, help_text="Where it goes: image or video.")
+    local = models.BooleanField(null=True, help_text="Loaded from the node's own output folder on the last send.")
+    uploaded = models.PositiveBigIntegerField(default=0, help_text="Bytes uploaded to the node on the last send.")
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["job", "parameter"], name="one_input_per_parameter")]
+
+    def __str__(self) -> str:
+        return f"{self.parameter} of job {self.job_id} from job {self.source_id}"
+
+    @property
+    def file(self) -> dict[str, Any] | None:
+        """The source's output this input takes: its first of the right kind."""
+        outputs = self.source.outputs if self.source else []
+        wanted = ("image",) if self.parameter == "image" else ("video", "animation")
+        return next((o for o in outputs if o.get("kind") in wanted), outputs[0] if outputs else None)
+
+    def waiting(self) -> str:
+        """Why the job waits for this input, in words ("" when it is ready)."""
+        source = self.source
+        if source is None:
+            return f"its {self.parameter} input was deleted: plan it again"
+        if source.status == RenderJob.COMPLETED:
+            return ""
+        what = f"its {self.parameter} input ({source.stage or source.template.name} {source.target})".replace(" )", ")")
+        if source.status in (RenderJob.FAILED, RenderJob.CANCELLED):
+            reason = f": {source.error}" if source.error else ""
+            return f"{what} {source.get_status_display().lower()}{reason}; retry it to go on"
+        return f"waiting for {what} to render"
 
 
 class BatchQuerySet(models.QuerySet["Batch"]):

@@ -89,6 +89,7 @@ PARAMETERS = (
     "frames",
     "fps",
     "image",
+    "video",
     "loras",
     "filename_prefix",
 )
@@ -261,6 +262,10 @@ def requirements(workflow: Mapping[str, Any]) -> tuple[tuple[str, ...], tuple[tu
     classes = sorted({node["class_type"] for node in workflow.values()})
     files = set()
     for node in workflow.values():
+        if node["class_type"].endswith(" VFI"):
+            # ComfyUI-Frame-Interpolation's nodes ("RIFE VFI", "FILM VFI", …) download their
+            # ckpt_name into the pack's own folder on first use: no model folder holds it.
+            continue
         for name, value in node["inputs"].items():
             folder = CLASS_FILE_INPUTS.get((node["class_type"], name)) or FILE_INPUTS.get(name)
             if folder and isinstance(value, str) and value:
@@ -377,6 +382,10 @@ def detect(workflow: Mapping[str, Any]) -> ParamMap:
                 add("fps", node_id, name)
         if class_type.startswith("LoadImage") and isinstance(inputs.get("image"), str):
             add("image", node_id, "image")
+        if "LoadVideo" in class_type:  # ComfyUI's LoadVideo names its file "file", VHS_LoadVideo "video"
+            for name in ("file", "video"):
+                if isinstance(inputs.get(name), str):
+                    add("video", node_id, name)
         if class_type in LORA_CLASSES and isinstance(inputs.get("lora_name"), str):
             add("loras", node_id, "lora_name")
         if isinstance(inputs.get("filename_prefix"), str):
@@ -420,7 +429,7 @@ def apply(
 ) -> dict[str, Any]:
     """A copy of the workflow with params written where the mapping says; the input is not touched.
 
-    params: positive, negative, filename_prefix, image (str); seed (int, or "random"/-1 for a fresh one);
+    params: positive, negative, filename_prefix, image, video (str); seed (int, or "random"/-1 for a fresh one);
     steps, width, height, frames (int); cfg, fps (number); loras (list of names, (name, strength) or
     {"name", "strength"}, given to the template's LoRA loaders in order). None or missing means keep.
     """

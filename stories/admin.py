@@ -9,8 +9,8 @@ from django.urls import reverse
 from django.utils.html import format_html_join
 from django.utils.safestring import SafeString
 
-from stories import graph, steps
-from stories.models import Character, MusicCue, Scene, Segment, Shot, StepRun, Story
+from stories import graph, movie, steps
+from stories.models import Character, Movie, MoviePart, MusicCue, Scene, Segment, Shot, StepRun, Story
 
 # What a story's page in the admin links to: its objects' lists, filtered to it.
 CONTENTS = [(Segment, "segments"), (Character, "characters"), (Shot, "shots"), (Scene, "scenes")]
@@ -212,3 +212,42 @@ class CharacterAdmin(admin.ModelAdmin):
     def edited(self, request: HttpRequest, story: Story) -> None:
         graph.edited(story, "characters", steps.characters_output(story), who=request.user.get_username())
         self.message_user(request, f"The characters of {story} changed: the steps after them run again.")
+
+
+class MoviePartInline(admin.TabularInline):
+    model = MoviePart
+    fields = ("number", "segment", "seconds", "chain", "job")
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+
+    def has_add_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
+        return False
+
+
+@admin.register(Movie)
+class MovieAdmin(admin.ModelAdmin):
+    """A story's movie exports: their plans (the render graph's tasks by shot) and their films."""
+
+    list_display = ("story", "version", "path", "status", "progress", "seconds", "created", "finished")
+    list_filter = ("status", "path")
+    list_select_related = ("story",)
+    search_fields = ("story__title", "code")
+    readonly_fields = [f.name for f in Movie._meta.fields]
+    inlines = [MoviePartInline]
+    actions = ["pause", "resume", "cancel"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # a movie is planned from its story: the Movie tab, or `manage.py story export`
+
+    @admin.action(description="Pause")
+    def pause(self, request: HttpRequest, queryset: QuerySet[Movie]) -> None:
+        self.message_user(request, f"Paused {sum(movie.pause(m) for m in queryset)} movie(s).")
+
+    @admin.action(description="Resume")
+    def resume(self, request: HttpRequest, queryset: QuerySet[Movie]) -> None:
+        self.message_user(request, f"Resumed {sum(movie.resume(m) for m in queryset)} movie(s).")
+
+    @admin.action(description="Cancel")
+    def cancel(self, request: HttpRequest, queryset: QuerySet[Movie]) -> None:
+        self.message_user(request, f"Cancelled {sum(movie.cancel(m) for m in queryset)} movie(s).")

@@ -13,10 +13,10 @@ from django.utils import timezone
 
 from renders import queue
 from renders.models import Queue, RenderJob
-from stories import runner
-from stories.forms import CharacterForm
+from stories import movie, runner
+from stories.forms import CharacterForm, MovieForm
 from stories.graph import ACTIVE, ASK, STEPS, Costs, Step, edit_cost, not_completed, rerun_cost, steps_for
-from stories.models import Scene, Shot, StepRun, Story
+from stories.models import Movie, MoviePart, Scene, Shot, StepRun, Story
 from stories.rendering import rendered
 
 PAGE = 25
@@ -30,6 +30,7 @@ TABS = {
     "music": "Music cues",
     "renders": "Renders",
     "gallery": "Gallery",
+    "movie": "Movie",
 }
 ICONS = {
     StepRun.COMPLETED: "✓",
@@ -172,6 +173,9 @@ def detail(
         context.update(renders(story, status, page, text))
     elif tab == "gallery":
         context["gallery"] = gallery(story)
+    elif tab == "movie":
+        context.update(movie_tab(story))
+        context["in_flight"] = context["movie_active"]  # its tasks' progress: looked at every few seconds
     if tab in ("renders", "gallery"):
         # Render jobs tell only the render queue's topics when they change: while the story's
         # are under way, its Renders and Gallery tabs look again every few seconds.
@@ -271,3 +275,92 @@ def gallery(story: Story) -> list[GalleryItem]:
     waiting = [i.job for i in items.values() if i.out is None and i.job and i.job.status == RenderJob.QUEUED]
     queue.why_waiting(waiting)
     return [items[n] for n in numbers]
+
+
+@dataclass
+class Cell:
+    """One task of a shot on the Movie tab, as it is shown."""
+
+    stage: str
+    job: RenderJob | None
+    reused: bool
+    why: str = ""  # why it waits, when a task before it did not render
+    label: str = ""
+    node: str = ""
+    thumbnail: str = ""
+
+
+@dataclass
+class GraphRow:
+    """One shot of a movie on its Movie tab: a cell per step of the graph, and the first of its
+    tasks that failed, if any (the ones after it wait)."""
+
+    part: MoviePart
+    cells: list[Cell]
+    failed: RenderJob | None
+
+
+def movie_tab(story: Story, form: Any = None) -> dict[str, Any]:
+    """The Movie tab: the export form, the latest movie's graph by shot and its film, and the
+    earlier versions. A fixed number of queries however many shots."""
+    movies = list(story.movies.all()[:20])
+    current = movies[0] if movies else None
+    rows: list[GraphRow] = []
+    stages: list[str] = []
+    if current is not None:
+        stages = movie.stages_for(
+            movie.Options(path=current.path, upscale=current.upscale, interpolate=current.interpolate)
+        )
+        labels = dict(RenderJob.STATUSES)
+        for state in movie.states(current):
+            by_stage = {stage: (job, reused) for stage, job, reused in state.jobs}
+            cells = []
+            for stage in stages:
+                job, reused = by_stage.get(stage, (None, False))
+                cell = Cell(stage, job, reused)
+                if job is not None:
+                    cell.label = labels.get(job.status, job.status).lower()
+                    cell.node = job.node.name if job.node else ""
+                    cell.thumbnail = str(job.outputs[0].get("thumbnail", "")) if job.outputs else ""
+                    if job.status == RenderJob.QUEUED and state.blocked:
+                        cell.why = "waits for a task before it that did not render"
+                cells.append(cell)
+            rows.append(GraphRow(state.part, cells, state.failed))
+    done = sum(1 for r in rows if r.cells and r.cells[-1].job and r.cells[-1].job.status == RenderJob.COMPLETED)
+    return {
+        "movie_form": form or MovieForm(story),
+        "movie": current,
+        "graph": rows,
+        "stages": [(s, movie.STAGE_LABELS[s]) for s in stages],
+        "shots_done": done,
+        "versions": [m for m in movies[1:] if m.status == Movie.COMPLETED],
+        "movie_active": current is not None and current.status in Movie.ACTIVE,
+    }
+
+
+def pipelines() -> dict[str, Any]:
+    """The Pipelines page: every movie being made (and the last ones to end), with how far each is."""
+    active = list(Movie.objects.filter(status__in=Movie.ACTIVE).select_related("story").order_by("-created")[:100])
+    ended = list(Movie.objects.filter(status__in=Movie.ENDED).select_related("story").order_by("-finished")[:20])
+    chains = {m.pk: [c for c in m.parts.values_list("chain", flat=True)] for m in active}
+    pks = {pk for chain_list in chains.values() for chain in chain_list for _, pk, _ in chain}
+    status = dict(RenderJob.objects.filter(pk__in=pks).values_list("pk", "status")) if pks else {}
+    rows = []
+    for m in active:
+        tasks = [pk for chain in chains[m.pk] for _, pk, _ in chain]
+        finished = sum(1 for pk in tasks if status.get(pk) == RenderJob.COMPLETED)
+        failed = sum(1 for pk in tasks if status.get(pk) in (RenderJob.FAILED, RenderJob.CANCELLED))
+        shots = sum(1 for chain in chains[m.pk] if chain and status.get(chain[-1][1]) == RenderJob.COMPLETED)
+        share = (finished / len(tasks) if tasks else 1.0) * 0.8 + m.progress * 0.2
+        rows.append(
+            {
+                "movie": m,
+                "tasks": len(tasks),
+                "finished": finished,
+                "failed": failed,
+                "shots": shots,
+                "parts": len(chains[m.pk]),
+                "share": share,
+            }
+        )
+    return {"running": rows, "ended": ended, "labels": movie.STAGE_LABELS}

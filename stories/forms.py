@@ -9,7 +9,7 @@ from nodes.models import Capability
 from renders.forms import RenderForm
 from renders.models import Template
 from stories import graph
-from stories.models import Character, MusicCue, Story
+from stories.models import Character, Movie, MusicCue, Story
 
 MAX_IDEA = 20_000
 ASK_STEPS = [name for name, step in graph.STEPS.items() if step.kind == graph.ASK]
@@ -254,3 +254,100 @@ class MusicCueForm(forms.ModelForm):
     class Meta:
         model = MusicCue
         fields = ["mood", "description"]
+
+
+class MovieForm(forms.Form):
+    """ "Export the movie": how the shots render (the path, upscale, interpolation, the template
+    of each step), how they join (cuts or crossfades, the narration's fit, subtitles burned in or
+    not, a failed shot waited for or left out) and a music track of the user's."""
+
+    path = forms.ChoiceField(choices=Movie.PATHS, initial=Movie.T2V, widget=forms.RadioSelect, label="Each shot")
+    upscale = forms.BooleanField(required=False, label="Upscale each shot")
+    interpolate = forms.BooleanField(required=False, label="Interpolate frames (twice the fps)")
+    keyframe = forms.ModelChoiceField(Template.objects.none(), required=False, label="Keyframe template")
+    video = forms.ModelChoiceField(Template.objects.none(), label="Video template")
+    upscaler = forms.ModelChoiceField(Template.objects.none(), required=False, label="Upscale template")
+    interpolator = forms.ModelChoiceField(Template.objects.none(), required=False, label="Interpolation template")
+    transition = forms.ChoiceField(choices=Movie.TRANSITIONS, initial=Movie.CUT, label="Between shots")
+    narration_fit = forms.ChoiceField(choices=Movie.FITS, initial=Movie.HOLD, label="Narration longer than its shots")
+    burn_subtitles = forms.BooleanField(required=False, label="Burn the subtitles into the picture")
+    leave_out_failed = forms.BooleanField(
+        required=False,
+        label="Leave out a shot that fails",
+        help_text="With a title card saying so; otherwise the film waits until you retry it.",
+    )
+    music = forms.FileField(
+        required=False,
+        label="Music track",
+        help_text="MP3, WAV, OGG, FLAC or M4A, at most 100 MB: laid under the narration, lowered while it speaks.",
+    )
+
+    FIELDS_OF = {"keyframe": "keyframe", "video": "video", "upscaler": "upscale", "interpolator": "interp"}
+
+    def __init__(self, story: Story, *args: Any, **kwargs: Any) -> None:
+        from stories import movie
+
+        super().__init__(*args, **kwargs)
+        self.story = story
+        templates = Template.objects.order_by("name")
+        for name, roles in (
+            ("keyframe", (Template.KEYFRAME,)),
+            ("video", (Template.T2V, Template.I2V)),
+            ("upscaler", (Template.UPSCALE,)),
+            ("interpolator", (Template.INTERP,)),
+        ):
+            field = self.fields[name]
+            assert isinstance(field, forms.ModelChoiceField)
+            field.queryset = templates.filter(role__in=roles)
+        path = self.data.get("path") if self.is_bound else None
+        chosen = movie.default_templates(story, str(path or Movie.T2V))
+        for name, stage in self.FIELDS_OF.items():
+            if stage in chosen:
+                self.fields[name].initial = chosen[stage].pk
+
+    def clean_music(self) -> str:
+        upload = self.cleaned_data.get("music")
+        if not upload:
+            return ""
+        from renders import media
+
+        try:
+            return media.keep_music(upload.read(media.MAX_MUSIC + 1), upload.name or "")
+        except media.MediaError as e:
+            raise forms.ValidationError(str(e)) from None
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        video = data.get("video")
+        if video is not None and data.get("path"):
+            wants_image = data["path"] == Movie.I2V
+            if wants_image and not video.takes("image"):
+                self.add_error("video", f"{video.name} does not start from an image: pick an image-to-video template.")
+            if not wants_image and video.takes("image"):
+                self.add_error("video", f"{video.name} starts from an image: choose “Keyframe, then image to video”.")
+        needed = [
+            ("keyframe", data.get("path") == Movie.I2V),
+            ("upscaler", data.get("upscale")),
+            ("interpolator", data.get("interpolate")),
+        ]
+        for name, wanted in needed:
+            if wanted and not data.get(name):
+                self.add_error(name, "Choose a template for this step.")
+        return data
+
+    def options(self) -> Any:
+        from stories import movie
+
+        data = self.cleaned_data
+        templates = {stage: data[name] for name, stage in self.FIELDS_OF.items() if data.get(name)}
+        return movie.Options(
+            path=data["path"],
+            upscale=data["upscale"],
+            interpolate=data["interpolate"],
+            transition=data["transition"],
+            narration_fit=data["narration_fit"],
+            burn_subtitles=data["burn_subtitles"],
+            leave_out_failed=data["leave_out_failed"],
+            templates=templates,
+            music=data.get("music") or "",
+        )

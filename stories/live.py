@@ -28,6 +28,12 @@ def detail_fragments(code: str) -> str:
     return "".join(render_to_string(f"stories/detail.html#{name}", ctx) for name in ("head", "steps"))
 
 
+def pipeline_fragments() -> str:
+    return render_to_string("stories/pipelines.html#pipelines", context.pipelines())
+
+
 def register() -> None:
     live.TOPICS["stories"] = list_fragments
+    live.TOPICS["pipelines"] = pipeline_fragments
+    live.DRAWN_WITH.setdefault("renders-done", set()).add("pipelines")  # a task of a movie ended
     live.PER_OBJECT["story-"] = detail_fragments

@@ -314,3 +314,114 @@ class StepRun(models.Model):
             error=error,
             heartbeat=None,
         )
+
+
+class Movie(models.Model):
+    """One export of a story's film ("Export the movie"): the render graph it planned (its
+    settings, its parts), how far it is, and the film it made. Earlier exports are kept as
+    versions. Its export runs as a task whose row is this one: `worker` and `heartbeat` are its
+    lease, re-driven by the sweeper when the worker dies (stories.movie.sweep)."""
+
+    RENDERING, PAUSED, EXPORTING, COMPLETED, FAILED, CANCELLED = (
+        "rendering",
+        "paused",
+        "exporting",
+        "completed",
+        "failed",
+        "cancelled",
+    )
+    STATUSES = [
+        (RENDERING, "Rendering its shots"),
+        (PAUSED, "Paused"),
+        (EXPORTING, "Joining the film"),
+        (COMPLETED, "Completed"),
+        (FAILED, "Failed"),
+        (CANCELLED, "Cancelled"),
+    ]
+    ENDED = (COMPLETED, FAILED, CANCELLED)
+    ACTIVE = (RENDERING, PAUSED, EXPORTING)
+    T2V, I2V = "t2v", "i2v"
+    PATHS = [(T2V, "Text to video"), (I2V, "Keyframe, then image to video")]
+    CUT, CROSSFADE = "cut", "crossfade"
+    TRANSITIONS = [(CUT, "Cuts"), (CROSSFADE, "Crossfades")]
+    HOLD, SPEED = "hold", "speed"
+    FITS = [(HOLD, "Hold the shot until the narration ends"), (SPEED, "Speed the speech up (up to 1.5×)")]
+
+    code = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    story = models.ForeignKey(Story, on_delete=models.CASCADE, related_name="movies")
+    version = models.PositiveIntegerField()
+    path = models.CharField(max_length=10, choices=PATHS, default=T2V)
+    upscale = models.BooleanField(default=False)
+    interpolate = models.BooleanField(default=False)
+    transition = models.CharField(max_length=10, choices=TRANSITIONS, default=CUT)
+    narration_fit = models.CharField(max_length=10, choices=FITS, default=HOLD)
+    burn_subtitles = models.BooleanField(default=False)
+    # A shot whose render failed: wait for it (retry it), or leave it out with a title card.
+    leave_out_failed = models.BooleanField(default=False)
+    # The templates of each step of the graph, as chosen when it was planned.
+    templates = models.JSONField(default=dict, blank=True)
+    music = models.CharField(max_length=300, blank=True, help_text="A track the user uploaded (a media path).")
+    status = models.CharField(max_length=10, choices=STATUSES, default=RENDERING)
+    # What was planned: tasks of each kind, new and reused, and the estimate in seconds.
+    plan = models.JSONField(default=dict, blank=True)
+    progress = models.FloatField(default=0)  # of the export itself, 0..1
+    message = models.CharField(max_length=300, blank=True)  # what the export does now
+    worker = models.CharField(max_length=100, blank=True)
+    heartbeat = models.DateTimeField(null=True, blank=True)
+    crashes = models.PositiveSmallIntegerField(default=0)
+    created = models.DateTimeField(default=timezone.now)
+    exporting = models.DateTimeField(null=True, blank=True)
+    finished = models.DateTimeField(null=True, blank=True)
+    # The film (media paths), once completed.
+    video = models.CharField(max_length=300, blank=True)
+    vtt = models.CharField(max_length=300, blank=True)
+    srt = models.CharField(max_length=300, blank=True)
+    seconds = models.FloatField(null=True, blank=True)
+    chapters = models.JSONField(default=list, blank=True)
+    warnings = models.JSONField(default=list, blank=True)
+    error = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["story", "-version"]
+        constraints = [models.UniqueConstraint(fields=["story", "version"], name="one_movie_per_version")]
+        indexes = [models.Index(fields=["status"], name="movie_status")]
+
+    def __str__(self) -> str:
+        return f"{self.story} movie v{self.version}"
+
+    def set_status(self, to: str, *, expect: tuple[str, ...], **fields: Any) -> bool:
+        """Guarded: move to `to` only from one of `expect`, the pages told in the same transaction."""
+        with transaction.atomic():
+            if not Movie.objects.filter(pk=self.pk, status__in=expect).update(status=to, **fields):
+                return False
+            self.status = to
+            for key, value in fields.items():
+                setattr(self, key, value)
+            self.changed()
+        return True
+
+    def changed(self, kind: str = "movie.changed") -> None:
+        Event.objects.bulk_create(
+            [Event(topic=self.story.topic(), kind=kind), Event(topic="pipelines", kind=kind, ref=str(self.code))]
+        )
+
+
+class MoviePart(models.Model):
+    """One shot (or HoloCine scene) of a movie: its tasks in graph order (render job pks,
+    keyframe → video → upscale → interpolation) and the one whose output is the shot's clip."""
+
+    movie = models.ForeignKey(Movie, on_delete=models.CASCADE, related_name="parts")
+    number = models.PositiveIntegerField()
+    segment = models.PositiveIntegerField(default=0)
+    seconds = models.FloatField()
+    chain = models.JSONField(default=list)  # [[stage, job pk, reused], …] in graph order
+    job = models.ForeignKey(
+        "renders.RenderJob", on_delete=models.SET_NULL, null=True, blank=True, related_name="movie_parts"
+    )
+
+    class Meta:
+        ordering = ["movie", "number"]
+        constraints = [models.UniqueConstraint(fields=["movie", "number"], name="one_part_per_shot")]
+
+    def __str__(self) -> str:
+        return f"part {self.number} of {self.movie}"

@@ -18,9 +18,11 @@ REFERENCE_SETTINGS = {"width": 768, "height": 768, "frames": 1, "steps": 20, "cf
 
 
 def story_jobs(story: Story, prefix: str) -> dict[str, list[RenderJob]]:
-    """The story's jobs whose target starts with `prefix`, by target, newest first."""
+    """The story's jobs whose target starts with `prefix`, by target, newest first: those of its
+    steps, not of a movie's render graph (stories.movie)."""
     jobs: dict[str, list[RenderJob]] = {}
-    for job in RenderJob.objects.filter(story=str(story.code), target__startswith=prefix).order_by("-created", "-id"):
+    mine = RenderJob.objects.filter(story=str(story.code), target__startswith=prefix, stage="")
+    for job in mine.order_by("-created", "-id"):
         jobs.setdefault(job.target, []).append(job)
     return jobs
 

@@ -403,7 +403,10 @@ def rendering_stories() -> set[int]:
     jobs are not all ended (queued again from the render queue)."""
     following = set(Story.objects.filter(state=Story.RENDERING).values_list("pk", flat=True))
     busy = (
-        RenderJob.objects.exclude(story="").exclude(status__in=RenderJob.ENDED).exclude(target__startswith="reference:")
+        RenderJob.objects.exclude(story="")
+        .filter(stage="")
+        .exclude(status__in=RenderJob.ENDED)
+        .exclude(target__startswith="reference:")
     )
     codes = valid_codes(set(busy.values_list("story", flat=True).distinct()))
     ended = Story.objects.filter(code__in=codes, state__in=(Story.COMPLETED, Story.FAILED))

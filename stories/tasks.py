@@ -13,3 +13,10 @@ def feed() -> str:
 def step(run_pk: int) -> str:
     """Run one claimed step (and, on its node, what is ready next)."""
     return runner.execute(run_pk)
+
+
+def export(movie_pk: int) -> str:
+    """Join a movie's rendered shots into the film."""
+    from stories import movie
+
+    return movie.export(movie_pk)

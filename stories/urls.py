@@ -13,4 +13,9 @@ urlpatterns = [
     path("<uuid:code>/pieces/<int:number>/prompt/", views.prompt, name="prompt"),
     path("<uuid:code>/segments/<int:number>/narration/", views.narration, name="narration"),
     path("<uuid:code>/music/<int:number>/", views.music, name="music"),
+    path("<uuid:code>/movie/plan/", views.movie_plan, name="movie_plan"),
+    path("<uuid:code>/movie/export/", views.movie_export, name="movie_export"),
+    path("<uuid:code>/movie/v<int:version>/<slug:what>/", views.movie_action, name="movie_action"),
+    path("<uuid:code>/movie/tasks/<int:pk>/retry/", views.movie_retry, name="movie_retry"),
+    path("pipelines/", views.pipelines, name="pipelines"),
 ]

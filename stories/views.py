@@ -4,6 +4,7 @@ import hashlib
 import json
 import re
 from collections.abc import Callable
+from typing import Any
 
 from django import forms
 from django.contrib import messages
@@ -15,10 +16,11 @@ from django.urls import reverse
 from django.utils.html import escape
 from django.views.decorators.http import require_POST
 
+from renders.models import RenderJob
 from spoonfeeder.views import HtmxHttpRequest, done
-from stories import context, graph, steps
-from stories.forms import CharacterForm, MusicCueForm, NarrationForm, PromptForm, StoryForm
-from stories.models import Character, MusicCue, Segment, StepRun, Story
+from stories import context, graph, movie, steps
+from stories.forms import CharacterForm, MovieForm, MusicCueForm, NarrationForm, PromptForm, StoryForm
+from stories.models import Character, Movie, MusicCue, Segment, StepRun, Story
 
 # The header a following tab sends with what it shows, and gets back with what it would show.
 TAB_DIGEST = "X-Story-Tab"
@@ -60,13 +62,20 @@ def detail(request: HtmxHttpRequest, code: str, tab: str = "story") -> HttpRespo
 
 
 def show(
-    request: HtmxHttpRequest, story: Story, tab: str, status: int = 200, invalid: CharacterForm | None = None
+    request: HtmxHttpRequest,
+    story: Story,
+    tab: str,
+    status: int = 200,
+    invalid: CharacterForm | None = None,
+    movie_form: MovieForm | None = None,
 ) -> HttpResponse:
     """The story's page on `tab`; an htmx GET (the tab following the story) gets the tab alone."""
     alone = bool(request.htmx) and request.method == "GET"
     ctx = context.detail(
         story, tab, request.GET.get("status", ""), page_number(request), whole=not alone, text=request.GET.get("q", "")
     )
+    if movie_form is not None:  # the export form the user sent, with their choices and its errors
+        ctx["movie_form"] = movie_form
     # What the tab asks for to follow the story (not the URL of a refused action or a failed save).
     ctx["here"] = reverse("stories:tab", args=[story.code, tab])
     if request.method == "GET" and request.GET:
@@ -273,3 +282,83 @@ def prompt(request: HtmxHttpRequest, code: str, number: int) -> HttpResponse:
     except graph.NotNow as e:
         return refuse(request, story, f"{piece}'s prompt was not saved: {e}", status=409)
     return done(request, f"Saved {piece}'s prompt; its render is queued again.", back)
+
+
+# --- the movie ---------------------------------------------------------------------------------
+
+
+@require_POST
+def movie_plan(request: HtmxHttpRequest, code: str) -> HttpResponse:
+    """What "Export the movie" would do with the choices in the form, saving nothing: the plan
+    shown beside the form, with the button that runs it."""
+    story = find(code)
+    form = MovieForm(story, request.POST)
+    ctx: dict[str, Any] = {"story": story, "movie_form": form}
+    if form.is_valid():
+        try:
+            ctx["plan"] = movie.plan(story, form.options())
+        except movie.PlanError as e:
+            ctx["plan_error"] = str(e)
+    return render(request, "stories/detail.html#movie-plan", ctx, status=200 if "plan" in ctx else 400)
+
+
+@require_POST
+def movie_export(request: HtmxHttpRequest, code: str) -> HttpResponse:
+    """Run the plan: its tasks queued, the film joined once they have rendered."""
+    story = find(code)
+    form = MovieForm(story, request.POST, request.FILES)
+    if not form.is_valid():
+        messages.error(request, "The movie was not started: " + reasons(form))
+        return show(request, story, "movie", status=400, movie_form=form)
+    try:
+        made = movie.start(story, form.options())
+    except movie.PlanError as e:
+        return refuse(request, story, f"The movie was not started: {e}")
+    counts = made.plan.get("counts", {})
+    new = sum(c["new"] for c in counts.values())
+    reused = sum(c["reused"] for c in counts.values())
+    return done(
+        request, f"Movie v{made.version} started: {new} task(s) queued, {reused} reused.", tab_url(story, "movie")
+    )
+
+
+@require_POST
+def movie_action(request: HtmxHttpRequest, code: str, version: int, what: str) -> HttpResponse:
+    story = find(code)
+    made = Movie.objects.select_related("story").filter(story=story, version=version).first()
+    if made is None:
+        return refuse(request, story, f"This story has no movie v{version}.", status=404)
+    here = tab_url(story, "movie")
+    if what == "pause":
+        if not movie.pause(made):
+            return refuse(request, story, "Only a movie whose shots are rendering can be paused.", status=409)
+        return done(request, "Paused: its queued tasks wait; those on a node finish.", here)
+    if what == "resume":
+        if not movie.resume(made):
+            return refuse(request, story, "The movie is not paused.", status=409)
+        return done(request, "Resumed.", here)
+    if what == "cancel":
+        if not movie.cancel(made):
+            return refuse(request, story, "The movie has ended already.", status=409)
+        return done(request, "Cancelled: its unfinished tasks were cancelled; finished renders are kept.", here)
+    raise Http404(f"A movie has no action {what!r}.")
+
+
+@require_POST
+def movie_retry(request: HtmxHttpRequest, code: str, pk: int) -> HttpResponse:
+    """Retry a failed task of the story's movie: the tasks that take its output run once it has."""
+    story = find(code)
+    job = RenderJob.objects.filter(pk=pk, story=str(story.code)).exclude(stage="").first()
+    if job is None:
+        return refuse(request, story, "That task is not one of this story's movie.", status=404)
+    if not job.retry():
+        return refuse(request, story, "Only a failed or cancelled task can be retried.", status=409)
+    return done(
+        request,
+        f"{movie.STAGE_LABELS.get(job.stage, job.stage)} of {job.target} queued again.",
+        tab_url(story, "movie"),
+    )
+
+
+def pipelines(request: HtmxHttpRequest) -> HttpResponse:
+    return render(request, "stories/pipelines.html", context.pipelines())

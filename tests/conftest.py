@@ -260,6 +260,17 @@ class Socket:
 
 
 @pytest.fixture
+def fast(settings: Any, tmp_path: Path) -> None:
+    """Rendering on simulated nodes without waiting: short leases, retries and rests; outputs in
+    the test's own media folder."""
+    settings.STALE = 2
+    settings.BEAT = 0.3
+    settings.MAX_REST = 2  # a node that kept failing rests no longer than this (a minute by default)
+    settings.RENDER_BACKOFF = 0.05
+    settings.MEDIA_ROOT = tmp_path / "media"
+
+
+@pytest.fixture
 def cluster(transactional_db: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cluster]:
     """Tasks run in this process (see Cluster), and a sweeper starts as when a worker starts."""
     from spoonfeeder import tasks

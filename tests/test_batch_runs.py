@@ -31,15 +31,6 @@ NET = 35 if os.environ.get("DATABASE_URL") else 34
 SEEDED = "test-video-prompt"  # a model-free template that takes a prompt and a seed
 
 
-@pytest.fixture
-def fast(settings: Any, tmp_path: Path) -> None:
-    settings.STALE = 2
-    settings.BEAT = 0.3
-    settings.MAX_REST = 2
-    settings.RENDER_BACKOFF = 0.05
-    settings.MEDIA_ROOT = tmp_path / "media"
-
-
 def start_pool(n: int, seconds: float = 0.05) -> list[SimComfyUI]:
     sims = []
     for i in range(n):

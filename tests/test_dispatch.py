@@ -39,15 +39,6 @@ NET = 33 if os.environ.get("DATABASE_URL") else 32
 
 
 @pytest.fixture
-def fast(settings: Any, tmp_path: Path) -> None:
-    settings.STALE = 2
-    settings.BEAT = 0.3
-    settings.MAX_REST = 2  # a node that kept failing rests no longer than this (a minute by default)
-    settings.RENDER_BACKOFF = 0.05
-    settings.MEDIA_ROOT = tmp_path / "media"
-
-
-@pytest.fixture
 def node(transactional_db: None, fast: None) -> Iterator[tuple[Node, SimComfyUI]]:
     sim = SimComfyUI(f"127.0.{NET}.1", 0, seconds_per_node=0.05).start()
     gpu = Node.objects.create(name="gpu", host=f"127.0.{NET}.1")

@@ -1,24 +1,30 @@
 """The simulated ComfyUI's fault knobs, seen from a client's side over real HTTP and WebSockets:
 what a real ComfyUI and hostile or slow nodes do (../shared/comfyui/PROTOCOL.md, "Surprises
-worth testing against"), so that the engine's tests can reproduce it."""
+worth testing against"), so that the engine's tests can reproduce it. Then what the render graph
+needs of it: files loaded by annotated name, videos, RIFE, and uploads counted."""
 
 from __future__ import annotations
 
+import io
 import json
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+import av
 import pytest
 import requests
 import websocket
+from av.video.stream import VideoStream
+from PIL import Image
 
 from nodes.sim.comfyui import SimComfyUI
 from tests.conftest import wait_until
-from tests.test_comfyui import workflow
+from tests.test_comfyui import png_bytes, workflow
 
 HOST = "127.0.50.21"
 MB = 1024 * 1024
@@ -349,3 +355,227 @@ def test_a_prompt_with_one_invalid_branch_is_accepted_and_runs_the_valid_one(sim
     assert entry["status"]["status_str"] == "success" and entry["prompt"][4] == ["2"]
     assert list(entry["outputs"]) == ["2"]
     assert sorted(p.name for p in (sim.output_dir / "peer").iterdir()) == ["partial_00001_.png"]
+
+
+# Loading files: uploads, annotated names ("x.png [output]") and videos.
+
+
+def mp4(frames: int = 5, size: tuple[int, int] = (32, 16), fps: float = 12.5) -> bytes:
+    """An h264 MP4 whose frames go from black to red."""
+    out = io.BytesIO()
+    with av.open(out, "w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=Fraction(round(fps * 1000), 1000))
+        assert isinstance(stream, VideoStream)
+        stream.width, stream.height, stream.pix_fmt = size[0], size[1], "yuv420p"
+        for i in range(frames):
+            image = Image.new("RGB", size, (255 * i // max(frames - 1, 1), 0, 0))
+            container.mux(stream.encode(av.VideoFrame.from_image(image)))
+        container.mux(stream.encode(None))
+    return out.getvalue()
+
+
+def probe(data: bytes) -> tuple[int, tuple[int, int], Fraction]:
+    """Frames, size and frame rate of a video."""
+    with av.open(io.BytesIO(data), "r") as container:
+        stream = container.streams.video[0]
+        frames = [frame.to_image() for frame in container.decode(stream)]
+        return len(frames), frames[0].size, Fraction(stream.average_rate or 0)
+
+
+def upload(sim: SimComfyUI, name: str, data: bytes, **form: str) -> dict[str, Any]:
+    answer = http(sim, "POST", "/upload/image", files={"image": (name, data)}, data=form)
+    assert answer.status_code == 200, answer.text
+    result: dict[str, Any] = answer.json()
+    return result
+
+
+def only_output(entry: dict[str, Any]) -> dict[str, Any]:
+    assert entry["status"]["status_str"] == "success", entry["status"]["messages"][-1]
+    ((output,),) = [node["images"] for node in entry["outputs"].values()]
+    return dict(output)
+
+
+def view(sim: SimComfyUI, output: dict[str, Any]) -> bytes:
+    answer = http(sim, "GET", "/view", params=output)
+    assert answer.status_code == 200
+    return answer.content
+
+
+def rejected(sim: SimComfyUI, wf: dict[str, Any]) -> dict[str, Any]:
+    answer = http(sim, "POST", "/prompt", json={"prompt": wf, "client_id": "c"})
+    assert answer.status_code == 400, answer.text
+    body: dict[str, Any] = answer.json()
+    return body
+
+
+def scaled(source: str, by: float = 2.0) -> dict[str, Any]:
+    """LoadVideo → GetVideoComponents → ImageScaleBy → CreateVideo at the source's rate → SaveVideo."""
+    return {
+        "1": {"class_type": "LoadVideo", "inputs": {"file": source}},
+        "2": {"class_type": "GetVideoComponents", "inputs": {"video": ["1", 0]}},
+        "3": {"class_type": "ImageScaleBy", "inputs": {"image": ["2", 0], "upscale_method": "lanczos", "scale_by": by}},
+        "4": {"class_type": "CreateVideo", "inputs": {"images": ["3", 0], "fps": ["2", 2]}},
+        "5": {
+            "class_type": "SaveVideo",
+            "inputs": {"video": ["4", 0], "filename_prefix": "peer/scaled", "format": "auto", "codec": "auto"},
+        },
+    }
+
+
+def test_an_annotated_output_path_loads_what_an_earlier_prompt_saved(sim: SimComfyUI) -> None:
+    still = only_output(finished(sim, submit(sim, workflow("still_image"), "c")))  # 0xFF8000, 64² here
+    assert still == {"filename": "still_00001_.png", "subfolder": "peer", "type": "output"}
+    inverted = workflow("load_uploaded_image", **{"1.image": "peer/still_00001_.png [output]"})
+    made = only_output(finished(sim, submit(sim, inverted, "c")))
+    with Image.open(io.BytesIO(view(sim, made))) as image:
+        assert image.size == (64, 64) and image.convert("RGB").getpixel((5, 5)) == (0, 127, 255)
+    assert sim.uploaded == []  # nothing went over the wire but the prompts
+
+
+def test_a_name_that_leaves_its_folder_is_refused(sim: SimComfyUI) -> None:
+    Image.new("RGB", (8, 8)).save(sim.root / "secret.png")  # beside the input and output folders
+    (sim.root / "secret.mp4").write_bytes(mp4())
+    outside = ("../secret.png", "../secret.png [output]", "peer/../../secret.png [temp]", str(sim.root / "secret.png"))
+    for name in outside:
+        body = rejected(sim, workflow("load_uploaded_image", **{"1.image": name}))
+        assert body["node_errors"]["1"]["errors"][0]["details"] == f"image - Invalid image file: {name}"
+    body = rejected(sim, scaled("../secret.mp4 [output]"))
+    assert body["node_errors"]["1"]["errors"][0]["details"] == "file - Invalid video file: ../secret.mp4 [output]"
+
+
+def test_a_missing_file_fails_validation_with_the_real_message(sim: SimComfyUI) -> None:
+    body = rejected(sim, workflow("load_uploaded_image", **{"1.image": "peer/still_00009_.png [output]"}))
+    assert body["error"]["type"] == "prompt_outputs_failed_validation"
+    (error,) = body["node_errors"]["1"]["errors"]
+    assert error["type"] == "custom_validation_failed" and error["message"] == "Custom validation failed for node"
+    assert error["details"] == "image - Invalid image file: peer/still_00009_.png [output]"
+    body = rejected(sim, scaled("nothing.mp4"))
+    assert body["node_errors"]["1"]["class_type"] == "LoadVideo"
+    assert body["node_errors"]["1"]["errors"][0]["details"] == "file - Invalid video file: nothing.mp4"
+
+
+def test_a_video_scaled_by_two_keeps_its_frame_count_and_rate(sim: SimComfyUI) -> None:
+    source = {"1.width": 32, "1.height": 16, "1.batch_size": 5, "3.fps": 12.5, "4.filename_prefix": "peer/source"}
+    made = only_output(finished(sim, submit(sim, workflow("video_mp4", **source), "c")))
+    assert probe(view(sim, made)) == (5, (32, 16), Fraction(25, 2))
+    bigger = only_output(finished(sim, submit(sim, scaled("peer/source_00001_.mp4 [output]"), "c")))
+    assert bigger["filename"].endswith(".mp4")
+    assert probe(view(sim, bigger)) == (5, (64, 32), Fraction(25, 2))
+    # Frames stay within the max_side knob, as made images do.
+    capped = only_output(finished(sim, submit(sim, scaled("peer/source_00001_.mp4 [output]", 4.0), "c")))
+    assert probe(view(sim, capped)) == (5, (64, 32), Fraction(25, 2))
+
+
+def rife(source: list[Any], multiplier: int) -> dict[str, Any]:
+    return {
+        "class_type": "RIFE VFI",
+        "inputs": {
+            "ckpt_name": "rife47.pth",
+            "frames": source,
+            "clear_cache_after_n_frames": 10,
+            "multiplier": multiplier,
+            "fast_mode": True,
+            "ensemble": True,
+            "scale_factor": 1.0,
+        },
+    }
+
+
+def test_rife_puts_in_betweens_after_every_frame_but_the_last(sim: SimComfyUI) -> None:
+    upload(sim, "clip.mp4", mp4(frames=5, fps=16))
+    interpolated = scaled("clip.mp4", 1.0)
+    interpolated["3"] = rife(["2", 0], 2)
+    interpolated["4"]["inputs"]["fps"] = 32.0
+    made = only_output(finished(sim, submit(sim, interpolated, "c")))
+    assert probe(view(sim, made)) == (9, (32, 16), Fraction(32))  # 2n - 1
+    # The in-betweens go from one frame to the next: black, 1/4, 1/2, 3/4 of the way, white.
+    ends = {
+        str(i): {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": c}}
+        for i, c in ((1, 0), (2, 0xFFFFFF))
+    }
+    stills = {
+        **ends,
+        "3": {"class_type": "ImageBatch", "inputs": {"image1": ["1", 0], "image2": ["2", 0]}},
+        "4": rife(["3", 0], 4),
+        "5": {"class_type": "SaveImage", "inputs": {"images": ["4", 0], "filename_prefix": "peer/rife"}},
+    }
+    entry = finished(sim, submit(sim, stills, "c"))
+    levels = []
+    for output in entry["outputs"]["5"]["images"]:
+        with Image.open(io.BytesIO(view(sim, output))) as image:
+            levels.append(image.convert("L").getpixel((0, 0)))
+    assert levels == [0, 63, 127, 191, 255]
+    # It needs two frames at least, as the real one asserts.
+    one = {**stills, "4": rife(["1", 0], 2)}
+    entry = finished(sim, submit(sim, one, "c"))
+    error = entry["status"]["messages"][-1][1]
+    assert error["exception_type"] == "AssertionError" and "at least 2 frames" in error["exception_message"]
+
+
+def test_a_node_without_the_frame_interpolation_custom_nodes_lacks_rife(sim: SimComfyUI) -> None:
+    assert "RIFE VFI" in http(sim, "GET", "/object_info").json()
+    ckpts = http(sim, "GET", "/object_info/RIFE VFI").json()["RIFE VFI"]["input"]["required"]["ckpt_name"]
+    assert {"rife47.pth", "rife49.pth"} <= set(ckpts[0]) and ckpts[1] == {"default": "rife47.pth"}
+    assert "rife47.pth" not in json.dumps(http(sim, "GET", "/models/checkpoints").json())  # no model folder
+    sim.knobs.custom_nodes = []
+    assert http(sim, "GET", "/object_info/RIFE VFI").json() == {}
+    interpolated = scaled("clip.mp4")
+    interpolated["3"] = rife(["2", 0], 2)
+    body = rejected(sim, interpolated)
+    assert body["error"]["message"] == "Cannot execute because node RIFE VFI does not exist."
+
+
+def test_uploads_are_counted_in_files_and_bytes(sim: SimComfyUI) -> None:
+    clip, still = mp4(), png_bytes((10, 20, 30))
+    upload(sim, "clip.mp4", clip)
+    upload(sim, "clip.mp4", clip)  # the same file again: not stored twice, but sent twice
+    stored = upload(sim, "still.png", still, subfolder="refs")
+    assert stored == {"name": "still.png", "subfolder": "refs", "type": "input"}
+    assert [(u.name, u.subfolder, u.size) for u in sim.uploaded] == [
+        ("clip.mp4", "", len(clip)),
+        ("clip.mp4", "", len(clip)),
+        ("still.png", "refs", len(still)),
+    ]
+    assert sim.uploaded_bytes == 2 * len(clip) + len(still)
+    sim.restart()  # the count is the object's, as the files are the disk's
+    assert sim.uploaded_bytes == 2 * len(clip) + len(still)
+
+
+def test_an_uploaded_video_loads_with_load_video(sim: SimComfyUI) -> None:
+    clip = mp4(frames=4, size=(24, 16), fps=10)
+    for name in ("clip.mp4", "clip.mov", "clip.webm"):
+        assert upload(sim, name, clip)["name"] == name  # any file: ComfyUI does not look inside
+    upload(sim, "still.png", png_bytes((10, 20, 30)))
+    info = http(sim, "GET", "/object_info").json()
+    assert info["LoadVideo"]["input"]["required"]["file"] == [
+        "COMBO",
+        {"options": ["clip.mov", "clip.mp4", "clip.webm"], "video_upload": True, "multiselect": False},
+    ]
+    assert info["LoadImage"]["input"]["required"]["image"][0] == ["still.png"]
+    assert info["LoadVideo"]["output"] == ["VIDEO"]
+    assert info["GetVideoComponents"]["output"] == ["IMAGE", "AUDIO", "FLOAT"]
+    straight = {
+        "1": {"class_type": "LoadVideo", "inputs": {"file": "clip.mov"}},
+        "2": {
+            "class_type": "SaveVideo",
+            "inputs": {"video": ["1", 0], "filename_prefix": "peer/again", "format": "auto", "codec": "auto"},
+        },
+    }
+    made = only_output(finished(sim, submit(sim, straight, "c")))
+    assert probe(view(sim, made)) == (4, (24, 16), Fraction(10))
+
+
+def test_a_file_changed_under_the_same_name_is_a_new_input(sim: SimComfyUI) -> None:
+    upload(sim, "clip.mp4", mp4(frames=3))
+    ws = connect(sim, "c")
+    first = submit(sim, scaled("clip.mp4"), "c")
+    receive(ws, done(first))
+    again = submit(sim, scaled("clip.mp4"), "c")
+    seen = receive(ws, done(again))
+    assert next(m for m in seen if m["type"] == "execution_cached")["data"]["nodes"] == ["1", "2", "3", "4", "5"]
+    upload(sim, "clip.mp4", mp4(frames=4), overwrite="true")
+    changed = submit(sim, scaled("clip.mp4"), "c")
+    seen = receive(ws, done(changed))
+    assert next(m for m in seen if m["type"] == "execution_cached")["data"]["nodes"] == []
+    assert probe(view(sim, only_output(finished(sim, changed))))[0] == 4
+    ws.close()

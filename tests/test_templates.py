@@ -194,3 +194,19 @@ def test_deleting_a_template_needs_a_login_and_the_csrf_token(user: object, ship
     client.force_login(user)  # type: ignore[arg-type]
     assert client.post(url).status_code == 403
     assert Template.objects.filter(pk=shipped.pk).exists()
+
+
+@pytest.mark.django_db
+def test_shipped_templates_load_with_their_kind_and_step_in_the_render_graph() -> None:
+    from renders.management.commands.load_templates import load
+
+    load()
+    loaded = {t.name: (t.kind, t.role) for t in Template.objects.filter(shipped=True)}
+    assert loaded["upscale-realesrgan"] == ("upscale", "upscale")
+    assert loaded["interp-rife"] == ("interp", "interp")
+    assert loaded["test-i2v"] == ("test", "i2v")
+    assert loaded["test-still-image"] == ("test", "keyframe")
+    assert loaded["test-load-image"] == ("test", "")  # no step of the graph
+    interp = Template.objects.get(name="interp-rife")
+    assert interp.takes("video") and interp.takes("fps") and not interp.takes("width")
+    assert interp.requirements().files == ()  # the RIFE checkpoint is the custom node's download

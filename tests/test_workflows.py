@@ -1,20 +1,27 @@
 """Workflow templates: parsing and its errors, hostile workflows, node classes and model files,
-parameter detection, applying render settings, settings limits, and the templates we ship."""
+parameter detection, applying render settings, settings limits, the templates we ship, and the
+render graph's templates (keyframe → image-to-video → upscale → interpolation) on a simulated node."""
 
 from __future__ import annotations
 
 import copy
 import html
+import io
 import json
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import av
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
 from django.urls import reverse
 
+from nodes.clients.comfyui import ComfyUI, FileRef, WorkflowRejected, failure, outputs_of, succeeded
+from nodes.sim import comfyui_nodes
+from nodes.sim.comfyui import SimComfyUI, default_models
 from renders.models import Template
 from renders.workflows import (
     MAX_DEPTH,
@@ -31,6 +38,7 @@ from renders.workflows import (
     shipped,
     validate_settings,
 )
+from tests.conftest import ended
 
 SHARED = Path("/work/shared/comfyui/workflows")
 if not SHARED.is_dir():
@@ -354,6 +362,22 @@ def test_requirements_name_each_loaders_model_folder() -> None:
     )
 
 
+def test_frame_interpolation_checkpoints_are_no_model_files() -> None:
+    # ComfyUI-Frame-Interpolation downloads them into its own folder; ckpt_name is no checkpoint.
+    workflow = {
+        "1": node("LoadVideo", file="clip.mp4"),
+        "2": node("GetVideoComponents", video=["1", 0]),
+        "3": node("RIFE VFI", ckpt_name="rife47.pth", frames=["2", 0], multiplier=2),
+        "4": node("UpscaleModelLoader", model_name="RealESRGAN_x2plus.pth"),
+        "5": node("ImageUpscaleWithModel", upscale_model=["4", 0], image=["3", 0]),
+        "6": node("CreateVideo", images=["5", 0], fps=32.0),
+        "7": node("SaveVideo", video=["6", 0], filename_prefix="v", format="auto", codec="auto"),
+    }
+    classes, files = requirements(workflow)
+    assert "RIFE VFI" in classes
+    assert files == (("upscale_models", "RealESRGAN_x2plus.pth"),)
+
+
 def test_requirements_of_the_shared_upscale_workflow_name_the_random_model() -> None:
     classes, files = requirements(shared("progress_upscale_random_model.json"))
     assert "UpscaleModelLoader" in classes
@@ -440,6 +464,23 @@ def test_every_shared_workflow_has_an_expected_detection() -> None:
 @pytest.mark.parametrize(("path", "expected"), sorted(SHARED_DETECTED.items()))
 def test_it_detects_the_parameters_of_each_shared_workflow(path: str, expected: dict[str, Any]) -> None:
     assert detect(shared(path)) == expected
+
+
+def test_it_finds_the_video_a_video_loader_reads() -> None:
+    workflow = {
+        "1": node("LoadVideo", file="clip.mp4"),
+        "2": node("VHS_LoadVideo", video="other.mp4", force_rate=0, frame_load_cap=0),
+        "3": node("GetVideoComponents", video=["1", 0]),
+        "4": node("ImageBatch", image1=["3", 0], image2=["2", 0]),
+        "5": node("CreateVideo", images=["4", 0], fps=16.0),
+        "6": node("SaveVideo", video=["5", 0], filename_prefix="v", format="auto", codec="auto"),
+    }
+    found = detect(workflow)
+    assert found["video"] == [("1", "file"), ("2", "video")]  # the linked "video" of node 3 is no file
+    assert "image" not in found
+    result = apply(workflow, found, {"video": "spoonfeeder/job-7_00001_.mp4 [output]"})
+    assert result["1"]["inputs"]["file"] == result["2"]["inputs"]["video"] == "spoonfeeder/job-7_00001_.mp4 [output]"
+    assert read(workflow, found)["video"] == "clip.mp4"
 
 
 def test_it_tells_positive_from_negative_by_the_sampler_links_not_the_order() -> None:
@@ -546,6 +587,7 @@ PARAMS = {
     "frames": 49,
     "fps": 12,
     "image": "job-7-start.png",
+    "video": "spoonfeeder/job-6_00001_.mp4 [output]",
     "filename_prefix": "spoonfeeder/job-7",
 }
 
@@ -698,18 +740,38 @@ def test_settings_limits_cover_every_validated_field() -> None:
 SHIPPED = shipped()
 
 
+ROLES = {"keyframe", "t2v", "i2v", "upscale", "interp"}
+# Places a shipped mapping names that detect() does not find: corrected by hand, as a user would.
+HAND_PLACED = {"test-i2v": {"frames": [("3", "amount")]}}
+
+
 def test_the_shipped_templates_cover_every_family() -> None:
     names = {t["name"] for t in SHIPPED}
     assert {"holocine-t2v", "wan22-t2v", "wan22-i2v", "hunyuan15-t2v", "hunyuan15-i2v", "sdxl-still"} <= names
+    assert {"upscale-realesrgan", "interp-rife"} <= names
     assert {"test-still-image", "test-animated-webp", "test-video-mp4", "test-still-image-slow"} <= names
     assert len(names) == len(SHIPPED)
 
 
+def test_every_step_of_the_render_graph_has_a_real_and_a_model_free_template() -> None:
+    real = {t["role"] for t in SHIPPED if "role" in t and t["kind"] != "test"}
+    model_free = {t["role"] for t in SHIPPED if "role" in t and t["kind"] == "test"}
+    assert real == model_free == ROLES
+    assert {t["name"]: t["role"] for t in SHIPPED if "role" in t and t["kind"] == "test"} == {
+        "test-still-image": "keyframe",
+        "test-video-prompt": "t2v",
+        "test-i2v": "i2v",
+        "test-upscale": "upscale",
+        "test-interp": "interp",
+    }
+
+
 @pytest.mark.parametrize("t", SHIPPED, ids=lambda t: t["name"])
 def test_each_shipped_template_parses_and_states_what_it_needs(t: dict[str, Any]) -> None:
-    assert set(t) == {"name", "description", "kind", "needs", "workflow", "mapping"}
+    assert set(t) - {"role"} == {"name", "description", "kind", "needs", "workflow", "mapping"}
+    assert t.get("role", "keyframe") in ROLES
     assert (SHIPPED_DIR / f"{t['name']}.json").is_file()
-    assert t["kind"] in {"still", "t2v", "i2v", "test"}
+    assert t["kind"] in {"still", "t2v", "i2v", "upscale", "interp", "test"}
     assert parse(json.dumps(t["workflow"])) == t["workflow"]
     classes, files = requirements(t["workflow"])
     assert set(classes) <= set(t["needs"]["classes"])
@@ -720,14 +782,20 @@ def test_each_shipped_template_parses_and_states_what_it_needs(t: dict[str, Any]
 
 @pytest.mark.parametrize("t", SHIPPED, ids=lambda t: t["name"])
 def test_each_shipped_mapping_is_what_detect_finds_and_takes_settings(t: dict[str, Any]) -> None:
-    assert t["mapping"] == detect(t["workflow"])
-    assert {"width", "height", "filename_prefix"} <= set(t["mapping"])
-    if t["kind"] != "test":
+    assert t["mapping"] == {**detect(t["workflow"]), **HAND_PLACED.get(t["name"], {})}
+    role = t.get("role")
+    assert "filename_prefix" in t["mapping"]
+    if role in {"upscale", "interp"}:
+        # They take a finished video and keep its size; the caller sets the frame rate.
+        assert set(t["mapping"]) == {"video", "fps", "filename_prefix"}
+    else:
+        assert {"width", "height"} <= set(t["mapping"])
+    if t["kind"] not in {"test", "upscale", "interp"}:
         assert {"positive", "seed", "steps", "cfg"} <= set(t["mapping"])
     if t["kind"] in {"t2v", "i2v"}:
         assert {"negative", "frames", "fps"} <= set(t["mapping"])
-    if t["kind"] == "i2v":
-        assert "image" in t["mapping"]
+    if role == "i2v":
+        assert {"image", "frames", "fps"} <= set(t["mapping"])
     params = {key: PARAMS[key] for key in t["mapping"] if key in PARAMS}
     result = apply(t["workflow"], t["mapping"], params)
     for key, places in t["mapping"].items():
@@ -749,6 +817,31 @@ def test_the_model_free_test_templates_are_the_shared_workflows(name: str, path:
     assert t["kind"] == "test"
     assert t["workflow"] == shared(path)
     assert t["needs"]["files"] == {} and t["needs"]["custom_nodes"] == []
+
+
+@pytest.mark.parametrize("t", SHIPPED, ids=lambda t: t["name"])
+def test_each_shipped_mapping_points_at_inputs_its_nodes_have(t: dict[str, Any]) -> None:
+    declared = comfyui_nodes.classes(default_models(), [])  # what the simulated node knows, with inputs
+    for name, places in t["mapping"].items():
+        for node_id, input_name in places:
+            inputs = t["workflow"][node_id]["inputs"]
+            assert input_name in inputs and not isinstance(inputs[input_name], list), (name, node_id, input_name)
+            spec = declared.get(t["workflow"][node_id]["class_type"])
+            if spec:
+                assert input_name in {**spec["input"]["required"], **spec["input"].get("optional", {})}
+
+
+def test_the_upscale_and_interpolation_templates_say_what_they_need() -> None:
+    upscale, interp = template("upscale-realesrgan"), template("interp-rife")
+    assert (upscale["kind"], interp["kind"]) == ("upscale", "interp")
+    assert upscale["needs"]["files"] == {"upscale_models": ["RealESRGAN_x2plus.pth"]}
+    assert "Real-ESRGAN" in upscale["description"] and upscale["needs"]["custom_nodes"] == []
+    # The RIFE checkpoint is the custom node's own download, not a file of a model folder.
+    assert interp["needs"]["files"] == {} and interp["needs"]["custom_nodes"] == ["ComfyUI-Frame-Interpolation"]
+    assert "RIFE VFI" in interp["needs"]["classes"]
+    rife = next(n["inputs"] for n in interp["workflow"].values() if n["class_type"] == "RIFE VFI")
+    assert (rife["ckpt_name"], rife["multiplier"]) == ("rife47.pth", 2)
+    assert "stand-in" in template("test-interp")["description"]
 
 
 def test_the_video_templates_need_their_model_files() -> None:
@@ -774,3 +867,65 @@ def test_a_text_box_titled_as_a_prompt_is_where_the_prompt_goes() -> None:
     found = detect(workflow)
     assert (found["positive"], found["negative"]) == ([("1", "value")], [("2", "value")])
     assert read(workflow, found)["positive"] == "a cat"
+
+
+# --- the render graph on a simulated node ---------------------------------------------------------
+
+
+@pytest.fixture
+def sim(tmp_path: Path) -> Iterator[SimComfyUI]:
+    with SimComfyUI("127.0.50.23", root=tmp_path / "sim", seconds_per_node=0.005, max_side=64) as server:
+        yield server
+
+
+def render(sim: SimComfyUI, name: str, **params: Any) -> FileRef:
+    """The one file a shipped template makes on the node with these settings."""
+    t = template(name)
+    prompt_id = uuid.uuid4().hex
+    with ComfyUI(sim.url) as client:
+        client.submit(apply(t["workflow"], t["mapping"], params), prompt_id=prompt_id, client_id="graph")
+        entry = ended(client, prompt_id)
+    assert succeeded(entry), failure(entry)
+    (made,) = outputs_of(entry)
+    return made
+
+
+def on_the_node(made: FileRef) -> str:
+    """How a later job's LoadImage or LoadVideo names an earlier job's output: no upload."""
+    return f"{made['subfolder']}/{made['filename']} [output]"
+
+
+def video(sim: SimComfyUI, made: FileRef) -> tuple[int, tuple[int, int], float]:
+    """Frames, size and frame rate of a video the node made, read back from its /view."""
+    with ComfyUI(sim.url) as client, av.open(io.BytesIO(client.view(**made)), "r") as container:
+        stream = container.streams.video[0]
+        frames = [frame.to_image() for frame in container.decode(stream)]
+        return len(frames), frames[0].size, float(stream.average_rate or 0)
+
+
+def test_the_model_free_graph_runs_from_a_keyframe_to_an_interpolated_video_on_one_node(sim: SimComfyUI) -> None:
+    keyframe = render(sim, "test-still-image", width=64, height=48, filename_prefix="graph/keyframe")
+    settings = {"width": 32, "height": 16, "frames": 6, "fps": 12, "seed": 3}
+    clip = render(sim, "test-i2v", image=on_the_node(keyframe), filename_prefix="graph/clip", **settings)
+    assert video(sim, clip) == (6, (32, 16), 12.0)
+    bigger = render(sim, "test-upscale", video=on_the_node(clip), fps=12, filename_prefix="graph/bigger")
+    assert video(sim, bigger) == (6, (64, 32), 12.0)
+    smoother = render(sim, "test-interp", video=on_the_node(bigger), fps=24, filename_prefix="graph/smoother")
+    assert video(sim, smoother) == (12, (64, 32), 24.0)  # twice the frames at twice the rate: as long
+    assert sim.uploaded == []  # every step read the previous one's output where the node saved it
+
+
+def test_the_upscale_and_rife_templates_run_where_the_model_and_the_custom_nodes_are(sim: SimComfyUI) -> None:
+    sim.knobs.models = {**default_models(), "upscale_models": ["RealESRGAN_x2plus.pth"]}
+    source = render(sim, "test-video-mp4", width=32, height=16, frames=5, fps=16, filename_prefix="graph/source")
+    bigger = render(sim, "upscale-realesrgan", video=on_the_node(source), fps=16, filename_prefix="graph/bigger")
+    assert video(sim, bigger) == (5, (64, 32), 16.0)
+    smoother = render(sim, "interp-rife", video=on_the_node(bigger), fps=32, filename_prefix="graph/smoother")
+    assert video(sim, smoother) == (9, (64, 32), 32.0)  # an in-between after every frame but the last
+    # A node without ComfyUI-Frame-Interpolation lacks the class, and says so.
+    sim.knobs.custom_nodes = []
+    interp = template("interp-rife")
+    with ComfyUI(sim.url) as client:
+        assert check_classes(interp["workflow"], client.object_info()) == ["RIFE VFI"]
+        with pytest.raises(WorkflowRejected, match="RIFE VFI"):
+            client.submit(interp["workflow"], prompt_id=uuid.uuid4().hex, client_id="graph")

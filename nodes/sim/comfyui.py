@@ -1,7 +1,8 @@
 """A simulated ComfyUI: real HTTP and WebSocket endpoints that answer as ComfyUI 0.3.64 does
 (../shared/comfyui/PROTOCOL.md), validate workflows against the /object_info it serves, run one
 prompt at a time for a configurable time with progress events, and write real PNG, WEBP, APNG,
-MP4 and WEBM files that /view serves.
+MP4 and WEBM files that /view serves. LoadImage and LoadVideo read uploads and, with an annotated
+name ("peer/still_00001_.png [output]"), what earlier prompts saved; `uploaded` counts the uploads.
 
     with SimComfyUI(seconds_per_node=0.05) as sim:
         ComfyUI(sim.url).submit(workflow, prompt_id=..., client_id=...)
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import heapq
 import io
 import json
@@ -29,15 +31,16 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import av
 from aiohttp import WSMsgType, web
 from av.video.stream import VideoStream
 from PIL import Image, ImageChops, ImageFilter, ImageOps
 
-from nodes.sim.comfyui_nodes import MODEL_FOLDERS, classes
+from nodes.sim.comfyui_nodes import CUSTOM_NODES, MODEL_FOLDERS, classes
 from nodes.sim.runner import Server
 
 log = logging.getLogger(__name__)
@@ -67,6 +70,7 @@ CONTENT_TYPES = {
     ".jpg": "image/jpeg",
     ".mp4": "video/mp4",
     ".webm": "video/webm",
+    ".mov": "video/quicktime",
 }
 IMAGE_METHODS = {
     "nearest-exact": Image.Resampling.NEAREST,
@@ -75,6 +79,12 @@ IMAGE_METHODS = {
     "bicubic": Image.Resampling.BICUBIC,
     "lanczos": Image.Resampling.LANCZOS,
 }
+
+# Inputs that name a file their node checks itself (VALIDATE_INPUTS), and the file's kind as its
+# message says it: "image - Invalid image file: x.png".
+FILE_INPUTS = {("LoadImage", "image"): "image", ("LoadVideo", "file"): "video"}
+# folder_paths.annotated_filepath: "name [output]" is a file in the output folder, and so on.
+ANNOTATIONS = {"[output]": "output", "[input]": "input", "[temp]": "temp"}
 
 Item = list[Any]  # [number, prompt_id, prompt, extra_data, outputs_to_execute], as /queue shows it
 Values = tuple[Any, ...]
@@ -140,6 +150,27 @@ class Knobs:
     output_bytes: int = 0
     devices: list[dict[str, Any]] = field(default_factory=lambda: [cuda_device()])
     models: dict[str, list[str]] = field(default_factory=default_models)
+    # The custom node packs installed (of comfyui_nodes.CUSTOM_NODES): without one, its classes
+    # are missing from /object_info, as on a node where nobody installed it.
+    custom_nodes: list[str] = field(default_factory=lambda: list(CUSTOM_NODES))
+
+
+class Upload(NamedTuple):
+    """One POST /upload/image that carried a file, whether or not it was kept (same name, same bytes)."""
+
+    name: str
+    subfolder: str
+    type: str
+    size: int
+
+
+@dataclass
+class Video:
+    """A VIDEO: what LoadVideo read or CreateVideo made. The simulation holds the frames, not a file."""
+
+    frames: list[Image.Image]
+    fps: float
+    audio: Any = None
 
 
 class ExecError(Exception):
@@ -166,9 +197,10 @@ Outgoing = tuple[str | tuple[bytes, bytes], str | None]
 class State:
     """One server's memory; a restart makes a new one (the files on disk stay)."""
 
-    def __init__(self, knobs: Knobs, root: Path) -> None:
+    def __init__(self, knobs: Knobs, root: Path, uploads: list[Upload] | None = None) -> None:
         self.knobs = knobs
         self.dirs = {kind: root / kind for kind in ("output", "input", "temp")}
+        self.uploads = [] if uploads is None else uploads  # kept over restarts, as the files are
         for d in self.dirs.values():
             d.mkdir(parents=True, exist_ok=True)
         self.pending: list[Item] = []  # a heap, shown to clients in heap order as the real one is
@@ -192,7 +224,8 @@ class State:
         return len(self.pending) + (1 if self.running else 0)
 
     def object_info(self) -> dict[str, Any]:
-        info = classes(self.knobs.models, sorted(p.name for p in self.dirs["input"].iterdir() if p.is_file()))
+        inputs = sorted(p.name for p in self.dirs["input"].iterdir() if p.is_file())
+        info = classes(self.knobs.models, inputs, self.knobs.custom_nodes)
         for i in range(self.knobs.bloat_mb):
             junk = f"JunkNode{i}"
             info[junk] = {**info["ImageInvert"], "name": junk, "description": "x" * 1048576}
@@ -291,13 +324,15 @@ def problem(kind: str, message: str, details: str, **extra: Any) -> dict[str, An
 
 def check_value(name: str, spec: list[Any], value: Any, state: State, class_type: str) -> dict[str, Any] | None:
     kind, options = spec[0], (spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {})
-    if class_type == "LoadImage" and name == "image":
-        # LoadImage validates its own input, so the file list check is skipped for it.
-        if not (isinstance(value, str) and safe_name(value) and (state.dirs["input"] / value).is_file()):
+    file_kind = FILE_INPUTS.get((class_type, name))
+    if file_kind:
+        # The node validates its own input, so the file list check is skipped for it: any file
+        # of the input folder, or of another with an annotation, will do.
+        if not (isinstance(value, str) and annotated_file(state, value)):
             return problem(
                 "custom_validation_failed",
                 "Custom validation failed for node",
-                f"image - Invalid image file: {value}",
+                f"{name} - Invalid {file_kind} file: {value}",
                 input_name=name,
                 input_config=spec,
                 received_value=value,
@@ -471,6 +506,37 @@ def ancestors(prompt: dict[str, Any], node_id: str) -> list[str]:
     return order
 
 
+def annotated_file(state: State, name: str) -> Path | None:
+    """The file an input names, as folder_paths.get_annotated_filepath finds it ("sub/x.png
+    [output]" in the output folder, no annotation in the input folder), or None when there is
+    no such file or the name leads out of its folder ("../x.png", "/etc/passwd")."""
+    base = state.dirs["input"]
+    for suffix, kind in ANNOTATIONS.items():
+        if name.endswith(suffix):
+            # ComfyUI cuts the annotation and the space before it by length, and so do we.
+            name, base = name[: -len(suffix) - 1], state.dirs[kind]
+            break
+    if not name or "\0" in name:
+        return None
+    root = base.resolve()
+    path = (root / name).resolve()
+    if not path.is_relative_to(root) or not path.is_file():
+        return None
+    return path
+
+
+def changed(class_type: str, inputs: dict[str, Any], state: State) -> Any:
+    """What the loaders' IS_CHANGED says of the file they read: LoadImage hashes its content,
+    LoadVideo (fingerprint_inputs) takes its modification time. A new file is a new input."""
+    name = inputs.get("image" if class_type == "LoadImage" else "file")
+    path = annotated_file(state, name) if isinstance(name, str) else None
+    if path is None:
+        return None
+    if class_type == "LoadImage":
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    return path.stat().st_mtime_ns
+
+
 def signatures(prompt: dict[str, Any], state: State) -> dict[str, str]:
     """A key per node that changes when the node or anything upstream changes: the result cache."""
     sigs: dict[str, str] = {}
@@ -479,10 +545,8 @@ def signatures(prompt: dict[str, Any], state: State) -> dict[str, str]:
         if n not in sigs:
             node = prompt[n]
             inputs = {k: [sig(v[0]), v[1]] if is_link(v) else v for k, v in sorted(node.get("inputs", {}).items())}
-            if node["class_type"] == "LoadImage":
-                path = state.dirs["input"] / str(inputs.get("image", ""))
-                # Like IS_CHANGED: a re-uploaded file is a new input.
-                inputs["_stat"] = [path.stat().st_mtime_ns, path.stat().st_size] if path.is_file() else None
+            if node["class_type"] in ("LoadImage", "LoadVideo"):
+                inputs["_changed"] = changed(node["class_type"], inputs, state)
             sigs[n] = json.dumps([n, node["class_type"], inputs], sort_keys=True, default=str)
         return sigs[n]
 
@@ -549,7 +613,8 @@ def save_video(state: State, images: list[Image.Image], prefix: str, fps: float,
     width, height = images[0].width // 2 * 2 or 2, images[0].height // 2 * 2 or 2
     codec = "libx264" if ext == "mp4" else "libvpx-vp9"
     with av.open(str(folder / filename), "w", format=ext) as container:
-        stream = container.add_stream(codec, rate=max(1, round(fps)))
+        # As ComfyUI's: to the thousandth of a frame per second, so 12.5 and 23.976 stay what they are.
+        stream = container.add_stream(codec, rate=Fraction(round(fps * 1000), 1000))
         assert isinstance(stream, VideoStream)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         if ext == "webm":
@@ -559,6 +624,36 @@ def save_video(state: State, images: list[Image.Image], prefix: str, fps: float,
             container.mux(stream.encode(frame))
         container.mux(stream.encode(None))
     return {"images": [saved(filename, subfolder)], "animated": [True]}
+
+
+def load_video(path: Path, limit: int) -> Video:
+    """Every frame of the file's first video stream, at most `limit` pixels wide or high, and its
+    average frame rate, as VideoFromFile.get_components reads them. Audio is left out."""
+    frames = []
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        for frame in container.decode(stream):
+            img = frame.to_image()
+            size = fit(img.width, img.height, limit)
+            frames.append(img if size == img.size else img.resize(size))
+        rate = stream.average_rate
+    return Video(frames, float(rate) if rate else 1.0)
+
+
+def interpolate(frames: list[Image.Image], multiplier: int) -> list[Image.Image]:
+    """RIFE VFI's frame loop: each frame, then multiplier - 1 in-betweens (blends here, not a
+    model's flow) towards the next; the last frame ends it. n frames give (n - 1) * multiplier + 1."""
+    if len(frames) < 2:
+        raise ExecError(
+            "AssertionError",
+            f"Most VFI models require at least 2 frames to work with, only found {len(frames)}. "
+            "Please check the frame input using PreviewImage.",
+        )
+    out = []
+    for a, b in zip(frames, frames[1:], strict=False):
+        out.append(a)
+        out += [Image.blend(a, b.resize(a.size), k / multiplier) for k in range(1, multiplier)]
+    return [*out, frames[-1]]
 
 
 def more_outputs(state: State, ui: UI) -> UI:
@@ -608,8 +703,26 @@ def run_node(state: State, class_type: str, inputs: dict[str, Any]) -> tuple[Val
             size = fit(width, height, limit)
             method = IMAGE_METHODS.get(inputs["upscale_method"], Image.Resampling.BILINEAR)
             return ([img.resize(size, method) for img in inputs["image"]],), None
+        case "ImageScaleBy":
+            scale = float(inputs["scale_by"])
+            method = IMAGE_METHODS.get(inputs["upscale_method"], Image.Resampling.BILINEAR)
+            out = [
+                img.resize(fit(round(img.width * scale), round(img.height * scale), limit), method)
+                for img in inputs["image"]
+            ]
+            return (out,), None
         case "ImageUpscaleWithModel":
             return ([img.resize(fit(img.width * 2, img.height * 2, limit)) for img in inputs["image"]],), None
+        case "RepeatImageBatch":
+            return (list(inputs["image"]) * int(inputs["amount"]),), None
+        case "ImageBatch":
+            # The second batch is fitted to the first's size (ComfyUI scales it, cropping the centre).
+            first, second = inputs["image1"], inputs["image2"]
+            size = first[0].size
+            fitted = [img if img.size == size else ImageOps.fit(img, size, Image.Resampling.BILINEAR) for img in second]
+            return ([*first, *fitted],), None
+        case "RIFE VFI":
+            return (interpolate(inputs["frames"], int(inputs["multiplier"])),), None
         case "ImageBlend":
             a, b = inputs["image1"], inputs["image2"]
             if len(a) != len(b) and 1 not in (len(a), len(b)):
@@ -632,9 +745,20 @@ def run_node(state: State, class_type: str, inputs: dict[str, Any]) -> tuple[Val
         case "ImageInvert":
             return ([ImageOps.invert(img) for img in inputs["image"]],), None
         case "LoadImage":
-            with Image.open(state.dirs["input"] / inputs["image"]) as img:
+            path = annotated_file(state, inputs["image"])
+            if path is None:  # gone since the prompt was validated
+                raise ExecError("FileNotFoundError", f"No such file: {inputs['image']}")
+            with Image.open(path) as img:
                 loaded = img.convert("RGB")
             return ([loaded], None), None
+        case "LoadVideo":
+            path = annotated_file(state, inputs["file"])
+            if path is None:
+                raise ExecError("FileNotFoundError", f"No such file: {inputs['file']}")
+            return (load_video(path, limit),), None
+        case "GetVideoComponents":
+            video = inputs["video"]
+            return (video.frames, video.audio, video.fps), None
         case "SaveImage":
             return (), save_images(state, inputs["images"], str(inputs["filename_prefix"]))
         case "PreviewImage":
@@ -665,10 +789,10 @@ def run_node(state: State, class_type: str, inputs: dict[str, Any]) -> tuple[Val
         case "SaveWEBM":
             return (), save_video(state, inputs["images"], str(inputs["filename_prefix"]), float(inputs["fps"]), "webm")
         case "CreateVideo":
-            return ({"frames": inputs["images"], "fps": float(inputs["fps"])},), None
+            return (Video(inputs["images"], float(inputs["fps"]), inputs.get("audio")),), None
         case "SaveVideo":
             video = inputs["video"]
-            return (), save_video(state, video["frames"], str(inputs["filename_prefix"]), video["fps"], "mp4")
+            return (), save_video(state, video.frames, str(inputs["filename_prefix"]), video.fps, "mp4")
         case "SaveImageWebsocket":
             return (), None  # its frames went out as progress previews
         case "UpscaleModelLoader":
@@ -1103,13 +1227,16 @@ async def upload_image(request: web.Request) -> web.Response:
     if folder is None or not safe_name(name):
         return web.Response(status=400)
     data = image.file.read()
+    state.uploads.append(Upload(name, subfolder, kind, len(data)))
     folder.mkdir(parents=True, exist_ok=True)
     stem, ext = os.path.splitext(name)
     path, i = folder / name, 1
-    # The same bytes under the same name are the same upload; different bytes get "name (1).png".
+    # The same bytes under the same name are the same upload, left as they are (so LoadVideo's
+    # modification time stays); different bytes get "name (1).png".
     while not overwrite and path.exists() and path.read_bytes() != data:
         path, i = folder / f"{stem} ({i}){ext}", i + 1
-    path.write_bytes(data)
+    if overwrite or not path.exists():
+        path.write_bytes(data)
     return answer({"name": path.name, "subfolder": subfolder, "type": kind})
 
 
@@ -1284,7 +1411,8 @@ class SimComfyUI:
         self.knobs = Knobs(**knobs)
         self.owns_root = root is None
         self.root = Path(tempfile.mkdtemp(prefix="sim-comfyui-")) if root is None else Path(root)
-        self.state = State(self.knobs, self.root)
+        self.uploads: list[Upload] = []
+        self.state = State(self.knobs, self.root, self.uploads)
         self.server: Server | None = None
         # A test, its teardown and a restart's timer may start and stop it from different threads.
         self.lock = threading.RLock()
@@ -1298,6 +1426,15 @@ class SimComfyUI:
     @property
     def output_dir(self) -> Path:
         return self.state.dirs["output"]
+
+    @property
+    def uploaded(self) -> list[Upload]:
+        """Every file POST /upload/image received since this object was made, restarts included."""
+        return list(self.uploads)
+
+    @property
+    def uploaded_bytes(self) -> int:
+        return sum(u.size for u in self.uploads)
 
     def start(self) -> SimComfyUI:
         """Listen (again, on the same port after a stop: between the two, connections are refused)."""
@@ -1326,7 +1463,7 @@ class SimComfyUI:
         by itself; wait_up() waits for it."""
         with self.lock:
             self.stop()
-            self.state = State(self.knobs, self.root)
+            self.state = State(self.knobs, self.root, self.uploads)
             delay = self.knobs.down_after_restart
             if delay <= 0:
                 self.start()

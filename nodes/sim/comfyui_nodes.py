@@ -5,6 +5,7 @@ both appear in a real server, so both appear here (ImageScale vs ImageBlend, PRO
 
 from __future__ import annotations
 
+import mimetypes
 from typing import Any
 
 Spec = list[Any]
@@ -18,6 +19,23 @@ MODEL_FOLDERS = [
     "style_models", "embeddings", "diffusers", "vae_approx", "controlnet", "gligen", "upscale_models",
     "custom_nodes", "hypernetworks", "photomaker", "classifiers", "model_patches", "audio_encoders",
 ]  # fmt: skip
+# Custom node packs a node may have installed, and the classes each adds. The RIFE checkpoints
+# live in the pack's own folder (ckpts/rife, downloaded on first use), not in a model folder.
+CUSTOM_NODES = {"ComfyUI-Frame-Interpolation": ["RIFE VFI"]}
+RIFE_CHECKPOINTS = [
+    "rife40.pth", "rife41.pth", "sudo_rife4_269.662_testV1_scale1.pth", "rife42.pth", "rife43.pth",
+    "rife44.pth", "rife45.pth", "rife46.pth", "rife47.pth", "rife48.pth", "rife49.pth",
+]  # fmt: skip
+UPSCALE_METHODS = ["nearest-exact", "bilinear", "area", "bicubic", "lanczos"]
+
+
+def content_type(name: str) -> str | None:
+    """A file's kind ("image", "video", …) as folder_paths.filter_files_content_types tells it: by
+    the MIME type of its extension (webp is an image whatever the system's table says)."""
+    if name.rsplit(".", 1)[-1] == "webp":
+        return "image"
+    mime, _ = mimetypes.guess_type(name, strict=False)
+    return mime.split("/")[0] if mime else None
 
 
 def integer(default: int, lo: int, hi: int, step: int = 1, **extra: Any) -> Spec:
@@ -32,7 +50,7 @@ def text(default: str = "", **extra: Any) -> Spec:
     return ["STRING", {"default": default, **extra}]
 
 
-def old_combo(options: list[str], **extra: Any) -> Spec:
+def old_combo(options: list[Any], **extra: Any) -> Spec:
     return [options, extra] if extra else [options]
 
 
@@ -81,8 +99,15 @@ def node(
     }
 
 
-def classes(models: dict[str, list[str]], inputs: list[str]) -> dict[str, dict[str, Any]]:
-    """Every class, keyed by name; combos of files list what the server has right now."""
+def classes(
+    models: dict[str, list[str]], inputs: list[str], custom_nodes: list[str] | None = None
+) -> dict[str, dict[str, Any]]:
+    """Every class, keyed by name; combos of files list what the server has right now (the input
+    folder's images for LoadImage, its videos for LoadVideo). Classes of custom node packs are
+    there when the pack is in `custom_nodes` (all of CUSTOM_NODES when None)."""
+    installed = list(CUSTOM_NODES) if custom_nodes is None else custom_nodes
+    images = sorted(f for f in inputs if content_type(f) == "image")
+    videos = sorted(f for f in inputs if content_type(f) == "video")
     prefix = text("ComfyUI", tooltip="The prefix for the file to save.")
     save_hidden = {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"}
     extras = "comfy_extras.nodes_images"
@@ -106,7 +131,7 @@ def classes(models: dict[str, list[str]], inputs: list[str]) -> dict[str, dict[s
         }, ["IMAGE"], module="comfy_extras.nodes_post_processing"),
         node("ImageScale", "image/upscaling", {
             "image": image(),
-            "upscale_method": old_combo(["nearest-exact", "bilinear", "area", "bicubic", "lanczos"]),
+            "upscale_method": old_combo(UPSCALE_METHODS),
             "width": integer(512, 0, 16384), "height": integer(512, 0, 16384),
             "crop": old_combo(["disabled", "center"]),
         }, ["IMAGE"]),
@@ -114,9 +139,22 @@ def classes(models: dict[str, list[str]], inputs: list[str]) -> dict[str, dict[s
             "image1": image(), "image2": image(), "blend_factor": number(0.5, 0.0, 1.0),
             "blend_mode": new_combo(["normal", "multiply", "screen", "overlay", "soft_light", "difference"]),
         }, ["IMAGE"], module="comfy_extras.nodes_post_processing"),
+        node("ImageScaleBy", "image/upscaling", {
+            "image": image(), "upscale_method": old_combo(UPSCALE_METHODS),
+            "scale_by": number(1.0, 0.01, 8.0),
+        }, ["IMAGE"]),
         node("ImageInvert", "image", {"image": image()}, ["IMAGE"]),
-        node("LoadImage", "image", {"image": old_combo(sorted(inputs), image_upload=True)},
-             ["IMAGE", "MASK"]),
+        node("ImageBatch", "image", {"image1": image(), "image2": image()}, ["IMAGE"]),
+        node("RepeatImageBatch", "image/batch", {"image": image(), "amount": integer(1, 1, 4096)},
+             ["IMAGE"], module=extras),
+        node("LoadImage", "image", {"image": old_combo(images, image_upload=True)}, ["IMAGE", "MASK"]),
+        # A newer-style node: its combo says multiselect false, as every io.Combo does.
+        node("LoadVideo", "image/video", {"file": new_combo(videos, video_upload=True, multiselect=False)},
+             ["VIDEO"], module="comfy_extras.nodes_video"),
+        node("GetVideoComponents", "image/video", {
+            "video": ["VIDEO", {"tooltip": "The video to extract components from."}],
+        }, ["IMAGE", "AUDIO", "FLOAT"], names=["images", "audio", "fps"], module="comfy_extras.nodes_video",
+             description="Extracts all components from a video: frames, audio, and framerate."),
         node("SaveImage", "image", {
             "images": image("The images to save."), "filename_prefix": prefix,
         }, hidden=save_hidden, output_node=True,
@@ -174,4 +212,17 @@ def classes(models: dict[str, list[str]], inputs: list[str]) -> dict[str, dict[s
         }, ["LATENT"]),
         node("VAEDecode", "latent", {"samples": ["LATENT"], "vae": ["VAE"]}, ["IMAGE"]),
     ]  # fmt: skip
+    if "ComfyUI-Frame-Interpolation" in installed:
+        found.append(
+            node("RIFE VFI", "ComfyUI-Frame-Interpolation/VFI", {
+                "ckpt_name": old_combo(RIFE_CHECKPOINTS, default="rife47.pth"),
+                "frames": ["IMAGE"],
+                "clear_cache_after_n_frames": integer(10, 1, 1000),
+                "multiplier": ["INT", {"default": 2, "min": 1}],
+                "fast_mode": ["BOOLEAN", {"default": True}],
+                "ensemble": ["BOOLEAN", {"default": True}],
+                "scale_factor": old_combo([0.25, 0.5, 1.0, 2.0, 4.0], default=1.0),
+            }, ["IMAGE"], optional={"optional_interpolation_states": ["INTERPOLATION_STATES"]},
+                 module="custom_nodes.ComfyUI-Frame-Interpolation")
+        )  # fmt: skip
     return {c["name"]: c for c in found}

@@ -17,6 +17,7 @@ def load() -> int:
             defaults={
                 "description": spec.get("description", ""),
                 "kind": spec.get("kind", Template.STILL),
+                "role": spec.get("role", ""),
                 "workflow": spec["workflow"],
                 "mapping": spec.get("mapping", {}),
                 "needs": spec.get("needs", {}),

@@ -1,5 +1,5 @@
 """`manage.py story create "<idea>"`: start a story from the command line, and follow it, resume
-it, retry or re-run a step of it, list the stories and show one.
+it, retry or re-run a step of it, export its movie, list the stories and show one.
 
 The steps run on the worker cluster (`make run` starts one, or `manage.py qcluster`); this
 command only writes rows and reads them. `--wait` polls the story's step runs and prints a line
@@ -18,10 +18,10 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
 
 from renders.models import Template
-from stories import graph, runner
+from stories import graph, movie, runner
 from stories.context import as_number
 from stories.forms import StoryForm, known_models
-from stories.models import StepRun, Story
+from stories.models import Movie, StepRun, Story
 from stories.rendering import rendered
 
 # The form's field names that the options spell otherwise, for its error messages.
@@ -83,6 +83,19 @@ class Command(BaseCommand):
             if takes_step:
                 p.add_argument("step", help="One of the story's steps (`story show` lists them).")
             following(p)
+        export = sub.add_parser("export", help="Plan the movie's render graph, run it and join the film.")
+        export.add_argument("story", help="The story's code or id.")
+        export.add_argument("--path", choices=[p for p, _ in Movie.PATHS], default=Movie.T2V)
+        export.add_argument("--upscale", action="store_true", help="Upscale every shot.")
+        export.add_argument("--interpolate", action="store_true", help="Interpolate every shot to twice its fps.")
+        export.add_argument("--crossfade", action="store_true", help="Crossfades between shots (else cuts).")
+        export.add_argument("--subtitles", action="store_true", help="Burn the subtitles into the picture.")
+        export.add_argument("--leave-out-failed", action="store_true", help="A shot that failed: a title card.")
+        export.add_argument(
+            "--template", action="append", default=[], metavar="STEP=NAME", help="keyframe, video, upscale or interp."
+        )
+        export.add_argument("--dry-run", action="store_true", help="Print the plan only.")
+        following(export)
         sub.add_parser("list", help="The stories, newest first.")
         show = sub.add_parser("show", help="A story's steps: status, node, model, time, errors.")
         show.add_argument("story", help="The story's code or id.")
@@ -119,11 +132,68 @@ class Command(BaseCommand):
                 self.write(f"Story {story.code}: renders released.")
             elif action == "retry":
                 self.retry(story, o["step"])
+            elif action == "export":
+                self.export(story, o)
+                return
             else:
                 marked = graph.rerun_from(story, step_of(story, o["step"]))
                 self.write(f"Story {story.code}: running again: {', '.join(marked)}.")
         if o["wait"]:
             Follower(self, story).follow(o["timeout"])
+
+    # --- export ---------------------------------------------------------------------------------
+
+    def export(self, story: Story, o: dict[str, Any]) -> None:
+        templates = movie.default_templates(story, o["path"])
+        for entry in o["template"]:
+            stage, _, name = entry.partition("=")
+            if stage not in movie.STAGES:
+                raise CommandError(f"--template {entry!r}: the step is one of {', '.join(movie.STAGES)}")
+            templates[stage] = template_named(name)
+        options = movie.Options(
+            path=o["path"],
+            upscale=o["upscale"],
+            interpolate=o["interpolate"],
+            transition=Movie.CROSSFADE if o["crossfade"] else Movie.CUT,
+            burn_subtitles=o["subtitles"],
+            leave_out_failed=o["leave_out_failed"],
+            templates=templates,
+        )
+        try:
+            planned = movie.plan(story, options)
+        except movie.PlanError as e:
+            raise CommandError(f"story {story.code}: {e}") from None
+        self.write(f"Story {story.code}: {plan_line(planned)}")
+        if o["dry_run"]:
+            return
+        made = movie.start(story, options)
+        self.write(f"Movie v{made.version} ({made.code}) started.")
+        if o["wait"]:
+            self.follow_movie(made, o["timeout"])
+
+    def follow_movie(self, made: Movie, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        last = ""
+        while True:
+            made.refresh_from_db()
+            parts = movie.states(made)
+            done = sum(p.done for p in parts)
+            line = f"{made.get_status_display()}: {done}/{len(parts)} shots rendered"
+            if made.status == Movie.EXPORTING:
+                line += f"; export {made.progress:.0%} {made.message}"
+            if line != last:
+                self.write(line)
+                last = line
+            if made.status == Movie.COMPLETED:
+                self.write(f"The film: {settings.MEDIA_ROOT}/{made.video} ({made.seconds:.1f} s)")
+                for warning in made.warnings:
+                    self.write(f"  note: {warning}")
+                return
+            if made.status in Movie.ENDED:
+                raise CommandError(f"movie v{made.version} {made.get_status_display().lower()}: {made.error}")
+            if time.monotonic() >= deadline:
+                raise CommandError(f"gave up after {timeout:g} s: {line}")
+            time.sleep(POLL)
 
     # --- create ---------------------------------------------------------------------------------
 
@@ -222,6 +292,20 @@ def run_summary(run: StepRun, parts: list[StepRun]) -> str:
 
 
 # --- looking things up ------------------------------------------------------------------------
+
+
+def plan_line(planned: movie.Plan) -> str:
+    kinds = ", ".join(
+        f"{movie.STAGE_LABELS[stage].lower()} {c['new']} new, {c['reused']} reused"
+        for stage, c in planned.counts.items()
+    )
+    if planned.estimate is None:
+        guess = "no estimate yet (its templates were never rendered here)"
+    else:
+        guess = f"about {planned.estimate / 60:.1f} min" + (
+            f" (+{planned.unmeasured} never measured)" if planned.unmeasured else ""
+        )
+    return f"{len(planned.parts)} {planned.story.piece}s; {kinds}; {guess}"
 
 
 def find(key: str) -> Story:

@@ -1,0 +1,172 @@
+""" "Export the movie": the plan from intent (what is queued, what is reused, the estimate), its
+run on simulated nodes to the finished film, and its controls."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from io import StringIO
+from pathlib import Path
+from typing import Any
+
+import av
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
+
+from nodes.models import Capability, Node
+from nodes.sim.comfyui import SimComfyUI
+from renders.management.commands.load_templates import load
+from renders.models import JobInput, RenderJob, Speed, Template
+from stories import movie
+from stories.models import Movie, Shot, StepRun, Story
+from stories.rendering import queue_renders
+from tests.conftest import Cluster, executions, wait_until
+from tests.test_story_pages import story_with
+
+NET = 57 if os.environ.get("DATABASE_URL") else 56
+
+
+def options(story: Story, path: str = Movie.I2V, **fields: Any) -> movie.Options:
+    templates = {
+        movie.KEYFRAME: Template.objects.get(name="test-still-image"),
+        movie.VIDEO: Template.objects.get(name="test-i2v" if path == Movie.I2V else "test-video-mp4"),
+        movie.UPSCALE: Template.objects.get(name="test-upscale"),
+        movie.INTERP: Template.objects.get(name="test-interp"),
+    }
+    return movie.Options(path=path, templates=templates, **fields)
+
+
+@pytest.fixture
+def story(db: None) -> Story:
+    load()
+    return story_with(shots=4)
+
+
+def test_a_plan_counts_every_task_of_every_shot_and_saves_nothing(story: Story) -> None:
+    before = RenderJob.objects.count()
+    planned = movie.plan(story, options(story, upscale=True, interpolate=True))
+    assert [p.number for p, _ in planned.parts] == [1, 2, 3, 4]
+    assert [t.stage for t in planned.parts[0][1]] == ["keyframe", "video", "upscale", "interp"]
+    assert planned.counts == {s: {"new": 4, "reused": 0} for s in ("keyframe", "video", "upscale", "interp")}
+    assert planned.estimate is None and planned.unmeasured == 16  # nothing measured yet
+    assert RenderJob.objects.count() == before
+
+
+def test_the_text_to_video_path_reuses_the_shots_the_renders_step_made(story: Story) -> None:
+    run = StepRun.objects.create(story=story, step="renders", status=StepRun.RUNNING, owner="me")
+    queue_renders(story, run)  # with the story's template, test-video-mp4
+    planned = movie.plan(story, options(story, Movie.T2V, upscale=True))
+    assert planned.counts == {"video": {"new": 0, "reused": 4}, "upscale": {"new": 4, "reused": 0}}
+
+
+def test_an_estimate_comes_from_measured_speeds(story: Story) -> None:
+    gpu = Node.objects.create(name="gpu", host=f"127.0.{NET}.9")
+    cap = Capability.objects.create(node=gpu, kind=Capability.COMFYUI, port=8188, status=Capability.ONLINE)
+    for name in ("test-still-image", "test-i2v"):
+        Speed.objects.create(capability=cap, template=Template.objects.get(name=name), seconds_per_unit=2.0)
+    planned = movie.plan(story, options(story))
+    expected = sum(t.job.work * 2.0 for _, tasks in planned.parts for t in tasks)
+    assert planned.estimate == pytest.approx(expected) and planned.unmeasured == 0
+
+
+def test_started_it_queues_each_chain_in_story_order_and_a_second_plan_reuses_it(story: Story) -> None:
+    made = movie.start(story, options(story, upscale=True))
+    jobs = list(RenderJob.objects.filter(story=str(story.code)).exclude(stage="").order_by("position"))
+    assert [(j.target, j.stage) for j in jobs[:3]] == [
+        ("shot:1", "keyframe"),
+        ("shot:1", "video"),
+        ("shot:1", "upscale"),
+    ]
+    assert [i.parameter for i in JobInput.objects.filter(job__in=jobs[:3]).order_by("job__position")] == [
+        "image",
+        "video",
+    ]
+    assert [p.number for p in made.parts.all()] == [1, 2, 3, 4]
+    assert made.plan["counts"]["keyframe"] == {"new": 4, "reused": 0}
+    # Nothing changed: everything is reused. One prompt changed: that shot's chain is new.
+    again = movie.plan(story, options(story, upscale=True))
+    assert again.new == 0 and again.reused == 12
+    Shot.objects.filter(story=story, number=2).update(positive="a storm at night")
+    changed = movie.plan(story, options(story, upscale=True))
+    assert changed.counts["keyframe"] == {"new": 1, "reused": 3} and changed.new == 3
+
+
+def test_a_new_movie_replaces_a_running_one_and_cancels_what_it_no_longer_needs(story: Story) -> None:
+    first = movie.start(story, options(story))
+    Shot.objects.filter(story=story, number=1).update(positive="a storm at night")
+    second = movie.start(story, options(story))
+    first.refresh_from_db()
+    assert (first.status, first.error, second.version) == ("cancelled", "replaced by v2", 2)
+    old = {pk for chain in first.parts.values_list("chain", flat=True) for _, pk, _ in chain}
+    new = {pk for chain in second.parts.values_list("chain", flat=True) for _, pk, _ in chain}
+    assert RenderJob.objects.filter(pk__in=old - new).exclude(status="cancelled").count() == 0
+    assert RenderJob.objects.filter(pk__in=new, status="queued").count() == len(new) == 8
+
+
+def test_pause_holds_its_queued_tasks_and_resume_queues_them_again(story: Story) -> None:
+    made = movie.start(story, options(story))
+    assert movie.pause(made)
+    jobs = RenderJob.objects.filter(pk__in=movie.movie_jobs(made))
+    assert set(jobs.values_list("status", flat=True)) == {"held"}
+    assert not RenderJob.objects.runnable().exists()
+    assert movie.resume(made)
+    assert set(jobs.values_list("status", flat=True)) == {"queued"}
+
+
+def test_a_story_with_nothing_to_film_or_no_template_says_what_to_do(story: Story) -> None:
+    chosen = options(story)
+    del chosen.templates[movie.KEYFRAME]
+    with pytest.raises(movie.PlanError, match="Choose a template for: Keyframe"):
+        movie.plan(story, chosen)
+    Shot.objects.filter(story=story).delete()
+    with pytest.raises(movie.PlanError, match="no shots yet"):
+        movie.plan(story, options(story))
+
+
+def test_the_export_command_prints_the_plan_and_refuses_an_unknown_step(story: Story) -> None:
+    out = StringIO()
+    call_command("story", "export", str(story.pk), "--path", "i2v", "--dry-run", stdout=out)
+    assert "4 shots; keyframe 4 new, 0 reused, video 4 new, 0 reused" in out.getvalue()
+    assert not Movie.objects.exists()
+    with pytest.raises(CommandError, match="the step is one of keyframe, video, upscale, interp"):
+        call_command("story", "export", str(story.pk), "--template", "colour=x", stdout=StringIO())
+
+
+# --- the whole way, on simulated nodes ---------------------------------------------------------
+
+
+@pytest.fixture
+def node(transactional_db: None, fast: None) -> Iterator[SimComfyUI]:
+    load()
+    sim = SimComfyUI(f"127.0.{NET}.1", 0, seconds_per_node=0.01).start()
+    gpu = Node.objects.create(name="gpu", host=f"127.0.{NET}.1")
+    Capability.objects.create(node=gpu, kind=Capability.COMFYUI, port=sim.port, status=Capability.ONLINE)
+    yield sim
+    sim.close()
+
+
+def test_a_story_is_exported_to_a_film_with_every_task_run_once(
+    cluster: Cluster, node: SimComfyUI, tmp_path: Path
+) -> None:
+    story = story_with(shots=3, render_settings={"width": 96, "height": 64, "fps": 8})
+    Shot.objects.filter(story=story).update(duration=1.0)
+    made = movie.start(story, options(story, upscale=True, interpolate=True))
+
+    def finished() -> bool:
+        made.refresh_from_db()
+        assert made.status not in ("failed", "cancelled"), made.error
+        return made.status == "completed"
+
+    wait_until(finished, 90, "the movie to be exported")
+    for pk in movie.movie_jobs(made):
+        job = RenderJob.objects.get(pk=pk)
+        assert executions(node, job) == 1, (job.target, job.stage)
+    media = tmp_path / "media"
+    with av.open(str(media / made.video)) as film:
+        video = film.streams.video[0]
+        assert (video.width, video.height) == (192, 128)  # upscaled twice
+        assert film.streams.audio
+        assert made.seconds == pytest.approx(3.0, abs=0.3)
+    assert (media / made.vtt).read_text().startswith("WEBVTT")
+    assert made.chapters and made.chapters[0][1] == "The bottle"
