@@ -64,6 +64,8 @@ bench: $(VENV)/.test-installed
 	$(BIN)/python bench/batch_pages.py
 	$(BIN)/python bench/batch_runs.py
 	$(BIN)/python bench/schedule_pages.py
+	$(BIN)/python bench/movie.py
+	$(BIN)/python bench/film_export.py
 	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) $(BIN)/python bench/event_latency.py
 	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) $(BIN)/python bench/engine.py
 

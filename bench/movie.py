@@ -10,7 +10,7 @@
    last task completed against the lower bound max(all the work at 1x / total speed, one shot's
    chain on the fastest node), the work measured by the nodes' own clocks (<= 1.10 x); the share
    of tasks that ran where their input was (loaded from the node's own output folder) and the
-   bytes uploaded; the same movie again with locality ignored (SPOONFEEDER_NEAR_ENOUGH=-1) for
+   bytes uploaded; the same movie again with locality ignored (SPOONFEEDER_UPLOAD_RATE=0) for
    comparison. Every task's executions, from the nodes' own /history, printed.
 
     .venv/bin/python bench/movie.py
@@ -48,7 +48,7 @@ if TYPE_CHECKING:
 
 NET = "127.0.49"
 SHOTS = 300
-BASE = 0.02  # seconds per workflow node on a 1x node
+BASE = 0.1  # seconds per workflow node on a 1x node
 WORKERS = 12
 TEMPLATES = {"keyframe": "test-still-image", "video": "test-i2v", "upscale": "test-upscale", "interp": "test-interp"}
 RENDER = {"width": 128, "height": 80, "fps": 8}
@@ -165,8 +165,8 @@ def graph(logs: Path) -> None:
         warm.delete()
         RenderJob.objects.filter(pk__in=ids).delete()
         results = {}
-        for label, near in (("where its input is (ours)", "10"), ("locality ignored", "-1")):
-            os.environ["SPOONFEEDER_NEAR_ENOUGH"] = near
+        for label, near in (("where its input is (ours)", "50"), ("locality ignored", "0")):
+            os.environ["SPOONFEEDER_UPLOAD_RATE"] = near
             made_story = story(SHOTS, f"bench graph {near}")
             made = movie.start(made_story, options(made_story))
             ids = sorted(movie.movie_jobs(made))

@@ -26,7 +26,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Exists, IntegerField, OuterRef, Q, Subquery, Value
+from django.db.models import Exists, IntegerField, JSONField, OuterRef, Q, Subquery, Value
 from django.db.models.functions import Now
 from django.template.defaultfilters import filesizeformat
 from django.utils import timezone
@@ -266,8 +266,9 @@ class PoolView:
     rates: dict[tuple[int, int], float]  # (capability, template) -> seconds per unit of work
     usable: set[int]
     backlog: dict[int, float]  # capability -> seconds of work already sent to it
-    # (job, template, work, pinned node, node to avoid, node that has its input), in dispatch order
-    queued: Sequence[tuple[int, int, float, int | None, int | None, int | None]]
+    # (job, template, work, pinned node, node to avoid, the node that has its input, seconds to
+    # upload that input elsewhere), in dispatch order
+    queued: Sequence[tuple[int, int, float, int | None, int | None, int | None, float]]
     node_of: dict[int, int]  # capability -> its node
     # A held item (of a batch that runs) -> (its batch, its template): work not in the queue yet.
     held: dict[int, tuple[int, int]] = dataclasses.field(default_factory=dict)
@@ -288,11 +289,15 @@ class PoolView:
         mean = mean_rates(rates)
         for c, t, units, progress in active.values_list("node__capabilities__pk", "template_id", "work", "progress"):
             backlog[c] += units * (1 - progress) * rates.get((c, t), mean.get(c, 0.0))
-        fields = ("pk", "template_id", "work", "pin_id", "avoid_id", "at", "priority", "batch_id")
-        made_at = JobInput.objects.filter(job=OuterRef("pk")).values("source__node_id")[:1]
+        fields = ("pk", "template_id", "work", "pin_id", "avoid_id", "at", "taken", "priority", "batch_id")
+        # Where a job's input is (the node that made it) and what it holds (its outputs: their size).
+        taken = JobInput.objects.filter(job=OuterRef("pk"))
         queued = list(
             RenderJob.objects.runnable()
-            .annotate(at=Subquery(made_at))
+            .annotate(
+                at=Subquery(taken.values("source__node_id")[:1]),
+                taken=Subquery(taken.values("source__outputs")[:1], output_field=JSONField()),
+            )
             .in_dispatch_order()
             .values_list(*fields)[:PLAN_AHEAD]
         )
@@ -300,14 +305,14 @@ class PoolView:
         # a window at a time): each comes after what is queued at its priority.
         held = list(
             RenderJob.objects.filter(status=RenderJob.HELD, batch__status__in=Batch.FED)
-            .annotate(at=Value(None, output_field=IntegerField()))
+            .annotate(at=Value(None, output_field=IntegerField()), taken=Value(None, output_field=JSONField()))
             .order_by("-priority", "batch__created", "batch_id", "index")
             .values_list(*fields)[: PLAN_AHEAD - len(queued)]
         )
         if held:
-            queued = sorted(queued + held, key=lambda row: -row[6])  # stable: each kept in its order
-        planned = [row[:6] for row in queued]
-        return cls(rates, set(node_of), backlog, planned, node_of, {row[0]: (row[7], row[1]) for row in held})
+            queued = sorted(queued + held, key=lambda row: -row[7])  # stable: each kept in its order
+        planned = [(*row[:5], row[5], upload_seconds(row[6])) for row in queued]
+        return cls(rates, set(node_of), backlog, planned, node_of, {row[0]: (row[8], row[1]) for row in held})
 
     def plan(self, cap: Capability) -> set[int]:
         """The queued jobs this node would render if every job, in dispatch order, went to the
@@ -315,15 +320,14 @@ class PoolView:
         each node already has). A node that has never rendered a template is not planned for it,
         so a job only some nodes can run is never planned onto one that cannot; nor is a retry
         planned onto the node it failed on while another can take it (as `fitting` honours). A
-        job whose input a node made goes to that node when it would finish it at most
-        settings.RENDER_NEAR_ENOUGH seconds after the soonest: the input is there, no upload."""
+        job whose input a node made goes to that node when it would finish it there no later than
+        elsewhere with the upload's time added (upload_seconds): the input is there already."""
         if cap.pk not in self.plans:
             free = dict(self.backlog)
             free.setdefault(cap.pk, 0.0)
             mine: set[int] = set()
             by_node = {node: c for c, node in self.node_of.items()}
-            near_enough = float(settings.RENDER_NEAR_ENOUGH)
-            for pk, template, work, pin, avoid, at in self.queued:
+            for pk, template, work, pin, avoid, at, upload in self.queued:
                 if pin is not None:
                     if pin in by_node:
                         c = by_node[pin]
@@ -336,8 +340,8 @@ class PoolView:
                 if not finish:
                     continue
                 best = min(finish, key=lambda c: (finish[c], c != cap.pk))
-                local = by_node.get(at) if at is not None and near_enough >= 0 else None
-                if local is not None and local in finish and finish[local] <= finish[best] + near_enough:
+                local = by_node.get(at) if at is not None and upload >= 0 else None
+                if local is not None and local in finish and finish[local] <= finish[best] + upload:
                     best = local
                 free[best] = finish[best]
                 if best == cap.pk:
@@ -349,6 +353,19 @@ class PoolView:
         """(batch, template) of the held items the plan gives this node: any item of that batch
         and template in the queue now stands for one of them (the window lets in only the first)."""
         return {self.held[pk] for pk in self.plan(cap) if pk in self.held}
+
+
+UPLOAD_LATENCY = 0.2  # seconds an upload to a node costs besides its bytes (the POST, ComfyUI's write)
+
+
+def upload_seconds(outputs: Any) -> float:
+    """How long sending a job's input (its source's first output) to another node takes, by
+    settings.RENDER_UPLOAD_RATE; -1 when where inputs are is ignored (a rate of 0)."""
+    rate = float(settings.RENDER_UPLOAD_RATE)
+    if rate <= 0:
+        return -1.0
+    size = outputs[0].get("size", 0) if isinstance(outputs, list) and outputs and isinstance(outputs[0], dict) else 0
+    return UPLOAD_LATENCY + float(size or 0) / (rate * 1e6)
 
 
 def mean_rates(rates: dict[tuple[int, int], float]) -> dict[int, float]:

@@ -1,4 +1,5 @@
-"""Render outputs in our media folder: copied off a node under names we choose, looked at, thumbnailed.
+"""Render outputs in our media folder: copied off a node under names we choose, looked at, thumbnailed
+(pictures; a sound has no thumbnail).
 
 A ComfyUI output is data from another machine. Its file name only ever picks the extension (from a
 short list) and is sent back to the node as a query parameter; the content is checked to be what the
@@ -16,13 +17,14 @@ from pathlib import Path
 from typing import Literal, NamedTuple
 
 import av
+from av.audio.stream import AudioStream
 from av.video.stream import VideoStream
 from PIL import Image, ImageOps
 
 from nodes.clients import ServiceError
 from nodes.clients.comfyui import DOWNLOAD_LIMIT, ComfyUI, FileRef
 
-Kind = Literal["image", "video", "animation"]
+Kind = Literal["image", "video", "animation", "audio"]
 THUMBNAIL_SIZE = 320
 MAX_INPUT = 50 * 1024 * 1024  # an input image sent to a node
 MAX_INPUT_VIDEO = 100 * 1024 * 1024  # an input video sent to a node (ComfyUI's own upload limit)
@@ -33,11 +35,12 @@ JOB_CODE = re.compile(r"[A-Za-z0-9_-]{2,64}")
 
 
 class MediaError(ValueError):
-    """An output we will not keep: a refused name, or a file that is not the image or video it claims."""
+    """An output we will not keep: a refused name, or a file that is not the image, video or sound it
+    claims."""
 
 
 class Format(NamedTuple):
-    kind: Literal["image", "video"]  # an image with several frames is an animation
+    kind: Literal["image", "video", "audio"]  # an image with several frames is an animation
     signature: str  # what sniff() must find in the file
     mime: str
 
@@ -52,9 +55,26 @@ EXTENSIONS: dict[str, Format] = {
     ".mp4": Format("video", "isobmff", "video/mp4"),
     ".mov": Format("video", "isobmff", "video/quicktime"),
     ".webm": Format("video", "webm", "video/webm"),
+    # ComfyUI's SaveAudio writes FLAC, SaveAudioMP3 MP3 and SaveAudioOpus Opus in an Ogg file (.opus).
+    ".flac": Format("audio", "flac", "audio/flac"),
+    ".mp3": Format("audio", "mp3", "audio/mpeg"),
+    ".wav": Format("audio", "wav", "audio/wav"),
+    ".ogg": Format("audio", "ogg", "audio/ogg"),
+    ".opus": Format("audio", "ogg", "audio/ogg"),
 }
 # Format signatures in words, for error messages.
-LABELS = {"png": "PNG", "jpeg": "JPEG", "gif": "GIF", "webp": "WEBP", "isobmff": "MP4/MOV", "webm": "WEBM"}
+LABELS = {
+    "png": "PNG",
+    "jpeg": "JPEG",
+    "gif": "GIF",
+    "webp": "WEBP",
+    "isobmff": "MP4/MOV",
+    "webm": "WEBM",
+    "flac": "FLAC",
+    "mp3": "MP3",
+    "wav": "WAV",
+    "ogg": "OGG",
+}
 
 
 @dataclass
@@ -67,7 +87,9 @@ class Output:
     height: int
     frames: int
     duration: float | None  # seconds; None for a still image
-    thumbnail: str  # relative to MEDIA_ROOT, a JPEG at most THUMBNAIL_SIZE on the long side
+    # Relative to MEDIA_ROOT, a JPEG at most THUMBNAIL_SIZE on the long side; "" for a sound, which
+    # has no picture (nor width, height or frames: 0).
+    thumbnail: str
     # Where the node that made it keeps it, as its loaders take a file of the output folder
     # ("sub/name.png [output]"): a later job on that node loads it from there, with no upload.
     # Only ever sent back to that node, never a local path.
@@ -149,7 +171,7 @@ def collect(
 
 def describe(path: Path, relative: str) -> Output:
     """What the file at `path` (known to users as `relative`) holds, after checking that its content
-    is what its extension says; writes its thumbnail next to it."""
+    is what its extension says; writes its thumbnail next to it (a picture's, not a sound's)."""
     path = Path(path)
     ext = path.suffix.lower()
     if ext not in EXTENSIONS:
@@ -163,10 +185,12 @@ def describe(path: Path, relative: str) -> Output:
         raise MediaError(f"{relative}: cannot read the file ({e.strerror or e})") from e
     found = sniff(head, ext)
     if found != fmt.signature:
-        holds = f"{LABELS.get(found, found.upper())} data" if found else "no image or video we know"
+        holds = f"{LABELS.get(found, found.upper())} data" if found else "no image, video or sound we know"
         raise MediaError(f"{relative}: the file holds {holds}, not what its name ({ext}) says")
     try:
-        if fmt.kind == "video":
+        if fmt.kind == "audio":
+            kind, width, height, frames, duration, first = read_audio(path)
+        elif fmt.kind == "video":
             kind, width, height, frames, duration, first = read_video(path)
         else:
             kind, width, height, frames, duration, first = read_image(path)
@@ -178,11 +202,13 @@ def describe(path: Path, relative: str) -> Output:
         detail = str(e).replace(str(path), relative)  # users see our relative names, not server paths
         label = LABELS[fmt.signature]
         raise MediaError(f"{relative}: not a readable {label} file ({type(e).__name__}: {detail})") from e
-    thumbnail = relative + THUMBNAIL_SUFFIX
-    try:
-        save_jpeg(first, path.with_name(path.name + THUMBNAIL_SUFFIX))
-    except OSError as e:
-        raise MediaError(f"{relative}: cannot write its thumbnail ({e.strerror or e})") from e
+    thumbnail = ""
+    if first is not None:
+        thumbnail = relative + THUMBNAIL_SUFFIX
+        try:
+            save_jpeg(first, path.with_name(path.name + THUMBNAIL_SUFFIX))
+        except OSError as e:
+            raise MediaError(f"{relative}: cannot write its thumbnail ({e.strerror or e})") from e
     return Output(
         path=relative,
         kind=kind,
@@ -214,11 +240,28 @@ def sniff(head: bytes, ext: str = "") -> str:
     if head.startswith(b"\x1a\x45\xdf\xa3"):
         # EBML; the DocType element (0x4282) says webm or matroska.
         return "webm" if b"\x42\x82\x84webm" in head else "matroska"
+    if head.startswith(b"fLaC"):
+        return "flac"
+    if head[:4] == b"RIFF" and head[8:12] == b"WAVE":
+        return "wav"
+    if head.startswith(b"OggS"):
+        return "ogg"  # Vorbis or Opus; a .opus file is an Ogg file too
+    if head.startswith(b"ID3") or mpeg_audio_frame(head):
+        return "mp3"  # FFmpeg's MP3 muxer (SaveAudioMP3) starts with an ID3v2 tag
     return ""
 
 
-# kind, width, height, frames, duration, and the first frame made ready for a thumbnail
-Facts = tuple[Kind, int, int, int, float | None, Image.Image]
+def mpeg_audio_frame(head: bytes) -> bool:
+    """Whether the bytes start with an MPEG audio frame header: 11 sync bits, then a version, a
+    layer and a bitrate that are not the reserved values (AAC's ADTS header has layer 0)."""
+    if len(head) < 3 or head[0] != 0xFF or head[1] & 0xE0 != 0xE0:
+        return False
+    version, layer, bitrate = (head[1] >> 3) & 3, (head[1] >> 1) & 3, head[2] >> 4
+    return version != 1 and layer != 0 and bitrate != 15
+
+
+# kind, width, height, frames, duration, and the first frame made ready for a thumbnail (None: a sound)
+Facts = tuple[Kind, int, int, int, float | None, Image.Image | None]
 
 
 def read_image(path: Path) -> Facts:
@@ -265,6 +308,32 @@ def read_video(path: Path) -> Facts:
         if duration is None and stream.average_rate:
             duration = float(frames / Fraction(stream.average_rate))
     return "video", width, height, frames, duration, first
+
+
+def read_audio(path: Path) -> Facts:
+    with av.open(str(path)) as container:
+        if not container.streams.audio:
+            raise MediaError("the file has no audio stream")
+        stream: AudioStream = container.streams.audio[0]
+        # It plays until its last packet ends: a header's length is a promise that a file cut short
+        # does not keep, and an MP3 may have no header that says. Decoding goes only as far as the
+        # first sound, so a long file costs a read, not a decode.
+        end, sound = 0, False
+        for packet in container.demux(stream):
+            if not packet.size:
+                continue
+            sound = sound or bool(stream.codec_context.decode(packet))
+            if packet.pts is not None:
+                end = max(end, packet.pts + (packet.duration or 0))
+        sound = sound or bool(stream.codec_context.decode(None))  # what the decoder still holds
+        if not sound:
+            raise MediaError("the file has no sound that can be decoded")
+        duration: float | None = None
+        if end and stream.time_base is not None:
+            duration = float(end * stream.time_base)
+        elif container.duration is not None:
+            duration = container.duration / av.time_base
+    return "audio", 0, 0, 0, duration, None
 
 
 def thumbnail_image(img: Image.Image) -> Image.Image:

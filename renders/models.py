@@ -21,17 +21,18 @@ from spoonfeeder.models import Event
 class Template(models.Model):
     """A ComfyUI API-format workflow and where its parameters go."""
 
-    STILL, T2V, I2V, UPSCALE, INTERP, TEST = "still", "t2v", "i2v", "upscale", "interp", "test"
+    STILL, T2V, I2V, UPSCALE, INTERP, AUDIO, TEST = "still", "t2v", "i2v", "upscale", "interp", "audio", "test"
     KINDS = [
         (STILL, "Still image"),
         (T2V, "Text to video"),
         (I2V, "Image to video"),
         (UPSCALE, "Upscale a video"),
         (INTERP, "Frame interpolation"),
+        (AUDIO, "Sound (speech, music)"),
         (TEST, "Test (no models)"),
     ]
     # The step of a render graph a template does (stories.movie): what it takes and makes.
-    KEYFRAME = "keyframe"
+    KEYFRAME, SPEECH, MUSIC = "keyframe", "speech", "music"
     ROLES = [
         ("", "—"),
         (KEYFRAME, "Keyframe (still image)"),
@@ -39,6 +40,8 @@ class Template(models.Model):
         (I2V, "Image to video"),
         (UPSCALE, "Upscale"),
         (INTERP, "Frame interpolation"),
+        (SPEECH, "Text to speech"),
+        (MUSIC, "Music"),
     ]
 
     code = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)

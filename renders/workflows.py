@@ -77,6 +77,13 @@ LORA_CLASSES = frozenset({"LoraLoader", "LoraLoaderModelOnly"})
 FRAME_INPUTS = ("length", "frames", "num_frames", "frame_count", "video_frames")
 FPS_INPUTS = ("fps", "frame_rate")
 TEXT_PRIMITIVES = frozenset({"PrimitiveString", "PrimitiveStringMultiline"})
+# Inputs that hold how many seconds of sound a node makes: EmptyLatentAudio's (and ACE-Step's
+# EmptyAceStepLatentAudio's) "seconds", the length Stable Audio is conditioned on, EmptyAudio's length.
+SECONDS_INPUTS = ("seconds", "seconds_total")
+CLASS_SECONDS_INPUTS = {("EmptyAudio", "duration")}
+# Text-to-speech nodes of custom node packs and the input with the words they speak; other classes
+# named *TTS* count when they have a "text".
+SPEECH_TEXT_INPUTS = {"KokoroGenerator": "text"}
 
 PARAMETERS = (
     "positive",
@@ -88,6 +95,7 @@ PARAMETERS = (
     "height",
     "frames",
     "fps",
+    "seconds",
     "image",
     "video",
     "loras",
@@ -99,6 +107,8 @@ SETTINGS_LIMITS: dict[str, tuple[float, float]] = {
     "height": (64, 8192),
     "frames": (1, 1024),
     "fps": (1, 120),
+    # EmptyLatentAudio takes 1 to 1000; ten minutes is longer than any one cue or line of a film.
+    "seconds": (1, 600),
     "steps": (1, 200),
     "cfg": (0, 30),
     "seed": (0, 2**64 - 1),
@@ -358,6 +368,9 @@ def detect(workflow: Mapping[str, Any]) -> ParamMap:
         if class_type in TEXT_PRIMITIVES and isinstance(inputs.get("value"), str) and "prompt" in _title(node).lower():
             # A text box titled as a prompt: where the text goes (an encoder it feeds has a link, not text).
             add("negative" if "neg" in _title(node).lower() else "positive", node_id, "value")
+        speech = SPEECH_TEXT_INPUTS.get(class_type) or ("text" if "TTS" in class_type else "")
+        if speech and isinstance(inputs.get(speech), str):
+            add("positive", node_id, speech)  # the words a text-to-speech node speaks
         for name in ("positive_prompt", "negative_prompt"):  # encoders holding both, e.g. WanVideoTextEncode
             if isinstance(inputs.get(name), str):
                 add(name.split("_")[0], node_id, name)
@@ -380,6 +393,12 @@ def detect(workflow: Mapping[str, Any]) -> ParamMap:
         for name in FPS_INPUTS:
             if _is_number(inputs.get(name)):
                 add("fps", node_id, name)
+        for name in SECONDS_INPUTS:
+            if _is_number(inputs.get(name)):
+                add("seconds", node_id, name)
+        for cls, name in CLASS_SECONDS_INPUTS:
+            if class_type == cls and _is_number(inputs.get(name)):
+                add("seconds", node_id, name)
         if class_type.startswith("LoadImage") and isinstance(inputs.get("image"), str):
             add("image", node_id, "image")
         if "LoadVideo" in class_type:  # ComfyUI's LoadVideo names its file "file", VHS_LoadVideo "video"
@@ -430,7 +449,7 @@ def apply(
     """A copy of the workflow with params written where the mapping says; the input is not touched.
 
     params: positive, negative, filename_prefix, image, video (str); seed (int, or "random"/-1 for a fresh one);
-    steps, width, height, frames (int); cfg, fps (number); loras (list of names, (name, strength) or
+    steps, width, height, frames (int); cfg, fps, seconds (number); loras (list of names, (name, strength) or
     {"name", "strength"}, given to the template's LoRA loaders in order). None or missing means keep.
     """
     # A template imported before parse() bounded nesting would fail deepcopy at every attempt.
@@ -460,7 +479,7 @@ def apply(
             value = random_seed()
         elif name in INTEGER_SETTINGS:
             value = int(value)
-        elif name in ("cfg", "fps"):
+        elif name in ("cfg", "fps", "seconds"):
             value = float(value)
         put(name, value)
 

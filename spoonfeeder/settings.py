@@ -155,10 +155,10 @@ BEAT = config.env_number("SPOONFEEDER_BEAT", 2, minimum=0.1)
 STALE = config.env_number("SPOONFEEDER_STALE", 10, minimum=1)
 SWEEP_EVERY = config.env_number("SPOONFEEDER_SWEEP_EVERY", 1, minimum=0.05)
 RENDER_BACKOFF = config.env_number("SPOONFEEDER_RENDER_BACKOFF", 5, minimum=0)
-# A job whose input a node made goes to that node (ComfyUI loads the file from its own output
-# folder: no upload) when it would finish it at most this many seconds after the soonest node;
-# -1 ignores where inputs are (each is uploaded to whichever node takes the job).
-RENDER_NEAR_ENOUGH = config.env_number("SPOONFEEDER_NEAR_ENOUGH", 10, minimum=-1)
+# Megabytes a second the lab's network moves an input to a node: a job whose input a node made
+# goes to that node (ComfyUI loads the file from its own output folder) unless another would
+# finish it sooner by more than the upload would take. 0 ignores where inputs are.
+RENDER_UPLOAD_RATE = config.env_number("SPOONFEEDER_UPLOAD_RATE", 50, minimum=0)
 # A node that fails (refuses a job, answers garbage) gets no new work for a while: twice as long
 # at each fault in a row, from BEAT seconds up to MAX_REST.
 MAX_REST = config.env_number("SPOONFEEDER_MAX_REST", 60, minimum=1)

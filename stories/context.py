@@ -311,23 +311,20 @@ def movie_tab(story: Story, form: Any = None) -> dict[str, Any]:
         stages = movie.stages_for(
             movie.Options(path=current.path, upscale=current.upscale, interpolate=current.interpolate)
         )
-        labels = dict(RenderJob.STATUSES)
         for state in movie.states(current):
             by_stage = {stage: (job, reused) for stage, job, reused in state.jobs}
-            cells = []
-            for stage in stages:
-                job, reused = by_stage.get(stage, (None, False))
-                cell = Cell(stage, job, reused)
-                if job is not None:
-                    cell.label = labels.get(job.status, job.status).lower()
-                    cell.node = job.node.name if job.node else ""
-                    cell.thumbnail = str(job.outputs[0].get("thumbnail", "")) if job.outputs else ""
-                    if job.status == RenderJob.QUEUED and state.blocked:
-                        cell.why = "waits for a task before it that did not render"
-                cells.append(cell)
+            cells = [cell(stage, *by_stage.get(stage, (None, False)), blocked=state.blocked) for stage in stages]
             rows.append(GraphRow(state.part, cells, state.failed))
     done = sum(1 for r in rows if r.cells and r.cells[-1].job and r.cells[-1].job.status == RenderJob.COMPLETED)
+    sounds: dict[int, dict[str, Cell]] = {}
+    if current is not None and current.tracks:
+        jobs = RenderJob.objects.select_related("node").in_bulk([pk for _, _, pk, _ in current.tracks])
+        for number, stage, pk, reused in current.tracks:
+            sounds.setdefault(number, {})[stage] = cell(stage, jobs.get(pk), reused)
+    sound_stages = [s for s in movie.SOUNDS if any(s in by for by in sounds.values())]
     return {
+        "sounds": [(n, [by.get(s) for s in sound_stages]) for n, by in sorted(sounds.items())],
+        "sound_stages": [(s, movie.STAGE_LABELS[s]) for s in sound_stages],
         "movie_form": form or MovieForm(story),
         "movie": current,
         "graph": rows,
@@ -336,6 +333,21 @@ def movie_tab(story: Story, form: Any = None) -> dict[str, Any]:
         "versions": [m for m in movies[1:] if m.status == Movie.COMPLETED],
         "movie_active": current is not None and current.status in Movie.ACTIVE,
     }
+
+
+STATUS_LABELS = dict(RenderJob.STATUSES)
+
+
+def cell(stage: str, job: RenderJob | None, reused: bool, *, blocked: bool = False) -> Cell:
+    """A task as its cell on the Movie tab shows it."""
+    shown = Cell(stage, job, reused)
+    if job is not None:
+        shown.label = STATUS_LABELS.get(job.status, job.status).lower()
+        shown.node = job.node.name if job.node else ""
+        shown.thumbnail = str(job.outputs[0].get("thumbnail", "")) if job.outputs else ""
+        if job.status == RenderJob.QUEUED and blocked:
+            shown.why = "waits for a task before it that did not render"
+    return shown
 
 
 def pipelines() -> dict[str, Any]:

@@ -268,6 +268,20 @@ class MovieForm(forms.Form):
     video = forms.ModelChoiceField(Template.objects.none(), label="Video template")
     upscaler = forms.ModelChoiceField(Template.objects.none(), required=False, label="Upscale template")
     interpolator = forms.ModelChoiceField(Template.objects.none(), required=False, label="Interpolation template")
+    speaker = forms.ModelChoiceField(
+        Template.objects.none(),
+        required=False,
+        label="Narration voice",
+        empty_label="The local voice (eSpeak NG, or Kokoro when its files are here)",
+        help_text="Or a text-to-speech template on the pool.",
+    )
+    composer = forms.ModelChoiceField(
+        Template.objects.none(),
+        required=False,
+        label="Music from the cues",
+        empty_label="None: the track below, or no music",
+        help_text="A music template on the pool plays each segment's music cue.",
+    )
     transition = forms.ChoiceField(choices=Movie.TRANSITIONS, initial=Movie.CUT, label="Between shots")
     narration_fit = forms.ChoiceField(choices=Movie.FITS, initial=Movie.HOLD, label="Narration longer than its shots")
     burn_subtitles = forms.BooleanField(required=False, label="Burn the subtitles into the picture")
@@ -282,7 +296,14 @@ class MovieForm(forms.Form):
         help_text="MP3, WAV, OGG, FLAC or M4A, at most 100 MB: laid under the narration, lowered while it speaks.",
     )
 
-    FIELDS_OF = {"keyframe": "keyframe", "video": "video", "upscaler": "upscale", "interpolator": "interp"}
+    FIELDS_OF = {
+        "keyframe": "keyframe",
+        "video": "video",
+        "upscaler": "upscale",
+        "interpolator": "interp",
+        "speaker": "speech",
+        "composer": "music",
+    }
 
     def __init__(self, story: Story, *args: Any, **kwargs: Any) -> None:
         from stories import movie
@@ -295,12 +316,22 @@ class MovieForm(forms.Form):
             ("video", (Template.T2V, Template.I2V)),
             ("upscaler", (Template.UPSCALE,)),
             ("interpolator", (Template.INTERP,)),
+            ("speaker", (Template.SPEECH,)),
+            ("composer", (Template.MUSIC,)),
         ):
             field = self.fields[name]
             assert isinstance(field, forms.ModelChoiceField)
             field.queryset = templates.filter(role__in=roles)
-        path = self.data.get("path") if self.is_bound else None
+        # A new export starts from the last one's choices (so that it reuses what it rendered).
+        last = story.movies.first()
+        path = self.data.get("path") if self.is_bound else (last.path if last else None)
         chosen = movie.default_templates(story, str(path or Movie.T2V))
+        if last is not None:
+            kept = ("path", "upscale", "interpolate", "transition", "narration_fit", "burn_subtitles")
+            for choice in (*kept, "leave_out_failed"):
+                self.fields[choice].initial = getattr(last, choice)
+            named = {t.name: t for t in Template.objects.filter(name__in=list(last.templates.values()))}
+            chosen |= {stage: named[name] for stage, name in last.templates.items() if name in named}
         for name, stage in self.FIELDS_OF.items():
             if stage in chosen:
                 self.fields[name].initial = chosen[stage].pk

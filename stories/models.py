@@ -364,6 +364,8 @@ class Movie(models.Model):
     status = models.CharField(max_length=10, choices=STATUSES, default=RENDERING)
     # What was planned: tasks of each kind, new and reused, and the estimate in seconds.
     plan = models.JSONField(default=dict, blank=True)
+    # The sound rendered on the pool, by segment: [[segment, "speech" or "music", job pk, reused], …]
+    tracks = models.JSONField(default=list, blank=True)
     progress = models.FloatField(default=0)  # of the export itself, 0..1
     message = models.CharField(max_length=300, blank=True)  # what the export does now
     worker = models.CharField(max_length=100, blank=True)

@@ -33,10 +33,20 @@ from stories.models import Movie, MoviePart, Segment, Story
 log = logging.getLogger(__name__)
 
 KEYFRAME, VIDEO, UPSCALE, INTERP = "keyframe", "video", "upscale", "interp"
-STAGES = (KEYFRAME, VIDEO, UPSCALE, INTERP)
-STAGE_LABELS = {KEYFRAME: "Keyframe", VIDEO: "Video", UPSCALE: "Upscale", INTERP: "Interpolation"}
+SPEECH, MUSIC = "speech", "music"  # a segment's narration spoken, its music cue played, on the pool
+SOUNDS = (SPEECH, MUSIC)
+STAGES = (KEYFRAME, VIDEO, UPSCALE, INTERP, *SOUNDS)
+STAGE_LABELS = {
+    KEYFRAME: "Keyframe",
+    VIDEO: "Video",
+    UPSCALE: "Upscale",
+    INTERP: "Interpolation",
+    SPEECH: "Speech",
+    MUSIC: "Music",
+}
 # The template role each step takes (Template.role), by the story's path.
 ROLES = {KEYFRAME: Template.KEYFRAME, UPSCALE: Template.UPSCALE, INTERP: Template.INTERP}
+SPEECH_PER_CHARACTER = 0.07  # seconds of speech a character of narration takes, for templates told a length
 INTERPOLATION = 2  # frames made of each: the interpolated video plays at twice the fps
 EXPORT_DEADLINE = 3600.0  # seconds one export task may run
 PROGRESS_EVERY = 0.5  # seconds between writes of the export's progress
@@ -77,6 +87,7 @@ class Plan:
     story: Story
     options: Options
     parts: list[tuple[Any, list[Task]]]  # (shot or scene, its tasks in graph order)
+    tracks: list[tuple[int, Task]]  # (segment, its speech or music task)
     counts: dict[str, dict[str, int]]  # stage -> {"new": n, "reused": m}
     estimate: float | None  # seconds until the new tasks are rendered, by measured speeds
     unmeasured: int  # new tasks of templates never measured on any node
@@ -88,6 +99,11 @@ class Plan:
     @property
     def reused(self) -> int:
         return sum(c["reused"] for c in self.counts.values())
+
+    @property
+    def rows(self) -> list[tuple[str, int, int]]:
+        """(step, new, reused) in graph order, as the plan is shown."""
+        return [(STAGE_LABELS[s], c["new"], c["reused"]) for s, c in self.counts.items()]
 
     def summary(self) -> dict[str, Any]:
         return {"counts": self.counts, "estimate": self.estimate, "unmeasured": self.unmeasured}
@@ -117,11 +133,13 @@ def default_templates(story: Story, path: str) -> dict[str, Template]:
     chosen: dict[str, Template] = {}
     if path == Movie.I2V:
         keyframe = story.reference_template or first(Template.KEYFRAME)
-        video = story.template if story.template and story.template.takes("image") else first(Template.I2V)
+        own = story.template if story.template and story.template.role == Template.I2V else None
+        video = own or first(Template.I2V)
         if keyframe:
             chosen[KEYFRAME] = keyframe
     else:
-        video = story.template if story.template and not story.template.takes("image") else first(Template.T2V)
+        own = story.template if story.template and story.template.role == Template.T2V else None
+        video = own or first(Template.T2V)
     if video:
         chosen[VIDEO] = video
     for stage in (UPSCALE, INTERP):
@@ -155,12 +173,50 @@ def plan(story: Story, options: Options) -> Plan:
             old = reusable(existing.get((piece.target(), stage), []), wanted, source)
             tasks.append(Task(stage, old or wanted, old is not None, source, parameter))
         parts.append((piece, tasks))
-    counts = {s: {"new": 0, "reused": 0} for s in stages}
-    for _, tasks in parts:
-        for task in tasks:
-            counts[task.stage]["reused" if task.reused else "new"] += 1
-    estimate, unmeasured = estimate_seconds([t.job for _, tasks in parts for t in tasks if not t.reused])
-    return Plan(story, options, parts, counts, estimate, unmeasured)
+    tracks = sound_tasks(story, options, pieces, existing)
+    every = [t for _, tasks in parts for t in tasks] + [t for _, t in tracks]
+    counts = {s: {"new": 0, "reused": 0} for s in [*stages, *(s for s in SOUNDS if s in options.templates)]}
+    for task in every:
+        counts[task.stage]["reused" if task.reused else "new"] += 1
+    estimate, unmeasured = estimate_seconds([t.job for t in every if not t.reused])
+    return Plan(story, options, parts, tracks, counts, estimate, unmeasured)
+
+
+def sound_tasks(
+    story: Story, options: Options, pieces: list[Any], existing: dict[tuple[str, str], list[RenderJob]]
+) -> list[tuple[int, Task]]:
+    """A segment's narration spoken, and its (first) music cue played for as long as its shots,
+    by the speech and music templates the user chose (none: the local voice speaks, and the
+    user's track or no music plays)."""
+    lengths: dict[int, float] = {}
+    for piece in pieces:
+        if piece.segment is not None:
+            lengths[piece.segment.number] = lengths.get(piece.segment.number, 0.0) + piece.duration
+    wanted: list[tuple[int, str, str, float]] = []  # (segment, stage, prompt, seconds)
+    if SPEECH in options.templates:
+        for segment in story.segments.exclude(narration="").order_by("number"):
+            wanted.append((segment.number, SPEECH, segment.narration, len(segment.narration) * SPEECH_PER_CHARACTER))
+    if MUSIC in options.templates:
+        seen: set[int] = set()
+        for cue in story.music_cues.exclude(segment=None).select_related("segment").order_by("number"):
+            number = cue.segment.number  # type: ignore[union-attr]
+            if number not in seen:
+                seen.add(number)
+                prompt = f"{cue.mood}: {cue.description}" if cue.description.strip() else ""
+                wanted.append((number, MUSIC, prompt, lengths.get(number, 5.0)))
+    tracks = []
+    for number, stage, prompt, seconds in wanted:
+        template = options.templates[stage]
+        settings_: dict[str, Any] = {}
+        if template.takes("seconds"):
+            longest = float(template.needs.get("seconds", {}).get("max", 600))
+            settings_["seconds"] = round(max(1.0, min(seconds, longest)), 1)
+        job = RenderJob.build(
+            template, settings_, prompt=prompt, story=str(story.code), target=f"segment:{number}", stage=stage
+        )
+        old = reusable(existing.get((job.target, stage), []), job, None)
+        tracks.append((number, Task(stage, old or job, old is not None)))
+    return tracks
 
 
 def build(story: Story, piece: Any, stage: str, template: Template, base: dict[str, Any], fps: float) -> RenderJob:
@@ -287,6 +343,14 @@ def start(story: Story, options: Options) -> Movie:
                 chain=[[t.stage, t.job.pk, t.reused] for t in tasks],
                 job=tasks[-1].job,
             )
+        for _, task in planned.tracks:
+            if not task.reused:
+                task.job.position = position
+                position += 1
+                task.job.save()
+            used.add(task.job.pk)
+        movie.tracks = [[number, t.stage, t.job.pk, t.reused] for number, t in planned.tracks]
+        Movie.objects.filter(pk=movie.pk).update(tracks=movie.tracks)
         for earlier in story.movies.filter(status__in=Movie.ACTIVE).exclude(pk=movie.pk):
             earlier.set_status(
                 Movie.CANCELLED, expect=Movie.ACTIVE, finished=timezone.now(), error=f"replaced by v{version}"
@@ -360,8 +424,14 @@ def ready(movie_pk: int) -> bool:
     parts = states(movie)
     if not all(p.done or (movie.leave_out_failed and p.blocked) for p in parts):
         return False
+    # The sound rendered on the pool has ended, however: what failed falls back (the local voice,
+    # the user's track or none), and the film says so.
+    sounds = [pk for _, _, pk, _ in movie.tracks]
+    if RenderJob.objects.filter(pk__in=sounds).exclude(status__in=RenderJob.ENDED).exists():
+        return False
     with transaction.atomic():
-        if not movie.set_status(Movie.EXPORTING, expect=(Movie.RENDERING,), exporting=timezone.now(), message="queued"):
+        queued = {"exporting": timezone.now(), "message": "queued", "worker": "", "heartbeat": Now()}
+        if not movie.set_status(Movie.EXPORTING, expect=(Movie.RENDERING,), **queued):
             return False
         enqueue("stories.tasks.export", movie.pk, timeout=EXPORT_DEADLINE)
     return True
@@ -402,17 +472,40 @@ def cancel(movie: Movie) -> bool:
     return True
 
 
+def export_again(movie: Movie) -> bool:
+    """A movie whose export failed (a full disk, a shot's file gone) tries again, from its parts
+    as they are now; what it encoded before is reused."""
+    with transaction.atomic():
+        if not movie.set_status(Movie.RENDERING, expect=(Movie.FAILED,), error="", finished=None, progress=0):
+            return False
+    ready(movie.pk)
+    return True
+
+
 def movie_jobs(movie: Movie) -> set[int]:
-    return {pk for chain in movie.parts.values_list("chain", flat=True) for _, pk, _ in chain}
+    """Every task of the movie: its shots' and its sound's."""
+    tracks = Movie.objects.filter(pk=movie.pk).values_list("tracks", flat=True).first() or []
+    shots = {pk for chain in movie.parts.values_list("chain", flat=True) for _, pk, _ in chain}
+    return shots | {pk for _, _, pk, _ in tracks}
 
 
 def sweep() -> bool:
     """Movies whose shots have rendered start their export; an export whose worker died is
-    queued again (it resumes with the parts it encoded). True while a movie is active."""
-    for pk in Movie.objects.filter(status=Movie.RENDERING).values_list("pk", flat=True):
-        ready(pk)
-    exporting = Movie.objects.filter(status=Movie.EXPORTING).exclude(worker="")
-    for movie in exporting.filter(work.orphaned(set(exporting.values_list("worker", flat=True)))):
+    queued again (it resumes with the parts it encoded). True while a movie has tasks to render
+    or an export: not while one only waits for the user to retry a failed task (the retry wakes
+    the sweeper again)."""
+    rendering = Movie.objects.filter(status=Movie.RENDERING).values_list("pk", flat=True)
+    watching = False
+    for pk in rendering:  # each looked at: no short cut
+        if not ready(pk):
+            unfinished = RenderJob.objects.filter(pk__in=movie_jobs(Movie(pk=pk))).exclude(status__in=RenderJob.ENDED)
+            watching = watching or unfinished.exists()
+    # An export is queued (no worker, a fresh heartbeat: when it was queued), running (its
+    # worker's heartbeat) or orphaned: handed back (no heartbeat), its worker dead or silent, or
+    # its task lost (queued long ago).
+    exporting = Movie.objects.filter(status=Movie.EXPORTING)
+    workers = set(exporting.exclude(worker="").values_list("worker", flat=True))
+    for movie in exporting.filter(work.orphaned(workers)):
         crashes = movie.crashes + work.crashed(movie.worker, movie.heartbeat)
         with transaction.atomic():
             if crashes >= work.QUARANTINE_AFTER:
@@ -420,13 +513,15 @@ def sweep() -> bool:
                     Movie.FAILED,
                     expect=(Movie.EXPORTING,),
                     worker="",
+                    heartbeat=None,
                     finished=timezone.now(),
                     error=f"quarantined: the worker exporting it died {crashes} times",
                 )
                 continue
-            if Movie.objects.filter(pk=movie.pk, worker=movie.worker).update(worker="", crashes=crashes):
+            seen = Movie.objects.filter(pk=movie.pk, worker=movie.worker, heartbeat=movie.heartbeat)
+            if seen.update(worker="", heartbeat=Now(), crashes=crashes):
                 enqueue("stories.tasks.export", movie.pk, timeout=EXPORT_DEADLINE)
-    return Movie.objects.filter(status__in=(Movie.RENDERING, Movie.EXPORTING)).exists()
+    return watching or Movie.objects.filter(status=Movie.EXPORTING).exists()
 
 
 # --- the export --------------------------------------------------------------------------------
@@ -445,7 +540,7 @@ def export(movie_pk: int, media_root: Path | None = None) -> str:
     rows = Movie.objects.filter(pk=movie.pk, worker=me)
     try:
         with work.stop_on_sigterm(), work.beating(rows):
-            shots, segments, cut = inputs_of(movie, root)
+            shots, segments, cut, notes = inputs_of(movie, root)
             folder = f"movies/{str(movie.story.code)[:2]}/{movie.story.code}"
             name = f"{slugify(movie.story.title)[:40] or 'movie'}-v{movie.version}.mp4"
             out = root / folder / name
@@ -471,6 +566,10 @@ def export(movie_pk: int, media_root: Path | None = None) -> str:
         rows.update(worker="", heartbeat=None)  # the sweeper queues it again, no crash counted
         work.leave()
         return "stopped: handed back"
+    except OSError as e:  # our side: a full disk, a folder we may not write
+        why = f"the film could not be written ({e.strerror or e}); free some space, then export again"
+        movie.set_status(Movie.FAILED, expect=(Movie.EXPORTING,), worker="", finished=timezone.now(), error=why)
+        return f"failed: {why}"
     relative = f"{folder}/{name}"
     done = movie.set_status(
         Movie.COMPLETED,
@@ -485,7 +584,7 @@ def export(movie_pk: int, media_root: Path | None = None) -> str:
         srt=str(Path(relative).with_suffix(".srt")),
         seconds=made.seconds,
         chapters=[[t, title] for t, title in made.chapters],
-        warnings=made.warnings,
+        warnings=notes + made.warnings,
         error="",
     )
     return f"exported {made.seconds:.1f} s" if done else "exported, but the movie was cancelled meanwhile"
@@ -511,13 +610,16 @@ class Reporter:
                 self.movie.changed("movie.progress")
 
 
-def inputs_of(movie: Movie, root: Path) -> tuple[list[Any], list[Any], Any]:
+def inputs_of(movie: Movie, root: Path) -> tuple[list[Any], list[Any], Any, list[str]]:
     """What renders.film needs: the shots in story order (a title card for one left out), the
-    segments with their narration, and the cut."""
+    segments with their narration (and their speech and music when the pool rendered them), and
+    the cut; with what the user should know of the sound that did not render."""
     from renders import film, media
 
+    sounds, notes = sound_files(movie, root)
     shots = []
-    for state in states(movie):
+    parts = states(movie)
+    for state in parts:
         part, last = state.part, state.last
         path: Path | None = None
         card = ""
@@ -531,7 +633,7 @@ def inputs_of(movie: Movie, root: Path) -> tuple[list[Any], list[Any], Any]:
             card = f"{movie.story.piece.title()} {part.number} is missing: {why}"[:200]
         shots.append(film.Shot(f"{movie.story.piece}:{part.number}", path, part.seconds, part.segment, card))
     segments = [
-        film.Segment(s.number, s.title, s.narration)
+        film.Segment(s.number, s.title, s.narration, sounds.get((s.number, SPEECH)), sounds.get((s.number, MUSIC)))
         for s in Segment.objects.filter(story=movie.story_id).order_by("number")
     ]
     if not segments:
@@ -540,7 +642,7 @@ def inputs_of(movie: Movie, root: Path) -> tuple[list[Any], list[Any], Any]:
     music = media.inside(root, movie.music) if movie.music else None
     # The film's frame is its shots' (the first that rendered: upscaled ones are larger), at the
     # story's fps, twice that when interpolated.
-    first: dict[str, Any] = next((s.last.outputs[0] for s in states(movie) if s.done and s.last and s.last.outputs), {})
+    first: dict[str, Any] = next((s.last.outputs[0] for s in parts if s.done and s.last and s.last.outputs), {})
     fps = float(render.get("fps") or 16) * (INTERPOLATION if movie.interpolate else 1)
     cut = film.Cut(
         width=int(first.get("width") or render.get("width") or 832),
@@ -551,4 +653,25 @@ def inputs_of(movie: Movie, root: Path) -> tuple[list[Any], list[Any], Any]:
         burn_subtitles=movie.burn_subtitles,
         music=music,
     )
-    return shots, segments, cut
+    return shots, segments, cut, notes
+
+
+def sound_files(movie: Movie, root: Path) -> tuple[dict[tuple[int, str], Path], list[str]]:
+    """The speech and music the pool rendered for the movie, by (segment, stage), as files of the
+    media folder; and, for each that did not render, what plays instead."""
+    from renders import media
+
+    jobs = RenderJob.objects.in_bulk([pk for _, _, pk, _ in movie.tracks])
+    files: dict[tuple[int, str], Path] = {}
+    notes = []
+    for number, stage, pk, _ in movie.tracks:
+        job = jobs.get(pk)
+        out = next((o for o in job.outputs if o.get("kind") == "audio"), None) if job else None
+        path = media.inside(root, str(out["path"])) if out else None
+        if job is not None and job.status == RenderJob.COMPLETED and path is not None and path.is_file():
+            files[(number, stage)] = path
+            continue
+        why = (job.error or job.get_status_display().lower()) if job else "its task was deleted"
+        instead = "the local voice speaks it" if stage == SPEECH else "it has no music of its own"
+        notes.append(f"Segment {number}'s {STAGE_LABELS[stage].lower()} did not render ({why[:160]}); {instead}.")
+    return files, notes

@@ -11,6 +11,7 @@ from django.contrib import messages
 from django.db import transaction
 from django.http import Http404, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.template.defaultfilters import pluralize
 from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils.html import escape
@@ -317,9 +318,8 @@ def movie_export(request: HtmxHttpRequest, code: str) -> HttpResponse:
     counts = made.plan.get("counts", {})
     new = sum(c["new"] for c in counts.values())
     reused = sum(c["reused"] for c in counts.values())
-    return done(
-        request, f"Movie v{made.version} started: {new} task(s) queued, {reused} reused.", tab_url(story, "movie")
-    )
+    said = f"Movie v{made.version} started: {new} task{pluralize(new)} queued, {reused} reused."
+    return done(request, said, tab_url(story, "movie"))
 
 
 @require_POST
@@ -337,6 +337,10 @@ def movie_action(request: HtmxHttpRequest, code: str, version: int, what: str) -
         if not movie.resume(made):
             return refuse(request, story, "The movie is not paused.", status=409)
         return done(request, "Resumed.", here)
+    if what == "export":
+        if not movie.export_again(made):
+            return refuse(request, story, "Only a movie whose export failed can be exported again.", status=409)
+        return done(request, "Exporting again, reusing what was encoded before.", here)
     if what == "cancel":
         if not movie.cancel(made):
             return refuse(request, story, "The movie has ended already.", status=409)
@@ -355,7 +359,7 @@ def movie_retry(request: HtmxHttpRequest, code: str, pk: int) -> HttpResponse:
         return refuse(request, story, "Only a failed or cancelled task can be retried.", status=409)
     return done(
         request,
-        f"{movie.STAGE_LABELS.get(job.stage, job.stage)} of {job.target} queued again.",
+        f"{movie.STAGE_LABELS.get(job.stage, job.stage)} of {job.target.replace(':', ' ')} queued again.",
         tab_url(story, "movie"),
     )
 

@@ -1,5 +1,5 @@
 """Render outputs: copied off a simulated ComfyUI over real HTTP under our own names, checked by
-content, measured and thumbnailed."""
+content, measured and thumbnailed (pictures; sounds are measured only)."""
 
 from __future__ import annotations
 
@@ -7,19 +7,22 @@ import io
 import json
 import random
 import uuid
+import wave
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import av
 import pytest
+from av.audio.frame import AudioFrame
+from av.audio.stream import AudioStream
 from av.video.stream import VideoStream
 from PIL import Image
 
 from nodes.clients import ServiceError
 from nodes.clients.comfyui import ComfyUI, FileRef, outputs_of, succeeded
 from nodes.sim.comfyui import SimComfyUI
-from renders.media import EXTENSIONS, MediaError, Output, collect, describe, local_name
+from renders.media import EXTENSIONS, MediaError, Output, collect, describe, local_name, sniff
 from tests.conftest import ended
 
 WORKFLOWS = Path(__file__).resolve().parents[2] / "shared" / "comfyui" / "workflows"
@@ -75,6 +78,46 @@ def write_video(path: Path, size: tuple[int, int], frames: int, fps: int, codec:
         container.mux(stream.encode(None))
 
 
+def write_sound(path: Path, seconds: float, rate: int = 44100, codec: str = "pcm_s16le", fmt: str = "") -> None:
+    """A 440 Hz square wave (mono, 16-bit), `seconds` long, in the container the suffix names."""
+    samples = round(seconds * rate)
+    half = max(1, rate // 880)
+    pcm = b"".join(((6000 if (i // half) % 2 else -6000).to_bytes(2, "little", signed=True)) for i in range(samples))
+    with av.open(str(path), "w", format=fmt or path.suffix[1:]) as container:
+        stream = container.add_stream(codec, rate=rate, layout="mono")
+        assert isinstance(stream, AudioStream)
+        frame = AudioFrame(format="s16", layout="mono", samples=samples)
+        frame.planes[0].update(pcm)
+        frame.sample_rate, frame.pts = rate, 0
+        container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+
+
+def sound_bytes(suffix: str, seconds: float = 0.5) -> bytes:
+    buf = io.BytesIO()
+    codec = {".flac": "flac", ".mp3": "libmp3lame", ".wav": "pcm_s16le", ".ogg": "libopus"}[suffix]
+    with av.open(buf, "w", format=suffix[1:]) as container:
+        stream = container.add_stream(codec, rate=48000, layout="mono")
+        assert isinstance(stream, AudioStream)
+        frame = AudioFrame(format="s16", layout="mono", samples=round(seconds * 48000))
+        for plane in frame.planes:
+            plane.update(bytes(plane.buffer_size))
+        frame.sample_rate, frame.pts = 48000, 0
+        container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    return buf.getvalue()
+
+
+def silent_wav() -> bytes:
+    """A WAV header that promises sound, and no sound after it."""
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(48000)
+    return buf.getvalue()
+
+
 # Names.
 
 
@@ -82,6 +125,8 @@ def write_video(path: Path, size: tuple[int, int], frames: int, fps: int, codec:
     "remote, expected",
     [
         ("peer/still_00001_.png", "renders/a1/a1b2c3d4e5f6/03.png"),
+        ("audio/music_00001_.FLAC", "renders/a1/a1b2c3d4e5f6/03.flac"),
+        ("../voice_00002_.opus", "renders/a1/a1b2c3d4e5f6/03.opus"),
         ("../../../etc/passwd.PNG", "renders/a1/a1b2c3d4e5f6/03.png"),
         ("..\\..\\boot.ini.Mp4", "renders/a1/a1b2c3d4e5f6/03.mp4"),
         ("$(rm -rf ~) <script>.webm", "renders/a1/a1b2c3d4e5f6/03.webm"),
@@ -150,6 +195,61 @@ def test_it_collects_each_kind_of_output(
     assert thumb.format == "JPEG"
     assert max(thumb.size) == min(320, max(size))
     assert thumb.width / thumb.height == pytest.approx(size[0] / size[1], rel=0.02)
+
+
+def music(save: str = "SaveAudio", seconds: float = 3.0, **extra: Any) -> dict[str, Any]:
+    """Stable Audio's decode of an empty latent: a sound `seconds` long (in whole latent frames)."""
+    return {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "stable_audio_open_1.0.safetensors"}},
+        "2": {"class_type": "EmptyLatentAudio", "inputs": {"seconds": seconds, "batch_size": 1}},
+        "3": {"class_type": "VAEDecodeAudio", "inputs": {"samples": ["2", 0], "vae": ["1", 2]}},
+        "4": {"class_type": save, "inputs": {"audio": ["3", 0], "filename_prefix": "peer/music", **extra}},
+    }
+
+
+def render_sound(client: ComfyUI, workflow: dict[str, Any]) -> FileRef:
+    prompt_id = uuid.uuid4().hex
+    client.submit(workflow, prompt_id=prompt_id, client_id=uuid.uuid4().hex)
+    entry = ended(client, prompt_id, 30)
+    assert succeeded(entry), entry["status"]
+    # SaveAudio lists its files under "audio", not "images" (comfy_extras/nodes_audio.py).
+    outputs: dict[str, Any] = dict(entry["outputs"])
+    (ref,) = [f for out in outputs.values() for f in out.get("audio", [])]
+    return FileRef(filename=ref["filename"], subfolder=ref["subfolder"], type=ref["type"])
+
+
+@pytest.mark.parametrize(
+    "save, extra, ext, mime",
+    [
+        ("SaveAudio", {}, ".flac", "audio/flac"),
+        ("SaveAudioMP3", {"quality": "128k"}, ".mp3", "audio/mpeg"),
+        ("SaveAudioOpus", {"quality": "64k"}, ".opus", "audio/ogg"),
+    ],
+)
+def test_it_collects_each_kind_of_sound_a_node_saves_without_a_thumbnail(
+    client: ComfyUI, tmp_path: Path, save: str, extra: dict[str, str], ext: str, mime: str
+) -> None:
+    ref = render_sound(client, music(save, 3.0, **extra))
+    assert ref["filename"].endswith(ext)
+
+    out = collect(client, ref, JOB, 2, media_root=tmp_path)
+
+    assert out.path == f"renders/a1/{JOB}/02{ext}"
+    assert (out.kind, out.mime, out.width, out.height, out.frames, out.thumbnail) == ("audio", mime, 0, 0, 0, "")
+    assert files(tmp_path) == [out.path]  # a sound has no picture to thumbnail
+    assert out.size == (tmp_path / out.path).stat().st_size
+    # 64 latent frames of 2048 samples at 44.1 kHz; MP3 pads the end a little.
+    assert out.duration == pytest.approx(64 * 2048 / 44100, abs=0.05)
+    assert out.remote == f"peer/{ref['filename']} [output]"
+
+
+def test_a_sound_named_as_another_is_refused_and_not_kept(sim: SimComfyUI, client: ComfyUI, tmp_path: Path) -> None:
+    (sim.output_dir / "voice_00001_.flac").write_bytes(sound_bytes(".mp3"))
+    ref: FileRef = {"filename": "voice_00001_.flac", "subfolder": "", "type": "output"}
+
+    with pytest.raises(MediaError, match=r"holds MP3 data, not what its name \(\.flac\) says"):
+        collect(client, ref, JOB, 0, media_root=tmp_path)
+    assert not (tmp_path / "renders").exists() or files(tmp_path / "renders") == []
 
 
 def test_collecting_again_replaces_the_copy(client: ComfyUI, tmp_path: Path) -> None:
@@ -256,6 +356,57 @@ def test_it_describes_a_quicktime_movie(tmp_path: Path) -> None:
     assert thumbnail_of(tmp_path, out).size == (96, 64)
 
 
+@pytest.mark.parametrize(
+    "name, codec, fmt, mime",
+    [
+        ("line.wav", "pcm_s16le", "wav", "audio/wav"),
+        ("line.flac", "flac", "flac", "audio/flac"),
+        ("line.mp3", "libmp3lame", "mp3", "audio/mpeg"),
+        ("line.ogg", "libopus", "ogg", "audio/ogg"),
+        ("line.opus", "libopus", "opus", "audio/ogg"),
+    ],
+)
+def test_it_describes_each_kind_of_sound_by_how_long_it_plays(
+    tmp_path: Path, name: str, codec: str, fmt: str, mime: str
+) -> None:
+    path = tmp_path / name
+    write_sound(path, 2.5, rate=48000, codec=codec, fmt=fmt)
+
+    out = describe(path, name)
+
+    assert (out.kind, out.mime, out.width, out.height, out.frames, out.thumbnail) == ("audio", mime, 0, 0, 0, "")
+    assert out.duration == pytest.approx(2.5, abs=0.06)
+    assert files(tmp_path) == [name]
+
+
+def test_a_sound_cut_short_is_as_long_as_what_is_left(tmp_path: Path) -> None:
+    whole = tmp_path / "whole.flac"
+    write_sound(whole, 4.0, codec="flac")
+    cut = tmp_path / "cut.flac"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+
+    # FLAC's header says 4 s; the packets that are there play about half of that.
+    assert describe(cut, "cut.flac").duration == pytest.approx(2.0, abs=0.5)
+
+
+@pytest.mark.parametrize(
+    "head, found",
+    [
+        (b"fLaC\x00\x00\x00\x22", "flac"),
+        (b"ID3\x04\x00\x00\x00\x00\x00\x23", "mp3"),
+        (b"\xff\xfb\x90\x64\x00", "mp3"),  # an MPEG-1 layer III frame, no tag
+        (b"RIFF\x24\x08\x00\x00WAVEfmt ", "wav"),
+        (b"OggS\x00\x02" + bytes(20), "ogg"),
+        (b"\xff\xd8\xff\xe0\x00\x10JFIF", "jpeg"),  # not an MPEG frame: JPEG's second byte differs
+        (b"\xff\xf1\x50\x80\x02\x1f\xfc", ""),  # AAC's ADTS header: layer 0
+        (b"\xff\xfb\xf0\x64\x00", ""),  # the reserved bitrate
+        (b"RIFF\x24\x08\x00\x00AVI LIST", ""),
+    ],
+)
+def test_it_knows_sounds_by_their_first_bytes(head: bytes, found: str) -> None:
+    assert sniff(head) == found
+
+
 def png_bytes(size: tuple[int, int] = (64, 64)) -> bytes:
     buf = io.BytesIO()
     # Noise, so the file is not a few bytes of compressed nothing.
@@ -268,13 +419,22 @@ def png_bytes(size: tuple[int, int] = (64, 64)) -> bytes:
     [
         ("cut.png", png_bytes()[:5000], "not a readable PNG file"),
         ("noise.png", b"\x89PNG\r\n\x1a\n" + bytes(300), "not a readable PNG file"),
-        ("empty.webp", b"", "holds no image or video we know"),
-        ("text.mp4", b"hello, I am not a video at all" * 10, "holds no image or video we know"),
+        ("empty.webp", b"", "holds no image, video or sound we know"),
+        ("text.mp4", b"hello, I am not a video at all" * 10, "holds no image, video or sound we know"),
         ("fake.mp4", png_bytes(), r"holds PNG data, not what its name \(\.mp4\) says"),
         ("fake.png", b"RIFF\x00\x00\x00\x00WEBPVP8 " + bytes(40), r"holds WEBP data, not what its name \(\.png\)"),
         ("cut.webm", b"\x1a\x45\xdf\xa3\x9fB\x86\x81\x01B\xf7\x81\x01B\xf2\x81\x04B\xf3\x81\x08B\x82\x84webm", "WEBM"),
         ("film.webm", b"\x1a\x45\xdf\xa3\x9fB\x82\x88matroska" + bytes(40), "holds MATROSKA data"),
         ("cut.gif", b"GIF89a\x10\x00\x10\x00", "not a readable GIF file"),
+        ("fake.flac", sound_bytes(".wav"), r"holds WAV data, not what its name \(\.flac\) says"),
+        ("fake.wav", sound_bytes(".flac"), r"holds FLAC data, not what its name \(\.wav\) says"),
+        ("fake.mp3", png_bytes(), r"holds PNG data, not what its name \(\.mp3\) says"),
+        ("fake.opus", sound_bytes(".mp3"), r"holds MP3 data, not what its name \(\.opus\) says"),
+        ("fake.png", sound_bytes(".ogg"), r"holds OGG data, not what its name \(\.png\) says"),
+        ("text.ogg", b"hello, I am not a sound at all" * 10, "holds no image, video or sound we know"),
+        ("cut.flac", b"fLaC" + bytes(60), "not a readable FLAC file"),
+        ("cut.mp3", sound_bytes(".mp3")[:200], "MP3"),
+        ("mute.wav", silent_wav(), "the file has no sound that can be decoded"),
     ],
 )
 def test_a_corrupt_or_disguised_file_is_a_media_error(tmp_path: Path, name: str, content: bytes, message: str) -> None:

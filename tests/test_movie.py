@@ -13,11 +13,13 @@ import av
 import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
+from django.utils import timezone
 
 from nodes.models import Capability, Node
 from nodes.sim.comfyui import SimComfyUI
 from renders.management.commands.load_templates import load
 from renders.models import JobInput, RenderJob, Speed, Template
+from spoonfeeder import tasks, work
 from stories import movie
 from stories.models import Movie, Shot, StepRun, Story
 from stories.rendering import queue_renders
@@ -146,12 +148,32 @@ def node(transactional_db: None, fast: None) -> Iterator[SimComfyUI]:
     sim.close()
 
 
+def test_the_narration_and_the_music_cues_are_planned_per_segment_when_templates_are_chosen(story: Story) -> None:
+    chosen = options(story)
+    chosen.templates[movie.SPEECH] = Template.objects.get(name="test-speech")
+    chosen.templates[movie.MUSIC] = Template.objects.get(name="test-music")
+    planned = movie.plan(story, chosen)
+    assert planned.counts["speech"] == {"new": 1, "reused": 0} and planned.counts["music"] == {"new": 1, "reused": 0}
+    [(number, speech), (_, music)] = planned.tracks
+    assert (number, speech.job.prompt, speech.job.target) == (1, "The sea gives back.", "segment:1")
+    # As long as the segment's four 5 s shots; the speech as long as its words take.
+    assert music.job.prompt == "eerie: low strings" and music.job.settings == {"seconds": 20.0}
+    assert speech.job.settings == {"seconds": round(len("The sea gives back.") * movie.SPEECH_PER_CHARACTER, 1)}
+    made = movie.start(story, chosen)
+    assert [stage for _, stage, _, _ in made.tracks] == ["speech", "music"]
+    assert len(movie.movie_jobs(made)) == 4 * 2 + 2
+    assert movie.plan(story, chosen).counts["music"] == {"new": 0, "reused": 1}
+
+
 def test_a_story_is_exported_to_a_film_with_every_task_run_once(
     cluster: Cluster, node: SimComfyUI, tmp_path: Path
 ) -> None:
     story = story_with(shots=3, render_settings={"width": 96, "height": 64, "fps": 8})
     Shot.objects.filter(story=story).update(duration=1.0)
-    made = movie.start(story, options(story, upscale=True, interpolate=True))
+    chosen = options(story, upscale=True, interpolate=True)
+    chosen.templates[movie.SPEECH] = Template.objects.get(name="tts-kokoro")  # the simulator has them
+    chosen.templates[movie.MUSIC] = Template.objects.get(name="music-stable-audio")
+    made = movie.start(story, chosen)
 
     def finished() -> bool:
         made.refresh_from_db()
@@ -170,3 +192,70 @@ def test_a_story_is_exported_to_a_film_with_every_task_run_once(
         assert made.seconds == pytest.approx(3.0, abs=0.3)
     assert (media / made.vtt).read_text().startswith("WEBVTT")
     assert made.chapters and made.chapters[0][1] == "The bottle"
+    # The narration was spoken and the cue played on the pool: nothing fell back.
+    assert not [w for w in made.warnings if "did not render" in w], made.warnings
+    assert {stage for _, stage, _, _ in made.tracks} == {"speech", "music"}
+
+
+def test_music_that_fails_on_the_pool_leaves_the_film_without_it_saying_so(cluster: Cluster, node: SimComfyUI) -> None:
+    story = story_with(shots=1, render_settings={"width": 96, "height": 64, "fps": 8})
+    Shot.objects.filter(story=story).update(duration=1.0)
+    chosen = options(story, Movie.T2V)
+    chosen.templates[movie.MUSIC] = Template.objects.get(name="music-stable-audio")
+    node.knobs.models = {**node.knobs.models, "checkpoints": []}  # the node lost the model meanwhile
+    made = exported(movie.start(story, chosen))
+    assert made.status == "completed", made.error
+    [warning] = [w for w in made.warnings if "did not render" in w]
+    assert warning.startswith("Segment 1's music did not render (") and warning.endswith("it has no music of its own.")
+
+
+def exported(made: Movie, timeout: float = 90) -> Movie:
+    def finished() -> bool:
+        made.refresh_from_db()
+        assert made.status not in ("cancelled",), made.error
+        return made.status in ("completed", "failed")
+
+    wait_until(finished, timeout, f"movie v{made.version} to be exported")
+    return made
+
+
+@pytest.fixture
+def filmed(cluster: Cluster, node: SimComfyUI, tmp_path: Path) -> Movie:
+    """A story of two 1 s shots rendered (text to video) and exported once."""
+    story = story_with(shots=2, render_settings={"width": 96, "height": 64, "fps": 8})
+    Shot.objects.filter(story=story).update(duration=1.0)
+    made = exported(movie.start(story, options(story, Movie.T2V)))
+    assert made.status == "completed", made.error
+    return made
+
+
+def test_an_export_whose_worker_died_is_queued_again_and_reuses_what_it_encoded(filmed: Movie, tmp_path: Path) -> None:
+    dead = f"{work.HOST}:{2**22 + 7}:gone"  # a process of this machine that is not running
+    Movie.objects.filter(pk=filmed.pk).update(status="exporting", worker=dead, heartbeat=timezone.now(), video="")
+    tasks.ensure_sweeping()
+    made = exported(filmed)
+    assert (made.status, made.crashes) == ("completed", 1), made.error
+    assert made.message == "encoded 0 shot(s), reused 2"
+    with av.open(str(tmp_path / "media" / made.video)) as film:
+        assert film.streams.video and film.streams.audio
+
+
+def test_a_worker_that_keeps_dying_on_an_export_gets_it_quarantined(filmed: Movie) -> None:
+    dead = f"{work.HOST}:{2**22 + 7}:gone"
+    Movie.objects.filter(pk=filmed.pk).update(status="exporting", worker=dead, heartbeat=timezone.now(), crashes=2)
+    tasks.ensure_sweeping()
+    made = exported(filmed)
+    assert made.status == "failed" and made.error == "quarantined: the worker exporting it died 3 times"
+
+
+def test_an_export_missing_a_shots_file_fails_saying_which_and_exports_again_once_it_is_back(
+    filmed: Movie, tmp_path: Path
+) -> None:
+    clip = tmp_path / "media" / movie.states(filmed)[1].last.outputs[0]["path"]  # type: ignore[union-attr]
+    kept = clip.read_bytes()
+    clip.unlink()
+    again = exported(movie.start(filmed.story, options(filmed.story, Movie.T2V)))
+    assert again.status == "failed" and "shot:2" in again.error and again.video == ""
+    clip.write_bytes(kept)
+    assert movie.export_again(again)
+    assert exported(again).status == "completed"

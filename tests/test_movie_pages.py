@@ -77,7 +77,7 @@ def test_the_plan_is_shown_with_its_counts_before_anything_is_queued(logged_in: 
     html = tab(logged_in, story)
     assert 'id="movie-form"' in html and "Export the movie" in html
     plan = post(logged_in, "movie_plan", story, form_data())
-    assert "<td>keyframe</td><td>3</td><td>0</td>" in plan and "<td>upscale</td><td>3</td><td>0</td>" in plan
+    assert "<td>Keyframe</td><td>3</td><td>0</td>" in plan and "<td>Upscale</td><td>3</td><td>0</td>" in plan
     assert "9 tasks to render, 0 reused" in plan and "no estimate yet" in plan
     assert 'form="movie-form"' in plan  # the button that runs it
     assert not RenderJob.objects.exclude(stage="").exists() and not Movie.objects.exists()
@@ -181,3 +181,15 @@ def test_the_pipelines_page_lists_every_running_movie_with_its_progress(logged_i
     html = answer.content.decode()
     made = Movie.objects.get()
     assert f'id="pipeline-{made.code}"' in html and "0/3 shots" in html and "0/9 rendered" in html
+
+
+def test_speech_and_music_from_the_pool_show_by_segment(logged_in: Client, story: Story) -> None:
+    sound = {name: Template.objects.get(name=name).pk for name in ("test-speech", "test-music")}
+    plan = post(logged_in, "movie_plan", story, form_data(speaker=sound["test-speech"], composer=sound["test-music"]))
+    assert "<td>Speech</td><td>1</td><td>0</td>" in plan and "<td>Music</td><td>1</td><td>0</td>" in plan
+    post(logged_in, "movie_export", story, form_data(speaker=sound["test-speech"], composer=sound["test-music"]))
+    html = tab(logged_in, story)
+    assert 'id="movie-sound"' in html and 'id="segment-1"' in html
+    assert html.count('data-stage="speech"') == 1 and html.count('data-stage="music"') == 1
+    # The next export starts from these choices.
+    assert f'<option value="{sound["test-speech"]}" selected>' in html

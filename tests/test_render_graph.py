@@ -22,7 +22,6 @@ from renders.models import JobInput, RenderJob, Speed, Template
 from tests.conftest import Cluster, executions, wait_until
 
 NET = 59 if os.environ.get("DATABASE_URL") else 58
-NEAR_ENOUGH = 10.0
 
 
 def add_node(name: str, last: int, **knobs: Any) -> tuple[Node, SimComfyUI]:
@@ -170,8 +169,8 @@ def test_a_node_that_lost_the_file_it_made_gets_it_uploaded_instead(
 
 @pytest.fixture
 def measured(db: None, settings: Any) -> tuple[Capability, Capability, Template]:
-    """Two nodes equally fast at the image-to-video test template, measured."""
-    settings.RENDER_NEAR_ENOUGH = NEAR_ENOUGH
+    """Two nodes equally fast at the image-to-video test template, measured; 1 MB/s between them."""
+    settings.RENDER_UPLOAD_RATE = 1
     load()
     template = Template.objects.get(name="test-i2v")
     caps = []
@@ -183,9 +182,11 @@ def measured(db: None, settings: Any) -> tuple[Capability, Capability, Template]
     return caps[0], caps[1], template
 
 
-def made_on(node: Node) -> RenderJob:
+def made_on(node: Node, size: int = 10_000_000) -> RenderJob:
+    """A finished job of `node` whose output (10 s to upload at 1 MB/s) another job takes."""
     template = Template.objects.get(name="test-still-image")
-    return RenderJob.objects.create(template=template, status=RenderJob.COMPLETED, node=node, outputs=[{"path": "x"}])
+    out = {"path": "x.png", "size": size}
+    return RenderJob.objects.create(template=template, status=RenderJob.COMPLETED, node=node, outputs=[out])
 
 
 def test_a_job_is_planned_onto_the_node_that_has_its_input_when_it_is_free_soon_enough(
@@ -194,18 +195,18 @@ def test_a_job_is_planned_onto_the_node_that_has_its_input_when_it_is_free_soon_
     a, b, template = measured
     job = RenderJob.objects.create(template=template, work=5, position=1)
     JobInput.objects.create(job=job, source=made_on(b.node), parameter="image")
-    # b is busy for a little while: a would finish sooner, but not by more than NEAR_ENOUGH.
-    RenderJob.objects.create(template=template, status=RenderJob.RENDERING, node=b.node, work=NEAR_ENOUGH / 2)
+    # b is busy for a little while: a would finish sooner, but by less than the upload takes.
+    RenderJob.objects.create(template=template, status=RenderJob.RENDERING, node=b.node, work=5)
     view = PoolView.read()
     assert job.pk in view.plan(b) and job.pk not in view.plan(a)
 
 
-def test_a_job_goes_elsewhere_when_the_node_with_its_input_is_busy_for_long(
+def test_a_job_goes_elsewhere_when_the_node_with_its_input_is_busy_for_longer_than_the_upload_takes(
     measured: tuple[Capability, Capability, Template],
 ) -> None:
     a, b, template = measured
     job = RenderJob.objects.create(template=template, work=5, position=1)
     JobInput.objects.create(job=job, source=made_on(b.node), parameter="image")
-    RenderJob.objects.create(template=template, status=RenderJob.RENDERING, node=b.node, work=NEAR_ENOUGH * 3)
+    RenderJob.objects.create(template=template, status=RenderJob.RENDERING, node=b.node, work=30)
     view = PoolView.read()
     assert job.pk in view.plan(a) and job.pk not in view.plan(b)

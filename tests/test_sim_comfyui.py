@@ -1,7 +1,8 @@
 """The simulated ComfyUI's fault knobs, seen from a client's side over real HTTP and WebSockets:
 what a real ComfyUI and hostile or slow nodes do (../shared/comfyui/PROTOCOL.md, "Surprises
 worth testing against"), so that the engine's tests can reproduce it. Then what the render graph
-needs of it: files loaded by annotated name, videos, RIFE, and uploads counted."""
+needs of it: files loaded by annotated name, videos, RIFE, uploads counted, and the film's sounds
+(music and speech) saved as ComfyUI's audio nodes save them."""
 
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ import av
 import pytest
 import requests
 import websocket
+from av.audio.frame import AudioFrame
+from av.audio.stream import AudioStream
 from av.video.stream import VideoStream
 from PIL import Image
 
@@ -579,3 +582,191 @@ def test_a_file_changed_under_the_same_name_is_a_new_input(sim: SimComfyUI) -> N
     assert next(m for m in seen if m["type"] == "execution_cached")["data"]["nodes"] == []
     assert probe(view(sim, only_output(finished(sim, changed))))[0] == 4
     ws.close()
+
+
+# Sounds: comfy_extras/nodes_audio.py, Stable Audio's graph, and comfyui-kokoro's voice.
+
+
+def wav(seconds: float, rate: int = 22050) -> bytes:
+    """A mono 16-bit WAV of a 441 Hz square wave."""
+    samples = round(seconds * rate)
+    half = rate // 882
+    pcm = b"".join((5000 if (i // half) % 2 else -5000).to_bytes(2, "little", signed=True) for i in range(samples))
+    out = io.BytesIO()
+    with av.open(out, "w", format="wav") as container:
+        stream = container.add_stream("pcm_s16le", rate=rate, layout="mono")
+        assert isinstance(stream, AudioStream)
+        frame = AudioFrame(format="s16", layout="mono", samples=samples)
+        frame.planes[0].update(pcm)
+        frame.sample_rate, frame.pts = rate, 0
+        container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    return out.getvalue()
+
+
+def listen(data: bytes) -> tuple[float, int, int, bytes]:
+    """Seconds, sample rate, channels and the 16-bit samples of a sound file's first audio stream."""
+    with av.open(io.BytesIO(data), "r") as container:
+        stream = container.streams.audio[0]
+        layout = "mono" if stream.channels == 1 else "stereo"
+        resampler = av.AudioResampler(format="s16", layout=layout, rate=stream.rate)
+        pcm = b"".join(
+            bytes(out.planes[0])[: out.samples * 2 * stream.channels]
+            for frame in [*container.decode(stream), None]
+            for out in resampler.resample(frame)
+        )
+        return len(pcm) / (2 * stream.channels * stream.rate), stream.rate, stream.channels, pcm
+
+
+def sounds(entry: dict[str, Any]) -> list[dict[str, Any]]:
+    """The files a finished prompt's audio nodes list, under "audio" as ComfyUI's save_audio does."""
+    assert entry["status"]["status_str"] == "success", entry["status"]["messages"][-1]
+    return [dict(f) for node in entry["outputs"].values() for f in node["audio"]]
+
+
+def music(seconds: float = 3.0, seed: int = 1, batch: int = 1) -> dict[str, Any]:
+    """Stable Audio Open, as ComfyUI's example graph has it (the checkpoint's VAE decodes)."""
+    return {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "stable_audio_open_1.0.safetensors"}},
+        "2": {"class_type": "CLIPLoader", "inputs": {"clip_name": "t5_base.safetensors", "type": "stable_audio"}},
+        "3": {"class_type": "CLIPTextEncode", "inputs": {"text": "sea shanty, accordion", "clip": ["2", 0]}},
+        "4": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["2", 0]}},
+        "5": {
+            "class_type": "ConditioningStableAudio",
+            "inputs": {"positive": ["3", 0], "negative": ["4", 0], "seconds_start": 0.0, "seconds_total": seconds},
+        },
+        "6": {"class_type": "EmptyLatentAudio", "inputs": {"seconds": seconds, "batch_size": batch}},
+        "7": {
+            "class_type": "KSampler",
+            "inputs": {
+                "model": ["1", 0],
+                "seed": seed,
+                "steps": 2,
+                "cfg": 4.98,
+                "sampler_name": "dpmpp_3m_sde_gpu",
+                "scheduler": "exponential",
+                "positive": ["5", 0],
+                "negative": ["5", 1],
+                "latent_image": ["6", 0],
+                "denoise": 1.0,
+            },
+        },
+        "8": {"class_type": "VAEDecodeAudio", "inputs": {"samples": ["7", 0], "vae": ["1", 2]}},
+        "9": {"class_type": "SaveAudio", "inputs": {"audio": ["8", 0], "filename_prefix": "audio/music"}},
+    }
+
+
+def speech(text: str, voice: str = "bm_george", speed: float = 1.0) -> dict[str, Any]:
+    return {
+        "1": {"class_type": "KokoroSpeaker", "inputs": {"speaker_name": voice}},
+        "2": {
+            "class_type": "KokoroGenerator",
+            "inputs": {"text": text, "speaker": ["1", 0], "speed": speed, "lang": "English (British)"},
+        },
+        "3": {"class_type": "SaveAudio", "inputs": {"audio": ["2", 0], "filename_prefix": "audio/speech"}},
+    }
+
+
+def test_save_audio_nodes_write_flac_mp3_and_opus_listed_under_audio(sim: SimComfyUI) -> None:
+    upload(sim, "line.wav", wav(1.5))
+    saves = {
+        "2": {"class_type": "SaveAudio", "inputs": {"audio": ["1", 0], "filename_prefix": "audio/line"}},
+        "3": {
+            "class_type": "SaveAudioMP3",
+            "inputs": {"audio": ["1", 0], "filename_prefix": "audio/line", "quality": "V0"},
+        },
+        "4": {
+            "class_type": "SaveAudioOpus",
+            "inputs": {"audio": ["1", 0], "filename_prefix": "audio/line", "quality": "64k"},
+        },
+        "5": {"class_type": "PreviewAudio", "inputs": {"audio": ["1", 0]}},
+    }
+    ws = connect(sim, "c")
+    prompt_id = submit(sim, {"1": {"class_type": "LoadAudio", "inputs": {"audio": "line.wav"}}, **saves}, "c")
+    executed = [m for m in receive(ws, done(prompt_id)) if m["type"] == "executed"]
+    ws.close()
+    entry = finished(sim, prompt_id)
+    assert {m["data"]["node"]: m["data"]["output"] for m in executed} == entry["outputs"]
+    assert entry["outputs"]["2"] == {
+        "audio": [{"filename": "line_00001_.flac", "subfolder": "audio", "type": "output"}]
+    }
+    assert [f["filename"] for f in sounds(entry)][1:3] == ["line_00002_.mp3", "line_00003_.opus"]
+    (preview,) = entry["outputs"]["5"]["audio"]
+    assert preview["type"] == "temp" and preview["filename"].startswith("ComfyUI_temp_")
+    heads = {b"fLaC": "audio/flac", b"ID3\x04": "audio/mpeg", b"OggS": "audio/ogg"}
+    for made in sounds(entry):
+        answer = http(sim, "GET", "/view", params=made)
+        assert answer.status_code == 200 and heads[answer.content[:4]] == answer.headers["Content-Type"]
+        seconds, rate, channels, _ = listen(answer.content)
+        # Opus goes up to the next rate it takes; MP3 pads its end a little.
+        assert rate == (48000 if made["filename"].endswith(".opus") else 22050) and channels == 1
+        assert seconds == pytest.approx(1.5, abs=0.06)
+
+
+def test_load_audio_offers_the_input_folders_sounds_and_videos_and_checks_the_file(sim: SimComfyUI) -> None:
+    upload(sim, "line.wav", wav(0.2))
+    upload(sim, "clip.mp4", mp4())
+    upload(sim, "still.png", png_bytes((1, 2, 3)))
+    spec = http(sim, "GET", "/object_info/LoadAudio").json()["LoadAudio"]
+    assert spec["input"]["required"]["audio"] == [["clip.mp4", "line.wav"], {"audio_upload": True}]
+    assert spec["output"] == ["AUDIO"] and spec["python_module"] == "comfy_extras.nodes_audio"
+    missing = {
+        "1": {"class_type": "LoadAudio", "inputs": {"audio": "gone.wav"}},
+        "2": {"class_type": "SaveAudio", "inputs": {"audio": ["1", 0], "filename_prefix": "audio/x"}},
+    }
+    (error,) = rejected(sim, missing)["node_errors"]["1"]["errors"]
+    assert (error["type"], error["details"]) == ("custom_validation_failed", "audio - Invalid audio file: gone.wav")
+
+
+def test_stable_audio_is_as_long_as_its_latent_and_its_seed_picks_the_sound(sim: SimComfyUI) -> None:
+    first = sounds(finished(sim, submit(sim, music(3.0, seed=1), "c")))
+    again = sounds(finished(sim, submit(sim, music(3.0, seed=1, batch=2), "c")))
+    other = sounds(finished(sim, submit(sim, music(3.0, seed=2), "c")))
+    assert [f["filename"] for f in first + again + other] == [f"music_0000{i}_.flac" for i in range(1, 5)]
+    seconds, rate, channels, pcm = listen(view(sim, first[0]))
+    # An even number of latent frames of 2048 samples: 3 s is 64 of them.
+    assert (seconds, rate, channels) == (64 * 2048 / 44100, 44100, 2)
+    assert max(pcm) > 0  # a sound, not silence
+    assert listen(view(sim, again[0]))[3] == pcm  # the same seed sounds the same
+    assert listen(view(sim, again[1]))[3] != pcm  # a batch's next clip is the next seed's
+    assert listen(view(sim, other[0]))[3] == listen(view(sim, again[1]))[3]
+    spec = http(sim, "GET", "/object_info/KSampler").json()["KSampler"]["input"]["required"]
+    assert "dpmpp_3m_sde_gpu" in spec["sampler_name"][0] and "exponential" in spec["scheduler"][0]
+    # An image's latent does not decode as sound, as the real VAE's shapes do not fit.
+    wrong = music()
+    wrong["6"] = {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}}
+    error = finished(sim, submit(sim, wrong, "c"))["status"]["messages"][-1][1]
+    assert error["node_type"] == "VAEDecodeAudio" and error["exception_type"] == "RuntimeError"
+
+
+def test_empty_audio_is_silence_as_long_as_asked(sim: SimComfyUI) -> None:
+    quiet = {
+        "1": {"class_type": "EmptyAudio", "inputs": {"duration": 2.25, "sample_rate": 24000, "channels": 1}},
+        "2": {"class_type": "SaveAudio", "inputs": {"audio": ["1", 0], "filename_prefix": "audio/quiet"}},
+    }
+    (made,) = sounds(finished(sim, submit(sim, quiet, "c")))
+    seconds, rate, channels, pcm = listen(view(sim, made))
+    assert (seconds, rate, channels) == (2.25, 24000, 1) and not any(pcm)
+
+
+def test_kokoro_speaks_as_long_as_its_text_takes_at_its_speed(sim: SimComfyUI) -> None:
+    line = "The keeper climbed the stairs."  # 30 characters: 2.1 s at speed 1
+    (slow,) = sounds(finished(sim, submit(sim, speech(line), "c")))
+    (fast,) = sounds(finished(sim, submit(sim, speech(line, speed=2.0), "c")))
+    (woman,) = sounds(finished(sim, submit(sim, speech(line, voice="af_heart"), "c")))
+    seconds, rate, channels, pcm = listen(view(sim, slow))
+    assert (seconds, rate, channels) == (pytest.approx(2.1), 24000, 1) and max(pcm) > 0
+    assert listen(view(sim, fast))[0] == pytest.approx(1.05)
+    assert listen(view(sim, woman))[3] != pcm  # another voice
+    voices = http(sim, "GET", "/object_info/KokoroSpeaker").json()["KokoroSpeaker"]["input"]["required"]
+    assert "bm_george" in voices["speaker_name"][0] and voices["speaker_name"][1] == {"default": "af_sarah"}
+    # With nothing to say the pack hands on None, and SaveAudio fails on it.
+    error = finished(sim, submit(sim, speech("  "), "c"))["status"]["messages"][-1][1]
+    assert (error["node_type"], error["exception_type"]) == ("SaveAudio", "TypeError")
+
+
+def test_a_node_without_comfyui_kokoro_cannot_speak(sim: SimComfyUI) -> None:
+    sim.knobs.custom_nodes = ["ComfyUI-Frame-Interpolation"]
+    assert http(sim, "GET", "/object_info/KokoroGenerator").json() == {}
+    body = rejected(sim, speech("Hello."))
+    assert body["error"]["message"] == "Cannot execute because node KokoroSpeaker does not exist."

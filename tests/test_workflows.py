@@ -1,6 +1,7 @@
 """Workflow templates: parsing and its errors, hostile workflows, node classes and model files,
 parameter detection, applying render settings, settings limits, the templates we ship, and the
-render graph's templates (keyframe → image-to-video → upscale → interpolation) on a simulated node."""
+render graph's templates (keyframe → image-to-video → upscale → interpolation, and the film's
+narration speech and music) on a simulated node."""
 
 from __future__ import annotations
 
@@ -574,6 +575,30 @@ def test_it_finds_lora_loaders_and_prompt_pairs_in_one_node() -> None:
     assert found["filename_prefix"] == [("5", "filename_prefix")]
 
 
+def test_it_finds_how_long_a_sound_is_and_the_words_a_voice_speaks() -> None:
+    workflow = {
+        "1": node("EmptyLatentAudio", seconds=30.0, batch_size=2),
+        "2": node(
+            "ConditioningStableAudio", positive=["7", 0], negative=["8", 0], seconds_start=5.0, seconds_total=30.0
+        ),
+        "3": node("EmptyAudio", duration=4.0, sample_rate=44100, channels=2),
+        "4": node("TrimAudioDuration", audio=["3", 0], start_index=0.0, duration=2.0),
+        "5": node("KokoroGenerator", text="Hello, keeper.", speaker=["6", 0], speed=1.0, lang="English"),
+        "6": node("KokoroSpeaker", speaker_name="bm_george"),
+        "9": node("MyPackTTS", text="Good night.", seed=7),
+        "10": node("SaveAudio", audio=["4", 0], filename_prefix="film/music"),
+    }
+    found = detect(workflow)
+    # Where a sound's length is set, not where a clip of it is cut; no frames without a video.
+    assert found["seconds"] == [("1", "seconds"), ("2", "seconds_total"), ("3", "duration")]
+    assert found["positive"] == [("5", "text"), ("9", "text")]
+    assert found["seed"] == [("9", "seed")] and "frames" not in found
+    written = apply(workflow, found, {"seconds": "12.5", "positive": "Farewell."})
+    assert (written["1"]["inputs"]["seconds"], written["3"]["inputs"]["duration"]) == (12.5, 12.5)
+    assert written["4"]["inputs"]["duration"] == 2.0 and written["2"]["inputs"]["seconds_start"] == 5.0
+    assert written["5"]["inputs"]["text"] == written["9"]["inputs"]["text"] == "Farewell."
+
+
 # --- apply ---------------------------------------------------------------------------------------
 
 PARAMS = {
@@ -586,6 +611,7 @@ PARAMS = {
     "height": 368,
     "frames": 49,
     "fps": 12,
+    "seconds": 12.5,
     "image": "job-7-start.png",
     "video": "spoonfeeder/job-6_00001_.mp4 [output]",
     "filename_prefix": "spoonfeeder/job-7",
@@ -702,6 +728,7 @@ def test_good_settings_have_no_errors() -> None:
     assert validate_settings({"seed": -1, "width": "1024", "cfg": "0"}) == {}
     assert validate_settings({"seed": str(2**64 - 1), "fps": "23.976"}) == {}
     assert validate_settings({"width": None, "seed": ""}) == {}
+    assert validate_settings({"seconds": 47.5}) == validate_settings({"seconds": "600"}) == {}
 
 
 @pytest.mark.parametrize(
@@ -716,6 +743,8 @@ def test_good_settings_have_no_errors() -> None:
         ("frames", 1025, "Frames must be between 1 and 1024; got 1025."),
         ("fps", 0.5, "Fps must be between 1 and 120; got 0.5."),
         ("fps", 121, "Fps must be between 1 and 120; got 121."),
+        ("seconds", 0.5, "Seconds must be between 1 and 600; got 0.5."),
+        ("seconds", "long", "Seconds must be a number, not 'long'."),
         ("steps", 0, "Steps must be between 1 and 200; got 0."),
         ("steps", 201, "Steps must be between 1 and 200; got 201."),
         ("cfg", -0.1, "CFG must be between 0 and 30; got -0.1."),
@@ -731,7 +760,7 @@ def test_settings_out_of_range_are_refused_with_the_field(field: str, value: Any
 
 
 def test_settings_limits_cover_every_validated_field() -> None:
-    assert set(SETTINGS_LIMITS) == {"width", "height", "frames", "fps", "steps", "cfg", "seed"}
+    assert set(SETTINGS_LIMITS) == {"width", "height", "frames", "fps", "seconds", "steps", "cfg", "seed"}
     assert SETTINGS_LIMITS["width"] == (64, 8192)
 
 
@@ -740,7 +769,7 @@ def test_settings_limits_cover_every_validated_field() -> None:
 SHIPPED = shipped()
 
 
-ROLES = {"keyframe", "t2v", "i2v", "upscale", "interp"}
+ROLES = {"keyframe", "t2v", "i2v", "upscale", "interp", "speech", "music"}
 # Places a shipped mapping names that detect() does not find: corrected by hand, as a user would.
 HAND_PLACED = {"test-i2v": {"frames": [("3", "amount")]}}
 
@@ -749,6 +778,7 @@ def test_the_shipped_templates_cover_every_family() -> None:
     names = {t["name"] for t in SHIPPED}
     assert {"holocine-t2v", "wan22-t2v", "wan22-i2v", "hunyuan15-t2v", "hunyuan15-i2v", "sdxl-still"} <= names
     assert {"upscale-realesrgan", "interp-rife"} <= names
+    assert {"music-stable-audio", "tts-kokoro", "test-music", "test-speech"} <= names
     assert {"test-still-image", "test-animated-webp", "test-video-mp4", "test-still-image-slow"} <= names
     assert len(names) == len(SHIPPED)
 
@@ -763,6 +793,8 @@ def test_every_step_of_the_render_graph_has_a_real_and_a_model_free_template() -
         "test-i2v": "i2v",
         "test-upscale": "upscale",
         "test-interp": "interp",
+        "test-speech": "speech",
+        "test-music": "music",
     }
 
 
@@ -771,7 +803,7 @@ def test_each_shipped_template_parses_and_states_what_it_needs(t: dict[str, Any]
     assert set(t) - {"role"} == {"name", "description", "kind", "needs", "workflow", "mapping"}
     assert t.get("role", "keyframe") in ROLES
     assert (SHIPPED_DIR / f"{t['name']}.json").is_file()
-    assert t["kind"] in {"still", "t2v", "i2v", "upscale", "interp", "test"}
+    assert t["kind"] in {"still", "t2v", "i2v", "upscale", "interp", "audio", "test"}
     assert parse(json.dumps(t["workflow"])) == t["workflow"]
     classes, files = requirements(t["workflow"])
     assert set(classes) <= set(t["needs"]["classes"])
@@ -788,9 +820,15 @@ def test_each_shipped_mapping_is_what_detect_finds_and_takes_settings(t: dict[st
     if role in {"upscale", "interp"}:
         # They take a finished video and keep its size; the caller sets the frame rate.
         assert set(t["mapping"]) == {"video", "fps", "filename_prefix"}
+    elif role == "speech":
+        # The words are the prompt; the real voice is as long as they take, the silent stand-in
+        # as long as the caller says.
+        assert set(t["mapping"]) == {"positive", "filename_prefix"} | ({"seconds"} if t["kind"] == "test" else set())
+    elif role == "music":
+        assert {"positive", "seconds", "filename_prefix"} <= set(t["mapping"])
     else:
         assert {"width", "height"} <= set(t["mapping"])
-    if t["kind"] not in {"test", "upscale", "interp"}:
+    if t["kind"] not in {"test", "upscale", "interp", "audio"} or t["name"] == "music-stable-audio":
         assert {"positive", "seed", "steps", "cfg"} <= set(t["mapping"])
     if t["kind"] in {"t2v", "i2v"}:
         assert {"negative", "frames", "fps"} <= set(t["mapping"])
@@ -869,6 +907,28 @@ def test_a_text_box_titled_as_a_prompt_is_where_the_prompt_goes() -> None:
     assert read(workflow, found)["positive"] == "a cat"
 
 
+def test_the_music_and_speech_templates_say_what_they_need() -> None:
+    music, voice = template("music-stable-audio"), template("tts-kokoro")
+    assert (music["kind"], music["role"], voice["kind"], voice["role"]) == ("audio", "music", "audio", "speech")
+    assert music["needs"]["files"] == {
+        "checkpoints": ["stable_audio_open_1.0.safetensors"],
+        "text_encoders": ["t5_base.safetensors"],
+    }
+    assert music["needs"]["seconds"] == {"max": 47}  # what Stable Audio Open was trained to make
+    assert read(music["workflow"], music["mapping"])["seconds"] == 30.0
+    # Kokoro downloads its model into the pack's own folder: no model file of ComfyUI's.
+    assert voice["needs"]["files"] == {} and voice["needs"]["custom_nodes"] == ["comfyui-kokoro"]
+    assert {"KokoroGenerator", "KokoroSpeaker"} <= set(voice["needs"]["classes"])
+    for name in ("test-music", "test-speech"):
+        stand_in = template(name)
+        assert stand_in["needs"] == {
+            "classes": ["EmptyAudio", "PrimitiveStringMultiline", "SaveAudio"],
+            "files": {},
+            "custom_nodes": [],
+        }
+        assert "silence" in stand_in["description"] and "no model" in stand_in["description"]
+
+
 # --- the render graph on a simulated node ---------------------------------------------------------
 
 
@@ -929,3 +989,53 @@ def test_the_upscale_and_rife_templates_run_where_the_model_and_the_custom_nodes
         assert check_classes(interp["workflow"], client.object_info()) == ["RIFE VFI"]
         with pytest.raises(WorkflowRejected, match="RIFE VFI"):
             client.submit(interp["workflow"], prompt_id=uuid.uuid4().hex, client_id="graph")
+
+
+def render_sound(sim: SimComfyUI, name: str, **params: Any) -> tuple[float, int, int, bool]:
+    """Seconds, sample rate, channels and whether anything is heard, of the one FLAC a shipped
+    template makes on the node with these settings (read back from its /view)."""
+    t = template(name)
+    prompt_id = uuid.uuid4().hex
+    with ComfyUI(sim.url) as client:
+        client.submit(apply(t["workflow"], t["mapping"], params), prompt_id=prompt_id, client_id="film")
+        entry = ended(client, prompt_id)
+        assert succeeded(entry), failure(entry)
+        # ComfyUI's SaveAudio lists its file under "audio".
+        outputs: dict[str, Any] = dict(entry["outputs"])
+        ((made,),) = [output["audio"] for output in outputs.values()]
+        assert made["filename"].endswith(".flac")
+        data = client.view(**made)
+    with av.open(io.BytesIO(data), "r") as container:
+        stream = container.streams.audio[0]
+        frames = list(container.decode(stream))
+        heard = any(any(bytes(plane)) for frame in frames for plane in frame.planes)
+        return sum(frame.samples for frame in frames) / stream.rate, stream.rate, stream.channels, heard
+
+
+def test_the_film_gets_music_and_speech_from_a_node_with_their_models(sim: SimComfyUI) -> None:
+    seconds, rate, channels, heard = render_sound(
+        sim, "music-stable-audio", positive="sea shanty", seconds=6, seed=3, steps=2, filename_prefix="film/music"
+    )
+    assert (rate, channels, heard) == (44100, 2, True)
+    assert seconds == pytest.approx(6, abs=0.05)  # in whole latent frames of 2048 samples
+    line = "The keeper climbed the stairs one last time."
+    seconds, rate, channels, heard = render_sound(sim, "tts-kokoro", positive=line, filename_prefix="film/line")
+    assert (rate, channels, heard) == (24000, 1, True)
+    assert seconds == pytest.approx(len(line) * 0.07)  # the simulated voice's pace
+    # A node without comfyui-kokoro lacks its classes, and says so.
+    sim.knobs.custom_nodes = []
+    with ComfyUI(sim.url) as client:
+        assert check_classes(template("tts-kokoro")["workflow"], client.object_info()) == [
+            "KokoroGenerator",
+            "KokoroSpeaker",
+        ]
+
+
+@pytest.mark.parametrize(("name", "rate", "channels"), [("test-music", 44100, 2), ("test-speech", 24000, 1)])
+def test_the_model_free_music_and_speech_are_silence_as_long_as_asked(
+    sim: SimComfyUI, name: str, rate: int, channels: int
+) -> None:
+    sim.knobs.models = {}  # no model at all
+    sim.knobs.custom_nodes = []
+    made = render_sound(sim, name, positive="a storm at sea", seconds=2.5, filename_prefix=f"film/{name}")
+    assert made == (2.5, rate, channels, False)

@@ -102,6 +102,7 @@ class FileRef(TypedDict):
 class NodeOutput(TypedDict, total=False):
     images: list[FileRef]
     animated: list[bool]
+    audio: list[FileRef]  # SaveAudio and its kin: sound files
 
 
 class HistoryStatus(TypedDict):
@@ -178,6 +179,7 @@ def outputs_of(entry: HistoryEntry) -> list[FileRef]:
     files: list[FileRef] = []
     for node in entry.get("outputs", {}).values():
         files.extend(node.get("images", []))
+        files.extend(node.get("audio", []))
     return files
 
 

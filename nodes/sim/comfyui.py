@@ -1,13 +1,17 @@
 """A simulated ComfyUI: real HTTP and WebSocket endpoints that answer as ComfyUI 0.3.64 does
 (../shared/comfyui/PROTOCOL.md), validate workflows against the /object_info it serves, run one
 prompt at a time for a configurable time with progress events, and write real PNG, WEBP, APNG,
-MP4 and WEBM files that /view serves. LoadImage and LoadVideo read uploads and, with an annotated
-name ("peer/still_00001_.png [output]"), what earlier prompts saved; `uploaded` counts the uploads.
+MP4 and WEBM files, and FLAC, MP3 and Opus sounds, that /view serves. LoadImage, LoadVideo and
+LoadAudio read uploads and, with an annotated name ("peer/still_00001_.png [output]"), what earlier
+prompts saved; `uploaded` counts the uploads.
 
     with SimComfyUI(seconds_per_node=0.05) as sim:
         ComfyUI(sim.url).submit(workflow, prompt_id=..., client_id=...)
 
 Images are made with pillow at most `max_side` pixels wide or high, so a 3072² workflow stays cheap.
+Sounds are tones, not music or words: a model's sound (VAEDecodeAudio, KokoroGenerator) is a pitch
+its seed or voice picks, as long as the request says (seconds of music; SPEECH_SECONDS a character
+of text, at Kokoro's speed), so a test can tell them apart by ear and by length.
 The faults of real servers and of hostile or slow nodes are `Knobs` too, all off by default.
 """
 
@@ -20,6 +24,7 @@ import heapq
 import io
 import json
 import logging
+import math
 import os
 import random
 import re
@@ -29,6 +34,8 @@ import tempfile
 import threading
 import time
 import uuid
+import zlib
+from array import array
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -37,6 +44,8 @@ from typing import Any, NamedTuple
 
 import av
 from aiohttp import WSMsgType, web
+from av.audio.frame import AudioFrame
+from av.audio.stream import AudioStream
 from av.video.stream import VideoStream
 from PIL import Image, ImageChops, ImageFilter, ImageOps
 
@@ -71,6 +80,11 @@ CONTENT_TYPES = {
     ".mp4": "video/mp4",
     ".webm": "video/webm",
     ".mov": "video/quicktime",
+    ".flac": "audio/flac",
+    ".mp3": "audio/mpeg",
+    ".opus": "audio/ogg",
+    ".ogg": "audio/ogg",
+    ".wav": "audio/wav",
 }
 IMAGE_METHODS = {
     "nearest-exact": Image.Resampling.NEAREST,
@@ -82,7 +96,16 @@ IMAGE_METHODS = {
 
 # Inputs that name a file their node checks itself (VALIDATE_INPUTS), and the file's kind as its
 # message says it: "image - Invalid image file: x.png".
-FILE_INPUTS = {("LoadImage", "image"): "image", ("LoadVideo", "file"): "video"}
+FILE_INPUTS = {("LoadImage", "image"): "image", ("LoadVideo", "file"): "video", ("LoadAudio", "audio"): "audio"}
+# What the loaders' IS_CHANGED reads: the input that names the file.
+LOADERS = {"LoadImage": "image", "LoadVideo": "file", "LoadAudio": "audio"}
+# Sounds: a Stable Audio VAE decodes 44.1 kHz stereo in latent frames of 2048 samples; Kokoro speaks
+# 24 kHz mono, here 0.07 s a character at speed 1 (about 14 characters a second, as people talk).
+STABLE_AUDIO_RATE = 44100
+LATENT_AUDIO_SAMPLES = 2048
+KOKORO_RATE = 24000
+SPEECH_SECONDS = 0.07
+OPUS_RATES = (8000, 12000, 16000, 24000, 48000)
 # folder_paths.annotated_filepath: "name [output]" is a file in the output folder, and so on.
 ANNOTATIONS = {"[output]": "output", "[input]": "input", "[temp]": "temp"}
 
@@ -106,10 +129,15 @@ def cuda_device(name: str = "NVIDIA GeForce RTX 4090", vram_gb: float = 24.0, fr
 
 def default_models() -> dict[str, list[str]]:
     return {
-        "checkpoints": ["sd_xl_base_1.0.safetensors", "v1-5-pruned-emaonly.safetensors"],
+        "checkpoints": [
+            "sd_xl_base_1.0.safetensors",
+            "v1-5-pruned-emaonly.safetensors",
+            "stable_audio_open_1.0.safetensors",
+        ],
         "loras": ["detail_tweaker.safetensors"],
         "vae": ["sdxl_vae.safetensors"],
         "upscale_models": ["random_compact_x2.safetensors"],
+        "text_encoders": ["t5_base.safetensors"],
         "embeddings": [],
     }
 
@@ -171,6 +199,16 @@ class Video:
     frames: list[Image.Image]
     fps: float
     audio: Any = None
+
+
+@dataclass
+class Audio:
+    """An AUDIO: a batch of clips, each 16-bit samples (channels interleaved) at `rate`. The
+    simulation holds PCM bytes, not a tensor."""
+
+    clips: list[bytes]
+    rate: int
+    channels: int
 
 
 class ExecError(Exception):
@@ -526,13 +564,13 @@ def annotated_file(state: State, name: str) -> Path | None:
 
 
 def changed(class_type: str, inputs: dict[str, Any], state: State) -> Any:
-    """What the loaders' IS_CHANGED says of the file they read: LoadImage hashes its content,
-    LoadVideo (fingerprint_inputs) takes its modification time. A new file is a new input."""
-    name = inputs.get("image" if class_type == "LoadImage" else "file")
+    """What the loaders' IS_CHANGED says of the file they read: LoadImage and LoadAudio hash its
+    content, LoadVideo (fingerprint_inputs) takes its modification time. A new file is a new input."""
+    name = inputs.get(LOADERS[class_type])
     path = annotated_file(state, name) if isinstance(name, str) else None
     if path is None:
         return None
-    if class_type == "LoadImage":
+    if class_type in ("LoadImage", "LoadAudio"):
         return hashlib.sha256(path.read_bytes()).hexdigest()
     return path.stat().st_mtime_ns
 
@@ -545,7 +583,7 @@ def signatures(prompt: dict[str, Any], state: State) -> dict[str, str]:
         if n not in sigs:
             node = prompt[n]
             inputs = {k: [sig(v[0]), v[1]] if is_link(v) else v for k, v in sorted(node.get("inputs", {}).items())}
-            if node["class_type"] in ("LoadImage", "LoadVideo"):
+            if node["class_type"] in LOADERS:
                 inputs["_changed"] = changed(node["class_type"], inputs, state)
             sigs[n] = json.dumps([n, node["class_type"], inputs], sort_keys=True, default=str)
         return sigs[n]
@@ -654,6 +692,86 @@ def interpolate(frames: list[Image.Image], multiplier: int) -> list[Image.Image]
         out.append(a)
         out += [Image.blend(a, b.resize(a.size), k / multiplier) for k in range(1, multiplier)]
     return [*out, frames[-1]]
+
+
+def pitch(key: int | str) -> float:
+    """A note of the two octaves above A2 (110 Hz) that a seed or a voice's name picks, the same
+    every time."""
+    step = (key if isinstance(key, int) else zlib.crc32(key.encode())) % 24
+    return 110 * 2 ** (step / 12)
+
+
+def tone(seconds: float, rate: int, channels: int, hz: float) -> bytes:
+    """`seconds` of a sine at about `hz` (a whole number of samples a period, so one period is
+    repeated) at a third of full scale: 16-bit samples, channels interleaved."""
+    period = max(2, round(rate / hz))
+    wave = [round(10000 * math.sin(2 * math.pi * i / period)) for i in range(period)]
+    one = array("h", (value for value in wave for _ in range(channels)))
+    frames = max(0, round(seconds * rate))
+    whole, rest = divmod(frames, period)
+    return one.tobytes() * whole + one[: rest * channels].tobytes()
+
+
+def load_audio(path: Path) -> Audio:
+    """The file's first audio stream as 16-bit samples at its own rate, as ComfyUI's load() reads
+    it (more than two channels are mixed down to two here)."""
+    with av.open(str(path)) as container:
+        if not container.streams.audio:
+            raise ExecError("ValueError", "No audio stream found in the file.")
+        stream: AudioStream = container.streams.audio[0]
+        channels = 1 if stream.channels == 1 else 2
+        resampler = av.AudioResampler(format="s16", layout="mono" if channels == 1 else "stereo", rate=stream.rate)
+        pcm = bytearray()
+        for frame in container.decode(stream):
+            for out in resampler.resample(frame):
+                pcm += bytes(out.planes[0])[: out.samples * 2 * channels]
+        for out in resampler.resample(None):
+            pcm += bytes(out.planes[0])[: out.samples * 2 * channels]
+    if not pcm:
+        raise ExecError("ValueError", "No audio frames decoded.")
+    return Audio([bytes(pcm)], stream.rate, channels)
+
+
+def write_audio(path: Path, pcm: bytes, rate: int, channels: int, fmt: str, bit_rate: int | None) -> None:
+    """One clip as ComfyUI's save_audio writes it: FLAC, MP3 or Opus (in Ogg, at the next rate
+    Opus takes), one frame that PyAV cuts and converts for the encoder."""
+    layout = "mono" if channels == 1 else "stereo"
+    codec = {"flac": "flac", "mp3": "libmp3lame", "opus": "libopus"}[fmt]
+    out_rate = rate
+    if fmt == "opus" and rate not in OPUS_RATES:
+        out_rate = next((r for r in OPUS_RATES if r > rate), 48000)
+    with av.open(str(path), "w", format=fmt) as container:
+        stream = container.add_stream(codec, rate=out_rate, layout=layout)
+        assert isinstance(stream, AudioStream)
+        if bit_rate:
+            stream.bit_rate = bit_rate
+        samples = len(pcm) // (2 * channels)
+        if samples:
+            frame = AudioFrame(format="s16", layout=layout, samples=samples)
+            frame.planes[0].update(pcm[: samples * 2 * channels])
+            frame.sample_rate, frame.pts = rate, 0
+            if out_rate != rate:
+                resampler = av.AudioResampler(format="s16", layout=layout, rate=out_rate)
+                for out in [*resampler.resample(frame), *resampler.resample(None)]:
+                    out.pts = None
+                    container.mux(stream.encode(out))
+            else:
+                container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+
+
+def save_audio(state: State, audio: Audio | None, prefix: str, fmt: str, quality: str = "", kind: str = "output") -> UI:
+    """A file per clip of the batch, listed under "audio" as SaveAudio's ui lists them."""
+    if audio is None:  # what a generator that failed quietly (comfyui-kokoro) hands on
+        raise ExecError("TypeError", "'NoneType' object is not subscriptable")
+    folder, subfolder, name, counter = output_path(state, prefix, kind)
+    bit_rate = {"64k": 64000, "96k": 96000, "128k": 128000, "192k": 192000, "320k": 320000}.get(quality)
+    files = []
+    for i, clip in enumerate(audio.clips):
+        filename = f"{name}_{counter + i:05}_.{fmt}"
+        write_audio(folder / filename, clip, audio.rate, audio.channels, fmt, bit_rate)
+        files.append(saved(filename, subfolder, kind))
+    return {"audio": files}
 
 
 def more_outputs(state: State, ui: UI) -> UI:
@@ -813,9 +931,56 @@ def run_node(state: State, class_type: str, inputs: dict[str, Any]) -> tuple[Val
             return ({**inputs["latent_image"], "seed": int(inputs["seed"])},), None
         case "VAEDecode":
             latent = inputs["samples"]
+            if latent.get("type") == "audio":
+                raise ExecError("RuntimeError", "VAEDecode cannot decode an audio latent: use VAEDecodeAudio")
             size = fit(latent["width"], latent["height"], limit)
             images = [noise(size, latent["seed"] + i) for i in range(latent["batch_size"])]
             return (images,), None
+        case "CLIPLoader":
+            return (f"clip:{inputs['clip_name']}",), None
+        case "EmptyLatentAudio":
+            # As ComfyUI's: an even number of latent frames, each LATENT_AUDIO_SAMPLES long.
+            frames = round(float(inputs["seconds"]) * STABLE_AUDIO_RATE / LATENT_AUDIO_SAMPLES / 2) * 2
+            sound = {"type": "audio", "samples": frames * LATENT_AUDIO_SAMPLES, "batch_size": int(inputs["batch_size"])}
+            return ({**sound, "seed": 0},), None
+        case "ConditioningStableAudio":
+            return (inputs["positive"], inputs["negative"]), None
+        case "VAEDecodeAudio":
+            latent = inputs["samples"]
+            if latent.get("type") != "audio":
+                raise ExecError("RuntimeError", "VAEDecodeAudio needs an audio latent (EmptyLatentAudio)")
+            seconds, seed = latent["samples"] / STABLE_AUDIO_RATE, latent["seed"]
+            clips = [tone(seconds, STABLE_AUDIO_RATE, 2, pitch(seed + i)) for i in range(latent["batch_size"])]
+            return (Audio(clips, STABLE_AUDIO_RATE, 2),), None
+        case "EmptyAudio":
+            rate, channels = int(inputs["sample_rate"]), int(inputs["channels"])
+            silence = bytes(int(round(float(inputs["duration"]) * rate)) * 2 * channels)
+            return (Audio([silence], rate, channels),), None
+        case "LoadAudio":
+            path = annotated_file(state, inputs["audio"])
+            if path is None:
+                raise ExecError("FileNotFoundError", f"No such file: {inputs['audio']}")
+            return (load_audio(path),), None
+        case "SaveAudio":
+            return (), save_audio(state, inputs["audio"], str(inputs["filename_prefix"]), "flac")
+        case "SaveAudioMP3":
+            return (), save_audio(state, inputs["audio"], str(inputs["filename_prefix"]), "mp3", inputs["quality"])
+        case "SaveAudioOpus":
+            return (), save_audio(state, inputs["audio"], str(inputs["filename_prefix"]), "opus", inputs["quality"])
+        case "PreviewAudio":
+            return (), save_audio(state, inputs["audio"], f"ComfyUI_temp_{uuid.uuid4().hex[:5]}", "flac", kind="temp")
+        case "KokoroSpeaker":
+            return ({"speaker": inputs["speaker_name"]},), None
+        case "KokoroSpeakerCombiner":
+            a, b, weight = inputs["speaker_a"]["speaker"], inputs["speaker_b"]["speaker"], float(inputs["weight"])
+            return ({"speaker": f"{a}*{weight:g}+{b}*{1 - weight:g}"},), None
+        case "KokoroGenerator":
+            text = str(inputs["text"])
+            if not text.strip():
+                return (None,), None  # the pack logs the error and hands on nothing
+            seconds = len(text) * SPEECH_SECONDS / float(inputs["speed"])
+            voice = pitch(str(inputs["speaker"]["speaker"])) * 2  # a speaking voice, above the music
+            return (Audio([tone(seconds, KOKORO_RATE, 1, voice)], KOKORO_RATE, 1),), None
     raise ExecError("RuntimeError", f"the simulated ComfyUI cannot run {class_type}")
 
 

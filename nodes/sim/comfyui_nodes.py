@@ -11,7 +11,10 @@ from typing import Any
 Spec = list[Any]
 
 SEED_MAX = 0xFFFFFFFFFFFFFFFF
-SAMPLERS = ["euler", "euler_ancestral", "heun", "dpm_2", "dpmpp_2m", "dpmpp_sde", "ddim", "uni_pc"]
+SAMPLERS = [
+    "euler", "euler_ancestral", "heun", "dpm_2", "dpmpp_2m", "dpmpp_sde", "dpmpp_3m_sde", "dpmpp_3m_sde_gpu",
+    "ddim", "uni_pc",
+]  # fmt: skip
 SCHEDULERS = ["simple", "sgm_uniform", "karras", "exponential", "ddim_uniform", "beta", "normal"]
 # Everything /models lists on a real 0.3.64 server, in its order.
 MODEL_FOLDERS = [
@@ -20,13 +23,36 @@ MODEL_FOLDERS = [
     "custom_nodes", "hypernetworks", "photomaker", "classifiers", "model_patches", "audio_encoders",
 ]  # fmt: skip
 # Custom node packs a node may have installed, and the classes each adds. The RIFE checkpoints
-# live in the pack's own folder (ckpts/rife, downloaded on first use), not in a model folder.
-CUSTOM_NODES = {"ComfyUI-Frame-Interpolation": ["RIFE VFI"]}
+# live in the pack's own folder (ckpts/rife, downloaded on first use), not in a model folder; so do
+# Kokoro's (stavsap/comfyui-kokoro: kokoro_v1.onnx and voices_v1.bin, on first use).
+CUSTOM_NODES = {
+    "ComfyUI-Frame-Interpolation": ["RIFE VFI"],
+    "comfyui-kokoro": ["KokoroGenerator", "KokoroSpeaker", "KokoroSpeakerCombiner"],
+}
 RIFE_CHECKPOINTS = [
     "rife40.pth", "rife41.pth", "sudo_rife4_269.662_testV1_scale1.pth", "rife42.pth", "rife43.pth",
     "rife44.pth", "rife45.pth", "rife46.pth", "rife47.pth", "rife48.pth", "rife49.pth",
 ]  # fmt: skip
 UPSCALE_METHODS = ["nearest-exact", "bilinear", "area", "bicubic", "lanczos"]
+# CLIPLoader's model types in 0.3.64 ("stable_audio" is Stable Audio Open's T5).
+CLIP_TYPES = [
+    "stable_diffusion", "stable_cascade", "sd3", "stable_audio", "mochi", "ltxv", "pixart", "cosmos", "lumina2",
+    "wan", "hidream", "chroma", "ace", "omnigen2", "qwen_image", "hunyuan_image",
+]  # fmt: skip
+# comfyui-kokoro's voices and languages, as its KokoroSpeaker and KokoroGenerator offer them.
+KOKORO_VOICES = [
+    "af_heart", "af_alloy", "af_aoede", "af_bella", "af_jessica", "af_kore", "af_nicole", "af_nova", "af_river",
+    "af_sarah", "af_sky", "am_adam", "am_echo", "am_eric", "am_fenrir", "am_liam", "am_michael", "am_onyx",
+    "am_puck", "am_santa", "bf_alice", "bf_emma", "bf_isabella", "bf_lily", "bm_daniel", "bm_fable", "bm_george",
+    "bm_lewis", "jf_alpha", "jf_gongitsune", "jf_nezumi", "jf_tebukuro", "jm_kumo", "zf_xiaobei", "zf_xiaoni",
+    "zf_xiaoxiao", "zf_xiaoyi", "zm_yunjian", "zm_yunxi", "zm_yunxia", "zm_yunyang", "ef_dora", "em_alex",
+    "em_santa", "ff_siwis", "hf_alpha", "hf_beta", "hm_omega", "hm_psi", "if_sara", "im_nicola", "pf_dora",
+    "pm_alex", "pm_santa",
+]  # fmt: skip
+KOKORO_LANGUAGES = [
+    "English", "English (British)", "French", "Japanese", "Hindi", "Mandarin Chinese", "Spanish",
+    "Brazilian Portuguese", "Italian",
+]  # fmt: skip
 
 
 def content_type(name: str) -> str | None:
@@ -103,14 +129,17 @@ def classes(
     models: dict[str, list[str]], inputs: list[str], custom_nodes: list[str] | None = None
 ) -> dict[str, dict[str, Any]]:
     """Every class, keyed by name; combos of files list what the server has right now (the input
-    folder's images for LoadImage, its videos for LoadVideo). Classes of custom node packs are
-    there when the pack is in `custom_nodes` (all of CUSTOM_NODES when None)."""
+    folder's images for LoadImage, its videos for LoadVideo, its sounds and videos for LoadAudio).
+    Classes of custom node packs are there when the pack is in `custom_nodes` (all of CUSTOM_NODES
+    when None)."""
     installed = list(CUSTOM_NODES) if custom_nodes is None else custom_nodes
     images = sorted(f for f in inputs if content_type(f) == "image")
     videos = sorted(f for f in inputs if content_type(f) == "video")
+    sounds = sorted(f for f in inputs if content_type(f) in ("audio", "video"))
     prefix = text("ComfyUI", tooltip="The prefix for the file to save.")
     save_hidden = {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"}
     extras = "comfy_extras.nodes_images"
+    audio = "comfy_extras.nodes_audio"
     found = [
         # A text box of its own (core since ComfyUI 0.3.3x): a model-free workflow carries its prompt
         # in it, and so in the workflow its outputs keep as metadata.
@@ -211,6 +240,36 @@ def classes(
             "denoise": number(1.0, 0.0, 1.0),
         }, ["LATENT"]),
         node("VAEDecode", "latent", {"samples": ["LATENT"], "vae": ["VAE"]}, ["IMAGE"]),
+        node("CLIPLoader", "advanced/loaders", {
+            "clip_name": old_combo(models.get("text_encoders", [])), "type": old_combo(CLIP_TYPES),
+        }, ["CLIP"], optional={"device": old_combo(["default", "cpu"], advanced=True)}),
+        # comfy_extras/nodes_audio.py as in 0.3.64: old-style nodes, combos as [[options…], {…}].
+        node("EmptyLatentAudio", "latent/audio", {
+            "seconds": number(47.6, 1.0, 1000.0, 0.1),
+            "batch_size": integer(1, 1, 4096, tooltip="The number of latent images in the batch."),
+        }, ["LATENT"], module=audio),
+        node("ConditioningStableAudio", "conditioning", {
+            "positive": ["CONDITIONING"], "negative": ["CONDITIONING"],
+            "seconds_start": number(0.0, 0.0, 1000.0, 0.1), "seconds_total": number(47.0, 0.0, 1000.0, 0.1),
+        }, ["CONDITIONING", "CONDITIONING"], names=["positive", "negative"], module=audio),
+        node("VAEDecodeAudio", "latent/audio", {"samples": ["LATENT"], "vae": ["VAE"]}, ["AUDIO"], module=audio),
+        node("EmptyAudio", "audio", {
+            "duration": number(60.0, 0.0, SEED_MAX, tooltip="Duration of the empty audio clip in seconds"),
+            "sample_rate": ["INT", {"default": 44100, "tooltip": "Sample rate of the empty audio clip."}],
+            "channels": integer(2, 1, 2, tooltip="Number of audio channels (1 for mono, 2 for stereo)."),
+        }, ["AUDIO"], module=audio),
+        node("LoadAudio", "audio", {"audio": old_combo(sounds, audio_upload=True)}, ["AUDIO"], module=audio),
+        node("SaveAudio", "audio", {"audio": ["AUDIO"], "filename_prefix": text("audio/ComfyUI")},
+             hidden=save_hidden, output_node=True, module=audio),
+        node("SaveAudioMP3", "audio", {
+            "audio": ["AUDIO"], "filename_prefix": text("audio/ComfyUI"),
+            "quality": old_combo(["V0", "128k", "320k"], default="V0"),
+        }, hidden=save_hidden, output_node=True, module=audio),
+        node("SaveAudioOpus", "audio", {
+            "audio": ["AUDIO"], "filename_prefix": text("audio/ComfyUI"),
+            "quality": old_combo(["64k", "96k", "128k", "192k", "320k"], default="128k"),
+        }, hidden=save_hidden, output_node=True, module=audio),
+        node("PreviewAudio", "audio", {"audio": ["AUDIO"]}, hidden=save_hidden, output_node=True, module=audio),
     ]  # fmt: skip
     if "ComfyUI-Frame-Interpolation" in installed:
         found.append(
@@ -225,4 +284,18 @@ def classes(
             }, ["IMAGE"], optional={"optional_interpolation_states": ["INTERPOLATION_STATES"]},
                  module="custom_nodes.ComfyUI-Frame-Interpolation")
         )  # fmt: skip
+    if "comfyui-kokoro" in installed:
+        kokoro = "custom_nodes.comfyui-kokoro"
+        found += [
+            node("KokoroSpeaker", "kokoro", {"speaker_name": old_combo(KOKORO_VOICES, default="af_sarah")},
+                 ["KOKORO_SPEAKER"], names=["speaker"], module=kokoro),
+            node("KokoroSpeakerCombiner", "kokoro", {
+                "speaker_a": ["KOKORO_SPEAKER"], "speaker_b": ["KOKORO_SPEAKER"],
+                "weight": number(0.5, 0, 1, 0.05),
+            }, ["KOKORO_SPEAKER"], names=["speaker"], module=kokoro),
+            node("KokoroGenerator", "kokoro", {
+                "text": text("I am a synthesized robot", multiline=True), "speaker": ["KOKORO_SPEAKER"],
+                "speed": number(1, 0.1, 4, 0.05), "lang": old_combo(KOKORO_LANGUAGES, default="English"),
+            }, ["AUDIO"], names=["audio"], module=kokoro),
+        ]  # fmt: skip
     return {c["name"]: c for c in found}
