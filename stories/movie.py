@@ -91,6 +91,7 @@ class Plan:
     counts: dict[str, dict[str, int]]  # stage -> {"new": n, "reused": m}
     estimate: float | None  # seconds until the new tasks are rendered, by measured speeds
     unmeasured: int  # new tasks of templates never measured on any node
+    notes: list[str] = dataclasses.field(default_factory=list)  # what the user should know of it
 
     @property
     def new(self) -> int:
@@ -106,7 +107,7 @@ class Plan:
         return [(STAGE_LABELS[s], c["new"], c["reused"]) for s, c in self.counts.items()]
 
     def summary(self) -> dict[str, Any]:
-        return {"counts": self.counts, "estimate": self.estimate, "unmeasured": self.unmeasured}
+        return {"counts": self.counts, "estimate": self.estimate, "unmeasured": self.unmeasured, "notes": self.notes}
 
 
 def stages_for(options: Options) -> list[str]:
@@ -173,26 +174,27 @@ def plan(story: Story, options: Options) -> Plan:
             old = reusable(existing.get((piece.target(), stage), []), wanted, source)
             tasks.append(Task(stage, old or wanted, old is not None, source, parameter))
         parts.append((piece, tasks))
-    tracks = sound_tasks(story, options, pieces, existing)
+    tracks, notes = sound_tasks(story, options, pieces, existing)
     every = [t for _, tasks in parts for t in tasks] + [t for _, t in tracks]
     counts = {s: {"new": 0, "reused": 0} for s in [*stages, *(s for s in SOUNDS if s in options.templates)]}
     for task in every:
         counts[task.stage]["reused" if task.reused else "new"] += 1
     estimate, unmeasured = estimate_seconds([t.job for t in every if not t.reused])
-    return Plan(story, options, parts, tracks, counts, estimate, unmeasured)
+    return Plan(story, options, parts, tracks, counts, estimate, unmeasured, notes)
 
 
 def sound_tasks(
     story: Story, options: Options, pieces: list[Any], existing: dict[tuple[str, str], list[RenderJob]]
-) -> list[tuple[int, Task]]:
+) -> tuple[list[tuple[int, Task]], list[str]]:
     """A segment's narration spoken, and its (first) music cue played for as long as its shots,
     by the speech and music templates the user chose (none: the local voice speaks, and the
-    user's track or no music plays)."""
+    user's track or no music plays); with what the user should know (an empty cue)."""
     lengths: dict[int, float] = {}
     for piece in pieces:
         if piece.segment is not None:
             lengths[piece.segment.number] = lengths.get(piece.segment.number, 0.0) + piece.duration
     wanted: list[tuple[int, str, str, float]] = []  # (segment, stage, prompt, seconds)
+    notes: list[str] = []
     if SPEECH in options.templates:
         for segment in story.segments.exclude(narration="").order_by("number"):
             wanted.append((segment.number, SPEECH, segment.narration, len(segment.narration) * SPEECH_PER_CHARACTER))
@@ -200,10 +202,13 @@ def sound_tasks(
         seen: set[int] = set()
         for cue in story.music_cues.exclude(segment=None).select_related("segment").order_by("number"):
             number = cue.segment.number  # type: ignore[union-attr]
-            if number not in seen:
-                seen.add(number)
-                prompt = f"{cue.mood}: {cue.description}" if cue.description.strip() else ""
-                wanted.append((number, MUSIC, prompt, lengths.get(number, 5.0)))
+            if number in seen:
+                continue
+            seen.add(number)
+            if not cue.description.strip():
+                notes.append(f"Segment {number}'s music cue is empty: it gets no music of its own.")
+                continue
+            wanted.append((number, MUSIC, f"{cue.mood}: {cue.description}", lengths.get(number, 5.0)))
     tracks = []
     for number, stage, prompt, seconds in wanted:
         template = options.templates[stage]
@@ -216,7 +221,7 @@ def sound_tasks(
         )
         old = reusable(existing.get((job.target, stage), []), job, None)
         tracks.append((number, Task(stage, old or job, old is not None)))
-    return tracks
+    return tracks, notes
 
 
 def build(story: Story, piece: Any, stage: str, template: Template, base: dict[str, Any], fps: float) -> RenderJob:
@@ -584,7 +589,7 @@ def export(movie_pk: int, media_root: Path | None = None) -> str:
         srt=str(Path(relative).with_suffix(".srt")),
         seconds=made.seconds,
         chapters=[[t, title] for t, title in made.chapters],
-        warnings=notes + made.warnings,
+        warnings=movie.plan.get("notes", []) + notes + made.warnings,
         error="",
     )
     return f"exported {made.seconds:.1f} s" if done else "exported, but the movie was cancelled meanwhile"
@@ -652,8 +657,23 @@ def inputs_of(movie: Movie, root: Path) -> tuple[list[Any], list[Any], Any, list
         narration_fit=movie.narration_fit,
         burn_subtitles=movie.burn_subtitles,
         music=music,
+        **local_voice(),
     )
     return shots, segments, cut, notes
+
+
+KOKORO_VOICE = "kokoro:af_heart"
+
+
+def local_voice() -> dict[str, Any]:
+    """The voice that speaks narration the pool did not: Kokoro when kokoro_onnx is installed and
+    its model files are in the data folder's voices/, else eSpeak NG."""
+    from renders import voice
+
+    folder = Path(settings.DATA_PATH) / "voices"
+    if voice.kokoro_missing(folder) is None:
+        return {"voice": KOKORO_VOICE, "voice_models": folder}
+    return {"voice": "espeak:en"}
 
 
 def sound_files(movie: Movie, root: Path) -> tuple[dict[tuple[int, str], Path], list[str]]:

@@ -163,6 +163,11 @@ def test_the_narration_and_the_music_cues_are_planned_per_segment_when_templates
     assert [stage for _, stage, _, _ in made.tracks] == ["speech", "music"]
     assert len(movie.movie_jobs(made)) == 4 * 2 + 2
     assert movie.plan(story, chosen).counts["music"] == {"new": 0, "reused": 1}
+    # An empty cue gets no music task, and the plan says so.
+    story.music_cues.update(description=" ")
+    empty = movie.plan(story, chosen)
+    assert "music" not in {t.stage for _, t in empty.tracks}
+    assert empty.notes == ["Segment 1's music cue is empty: it gets no music of its own."]
 
 
 def test_a_story_is_exported_to_a_film_with_every_task_run_once(
@@ -259,3 +264,27 @@ def test_an_export_missing_a_shots_file_fails_saying_which_and_exports_again_onc
     clip.write_bytes(kept)
     assert movie.export_again(again)
     assert exported(again).status == "completed"
+
+
+def test_the_export_command_runs_the_plan_and_follows_it_to_the_film(cluster: Cluster, node: SimComfyUI) -> None:
+    story = story_with(shots=2, render_settings={"width": 96, "height": 64, "fps": 8})
+    Shot.objects.filter(story=story).update(duration=1.0)
+    out = StringIO()
+    call_command(
+        "story",
+        "export",
+        str(story.code),
+        "--template",
+        "video=test-video-mp4",
+        "--wait",
+        "--timeout",
+        "90",
+        stdout=out,
+    )
+    made = Movie.objects.get(story=story)
+    lines = out.getvalue().splitlines()
+    assert lines[0].startswith(f"Story {story.code}: 2 shots; video 2 new, 0 reused")
+    assert lines[1] == f"Movie v1 ({made.code}) started."
+    assert lines[-1].startswith("The film: ") and lines[-1].endswith(f"{made.video} ({made.seconds:.1f} s)")
+    for pk in movie.movie_jobs(made):
+        assert executions(node, RenderJob.objects.get(pk=pk)) == 1
