@@ -279,15 +279,18 @@ def gallery(story: Story) -> list[GalleryItem]:
 
 @dataclass
 class Cell:
-    """One task of a shot on the Movie tab, as it is shown."""
+    """One task of a shot on the Movie tab, as it is shown: worked out here, once, so that a
+    graph of hundreds of shots renders fast."""
 
     stage: str
     job: RenderJob | None
     reused: bool
-    why: str = ""  # why it waits, when a task before it did not render
-    label: str = ""
-    node: str = ""
+    status: str = "none"
+    badge: str = ""  # its status in words, with its progress while it renders
+    meta: str = ""  # its node and time
     thumbnail: str = ""
+    note: str = ""  # why it waits
+    error: str = ""  # why it failed, when it did (then it can be retried)
 
 
 @dataclass
@@ -341,12 +344,19 @@ STATUS_LABELS = dict(RenderJob.STATUSES)
 def cell(stage: str, job: RenderJob | None, reused: bool, *, blocked: bool = False) -> Cell:
     """A task as its cell on the Movie tab shows it."""
     shown = Cell(stage, job, reused)
-    if job is not None:
-        shown.label = STATUS_LABELS.get(job.status, job.status).lower()
-        shown.node = job.node.name if job.node else ""
-        shown.thumbnail = str(job.outputs[0].get("thumbnail", "")) if job.outputs else ""
-        if job.status == RenderJob.QUEUED and blocked:
-            shown.why = "waits for a task before it that did not render"
+    if job is None:
+        return shown
+    shown.status = job.status
+    shown.badge = STATUS_LABELS.get(job.status, job.status).lower()
+    if job.status == RenderJob.RENDERING:
+        shown.badge += f" {job.progress:.0%}"
+    node = job.node.name if job.node else ""
+    shown.meta = " · ".join(filter(None, (node, f"{job.seconds:.1f} s" if job.seconds else "")))
+    shown.thumbnail = str(job.outputs[0].get("thumbnail", "")) if job.outputs else ""
+    if job.status == RenderJob.QUEUED:
+        shown.note = "waits for a task before it that did not render" if blocked else job.error[:120]
+    elif job.status in (RenderJob.FAILED, RenderJob.CANCELLED):
+        shown.error = job.error or shown.badge
     return shown
 
 

@@ -18,7 +18,7 @@ from django.utils import timezone
 from nodes.models import Capability, Node
 from nodes.sim.comfyui import SimComfyUI
 from renders.management.commands.load_templates import load
-from renders.models import JobInput, RenderJob, Speed, Template
+from renders.models import JobInput, Queue, RenderJob, Speed, Template
 from spoonfeeder import tasks, work
 from stories import movie
 from stories.models import Movie, Shot, StepRun, Story
@@ -288,3 +288,21 @@ def test_the_export_command_runs_the_plan_and_follows_it_to_the_film(cluster: Cl
     assert lines[-1].startswith("The film: ") and lines[-1].endswith(f"{made.video} ({made.seconds:.1f} s)")
     for pk in movie.movie_jobs(made):
         assert executions(node, RenderJob.objects.get(pk=pk)) == 1
+
+
+def test_a_shot_left_out_gets_a_title_card_and_the_film_is_exported_without_it(
+    cluster: Cluster, node: SimComfyUI, tmp_path: Path
+) -> None:
+    story = story_with(shots=2, render_settings={"width": 96, "height": 64, "fps": 8})
+    Shot.objects.filter(story=story).update(duration=1.0)
+    Queue.set_paused(True)  # nothing starts until shot 1's render has been cancelled
+    made = movie.start(story, options(story, Movie.T2V, leave_out_failed=True))
+    first = movie.states(made)[0].last
+    assert first is not None and first.cancel()
+    Queue.set_paused(False)
+    made = exported(made)
+    assert made.status == "completed", made.error
+    assert made.seconds == pytest.approx(2.0, abs=0.3)  # the card stands for the shot
+    with av.open(str(tmp_path / "media" / made.video)) as film:
+        assert film.streams.video[0].frames or film.duration
+    assert executions(node, first) == 0
