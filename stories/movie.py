@@ -443,12 +443,19 @@ def ready(movie_pk: int) -> bool:
 
 
 def pause(movie: Movie) -> bool:
-    """Its queued tasks held (no node claims them); those on a node finish."""
+    """Its queued tasks held (no node claims them), and those claimed for a node but not sent
+    yet taken back (guarded: the attempt about to send one finds it no longer its own, and sends
+    nothing); those sent finish."""
     with transaction.atomic():
         if not movie.set_status(Movie.PAUSED, expect=(Movie.RENDERING,)):
             return False
-        held = RenderJob.objects.filter(pk__in=movie_jobs(movie), status=RenderJob.QUEUED, batch=None)
-        held.update(status=RenderJob.HELD)
+        mine = RenderJob.objects.filter(pk__in=movie_jobs(movie), batch=None)
+        mine.filter(status=RenderJob.QUEUED).update(status=RenderJob.HELD)
+        for job in mine.filter(status=RenderJob.ASSIGNED, client_id=""):
+            unsent = RenderJob.objects.filter(pk=job.pk, status=RenderJob.ASSIGNED, client_id="")
+            back = {"node": None, "capability": None, "worker": "", "heartbeat": None, **RenderJob.NOT_STARTED}
+            if unsent.update(status=RenderJob.HELD, attempts=max(job.attempts - 1, 0), **back):
+                job.changed("job.held")
         RenderJob.announce_queued()
     return True
 

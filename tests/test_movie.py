@@ -17,6 +17,7 @@ from django.utils import timezone
 
 from nodes.models import Capability, Node
 from nodes.sim.comfyui import SimComfyUI
+from renders import dispatch
 from renders.management.commands.load_templates import load
 from renders.models import JobInput, Queue, RenderJob, Speed, Template
 from spoonfeeder import tasks, work
@@ -114,6 +115,27 @@ def test_pause_holds_its_queued_tasks_and_resume_queues_them_again(story: Story)
     assert not RenderJob.objects.runnable().exists()
     assert movie.resume(made)
     assert set(jobs.values_list("status", flat=True)) == {"queued"}
+
+
+def test_pause_takes_back_a_task_claimed_for_a_node_but_not_sent_yet(story: Story) -> None:
+    gpu = Node.objects.create(name="gpu", host=f"127.0.{NET}.8")
+    cap = Capability.objects.create(node=gpu, kind=Capability.COMFYUI, port=8188, status=Capability.ONLINE)
+    made = movie.start(story, options(story))
+    first = movie.states(made)[0].last
+    assert first is not None
+    # As a claim leaves it, its attempt on the way; and one already sent, which goes on.
+    claim = {"status": "assigned", "node": gpu, "capability": cap, "prompt_id": "p", "attempts": 1}
+    RenderJob.objects.filter(pk=first.pk).update(**claim)
+    sent = movie.states(made)[1].last
+    assert sent is not None
+    RenderJob.objects.filter(pk=sent.pk).update(**claim, client_id="spoonfeeder-p")
+    assert movie.pause(made)
+    first.refresh_from_db()
+    assert (first.status, first.capability_id, first.node_id, first.attempts) == ("held", None, None, 0)
+    assert RenderJob.objects.get(pk=sent.pk).status == "assigned"
+    # Its attempt, when it comes, finds it no longer its own and sends nothing.
+    assert dispatch.Attempt.take(first.pk, "p") is None
+    assert movie.resume(made) and RenderJob.objects.get(pk=first.pk).status == "queued"
 
 
 def test_a_story_with_nothing_to_film_or_no_template_says_what_to_do(story: Story) -> None:
