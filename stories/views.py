@@ -328,24 +328,33 @@ def movie_action(request: HtmxHttpRequest, code: str, version: int, what: str) -
     made = Movie.objects.select_related("story").filter(story=story, version=version).first()
     if made is None:
         return refuse(request, story, f"This story has no movie v{version}.", status=404)
-    here = tab_url(story, "movie")
-    if what == "pause":
-        if not movie.pause(made):
-            return refuse(request, story, "Only a movie whose shots are rendering can be paused.", status=409)
-        return done(request, "Paused: its queued tasks wait; those on a node finish.", here)
-    if what == "resume":
-        if not movie.resume(made):
-            return refuse(request, story, "The movie is not paused.", status=409)
-        return done(request, "Resumed.", here)
-    if what == "export":
-        if not movie.export_again(made):
-            return refuse(request, story, "Only a movie whose export failed can be exported again.", status=409)
-        return done(request, "Exporting again, reusing what was encoded before.", here)
-    if what == "cancel":
-        if not movie.cancel(made):
-            return refuse(request, story, "The movie has ended already.", status=409)
-        return done(request, "Cancelled: its unfinished tasks were cancelled; finished renders are kept.", here)
-    raise Http404(f"A movie has no action {what!r}.")
+    if what not in MOVIE_ACTIONS:
+        raise Http404(f"A movie has no action {what!r}.")
+    act, said, refused = MOVIE_ACTIONS[what]
+    if not act(made):
+        return refuse(request, story, refused, status=409)
+    return done(request, said, tab_url(story, "movie"))
+
+
+# A movie's controls: what each does, what it says when done, and why it was refused.
+MOVIE_ACTIONS: dict[str, tuple[Callable[[Movie], bool], str, str]] = {
+    "pause": (
+        movie.pause,
+        "Paused: its queued tasks wait; those on a node finish.",
+        "Only a movie whose shots are rendering can be paused.",
+    ),
+    "resume": (movie.resume, "Resumed.", "The movie is not paused."),
+    "export": (
+        movie.export_again,
+        "Exporting again, reusing what was encoded before.",
+        "Only a movie whose export failed can be exported again.",
+    ),
+    "cancel": (
+        movie.cancel,
+        "Cancelled: its unfinished tasks were cancelled; finished renders are kept.",
+        "The movie has ended already.",
+    ),
+}
 
 
 @require_POST

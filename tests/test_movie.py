@@ -4,6 +4,7 @@ run on simulated nodes to the finished film, and its controls."""
 from __future__ import annotations
 
 import os
+import random
 from collections.abc import Iterator
 from io import StringIO
 from pathlib import Path
@@ -328,3 +329,37 @@ def test_a_shot_left_out_gets_a_title_card_and_the_film_is_exported_without_it(
     with av.open(str(tmp_path / "media" / made.video)) as film:
         assert film.streams.video[0].frames or film.duration
     assert executions(node, first) == 0
+
+
+def test_pauses_replans_and_queue_pauses_over_short_prefetched_tasks_on_two_nodes_render_each_once(
+    cluster: Cluster, node: SimComfyUI
+) -> None:
+    other = SimComfyUI(f"127.0.{NET}.2", 0, seconds_per_node=0.01).start()
+    try:
+        second = Node.objects.create(name="gpu-2", host=f"127.0.{NET}.2")
+        Capability.objects.create(node=second, kind=Capability.COMFYUI, port=other.port, status=Capability.ONLINE)
+        story = story_with(shots=6, render_settings={"width": 96, "height": 64, "fps": 8})
+        Shot.objects.filter(story=story).update(duration=1.0)
+        made = movie.start(story, options(story, upscale=True))
+        rng = random.Random(14)
+        for round_ in range(6):
+
+            def progressed(done: int = 3 * round_) -> bool:
+                return RenderJob.objects.filter(status="completed").count() >= done
+
+            wait_until(progressed, 60, "some progress")
+            step = rng.choice(["pause", "queue", "replan"])
+            if step == "pause" and movie.pause(made):
+                assert movie.resume(made)
+            elif step == "queue":
+                Queue.set_paused(True)
+                Queue.set_paused(False)
+            else:  # a prompt rewritten mid-way: the movie is planned again and replaces this one
+                Shot.objects.filter(story=story, number=rng.randint(1, 6)).update(positive=f"rewritten {round_}")
+                made = movie.start(story, options(story, upscale=True))
+        made = exported(made, timeout=120)
+        assert made.status == "completed", made.error
+        for job in RenderJob.objects.filter(story=str(story.code), status="completed"):
+            assert executions(node, job) + executions(other, job) == 1, (job.target, job.stage)
+    finally:
+        other.close()
